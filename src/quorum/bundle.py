@@ -1,0 +1,91 @@
+"""A model bundle, `models/<name>/`: weights plus a `model.json` that says how to rebuild and feed them.
+
+    model.safetensors     weights of the best epoch (no pickle: loading never runs code)
+    model.json            backbone, image size, mean/std, classes in order, recipe, metrics, split hash
+    history.csv           one row per epoch
+    val_predictions.csv   path, true label, predicted label, one probability per class
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from quorum import files
+from quorum.backbones import get_backbone
+from quorum.errors import QuorumError
+from quorum.model import Classifier
+
+MODEL_JSON = "model.json"
+WEIGHTS = "model.safetensors"
+HISTORY = "history.csv"
+VAL_PREDICTIONS = "val_predictions.csv"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `model.json` says, typed where the rest of quorum reads it."""
+
+    path: Path
+    name: str
+    backbone: str
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    metrics: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def val_accuracy(self) -> float:
+        return float(self.metrics.get("accuracy", 0.0))
+
+
+def find_models(models_dir: Path) -> list[Path]:
+    """Every finished model under `models_dir`, sorted by name (in-progress runs are hidden `.name`)."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    return sorted(p for p in models_dir.iterdir() if (p / MODEL_JSON).is_file() and not p.name.startswith("."))
+
+
+def read_info(model_dir: Path) -> ModelInfo:
+    model_dir = Path(model_dir)
+    try:
+        raw = json.loads((model_dir / MODEL_JSON).read_text())
+        return ModelInfo(
+            path=model_dir, name=raw["name"], backbone=raw["backbone"], image_size=int(raw["image_size"]),
+            mean=tuple(raw["mean"]), std=tuple(raw["std"]), classes=tuple(raw["classes"]),
+            metrics=raw.get("metrics", {}), raw=raw,
+        )
+    except FileNotFoundError:
+        raise QuorumError(f"{model_dir} is not a quorum model (no {MODEL_JSON}): fine-tune one with quorum finetune") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise QuorumError(f"{model_dir / MODEL_JSON} is broken ({exc!r}): fine-tune the model again") from None
+
+
+def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[Classifier, ModelInfo]:
+    """Rebuild the network from `model.json` and load its weights, ready for inference."""
+    info = read_info(model_dir)
+    backbone = get_backbone(info.backbone)
+    model = backbone.split(backbone.make(False), len(info.classes))
+    try:
+        model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS)))
+    except Exception as exc:
+        raise QuorumError(f"cannot load the weights of {model_dir} ({str(exc).splitlines()[0]}): fine-tune it again") from None
+    return model.to(device).eval(), info
+
+
+def save_weights(model: Classifier, model_dir: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with files.atomic_path(Path(model_dir) / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+
+
+def write_model_json(model_dir: Path, info: dict) -> None:
+    files.write_json(Path(model_dir) / MODEL_JSON, {"format_version": FORMAT_VERSION, **info})

@@ -1,0 +1,86 @@
+"""The command line: parse options, call the library, turn its errors into one `Error:` line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from quorum.errors import QuorumError
+
+
+def user_errors(command):
+    """Turn a QuorumError into click's one-line `Error: ...` and a non-zero exit."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except QuorumError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted: finished files are kept, nothing half-written was left.", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="quorum")
+def main():
+    """quorum: fine-tune several image classifiers on a labelled folder, then let them vote."""
+
+
+@main.command()
+@click.argument("backbone")
+@click.option("--data", type=click.Path(file_okay=False), default="sample_data/labelled", show_default=True,
+              help="Labelled images, one sub-folder per class (or train/ and val/ folders of those).")
+@click.option("--image-size", type=int, help="Input size in pixels. [default: the backbone's native size]")
+@click.option("--epochs", type=int, default=40, show_default=True)
+@click.option("--unfreeze-after", type=int, help="Epochs with the backbone frozen. [default: 3/4 of --epochs]")
+@click.option("--train-blocks", type=int, default=0, show_default=True,
+              help="Last backbone blocks that also train while frozen (0 = head only).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate while frozen.")
+@click.option("--finetune-lr", type=float, default=1e-4, show_default=True, help="Learning rate once unfrozen.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--weights", help="imagenet, none, or a .safetensors/.pth state dict. "
+              "[default: imagenet, or none for backbones without pretrained weights]")
+@click.option("--name", help="Model folder name. [default: <backbone>-<size>]")
+@click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="Share of each class held out for validation, when DATA has no val/ folder.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resplit", is_flag=True, help="Make a new train/val split even if one exists.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Image-decoding worker processes.")
+@click.option("--no-cache", is_flag=True, help="Recompute the frozen backbone every epoch instead of caching its features.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines.")
+@user_errors
+def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, lr, finetune_lr, batch_size, weights,
+             name, models_dir, val_fraction, seed, resplit, device, workers, no_cache, resume, quiet):
+    """Fine-tune BACKBONE on a labelled image folder and save it under MODELS_DIR/<name>/.
+
+    Phase 1 trains the new head (and the last --train-blocks blocks) with the rest of the backbone
+    frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The best epoch by
+    validation accuracy is kept. Run `quorum backbones` for the choices of BACKBONE.
+    """
+    from quorum.finetune import finetune as run_finetune
+    from quorum.recipe import Recipe
+
+    recipe = Recipe(backbone=backbone, data=data, image_size=image_size, epochs=epochs, unfreeze_after=unfreeze_after,
+                    train_blocks=train_blocks, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, weights=weights,
+                    name=name, models_dir=models_dir, val_fraction=val_fraction, seed=seed, device=device,
+                    workers=workers, cache_features=not no_cache)
+    run_finetune(recipe, resume=resume, resplit=resplit, quiet=quiet)
+
+
+@main.command()
+@user_errors
+def backbones():
+    """List the backbones `quorum finetune` knows, with native size and block count."""
+    from quorum.backbones import BACKBONES, count_blocks
+
+    for name, entry in BACKBONES.items():
+        pretrained = "imagenet" if entry.pretrained_available else "from scratch"
+        click.echo(f"{name:20} {entry.native_size:4d} px  {count_blocks(name):3d} blocks  {pretrained}")
+    click.echo("timm/<model>         any timm model, when timm is installed (pip install 'quorum[timm]')")

@@ -1,0 +1,29 @@
+"""Which device runs the work: `auto` takes cuda, then mps, then the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from quorum.errors import QuorumError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise QuorumError("--device cuda: no CUDA GPU is visible to torch; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise QuorumError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); plain fp32 elsewhere."""
+    if device.type != "cuda":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)

@@ -1,0 +1,5 @@
+"""One exception family for every mistake a user can make; the CLI prints it as one `Error:` line."""
+
+
+class QuorumError(Exception):
+    """A problem the user can fix. The message names the thing and the fix."""

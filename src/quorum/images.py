@@ -1,0 +1,125 @@
+"""Find image files in a folder and decode them to 8-bit RGB, or say plainly why not."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from quorum.errors import QuorumError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+_TIFF_BITS_PER_SAMPLE = 258
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+class UnreadableImage(QuorumError):
+    """An image file that cannot be decoded; `reason` is short enough for a CSV column."""
+
+    def __init__(self, reason: str, path: Path | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Every image under `folder`, recursively, skipping hidden files and folders.
+
+    Sorted by relative POSIX path so the order is the same on every OS and every run.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QuorumError(f"image folder not found: {folder}")
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # prune, so we never descend
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(root, name))
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
+    """Decode `path` fully into an upright 8-bit RGB image, or raise UnreadableImage.
+
+    `min_side` lets big JPEGs decode at 1/2, 1/4 or 1/8 scale while the shorter side
+    stays >= min_side; other formats ignore it.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file", path)
+        # A bomb only warns below 2x MAX_IMAGE_PIXELS; we want it to fail here, not to
+        # eat memory later. Scoped to this call: the global filter is the caller's.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # opens on frame/page 0
+                if min_side and image.format == "JPEG":
+                    # draft() picks the largest 1/n scale with both sides >= the request,
+                    # so asking for a square keeps the shorter side >= min_side.
+                    image.draft("RGB", (min_side, min_side))
+                image.load()  # decode everything now, so truncation surfaces here
+                # Read the bit depth off the file: the rotated copy no longer has its tags.
+                return _to_rgb(ImageOps.exif_transpose(image), _bit_depth(image))
+    except UnreadableImage:
+        raise
+    except Exception as exc:  # Pillow's plugins raise many types on corrupt data
+        raise UnreadableImage(_reason(exc), path) from exc
+
+
+def _to_rgb(image: Image.Image, bit_depth: int) -> Image.Image:
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return Image.fromarray(_high_depth_to_uint8(image, bit_depth), "L").convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:  # incl. palette/tRNS
+        # Drop transparency onto WHITE: transparent product shots and drawings are made
+        # to be seen on a white page, and Pillow's plain RGB conversion would show
+        # whatever colour hides under alpha=0 (usually black), inventing dark shapes.
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")  # L, P, 1, CMYK, YCbCr, RGB (a copy, detached from the file)
+
+
+def _high_depth_to_uint8(image: Image.Image, bit_depth: int) -> np.ndarray:
+    """Scale 16/32-bit integer or float grayscale to 0..255 instead of clipping it."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        values = np.nan_to_num(values)
+        low, high = values.min(), values.max()
+        if low < 0 or high > 1:  # not the usual 0..1 float range: stretch what is there
+            values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        full_scale = 1.0
+    else:
+        full_scale = 2.0**bit_depth - 1
+    return np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+
+
+def _bit_depth(image: Image.Image) -> int:
+    """Bits per sample as the file declares them; 'I' is only the 32-bit container."""
+    declared = getattr(image, "tag_v2", {}).get(_TIFF_BITS_PER_SAMPLE)
+    if declared:
+        return int(declared[0] if isinstance(declared, tuple) else declared)
+    if image.mode.startswith("I;16") or image.format == "PNG":  # PNG tops out at 16 bits
+        return 16
+    return 32
+
+
+def _reason(exc: Exception) -> str:
+    message = str(exc)
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        pixels = re.search(r"\((\d+) pixels\)", message)
+        count = pixels.group(1) if pixels else "too many"
+        return f"decompression bomb: {count} pixels exceeds the {Image.MAX_IMAGE_PIXELS} limit"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image (cannot identify image file)"
+    if "truncated" in message:
+        return "truncated image file"
+    if isinstance(exc, OSError) and exc.strerror:  # missing file, permissions, a folder
+        return exc.strerror.lower()
+    return f"corrupt image data ({type(exc).__name__}: {message[:120]})"

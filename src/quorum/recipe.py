@@ -1,0 +1,66 @@
+"""The fine-tuning recipe: every setting of a run, resolved and saved with the model it made."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from quorum.errors import QuorumError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    backbone: str
+    data: str = "sample_data/labelled"
+    image_size: int | None = None  # None: the backbone's native size
+    epochs: int = 40
+    unfreeze_after: int | None = None  # None: three quarters of the epochs
+    train_blocks: int = 0  # blocks before the head that also train in phase 1
+    lr: float = 1e-3  # phase 1 (head, plus `train_blocks`)
+    finetune_lr: float = 1e-4  # phase 2 (everything): low, so pretrained features are kept
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0  # linear warm-up at the start of each phase, then cosine decay
+    weights: str | None = None  # imagenet | none | PATH; None: imagenet where the backbone has it
+    name: str | None = None  # None: <backbone>-<size>
+    models_dir: str = "models"
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    cache_features: bool = True  # phase 1 trains on cached frozen features when they fit in memory
+
+    def resolve(self, native_size: int, pretrained_available: bool) -> "Recipe":
+        """Fill every default that depends on the backbone, and check the numbers."""
+        size = self.image_size or native_size
+        unfreeze = self.epochs * 3 // 4 if self.unfreeze_after is None else self.unfreeze_after
+        weights = self.weights or ("imagenet" if pretrained_available else "none")
+        name = self.name or f"{self.backbone.replace('timm/', '')}-{size}"
+        resolved = dataclasses.replace(self, image_size=size, unfreeze_after=unfreeze, weights=weights, name=name)
+        resolved.check()
+        return resolved
+
+    def check(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
+            (self.unfreeze_after is None or self.unfreeze_after >= 0,
+             f"--unfreeze-after must be 0 or more (got {self.unfreeze_after})"),
+            (self.train_blocks >= 0, f"--train-blocks must be 0 or more (got {self.train_blocks})"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (self.lr > 0 and self.finetune_lr > 0, "--lr and --finetune-lr must be positive"),
+            (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
+            (self.image_size is None or self.image_size >= 16, f"--image-size must be at least 16 (got {self.image_size})"),
+            (self.name is None or ("/" not in self.name and not self.name.startswith(".")),
+             f"--name '{self.name}' must be a plain folder name (no '/', not starting with '.')"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise QuorumError(message)
+
+    @property
+    def frozen_epochs(self) -> int:
+        return min(self.unfreeze_after or 0, self.epochs)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)

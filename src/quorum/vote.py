@@ -1,0 +1,115 @@
+"""How members' predictions become one label per image.
+
+Each member votes its top-1 label; the label with the most votes wins. Ties go to the
+tie-breaker member when its label is among the tied labels; otherwise to the tied label with
+the highest mean probability across members. For three members: two or three agree -> that
+label; all differ -> the tie-breaker's label.
+
+If the mean probabilities also tie exactly, the lowest class index wins, so the result is
+deterministic. Both kinds of tie report decided_by="tie-breaker".
+
+Lazy mode runs members one at a time and skips an image for the remaining members once
+`settled` says no later vote can change its winner; `vote(..., ran=mask)` then counts only the
+members that ran. The winning label is the same as if every member had run; `votes`,
+`members`, `decided_by` and `confidence` describe the members that actually voted.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DECIDED_BY = ("unanimous", "majority", "tie-breaker")
+UNANIMOUS, MAJORITY, TIE_BREAKER = DECIDED_BY
+
+
+@dataclass(frozen=True)
+class Votes:
+    """One entry per image."""
+
+    label: np.ndarray  # int: the winning class index
+    votes: np.ndarray  # int: members that voted for the winner
+    members: np.ndarray  # int: members that voted on this image
+    decided_by: np.ndarray  # str: one of DECIDED_BY
+    confidence: np.ndarray  # float: mean probability of the winner over the members that voted
+
+
+def vote(probs: np.ndarray, tie_breaker: int, ran: np.ndarray | None = None) -> Votes:
+    """Apply the vote rule to `probs` of shape (members, images, classes).
+
+    `ran` (members, images), if given, is False where a member skipped an image: that member
+    neither votes nor counts in the mean probability there.
+    """
+    probs = np.asarray(probs, dtype=float)
+    if probs.ndim != 3:
+        raise ValueError(f"probs must be (members, images, classes), got shape {probs.shape}")
+    n_members, n_images, n_classes = probs.shape
+    _check_tie_breaker(tie_breaker, n_members)
+    ran = np.ones((n_members, n_images), bool) if ran is None else np.asarray(ran, bool)
+    if ran.shape != (n_members, n_images):
+        raise ValueError(f"ran must have shape {(n_members, n_images)}, got {ran.shape}")
+    members = ran.sum(axis=0)
+    if (members == 0).any():
+        raise ValueError("every image needs at least one member that ran")
+
+    top = probs.argmax(axis=2)
+    one_hot = (top[..., None] == np.arange(n_classes)) & ran[..., None]
+    counts = one_hot.sum(axis=0)  # (images, classes)
+    best = counts.max(axis=1)
+    tied = counts == best[:, None]  # a single True where one label leads outright
+    # Zero out skipped members rather than multiply: their probabilities may be missing (NaN).
+    mean = np.where(ran[..., None], probs, 0.0).sum(axis=0) / members[:, None]
+
+    images = np.arange(n_images)
+    tb_label = top[tie_breaker]
+    tb_in_tie = ran[tie_breaker] & tied[images, tb_label]
+    # argmax takes the first maximum, which gives the lowest index on an exact tie.
+    by_mean = np.where(tied, mean, -np.inf).argmax(axis=1)
+    # With one leader, tb_in_tie means the tie-breaker voted it and by_mean is it anyway.
+    label = np.where(tb_in_tie, tb_label, by_mean)
+
+    decided_by = np.where(tied.sum(axis=1) > 1, TIE_BREAKER, MAJORITY)
+    decided_by[best == n_members] = UNANIMOUS  # every member ran and agreed
+    return Votes(
+        label=label,
+        votes=best,
+        members=members,
+        decided_by=decided_by,
+        confidence=mean[images, label],
+    )
+
+
+def settled(labels: np.ndarray, n_members: int, tie_breaker: int) -> np.ndarray:
+    """Which images' winners no longer depend on the members still to run.
+
+    `labels` (k, images) holds the top-1 labels of members 0..k-1: members run in index order,
+    so order `probs` for `vote` the same way. `tie_breaker` is the same member index given to
+    `vote`; it has voted once it is below k. Exact: True only if every vote and probability the
+    remaining members could give leaves the winner unchanged.
+    """
+    labels = np.asarray(labels)
+    k, n_images = labels.shape
+    _check_tie_breaker(tie_breaker, n_members)
+    if k > n_members:
+        raise ValueError(f"labels has {k} members' votes but there are only {n_members}")
+    if k == n_members:
+        return np.ones(n_images, bool)  # nothing left to change the outcome
+    if k == 0:
+        return np.zeros(n_images, bool)
+
+    # count[i, n]: how many members voted the same label as member i on image n.
+    count = (labels[:, None, :] == labels[None, :, :]).sum(axis=1)
+    leader = labels[count.argmax(axis=0), np.arange(n_images)]
+    leader_count = count.max(axis=0)
+    other_count = np.where(labels != leader, count, 0).max(axis=0)
+    left = n_members - k
+    # The remaining members can at best lift the runner-up to a tie with the leader; the
+    # tie-breaker resolves that tie for the leader only if it has already voted for it.
+    tie_breaker_backs_leader = labels[tie_breaker] == leader if tie_breaker < k else False
+    return (leader_count > other_count + left) | (
+        (leader_count == other_count + left) & tie_breaker_backs_leader
+    )
+
+
+def _check_tie_breaker(tie_breaker: int, n_members: int) -> None:
+    if not 0 <= tie_breaker < n_members:
+        raise ValueError(f"tie_breaker must be a member index in 0..{n_members - 1}, got {tie_breaker}")
