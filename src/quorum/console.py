@@ -10,7 +10,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 T = TypeVar("T")
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def say(message: str, quiet: bool = False) -> None:
@@ -30,7 +30,7 @@ class _RateColumn(ProgressColumn):
 def track(items: Iterable[T], total: int, description: str, quiet: bool = False, unit: str = "batches",
           size: Callable[[T], int] = lambda item: 1) -> Iterator[T]:
     """Wrap an iterable in a progress bar with rate and ETA; `size(item)` is how far each item advances it."""
-    if quiet:
+    if quiet or not console.is_terminal:  # a log file gets the epoch lines, not bar redraws
         yield from items
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(unit),

@@ -1,0 +1,175 @@
+"""Labelled image folders and the train/validation split that every model of a project shares.
+
+The split is made once and saved as `<models_dir>/split.csv`, so every model is validated on the
+same images and the ensemble can be scored honestly. Unreadable files are found once, when the
+split is made, and recorded there with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from quorum import files
+from quorum.errors import QuorumError
+from quorum.images import UnreadableImage, find_images, load_rgb
+
+SPLIT_FILE = "split.csv"
+
+
+@dataclass(frozen=True)
+class Split:
+    root: Path
+    classes: tuple[str, ...]
+    table: pd.DataFrame  # path (relative to root), label, subset (train | val | unreadable), reason
+    digest: str  # fingerprint stored in each model.json: same digest, same validation images
+
+    def items(self, subset: str) -> list[tuple[str, int]]:
+        """(relative path, class index) for the train or val subset, in file order."""
+        index = {name: i for i, name in enumerate(self.classes)}
+        rows = self.table[self.table.subset == subset]
+        return [(path, index[label]) for path, label in zip(rows.path, rows.label)]
+
+    @property
+    def unreadable(self) -> pd.DataFrame:
+        return self.table[self.table.subset == "unreadable"]
+
+
+def scan_labelled(root: Path) -> pd.DataFrame:
+    """Every image under `root` as (path, label, given_subset); classes are the sub-folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise QuorumError(f"data folder {root} does not exist: give --data a folder with one sub-folder per class")
+    has_given_split = (root / "train").is_dir() and (root / "val").is_dir()
+    rows = []
+    for subset in (("train", "val") if has_given_split else ("",)):
+        base = root / subset
+        class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not class_dirs:
+            raise QuorumError(f"{base} has no class sub-folders: put each class's images in {base}/<class>/")
+        for class_dir in class_dirs:
+            images = find_images(class_dir)
+            if not images:
+                raise QuorumError(f"class folder {class_dir} has no images: add some or remove the folder")
+            rows += [((p.relative_to(root)).as_posix(), class_dir.name, subset or None) for p in images]
+    table = pd.DataFrame(rows, columns=["path", "label", "given_subset"])
+    if table.label.nunique() < 2:
+        raise QuorumError(f"{root} has only one class ({table.label.iloc[0]}): a classifier needs at least two class folders")
+    return table
+
+
+class _ReadCheck(Dataset):
+    """Decodes each file once, in worker processes, to find the unreadable ones before training."""
+
+    def __init__(self, root: Path, paths: list[str]):
+        self.root, self.paths = root, paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> str:
+        try:
+            load_rgb(self.root / self.paths[i])
+            return ""
+        except UnreadableImage as exc:
+            return exc.reason
+
+
+def find_unreadable(root: Path, paths: list[str], workers: int) -> list[str]:
+    """A reason for each path: '' for a readable image."""
+    loader = DataLoader(_ReadCheck(root, paths), batch_size=None, num_workers=workers)
+    return list(loader)
+
+
+def stratified_subsets(labels: pd.Series, val_fraction: float, seed: int) -> list[str]:
+    """'train' or 'val' per row: each class (with 2+ images) gives about `val_fraction` to val."""
+    subsets = np.array(["train"] * len(labels), dtype=object)
+    rng = np.random.default_rng(seed)
+    for label in sorted(labels.unique()):
+        positions = np.flatnonzero(labels.to_numpy() == label)
+        n_val = int(round(len(positions) * val_fraction)) if len(positions) > 1 else 0
+        n_val = min(max(n_val, 1 if len(positions) > 1 else 0), len(positions) - 1)
+        subsets[rng.permutation(positions)[:n_val]] = "val"
+    return list(subsets)
+
+
+def make_split(root: Path, val_fraction: float, seed: int, workers: int = 0) -> pd.DataFrame:
+    scanned = scan_labelled(root)
+    reasons = find_unreadable(Path(root), list(scanned.path), workers)
+    table = scanned.assign(reason=reasons)
+    readable = table[table.reason == ""]
+    for label in sorted(table.label.unique()):
+        if (readable.label == label).sum() == 0:
+            raise QuorumError(f"class folder {label} has no readable image: see the files listed as unreadable")
+    if table.given_subset.notna().all():
+        subsets = list(readable.given_subset)
+    else:
+        subsets = stratified_subsets(readable.label.reset_index(drop=True), val_fraction, seed)
+    table["subset"] = "unreadable"
+    table.loc[readable.index, "subset"] = subsets
+    return table[["path", "label", "subset", "reason"]]
+
+
+def _digest(table: pd.DataFrame) -> str:
+    text = table[["path", "label", "subset"]].to_csv(index=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: int, resplit: bool = False,
+                       workers: int = 0) -> tuple[Split, bool]:
+    """The saved split if the files still match it, else a new one (saved). Returns (split, is_new)."""
+    split_path = Path(models_dir) / SPLIT_FILE
+    if split_path.is_file() and not resplit:
+        table = pd.read_csv(split_path, keep_default_na=False, dtype=str)
+        current = scan_labelled(root)
+        saved_files = set(zip(table.path, table.label))
+        current_files = set(zip(current.path, current.label))
+        if saved_files != current_files:
+            added, removed = len(current_files - saved_files), len(saved_files - current_files)
+            raise QuorumError(
+                f"the images in {root} changed since {split_path} was made ({added} added, {removed} removed): "
+                "add --resplit to make a new split (then fine-tune the other models again so all share it)"
+            )
+        is_new = False
+    else:
+        table = make_split(root, val_fraction, seed, workers)
+        files.write_csv(split_path, table)
+        is_new = True
+    classes = tuple(sorted(table.label.unique()))
+    return Split(Path(root), classes, table.reset_index(drop=True), _digest(table)), is_new
+
+
+class LabelledImages(Dataset):
+    """(image tensor, class index, position) per item; None for a file that became unreadable."""
+
+    def __init__(self, root: Path, items: list[tuple[str, int]], transform):
+        self.root, self.items, self.transform = Path(root), items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, label = self.items[i]
+        try:
+            return self.transform(load_rgb(self.root / path)), label, i
+        except UnreadableImage:
+            return None  # dropped by collate_readable: never a crash mid-epoch, never a stand-in image
+
+
+def collate_readable(batch):
+    batch = [item for item in batch if item is not None]
+    return default_collate(batch) if batch else None
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
+                sampler=None) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, collate_fn=collate_readable, generator=generator,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())

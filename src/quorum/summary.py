@@ -1,0 +1,34 @@
+"""What a finished run tells the user, and the versions it records for reproducibility."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from rich.table import Table
+
+from quorum.console import console
+
+
+def provenance() -> dict:
+    versions = {"python": platform.python_version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for package in ("quorum", "torch", "torchvision", "timm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def print_summary(model_dir: Path, history: list[dict], best: dict, quiet: bool) -> None:
+    if quiet:
+        return
+    metrics = best["metrics"]
+    table = Table(title=f"Saved {model_dir}", title_justify="left")
+    for column in ("best epoch", "val accuracy", "balanced accuracy", "macro F1", "epochs", "train time"):
+        table.add_column(column, justify="right")
+    table.add_row(str(best["epoch"]), f"{metrics['accuracy']:.1%}", f"{metrics['balanced_accuracy']:.1%}",
+                  f"{metrics['macro_f1']:.3f}", str(len(history)), f"{sum(r['seconds'] for r in history):.0f} s")
+    console.print(table)

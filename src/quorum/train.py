@@ -1,0 +1,88 @@
+"""One epoch of training, one pass of validation, and the per-phase learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from quorum.console import track
+from quorum.device import autocast
+from quorum.model import Classifier, set_train_mode
+
+
+def make_optimizer(model: Classifier, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the parameters that train in this phase; no weight decay on norms and biases."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up, then cosine decay to zero: one schedule per phase, stepped per batch.
+    Warm-up matters most in phase 2, where a full learning rate on fresh gradients would wreck
+    the pretrained features the frozen phase relied on."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn.Module, device: torch.device,
+                    train_blocks: int | None, start: int = 0, quiet: bool = False, description: str = "train") -> dict:
+    """`start` > 0: the loader yields cached inputs of block `start` instead of images."""
+    set_train_mode(model, train_blocks)
+    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    loss_sum, correct, seen, began = 0.0, 0, 0, time.perf_counter()
+    for batch in track(loader, len(loader), description, quiet):
+        if batch is None:  # every image of this batch was unreadable
+            continue
+        inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(inputs, start=start)
+            loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+            "seconds": time.perf_counter() - began}
+
+
+@torch.inference_mode()
+def predict_loader(model: Classifier, loader, device: torch.device, quiet: bool = False,
+                   description: str = "validate") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Softmax probabilities, labels and dataset positions of every readable item, in loader order."""
+    model.eval()
+    probs, labels, positions = [], [], []
+    for batch in track(loader, len(loader), description, quiet):
+        if batch is None:
+            continue
+        with autocast(device):
+            logits = model(batch[0].to(device, non_blocking=True))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(batch[1])
+        positions.append(batch[2])
+    if not probs:
+        return np.zeros((0, 0)), np.zeros(0, int), np.zeros(0, int)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(positions).numpy()
+
+
+def validation_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Cross-entropy of the predicted probabilities (no label smoothing: comparable across recipes)."""
+    if len(labels) == 0:
+        return float("nan")
+    picked = probs[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
