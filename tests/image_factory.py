@@ -176,3 +176,13 @@ def _write_multipage_tiff(path: Path) -> None:
     """Page 0 green at AWKWARD_SIZE, page 1 a blue square of another size."""
     first, second = Image.new("RGB", AWKWARD_SIZE, GREEN), Image.new("RGB", (20, 20), BLUE)
     first.save(path, save_all=True, append_images=[second])
+
+
+COLOUR_CLASSES = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def write_labelled_folder(root: Path, per_class: int = 8, classes: int = 3) -> Path:
+    """A labelled folder `root/<colour>/...` of small real images that a tiny model can learn."""
+    for seed, (name, tint) in enumerate(list(COLOUR_CLASSES.items())[:classes]):
+        write_good_images(Path(root) / name, per_class, tint=tint, seed=seed)
+    return Path(root)

@@ -106,7 +106,10 @@ def make_split(root: Path, val_fraction: float, seed: int, workers: int = 0) -> 
     readable = table[table.reason == ""]
     for label in sorted(table.label.unique()):
         if (readable.label == label).sum() == 0:
-            raise QuorumError(f"class folder {label} has no readable image: see the files listed as unreadable")
+            broken = table[table.label == label]
+            examples = ", ".join(f"{p}: {r}" for p, r in zip(broken.path[:3], broken.reason[:3]))
+            raise QuorumError(f"class {label} in {root} has no readable image ({examples}): "
+                              "replace the files or remove the folder")
     if table.given_subset.notna().all():
         subsets = list(readable.given_subset)
     else:

@@ -19,14 +19,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from quorum import bundle, checkpoint, files, weights
+from quorum import bundle, cache, checkpoint, files, weights
 from quorum.backbones import get_backbone
 from quorum.console import say
 from quorum.data import LabelledImages, Split, load_or_make_split, make_loader
 from quorum.device import pick_device
 from quorum.errors import QuorumError
 from quorum.metrics import classification_metrics
-from quorum.model import count_parameters, freeze
+from quorum.model import count_parameters, first_trainable_block, freeze
 from quorum.recipe import Recipe
 from quorum.summary import print_summary, provenance
 from quorum.train import make_optimizer, predict_loader, train_one_epoch, validation_loss, warmup_cosine
@@ -54,6 +54,7 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     split, is_new = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed,
                                        resplit=resplit, workers=recipe.workers)
     report_split(split, is_new, models_dir, quiet)
+    torch.manual_seed(recipe.seed)  # a random-init head (and --weights none) is the same every run
     model = weights.build(backbone, len(split.classes), "none" if resume else recipe.weights)
     if recipe.train_blocks > len(model.blocks):
         raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s {len(model.blocks)} blocks")
@@ -99,6 +100,7 @@ class _Run:
         self.history: list[dict] = []
         self.best = {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}
         self.phase, self.optimizer, self.scheduler, self.next_epoch = 0, None, None, 0
+        self.cache: cache.FeatureCache | None = None
 
     def phase_of(self, epoch: int) -> int:
         return 1 if epoch < self.recipe.frozen_epochs else 2
@@ -122,14 +124,21 @@ class _Run:
         recipe, phase = self.recipe, self.phase_of(epoch)
         if phase != self.phase:
             self.start_phase(phase)
+        feature_cache = self.feature_cache() if phase == 1 else None
         torch.manual_seed(recipe.seed + epoch)  # augmentation and dropout: the same with or without --resume
-        loader = make_loader(self.train_set, recipe.batch_size, True, recipe.workers, seed=recipe.seed + epoch)
+        if feature_cache:
+            start = feature_cache.start
+            loader = feature_cache.train_loader(epoch, recipe.batch_size, seed=recipe.seed + epoch)
+            val_loader = feature_cache.val_loader(recipe.batch_size)
+        else:
+            start = 0
+            loader = make_loader(self.train_set, recipe.batch_size, True, recipe.workers, seed=recipe.seed + epoch)
+            val_loader = make_loader(self.val_set, recipe.batch_size, False, recipe.workers)
         stats = train_one_epoch(self.model, loader, self.optimizer, self.scheduler, self.loss_fn, self.device,
-                                recipe.train_blocks if phase == 1 else None, quiet=self.quiet,
+                                recipe.train_blocks if phase == 1 else None, start=start, quiet=self.quiet,
                                 description=f"epoch {epoch + 1}/{recipe.epochs}")
         lr = self.scheduler.get_last_lr()[0]
-        probs, labels, positions = predict_loader(self.model, make_loader(self.val_set, recipe.batch_size, False,
-                                                                          recipe.workers), self.device, self.quiet)
+        probs, labels, positions = predict_loader(self.model, val_loader, self.device, self.quiet, start=start)
         val_loss, val_acc = validation_loss(probs, labels), float((probs.argmax(1) == labels).mean())
         row = {"epoch": epoch + 1, "phase": phase, "trainable_params": count_parameters(self.model, True),
                "lr": lr, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
@@ -142,6 +151,24 @@ class _Run:
             self.best = {"accuracy": val_acc, "loss": val_loss, "epoch": epoch + 1}
             self.save_best(probs, labels, positions)
         checkpoint.save(self.work_dir, self.state(epoch))
+
+    def feature_cache(self) -> cache.FeatureCache | None:
+        """Built once, at the first frozen epoch; None when turned off or too big for memory."""
+        recipe = self.recipe
+        if self.cache is not None or not recipe.cache_features:
+            return self.cache
+        start = first_trainable_block(self.model, recipe.train_blocks)
+        views = max(1, min(recipe.cache_views, recipe.frozen_epochs))
+        images = views * len(self.train_set) + len(self.val_set)
+        needed, budget = cache.estimate_bytes(self.model, start, recipe.image_size, images, self.device), cache.memory_budget()
+        if needed > budget:
+            say(f"[yellow]Feature cache would need {needed / 2**30:.1f} GiB (budget {budget / 2**30:.1f} GiB): "
+                "phase 1 runs the whole backbone every epoch (use fewer --train-blocks to cache)[/yellow]", self.quiet)
+            self.recipe = dataclasses.replace(recipe, cache_features=False)
+            return None
+        self.cache = cache.build(self.model, start, self.train_set, self.val_set, views, self.device,
+                                 recipe.batch_size, recipe.workers, recipe.seed, self.quiet)
+        return self.cache
 
     def save_best(self, probs, labels, positions) -> None:
         classes = self.split.classes

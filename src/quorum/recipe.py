@@ -30,6 +30,7 @@ class Recipe:
     device: str = "auto"
     workers: int = 2
     cache_features: bool = True  # phase 1 trains on cached frozen features when they fit in memory
+    cache_views: int = 2  # augmented views of each training image in that cache, cycled across epochs
 
     def resolve(self, native_size: int, pretrained_available: bool) -> "Recipe":
         """Fill every default that depends on the backbone, and check the numbers."""

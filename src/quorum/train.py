@@ -63,7 +63,7 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
 
 @torch.inference_mode()
 def predict_loader(model: Classifier, loader, device: torch.device, quiet: bool = False,
-                   description: str = "validate") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   description: str = "validate", start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Softmax probabilities, labels and dataset positions of every readable item, in loader order."""
     model.eval()
     probs, labels, positions = [], [], []
@@ -71,7 +71,7 @@ def predict_loader(model: Classifier, loader, device: torch.device, quiet: bool 
         if batch is None:
             continue
         with autocast(device):
-            logits = model(batch[0].to(device, non_blocking=True))
+            logits = model(batch[0].to(device, non_blocking=True), start=start)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(batch[1])
         positions.append(batch[2])
