@@ -84,3 +84,58 @@ def backbones():
         pretrained = "imagenet" if entry.pretrained_available else "from scratch"
         click.echo(f"{name:20} {entry.native_size:4d} px  {count_blocks(name):3d} blocks  {pretrained}")
     click.echo("timm/<model>         any timm model, when timm is installed (pip install 'quorum[timm]')")
+
+
+@main.command()
+@click.argument("folder", type=click.Path())
+@click.option("--out", "-o", type=click.Path(), required=True,
+              help="CSV to write, one row per image file; written whole at the end or not at all.")
+@click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
+@click.option("--model", "models", multiple=True, metavar="NAME",
+              help="A member, by its folder name in --models-dir; repeat for more. [default: every model there]")
+@click.option("--tie-breaker", metavar="NAME", help="The member whose label wins a tie. "
+              "[default: the member with the best validation accuracy]")
+@click.option("--lazy", is_flag=True, help="Run members cheapest first and skip those that can no longer change an "
+              "image's winner: the same predictions, fewer model runs. Skipped members' columns stay empty; votes, "
+              "members, agreement, decided_by, confidence and review describe only the members that ran.")
+@click.option("--probs", is_flag=True, help="Add p_<class> columns: the members' mean probability of every class.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
+              help="Add a review column, true where agreement (votes / members) is below F, e.g. 0.67.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Image-decoding worker processes (0: decode in the main process).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
+@user_errors
+def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, device, batch_size, workers,
+            quiet):
+    """Let the models vote on every image under FOLDER and write one CSV row per file.
+
+    \b
+    The vote: each member votes its top label and the label with the most votes wins.
+    A tie goes to the tie-breaker's label when it is one of the tied labels, otherwise
+    to the tied label with the highest mean probability. With three members: two or
+    three agree -> their label; all three differ -> the tie-breaker's label.
+
+    \b
+    Columns: path, prediction, votes, members, agreement, decided_by (unanimous,
+    majority or tie-breaker), confidence (mean probability of the winner), <member>
+    and <member>_p for each member, then status (ok or error) and error. An unreadable
+    file gets a row with status error and the reason; it never changes another row.
+    """
+    from rich.markup import escape
+
+    from quorum.console import say
+    from quorum.ensemble import select_models
+    from quorum.predict import predict as run_predict
+    from quorum.predict_io import check_writable, summarize, write_predictions
+
+    check_writable(out)  # before any model loads or image decodes
+    frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
+                        batch_size=batch_size, workers=workers, lazy=lazy, probs=probs, min_agreement=min_agreement,
+                        quiet=quiet)
+    write_predictions(frame, out)
+    first, *rest = summarize(frame)
+    say(escape(f"Wrote {out}: {first}"))
+    for line in rest:
+        say(escape(f"  {line}"))

@@ -38,8 +38,9 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn.Module, device: torch.device,
                     train_blocks: int | None, start: int = 0, quiet: bool = False, description: str = "train") -> dict:
-    """`start` > 0: the loader yields cached inputs of block `start` instead of images."""
-    set_train_mode(model, train_blocks)
+    """`start` > 0: the loader yields cached inputs of block `start` instead of images.
+    `model` may be wrapped in DistributedDataParallel."""
+    set_train_mode(getattr(model, "module", model), train_blocks)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     loss_sum, correct, seen, began = 0.0, 0, 0, time.perf_counter()
     for batch in track(loader, len(loader), description, quiet):

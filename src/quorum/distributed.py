@@ -1,0 +1,80 @@
+"""Running under `torchrun`: one process per device, PyTorch's own process group, rank 0 writes files.
+
+Nothing here is needed for a single process: `current()` then says world size 1 and every helper
+is a no-op, so the same code path serves a laptop and a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    def share(self, n: int) -> list[int]:
+        """This process's positions out of n items: every size-th one, so shares differ by at most one."""
+        return list(range(self.rank, n, self.size))
+
+    def share_padded(self, n: int) -> list[int]:
+        """Like `share`, but every process gets the same count (wrapping around, as DistributedSampler
+        does): DDP needs the same number of steps everywhere."""
+        total = -(-n // self.size) * self.size
+        return [i % n for i in range(self.rank, total, self.size)]
+
+
+def current() -> World:
+    """The world torchrun describes in the environment, joining its process group on first call."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        # nccl between GPUs, gloo between CPU processes: PyTorch's own backends, nothing home-made.
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device_for(world: World, requested: str) -> str:
+    """Under torchrun each process takes its own GPU; `requested` stands otherwise."""
+    if world.active and torch.cuda.is_available() and requested in ("auto", "cuda"):
+        torch.cuda.set_device(world.local_rank)
+        return f"cuda:{world.local_rank}"
+    return requested
+
+
+def barrier(world: World) -> None:
+    if world.active:
+        dist.barrier()
+
+
+def gather(world: World, value):
+    """Every process's `value`, in rank order (a list of one outside torchrun)."""
+    if not world.active:
+        return [value]
+    values = [None] * world.size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def broadcast(world: World, value):
+    """Rank 0's `value` on every process."""
+    if not world.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

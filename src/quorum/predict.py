@@ -1,0 +1,176 @@
+"""Let an ensemble vote on a folder of images: one row per file, in a stable order.
+
+The pipeline, and why it is shaped this way:
+1. Each file is decoded once, at reduced JPEG scale when even the largest member needs far fewer
+   pixels; a worker resizes and centre-crops it once per distinct member input size, as uint8.
+2. On the device each member converts to float and normalises with its own mean/std: the same
+   arithmetic as `transforms.eval_transform`, with a quarter of the bytes to copy.
+3. Unreadable files never enter a batch; they keep their row and a reason, so they cannot shift
+   or change any other row (and eval mode keeps one image's result independent of its batch).
+4. Members run cheapest first. With `lazy`, an image leaves the queue as soon as `vote.settled`
+   says the members still to run cannot change its winner, so its prediction is exactly a full run's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.markup import escape
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from quorum.console import say, track
+from quorum.device import autocast, pick_device
+from quorum.ensemble import Member, load_members, read_members, tie_breaker_index
+from quorum.errors import QuorumError
+from quorum.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
+from quorum.predict_io import check_columns, to_frame
+from quorum.transforms import CROP_FRACTION
+from quorum.vote import settled
+
+
+@dataclass(frozen=True)
+class MemberOutputs:
+    """What every member said about every image, before the vote."""
+
+    probs: np.ndarray  # (members, images, classes) float32; NaN where a member did not run
+    ran: np.ndarray  # (members, images) bool
+    errors: list[str | None]  # per image: why it could not be read, or None
+
+
+def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = None, device: str = "auto",
+            batch_size: int = 32, workers: int = 2, lazy: bool = False, probs: bool = False,
+            min_agreement: float | None = None, quiet: bool = False) -> pd.DataFrame:
+    """One row per image file under `folder`: the vote, each member's label, status and error.
+
+    `frame.attrs` holds `members`, `tie_breaker`, `min_agreement` and `lazy` for `predict_io.summarize`.
+    """
+    # Cheap checks first: a mistake should cost seconds, not a model load or a decoded folder.
+    if batch_size < 1:
+        raise QuorumError(f"--batch-size must be at least 1 (got {batch_size})")
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        raise QuorumError(f"--min-agreement must be between 0 and 1 (got {min_agreement})")
+    folder = Path(folder)
+    paths = find_images(folder)
+    if not paths:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise QuorumError(f"no images in {folder} (searched it and its sub-folders for {extensions})")
+    infos = read_members(model_dirs)
+    tie = tie_breaker_index(infos, tie_breaker)
+    names, classes = [info.path.name for info in infos], infos[0].classes
+    check_columns(names, classes, probs, min_agreement is not None)
+
+    torch_device = pick_device(device)
+    members = load_members(infos, torch_device)
+    say(escape(f"Voting on {len(paths)} images with {', '.join(names)} (tie-breaker {names[tie]}) on {torch_device}"),
+        quiet)
+    outputs = predict_arrays(paths, members, tie, torch_device, batch_size=batch_size, workers=workers,
+                             lazy=lazy, quiet=quiet)
+    frame = to_frame([path.relative_to(folder).as_posix() for path in paths], names, classes, outputs, tie,
+                     with_probs=probs, min_agreement=min_agreement)
+    frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy)
+    return frame
+
+
+def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, device: torch.device, *,
+                   batch_size: int = 32, workers: int = 2, lazy: bool = False, quiet: bool = False) -> MemberOutputs:
+    """Run every member (or, with `lazy`, only those whose vote can still matter) on every readable file."""
+    n_members, n_images, n_classes = len(members), len(paths), len(members[0].info.classes)
+    probs = np.full((n_members, n_images, n_classes), np.nan, np.float32)
+    ran = np.zeros((n_members, n_images), bool)
+    errors: list[str | None] = [None] * n_images
+    sizes = [member.info.image_size for member in members]
+    loader = DataLoader(_Images(paths, sizes), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda")
+    runner = _Runner(members, tie_breaker, device, lazy)
+    batches = track(loader, total=n_images, description="Predicting", quiet=quiet, unit="images",
+                    size=lambda batch: len(batch.rows) + len(batch.failed))
+    with torch.inference_mode():
+        for batch in batches:
+            for index, reason in batch.failed:
+                errors[index] = reason
+            if len(batch.rows):
+                runner(batch, probs, ran)
+    return MemberOutputs(probs, ran, errors)
+
+
+class _Images(Dataset):
+    """Item: (index, {size: uint8 (3, size, size)} or None, reason or None)."""
+
+    def __init__(self, paths: list[Path], sizes: list[int]):
+        self.paths = paths
+        # Decode JPEGs no larger than the largest member's resize needs (the draft keeps both sides >= it).
+        self.min_side = round(max(sizes) / CROP_FRACTION)
+        self.crops = {size: T.Compose([T.Resize(round(size / CROP_FRACTION), antialias=True), T.CenterCrop(size),
+                                       T.PILToTensor()]) for size in sorted(set(sizes))}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_rgb(self.paths[index], min_side=self.min_side)
+            return index, {size: crop(image) for size, crop in self.crops.items()}, None
+        except UnreadableImage as exc:
+            return index, None, exc.reason
+        except Exception as exc:  # a file Pillow decodes but cannot resize must still not stop the run
+            return index, None, f"cannot preprocess ({type(exc).__name__}: {str(exc)[:120]})"
+
+
+@dataclass
+class _Batch:
+    rows: np.ndarray  # int64: the readable images' indices into the file list
+    pixels: dict[int, torch.Tensor]  # image size -> uint8 (len(rows), 3, size, size)
+    failed: list[tuple[int, str]]  # (index, reason) for each unreadable file
+
+    def pin_memory(self) -> "_Batch":  # called by DataLoader(pin_memory=True)
+        return _Batch(self.rows, {size: x.pin_memory() for size, x in self.pixels.items()}, self.failed)
+
+
+def _collate(items) -> _Batch:
+    good = [(index, views) for index, views, _ in items if views is not None]
+    failed = [(index, reason) for index, views, reason in items if views is None]
+    pixels = {size: torch.stack([views[size] for _, views in good]) for size in good[0][1]} if good else {}
+    return _Batch(np.array([index for index, _ in good], np.int64), pixels, failed)
+
+
+class _Runner:
+    """Runs the members on one batch, cheapest first, and writes into the (members, images, ...) arrays."""
+
+    def __init__(self, members: list[Member], tie_breaker: int, device: torch.device, lazy: bool):
+        self.members, self.device, self.lazy = members, device, lazy
+        self.order = sorted(range(len(members)), key=lambda m: members[m].cost)
+        self.tie_step = self.order.index(tie_breaker)  # `settled` counts members in the order they run
+        self.norms = [(torch.tensor(m.info.mean, device=device).view(1, -1, 1, 1),
+                       torch.tensor(m.info.std, device=device).view(1, -1, 1, 1)) for m in members]
+
+    def __call__(self, batch: _Batch, probs: np.ndarray, ran: np.ndarray) -> None:
+        pending = np.arange(len(batch.rows))  # positions in the batch still waiting for a vote
+        labels = np.zeros((len(self.order), len(batch.rows)), np.int64)
+        for step, m in enumerate(self.order):
+            pixels = batch.pixels[self.members[m].info.image_size]
+            if len(pending) < len(batch.rows):
+                pixels = pixels[torch.from_numpy(pending)]
+            p = self._forward(m, pixels)
+            rows = batch.rows[pending]
+            probs[m, rows], ran[m, rows] = p, True
+            labels[step, pending] = p.argmax(axis=1)
+            if self.lazy and step + 1 < len(self.order):
+                done = settled(labels[: step + 1, pending], len(self.order), self.tie_step)
+                pending = pending[~done]
+                if not len(pending):
+                    return
+
+    def _forward(self, m: int, pixels: torch.Tensor) -> np.ndarray:
+        mean, std = self.norms[m]
+        # Exactly ToTensor + Normalize: /255 in float32, then subtract the mean and divide by the std.
+        x = pixels.to(self.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            logits = self.members[m].model(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()

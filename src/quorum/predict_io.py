@@ -1,0 +1,118 @@
+"""The predictions table: its columns, the check that --out can be written, the CSV and the summary.
+
+Columns, in order: path, prediction, votes, members, agreement, decided_by, confidence, then per
+member <name> and <name>_p, then p_<class> (with probs), review (with min_agreement), status, error.
+An unreadable file's row has only path, status=error and error filled in.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from quorum import files
+from quorum.errors import QuorumError
+from quorum.vote import DECIDED_BY, vote
+
+if TYPE_CHECKING:
+    from quorum.predict import MemberOutputs
+
+VOTE_COLUMNS = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
+STATUS_COLUMNS = ["status", "error"]
+OK, ERROR = "ok", "error"
+CSV_DECIMALS = 6
+
+
+def columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> list[str]:
+    member_columns = [column for name in names for column in (name, f"{name}_p")]
+    class_columns = [f"p_{name}" for name in classes] if with_probs else []
+    return VOTE_COLUMNS + member_columns + class_columns + (["review"] if with_review else []) + STATUS_COLUMNS
+
+
+def check_columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> None:
+    """A model named like another column (`status`, `p_cat`, ...) would silently overwrite it."""
+    counts = Counter(columns(names, classes, with_probs, with_review))
+    clashes = [column for column, count in counts.items() if count > 1]
+    if clashes:
+        raise QuorumError(f"model name clashes with the CSV column '{clashes[0]}': rename that model's folder")
+
+
+def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outputs: "MemberOutputs", tie_breaker: int,
+             with_probs: bool = False, min_agreement: float | None = None) -> pd.DataFrame:
+    """Vote on the readable rows and lay everything out as the CSV's table (`paths` relative, POSIX)."""
+    ok = np.array([error is None for error in outputs.errors])
+    good = np.flatnonzero(ok)
+    label_of = np.asarray(classes, dtype=object)
+    frame = pd.DataFrame({"path": paths})
+    table = {}
+    if len(good):  # vote only where some member ran: unreadable rows take no part at all
+        probs, ran = outputs.probs[:, good], outputs.ran[:, good]
+        result = vote(probs, tie_breaker, ran)
+        table = {"prediction": label_of[result.label], "votes": result.votes, "members": result.members,
+                 "agreement": result.votes / result.members, "decided_by": result.decided_by,
+                 "confidence": result.confidence}
+        for m, name in enumerate(names):
+            top = np.nan_to_num(probs[m], nan=-1.0).argmax(axis=1)
+            table[name] = np.where(ran[m], label_of[top], None)
+            table[f"{name}_p"] = np.where(ran[m], np.nan_to_num(probs[m], nan=-1.0).max(axis=1).astype(float), np.nan)
+        if with_probs:  # the mean over the members that ran, as the vote's confidence is
+            mean = np.where(ran[..., None], probs, 0.0).sum(axis=0) / ran.sum(axis=0)[:, None]
+            table.update({f"p_{name}": mean[:, c] for c, name in enumerate(classes)})
+        if min_agreement is not None:
+            table["review"] = table["agreement"] < min_agreement
+    for column in columns(names, classes, with_probs, min_agreement is not None)[1:-2]:
+        values = pd.Series(table[column], index=good) if table else pd.Series(dtype=object)
+        frame[column] = values.reindex(frame.index)
+    for column, dtype in (("votes", "Int64"), ("members", "Int64"), ("review", "boolean")):
+        if column in frame:
+            frame[column] = frame[column].astype(dtype)
+    frame["status"] = np.where(ok, OK, ERROR)
+    frame["error"] = [error or "" for error in outputs.errors]
+    return frame
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, before models load and images decode, if `out` cannot be written."""
+    out = Path(out)
+    if out.is_dir():
+        raise QuorumError(f"--out {out} is a folder: give a file name, e.g. {out / 'predictions.csv'}")
+    parent = out.parent
+    if not parent.is_dir():
+        problem = "is a file, not a folder" if parent.exists() else "does not exist"
+        raise QuorumError(f"cannot write {out}: {parent} {problem}; create the folder or choose another --out")
+    try:  # the CSV is written beside `out` and moved into place, so the folder must take new files
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise QuorumError(f"cannot write {out}: {reason}; choose another --out") from None
+
+
+def write_predictions(frame: pd.DataFrame, out: Path) -> None:
+    """Write the CSV under a temporary name and move it into place: never a truncated file."""
+    files.write_csv(Path(out), frame.round(CSV_DECIMALS))
+
+
+def summarize(frame: pd.DataFrame) -> list[str]:
+    """A few lines for a person: rows, errors, predictions per class, how rows were decided."""
+    ok = frame[frame["status"] == OK]
+    lines = [f"{len(frame)} rows, {len(frame) - len(ok)} errors"]
+    if len(ok):
+        counts = ok["prediction"].value_counts()
+        lines.append("predicted: " + ", ".join(f"{label} {count}" for label, count in counts.items()))
+        decided = ok["decided_by"].value_counts()
+        how = ", ".join(f"{decided.get(kind, 0)} {kind}" for kind in DECIDED_BY)
+        lines.append(f"decided: {how} (tie-breaker {frame.attrs.get('tie_breaker', '?')})")
+    if "review" in frame:
+        lines.append(f"flagged for review: {int(ok['review'].sum())} (agreement < {frame.attrs.get('min_agreement')})")
+    names = frame.attrs.get("members", [])
+    if frame.attrs.get("lazy") and names:
+        possible = len(ok) * len(names)
+        skipped = int(ok[names].isna().to_numpy().sum())  # a member's label is empty only where it did not run
+        lines.append(f"lazy: skipped {skipped} of {possible} member runs ({skipped / max(possible, 1):.0%})")
+    return lines

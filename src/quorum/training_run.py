@@ -1,0 +1,191 @@
+"""The state of one fine-tuning run, epoch by epoch: phases, optimizer, cache, best epoch.
+
+Under torchrun every process holds a `TrainingRun`: each trains on its share of every epoch
+through DistributedDataParallel, validates its share, and the shares are gathered so the metrics
+cover the whole validation set. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, Subset
+
+from quorum import bundle, cache, checkpoint, distributed, files
+from quorum.backbones import get_backbone
+from quorum.console import say
+from quorum.data import LabelledImages, Split, make_loader
+from quorum.errors import QuorumError
+from quorum.metrics import classification_metrics
+from quorum.model import count_parameters, first_trainable_block, freeze
+from quorum.recipe import Recipe
+from quorum.summary import print_summary, provenance
+from quorum.train import make_optimizer, predict_loader, train_one_epoch, validation_loss, warmup_cosine
+from quorum.transforms import eval_transform, train_transform
+
+
+class TrainingRun:
+    """The state of one fine-tuning run: model, current phase's optimizer, history, best epoch."""
+
+    def __init__(self, recipe: Recipe, split: Split, model, device: torch.device, work_dir: Path,
+                 world: distributed.World, quiet: bool):
+        self.recipe, self.split, self.model, self.device = recipe, split, model, device
+        self.work_dir, self.world, self.quiet = work_dir, world, quiet
+        backbone = get_backbone(recipe.backbone)
+        size, mean, std = recipe.image_size, backbone.mean, backbone.std
+        self.train_set = LabelledImages(split.root, split.items("train"), train_transform(size, mean, std))
+        self.val_set = LabelledImages(split.root, split.items("val"), eval_transform(size, mean, std))
+        if len(self.val_set) == 0:
+            raise QuorumError(f"no validation images: give each class in {split.root} at least 2 images, or a val/ folder")
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        self.history: list[dict] = []
+        self.best = {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}
+        self.phase, self.optimizer, self.scheduler, self.next_epoch = 0, None, None, 0
+        self.trainer: nn.Module = model  # the model, or its DistributedDataParallel wrapper
+        self.cache: cache.FeatureCache | None = None
+
+    def phase_of(self, epoch: int) -> int:
+        return 1 if epoch < self.recipe.frozen_epochs else 2
+
+    def start_phase(self, phase: int) -> None:
+        """Freeze for the phase, then a fresh optimizer and schedule over what now trains."""
+        recipe = self.recipe
+        freeze(self.model, recipe.train_blocks if phase == 1 else None)
+        if self.world.active:  # DDP must be (re)built after requires_grad changes
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trainer = DistributedDataParallel(self.model, device_ids=ids)
+        lr = recipe.lr if phase == 1 else recipe.finetune_lr
+        self.optimizer = make_optimizer(self.model, lr, recipe.weight_decay)
+        epochs = recipe.frozen_epochs if phase == 1 else recipe.epochs - recipe.frozen_epochs
+        steps = epochs * self.steps_per_epoch()
+        warmup = max(1, min(steps // 2, round(recipe.warmup_epochs * self.steps_per_epoch())))
+        self.scheduler = warmup_cosine(self.optimizer, warmup, steps)
+        self.phase = phase
+
+    def steps_per_epoch(self) -> int:
+        share = -(-len(self.train_set) // self.world.size)
+        return -(-share // self.recipe.batch_size)
+
+    def loaders(self, epoch: int, phase: int) -> tuple[int, object, object]:
+        """(first block to run, train loader, val loader) for this epoch, each over this process's share."""
+        recipe, world = self.recipe, self.world
+        seed = recipe.seed + epoch + 100_003 * world.rank  # augmentation differs across processes
+        torch.manual_seed(seed)  # augmentation and dropout: the same with or without --resume
+        feature_cache = self.feature_cache() if phase == 1 else None
+        if feature_cache:
+            return (feature_cache.start, feature_cache.train_loader(epoch, recipe.batch_size, seed),
+                    feature_cache.val_loader(recipe.batch_size))
+        sampler = None
+        if world.active:
+            sampler = DistributedSampler(self.train_set, world.size, world.rank, shuffle=True, seed=recipe.seed)
+            sampler.set_epoch(epoch)
+        train = make_loader(self.train_set, recipe.batch_size, True, recipe.workers, seed=seed, sampler=sampler)
+        val = make_loader(Subset(self.val_set, world.share(len(self.val_set))), recipe.batch_size, False, recipe.workers)
+        return 0, train, val
+
+    def epoch(self, epoch: int) -> None:
+        recipe, phase = self.recipe, self.phase_of(epoch)
+        if phase != self.phase:
+            self.start_phase(phase)
+        start, train_loader, val_loader = self.loaders(epoch, phase)
+        stats = train_one_epoch(self.trainer, train_loader, self.optimizer, self.scheduler, self.loss_fn, self.device,
+                                recipe.train_blocks if phase == 1 else None, start=start, quiet=self.quiet,
+                                description=f"epoch {epoch + 1}/{recipe.epochs}")
+        lr = self.scheduler.get_last_lr()[0]
+        probs, labels, positions = self.validate(val_loader, start)
+        val_loss, val_acc = validation_loss(probs, labels), float((probs.argmax(1) == labels).mean())
+        row = {"epoch": epoch + 1, "phase": phase, "trainable_params": count_parameters(self.model, True),
+               "lr": lr, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+               "val_loss": val_loss, "val_accuracy": val_acc, "seconds": stats["seconds"]}
+        self.history.append(row)
+        say(f"epoch {epoch + 1}/{recipe.epochs} phase {phase} trainable {row['trainable_params']:,} lr {lr:.1e} "
+            f"train {stats['loss']:.3f}/{stats['accuracy']:.1%} val {val_loss:.3f}/{val_acc:.1%} "
+            f"{stats['seconds']:.1f}s", self.quiet)
+        if (val_acc, -val_loss) > (self.best["accuracy"], -self.best["loss"]):
+            self.best = {"accuracy": val_acc, "loss": val_loss, "epoch": epoch + 1}
+            self.save_best(probs, labels, positions)
+        if self.world.is_main:
+            checkpoint.save(self.work_dir, self.state(epoch))
+
+    def validate(self, loader, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Probabilities, labels and val-set positions of the whole validation set, shares gathered."""
+        probs, labels, positions = predict_loader(self.model, loader, self.device, self.quiet, start=start)
+        if isinstance(loader.dataset, Subset):  # positions within the share -> positions in the val set
+            positions = np.asarray(loader.dataset.indices, dtype=int)[positions] if len(positions) else positions
+        shares = distributed.gather(self.world, (probs, labels, positions))
+        probs, labels, positions = (np.concatenate([s[i] for s in shares if len(s[2])]) for i in range(3))
+        order = np.argsort(positions, kind="stable")
+        return probs[order], labels[order], positions[order]
+
+    def feature_cache(self) -> cache.FeatureCache | None:
+        """Built once, at the first frozen epoch; None when turned off or too big for memory."""
+        recipe = self.recipe
+        if self.cache is not None or not recipe.cache_features:
+            return self.cache
+        start = first_trainable_block(self.model, recipe.train_blocks)
+        views = max(1, min(recipe.cache_views, recipe.frozen_epochs))
+        train_share = Subset(self.train_set, self.world.share_padded(len(self.train_set)))
+        val_share = Subset(self.val_set, self.world.share(len(self.val_set)))
+        images = views * len(train_share) + len(val_share)
+        needed, budget = cache.estimate_bytes(self.model, start, recipe.image_size, images, self.device), cache.memory_budget()
+        if needed > budget:
+            say(f"[yellow]Feature cache would need {needed / 2**30:.1f} GiB (budget {budget / 2**30:.1f} GiB): "
+                "phase 1 runs the whole backbone every epoch (use fewer --train-blocks to cache)[/yellow]", self.quiet)
+            self.recipe = dataclasses.replace(recipe, cache_features=False)
+            return None
+        self.cache = cache.build(self.model, start, train_share, val_share, views, self.device,
+                                 recipe.batch_size, recipe.workers, recipe.seed + 100_003 * self.world.rank, self.quiet)
+        return self.cache
+
+    def save_best(self, probs, labels, positions) -> None:
+        classes = self.split.classes
+        self.best["metrics"] = classification_metrics(labels, probs.argmax(1), classes)
+        if not self.world.is_main:
+            return
+        val_items = self.split.items("val")
+        frame = pd.DataFrame({"path": [val_items[i][0] for i in positions],
+                              "true_label": [classes[i] for i in labels],
+                              "predicted_label": [classes[i] for i in probs.argmax(1)]})
+        for k, name in enumerate(classes):
+            frame[f"p_{name}"] = probs[:, k].round(6)
+        bundle.save_weights(self.model, self.work_dir)
+        files.write_csv(self.work_dir / bundle.VAL_PREDICTIONS, frame)
+
+    def state(self, epoch: int) -> dict:
+        return {"epoch": epoch, "phase": self.phase, "recipe": self.recipe.as_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history),
+                "best": json.dumps(self.best)}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.history, self.best = json.loads(state["history"]), json.loads(state["best"])
+        self.next_epoch = state["epoch"] + 1
+        if self.next_epoch < self.recipe.epochs and self.phase_of(self.next_epoch) == state["phase"]:
+            self.start_phase(state["phase"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def finish(self, final_dir: Path, backbone_info: dict) -> None:
+        """Write history and model.json, drop the checkpoint: the work folder is now a complete bundle."""
+        recipe, best = self.recipe, self.best
+        files.write_csv(self.work_dir / bundle.HISTORY, pd.DataFrame(self.history))
+        bundle.write_model_json(self.work_dir, {
+            "name": recipe.name, "backbone": recipe.backbone, "image_size": recipe.image_size, **backbone_info,
+            "classes": list(self.split.classes), "num_params": count_parameters(self.model),
+            "weights_source": recipe.weights, "best_epoch": best["epoch"], "epochs_run": len(self.history),
+            "metrics": best["metrics"], "split": {"file": "split.csv", "digest": self.split.digest,
+                                                  "val_images": len(self.val_set)},
+            "recipe": recipe.as_dict(), "processes": self.world.size, "versions": provenance(),
+        })
+        checkpoint.remove(self.work_dir)
+
+    def print_summary(self, final_dir: Path) -> None:
+        print_summary(final_dir, self.history, self.best, self.quiet)

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny real models saved as quorum bundles, fast enough to build per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from quorum import bundle, weights
+from quorum.backbones import get_backbone
+
+CLASSES = ("cat", "dog", "fox")
+
+
+def save_model(models_dir: Path, name: str, backbone: str, image_size: int, classes=CLASSES, accuracy: float = 0.5,
+               seed: int = 0, constant: int | None = None) -> Path:
+    """A random-init `backbone` saved as models_dir/name; `constant` = k makes it always vote class k.
+
+    The same `seed` and backbone give identical weights, so two such models always agree.
+    """
+    torch.manual_seed(seed)
+    entry = get_backbone(backbone)
+    model = weights.build(entry, len(classes), "none").eval()
+    if constant is not None:  # zero weights and a one-hot bias: the same logits for every image
+        linear = model.head[-1]
+        torch.nn.init.zeros_(linear.weight)
+        with torch.no_grad():
+            linear.bias.copy_(torch.arange(len(classes)) == constant).mul_(3.0)
+    model_dir = Path(models_dir) / name
+    model_dir.mkdir(parents=True)
+    bundle.save_weights(model, model_dir)
+    bundle.write_model_json(model_dir, {
+        "name": name, "backbone": backbone, "image_size": image_size, "mean": list(entry.mean),
+        "std": list(entry.std), "classes": list(classes), "metrics": {"accuracy": accuracy},
+    })
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """Three members over CLASSES: two identical tinyvgg-32 (they always agree) and a mobilenet_v3_small-40.
+
+    Two input sizes and two mean/std pairs; the MobileNet has the best accuracy, so it breaks ties,
+    and it costs the most, so it runs last.
+    """
+    root = tmp_path_factory.mktemp("tiny_models")
+    save_model(root, "tinyvgg-32", "tinyvgg", 32, accuracy=0.7)
+    save_model(root, "tinyvgg-32-copy", "tinyvgg", 32, accuracy=0.6)
+    save_model(root, "mobilenet_v3_small-40", "mobilenet_v3_small", 40, accuracy=0.9, seed=1)
+    return root
+
+
+@pytest.fixture
+def make_model():
+    """`save_model`, for tests that need models of their own."""
+    return save_model

@@ -1,0 +1,289 @@
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import CLASSES
+from image_factory import UNREADABLE, write_awkward_images, write_good_images
+from quorum import predict as predict_module
+from quorum.cli import main
+from quorum.ensemble import load_members, read_members, select_models
+from quorum.errors import QuorumError
+from quorum.images import load_rgb
+from quorum.predict import predict, predict_arrays
+from quorum.transforms import eval_transform
+
+CAT, DOG, FOX = range(3)
+TRIO = ["mobilenet_v3_small-40", "tinyvgg-32", "tinyvgg-32-copy"]  # select_models' order: by name
+FIXED = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
+MEMBER_COLUMNS = [column for name in TRIO for column in (name, f"{name}_p")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning makes them 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Good images at the top, every awkward kind (broken ones included) in a sub-folder."""
+    root = tmp_path_factory.mktemp("mixed")
+    write_good_images(root, 6, size=(64, 48))
+    write_awkward_images(root / "awkward")
+    return root
+
+
+def run(folder, models_dir, **options):
+    options = {"workers": 0, "quiet": True, "batch_size": 4, **options}
+    return predict(folder, select_models(models_dir, options.pop("names", ())), **options)
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, ["predict", *map(str, args)])
+    assert "Traceback" not in result.output
+    return result
+
+
+def constant_models(tmp_path, make_model, votes, classes=CLASSES):
+    """One tinyvgg per entry in `votes` that always votes that class: model i is named m<i>."""
+    for index, label in enumerate(votes):
+        make_model(tmp_path / "models", f"m{index}", "tinyvgg", 32, classes=classes, constant=label,
+                   accuracy=0.5 + index / 10)
+    return tmp_path / "models"
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+
+def test_broken_files_get_error_rows_and_change_no_other_row(mixed, tiny_models, tmp_path):
+    frame = run(mixed, tiny_models)
+    broken = {"awkward/" + name for name in ("empty.jpg", "truncated.jpg", "truncated.png", "notes.jpg", "bomb.png")}
+    assert len(broken) == len(UNREADABLE)
+
+    # One row per file, in find_images order, errors marked with their reason.
+    assert frame["path"].tolist() == sorted(frame["path"], key=str) and len(frame) == 6 + 19
+    errors = frame[frame["status"] == "error"]
+    assert set(errors["path"]) == broken
+    assert errors.set_index("path").loc["awkward/empty.jpg", "error"] == "empty file"
+    assert errors[FIXED[1:] + MEMBER_COLUMNS].isna().all().all()
+    assert (frame.loc[frame["status"] == "ok", "error"] == "").all()
+
+    # The same files without the broken ones: every good row is the same (batches differ: batch_size 4).
+    clean = tmp_path / "clean"
+    for path in frame.loc[frame["status"] == "ok", "path"]:
+        (clean / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(mixed / path, clean / path)
+    alone = run(clean, tiny_models).set_index("path")
+    assert frame["tinyvgg-32_p"].nunique() > 15  # rows differ, so a shifted row would show
+    good = frame[frame["status"] == "ok"].set_index("path")
+    assert good.index.tolist() == alone.index.tolist()
+    labels = ["prediction", "votes", "members", "decided_by", *TRIO]
+    pd.testing.assert_frame_equal(good[labels], alone[labels])
+    numbers = ["agreement", "confidence", *(f"{name}_p" for name in TRIO)]
+    np.testing.assert_allclose(good[numbers].to_numpy(float), alone[numbers].to_numpy(float), atol=1e-6)
+
+
+def test_each_file_is_decoded_once_at_the_largest_members_resize(mixed, tiny_models, monkeypatch):
+    calls = []
+
+    def counting_load_rgb(path, min_side=None):
+        calls.append((Path(path).name, min_side))
+        return load_rgb(path, min_side)
+
+    monkeypatch.setattr(predict_module, "load_rgb", counting_load_rgb)
+    frame = run(mixed, tiny_models)
+    assert len(calls) == len(frame) == len({name for name, _ in calls})
+    assert {side for _, side in calls} == {round(40 / 0.875)}
+
+
+def test_each_member_sees_exactly_its_own_eval_transform(mixed, tiny_models):
+    members = load_members(read_members(select_models(tiny_models)), torch.device("cpu"))
+    paths = sorted(mixed.glob("good_*"))
+    outputs = predict_arrays(paths, members, 0, torch.device("cpu"), batch_size=4, workers=0, quiet=True)
+    min_side = round(max(m.info.image_size for m in members) / 0.875)
+    for m, member in enumerate(members):
+        info = member.info
+        transform = eval_transform(info.image_size, info.mean, info.std)
+        x = torch.stack([transform(load_rgb(path, min_side)) for path in paths])
+        with torch.inference_mode():
+            expected = torch.softmax(member.model(x), dim=1).numpy()
+        np.testing.assert_allclose(outputs.probs[m], expected, atol=1e-6)
+
+
+def test_workers_give_the_same_rows_as_the_main_process(mixed, tiny_models):
+    pd.testing.assert_frame_equal(run(mixed, tiny_models, workers=2), run(mixed, tiny_models))
+
+
+@pytest.mark.parametrize(("votes", "tie_breaker", "label", "decided_by"), [
+    ((CAT, CAT, CAT), None, CAT, "unanimous"),
+    ((CAT, DOG, CAT), None, CAT, "majority"),
+    ((CAT, DOG, FOX), "m0", CAT, "tie-breaker"),
+    ((CAT, DOG, FOX), "m1", DOG, "tie-breaker"),
+    ((CAT, DOG, FOX), None, FOX, "tie-breaker"),  # m2 has the best validation accuracy
+])
+def test_three_members_vote_by_the_rule(tmp_path, make_model, mixed, votes, tie_breaker, label, decided_by):
+    models = constant_models(tmp_path, make_model, votes)
+    frame = run(mixed, models, tie_breaker=tie_breaker)
+    ok = frame[frame["status"] == "ok"]
+    assert (ok["prediction"] == CLASSES[label]).all() and (ok["decided_by"] == decided_by).all()
+    assert (ok["votes"] == max(votes.count(v) for v in votes)).all() and (ok["members"] == 3).all()
+
+
+def test_members_that_disagree_on_classes_are_refused_naming_both(tmp_path, make_model):
+    make_model(tmp_path, "resnet50-224", "tinyvgg", 32, classes=("cat", "dog"))
+    make_model(tmp_path, "mobilenet_v2-64", "tinyvgg", 32, classes=("cat", "fox"))
+    with pytest.raises(QuorumError) as error:
+        read_members(select_models(tmp_path, ["resnet50-224", "mobilenet_v2-64"]))
+    assert str(error.value) == ("models disagree on classes: resnet50-224 has [cat, dog], mobilenet_v2-64 has [cat, fox]; "
+                                "pick models fine-tuned on the same classes with --model")
+
+
+# --- lazy ------------------------------------------------------------------------------------
+
+
+def test_lazy_skips_the_third_member_when_two_cheaper_ones_agree(mixed, tiny_models):
+    full, lazy = run(mixed, tiny_models), run(mixed, tiny_models, lazy=True)
+    assert lazy["prediction"].equals(full["prediction"])
+    ok = lazy["status"] == "ok"
+    # The identical tinyvggs run first (cheapest) and always agree: the MobileNet never runs.
+    assert lazy.loc[ok, "mobilenet_v3_small-40"].isna().all()
+    assert lazy.loc[ok, "mobilenet_v3_small-40_p"].isna().all()
+    assert lazy.loc[ok, ["tinyvgg-32", "tinyvgg-32-copy"]].notna().all().all()
+    assert (lazy.loc[ok, "members"] == 2).all()
+
+
+@pytest.mark.parametrize(("votes", "tie_breaker", "skipped"), [
+    ((CAT, DOG, FOX), None, None),  # all differ: the tie-breaker, last to run, decides
+    ((CAT, DOG), "m0", "m1"),  # the tie-breaker runs first, so the other can at most tie it
+    ((CAT, DOG), "m1", None),
+])
+def test_lazy_runs_exactly_the_members_that_can_change_the_winner(tmp_path, make_model, mixed, votes, tie_breaker,
+                                                                   skipped):
+    models = constant_models(tmp_path, make_model, votes)  # equal costs: they run in name order
+    full, lazy = run(mixed, models, tie_breaker=tie_breaker), run(mixed, models, tie_breaker=tie_breaker, lazy=True)
+    assert lazy["prediction"].equals(full["prediction"])
+    ok = lazy["status"] == "ok"
+    for index in range(len(votes)):
+        assert lazy.loc[ok, f"m{index}"].isna().all() == (f"m{index}" == skipped)
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+def test_probs_and_min_agreement_add_their_columns(mixed, tiny_models):
+    frame = run(mixed, tiny_models, probs=True, min_agreement=0.9)
+    p_columns = [f"p_{name}" for name in CLASSES]
+    assert frame.columns.tolist() == FIXED + MEMBER_COLUMNS + p_columns + ["review", "status", "error"]
+    ok = frame[frame["status"] == "ok"]
+    np.testing.assert_allclose(ok[p_columns].sum(axis=1), 1.0, atol=1e-5)
+    winner = [row[f"p_{row['prediction']}"] for _, row in ok.iterrows()]
+    np.testing.assert_allclose(winner, ok["confidence"], atol=1e-6)
+    assert ok["review"].tolist() == (ok["agreement"] < 0.9).tolist()
+    assert frame.loc[frame["status"] == "error", "review"].isna().all()
+
+
+def test_cli_writes_the_csv_and_a_summary(mixed, tiny_models, tmp_path):
+    out = tmp_path / "preds.csv"
+    result = cli(mixed, "--out", out, "--models-dir", tiny_models, "--workers", 0, "--lazy")
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == FIXED + MEMBER_COLUMNS + ["status", "error"]
+    assert len(rows) == 25 and sum(row["status"] == "error" for row in rows) == 5
+    assert rows[0]["path"] == "awkward/UPPER.PNG" and rows[-1]["path"] == "good_00_005.jpg"
+    assert f"Wrote {out}: 25 rows, 5 errors" in result.stderr
+    assert "lazy: skipped 20 of 60 member runs (33%)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv"]  # no temporary file left
+
+
+def test_cli_help_states_the_vote_rule():
+    result = cli("--help")
+    assert result.exit_code == 0
+    assert "all three differ -> the tie-breaker's label" in result.output
+
+
+# --- errors through the CLI ---------------------------------------------------------------
+
+
+@pytest.fixture
+def env(tmp_path, tiny_models, mixed):
+    return {"tmp": tmp_path, "models": tiny_models, "images": mixed, "out": tmp_path / "out" / "preds.csv"}
+
+
+def error_cases(env):
+    tmp, models, images = env["tmp"], env["models"], env["images"]
+    (tmp / "out").mkdir()
+    (tmp / "empty" / "sub").mkdir(parents=True)
+    (tmp / "empty" / "notes.txt").write_text("no images here")
+    (tmp / "a_file").write_text("")
+    return {
+        "missing folder": ([tmp / "nowhere"], f"image folder not found: {tmp / 'nowhere'}"),
+        "empty folder": ([tmp / "empty"], f"no images in {tmp / 'empty'} (searched it and its sub-folders for "
+                                          ".bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"),
+        "unknown model": ([images, "--model", "nope"],
+                          f"unknown model 'nope' in {models}: choose from {', '.join(TRIO)}"),
+        "unknown tie-breaker": ([images, "--tie-breaker", "nope"],
+                                f"--tie-breaker nope is not one of the members: choose from {', '.join(TRIO)}"),
+        "no models": ([images, "--models-dir", tmp / "out"],
+                      f"no models in {tmp / 'out'}: fine-tune one with `quorum finetune BACKBONE` "
+                      "or point --models-dir at a folder of models"),
+        "out folder missing": ([images, "--out", tmp / "no" / "p.csv"],
+                               f"cannot write {tmp / 'no' / 'p.csv'}: {tmp / 'no'} does not exist; "
+                               "create the folder or choose another --out"),
+        "out inside a file": ([images, "--out", tmp / "a_file" / "p.csv"],
+                              f"cannot write {tmp / 'a_file' / 'p.csv'}: {tmp / 'a_file'} is a file, not a folder; "
+                              "create the folder or choose another --out"),
+        "out is a folder": ([images, "--out", tmp / "out"],
+                            f"--out {tmp / 'out'} is a folder: give a file name, e.g. {tmp / 'out' / 'predictions.csv'}"),
+    }
+
+
+CASES = ["missing folder", "empty folder", "unknown model", "unknown tie-breaker", "no models", "out folder missing",
+         "out inside a file", "out is a folder"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cli_errors_are_one_line_and_leave_no_file(env, case):
+    args, message = error_cases(env)[case]
+    if "--out" not in args:
+        args = [*args, "--out", env["out"]]
+    if "--models-dir" not in args:
+        args = [*args, "--models-dir", env["models"]]
+    result = cli(*args, "--workers", 0)
+    assert result.exit_code == 1
+    assert result.output == f"Error: {message}\n"
+    assert not any(p.is_file() for p in (env["tmp"] / "out").rglob("*"))
+
+
+def test_cli_refuses_class_mismatch_and_a_broken_model(tmp_path, make_model, mixed):
+    make_model(tmp_path / "models", "a", "tinyvgg", 32, classes=("cat", "dog"))
+    make_model(tmp_path / "models", "b", "tinyvgg", 32, classes=("dog", "cat"))
+    out = tmp_path / "preds.csv"
+    result = cli(mixed, "--out", out, "--models-dir", tmp_path / "models")
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output == ("Error: models disagree on classes: a has [cat, dog], b has [dog, cat]; "
+                             "pick models fine-tuned on the same classes with --model\n")
+
+    (tmp_path / "models" / "a" / "model.safetensors").unlink()
+    result = cli(mixed, "--out", out, "--models-dir", tmp_path / "models", "--model", "a")
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output.startswith(f"Error: cannot load the weights of {tmp_path / 'models' / 'a'} (")
+
+
+def test_an_interrupted_run_leaves_no_csv(mixed, tiny_models, tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_module, "predict_arrays", interrupt)
+    out = tmp_path / "preds.csv"
+    result = cli(mixed, "--out", out, "--models-dir", tiny_models, "--workers", 0)
+    assert result.exit_code == 130 and list(tmp_path.iterdir()) == []
