@@ -6,6 +6,7 @@ import pickle
 import socket
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -177,3 +178,18 @@ def test_every_command_has_help():
     for name, command in main.commands.items():
         result = CliRunner().invoke(main, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, name
+
+
+@pytest.mark.slow
+def test_the_issue_command_on_sample_data(tmp_path, monkeypatch):
+    """`quorum finetune mobilenet_v2 --image-size 64 --epochs 2 --unfreeze-after 1 --weights none`, as users type it."""
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "labelled"
+    monkeypatch.chdir(tmp_path)
+    result = run("finetune", "mobilenet_v2", "--data", str(sample), "--image-size", "64", "--epochs", "2",
+                 "--unfreeze-after", "1", "--weights", "none", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    model_dir = tmp_path / "models" / "mobilenet_v2-64"
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "history.csv", "model.json", "model.safetensors", "val_predictions.csv"]
+    assert len(pd.read_csv(model_dir / "val_predictions.csv")) == 60
+    assert "Saved models/mobilenet_v2-64" in result.output
