@@ -89,7 +89,8 @@ def backbones():
 @main.command()
 @click.argument("folder", type=click.Path())
 @click.option("--out", "-o", type=click.Path(), required=True,
-              help="CSV to write, one row per image file; written whole at the end or not at all.")
+              help="CSV to write, one row per image file; written whole at the end or not at all. Finished rows "
+              "are kept in OUT.partial/ meanwhile, for --resume.")
 @click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
 @click.option("--model", "models", multiple=True, metavar="NAME",
               help="A member, by its folder name in --models-dir; repeat for more. [default: every model there]")
@@ -105,10 +106,14 @@ def backbones():
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Image-decoding worker processes (0: decode in the main process).")
+@click.option("--shard", metavar="I/N", help="Only shard I of N (I from 0 to N-1, e.g. $SLURM_ARRAY_TASK_ID/4): "
+              "every N-th file from the I-th. Writes OUT and OUT.json; join the parts with `quorum merge`.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of this command: keep the rows in "
+              "OUT.partial/ and do the rest. Without it, an unfinished run there is started over.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
 @user_errors
 def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, device, batch_size, workers,
-            quiet):
+            shard, resume, quiet):
     """Let the models vote on every image under FOLDER and write one CSV row per file.
 
     \b
@@ -122,19 +127,61 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     majority or tie-breaker), confidence (mean probability of the winner), <member>
     and <member>_p for each member, then status (ok or error) and error. An unreadable
     file gets a row with status error and the reason; it never changes another row.
+
+    \b
+    Under `torchrun --nproc_per_node K -m quorum predict ...` the K processes share
+    the files and rank 0 writes the one CSV, the same as a single process writes.
     """
+    from quorum import progress_file, shards
+    from quorum.ensemble import select_models
+    from quorum.predict import predict as run_predict
+    from quorum.predict_io import check_writable, write_predictions
+
+    part = shards.parse_shard(shard) if shard else shards.WHOLE
+    check_writable(out)  # before any model loads or image decodes
+    progress = progress_file.progress_dir(out)
+    try:
+        frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
+                            batch_size=batch_size, workers=workers, lazy=lazy, probs=probs,
+                            min_agreement=min_agreement, quiet=quiet, shard=part, progress=progress, resume=resume)
+    except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
+        progress_file.remove_if_empty(progress)
+        raise
+    if frame is None:  # another torchrun process: rank 0 writes
+        return
+    if part.is_whole:
+        write_predictions(frame, out)
+    else:
+        shards.write_part(frame, out)
+    progress_file.remove(progress)  # only now: the rows are safe in `out`
+    _print_summary(frame, out)
+
+
+@main.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", type=click.Path(), required=True, help="The joined CSV.")
+@user_errors
+def merge(parts, out):
+    """Join the CSVs of `quorum predict --shard I/N` into the CSV one run over the whole folder writes.
+
+    Refuses parts of different runs (folder, files, members, options) and names a shard that is
+    missing or given twice.
+    """
+    from quorum import shards
+    from quorum.predict_io import check_writable, write_predictions
+
+    check_writable(out)
+    frame = shards.merge(parts)
+    write_predictions(frame, out)
+    _print_summary(frame, out)
+
+
+def _print_summary(frame, out) -> None:
     from rich.markup import escape
 
     from quorum.console import say
-    from quorum.ensemble import select_models
-    from quorum.predict import predict as run_predict
-    from quorum.predict_io import check_writable, summarize, write_predictions
+    from quorum.predict_io import summarize
 
-    check_writable(out)  # before any model loads or image decodes
-    frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
-                        batch_size=batch_size, workers=workers, lazy=lazy, probs=probs, min_agreement=min_agreement,
-                        quiet=quiet)
-    write_predictions(frame, out)
     first, *rest = summarize(frame)
     say(escape(f"Wrote {out}: {first}"))
     for line in rest:

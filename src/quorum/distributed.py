@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from quorum.errors import QuorumError
+
 
 @dataclass(frozen=True)
 class World:
@@ -78,3 +80,27 @@ def broadcast(world: World, value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_to_main(world: World, value):
+    """Every process's `value`, in rank order, on rank 0 only (None elsewhere): only rank 0 writes."""
+    if not world.active:
+        return [value]
+    values = [None] * world.size if world.is_main else None
+    dist.gather_object(value, values, dst=0)
+    return values
+
+
+def run_on_main(world: World, compute):
+    """`compute()` on rank 0 only (None elsewhere). Its QuorumError is raised on every process,
+    so none waits forever for a rank that stopped."""
+    result, error = None, None
+    if world.is_main:
+        try:
+            result = compute()
+        except QuorumError as exc:
+            error = str(exc)
+    error = broadcast(world, error)
+    if error:
+        raise QuorumError(error)
+    return result

@@ -9,12 +9,17 @@ The pipeline, and why it is shaped this way:
    or change any other row (and eval mode keeps one image's result independent of its batch).
 4. Members run cheapest first. With `lazy`, an image leaves the queue as soon as `vote.settled`
    says the members still to run cannot change its winner, so its prediction is exactly a full run's.
+5. A row depends only on its own file, so any split of the file list gives the same rows: `--shard`
+   jobs, torchrun processes (each takes every world-size-th file still to do) and a resumed run
+   (`progress_file`) all just put rows back in the list's order (`predict_io.assemble`).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,12 +28,14 @@ from rich.markup import escape
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from quorum import distributed, progress_file, run_identity
 from quorum.console import say, track
 from quorum.device import autocast, pick_device
 from quorum.ensemble import Member, load_members, read_members, tie_breaker_index
 from quorum.errors import QuorumError
 from quorum.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
-from quorum.predict_io import check_columns, to_frame
+from quorum.predict_io import assemble, check_columns, columns, to_frame
+from quorum.shards import WHOLE, Shard
 from quorum.transforms import CROP_FRACTION
 from quorum.vote import settled
 
@@ -41,19 +48,29 @@ class MemberOutputs:
     ran: np.ndarray  # (members, images) bool
     errors: list[str | None]  # per image: why it could not be read, or None
 
+    def take(self, indices: list[int]) -> "MemberOutputs":
+        return MemberOutputs(self.probs[:, indices], self.ran[:, indices], [self.errors[i] for i in indices])
+
 
 def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = None, device: str = "auto",
             batch_size: int = 32, workers: int = 2, lazy: bool = False, probs: bool = False,
-            min_agreement: float | None = None, quiet: bool = False) -> pd.DataFrame:
-    """One row per image file under `folder`: the vote, each member's label, status and error.
+            min_agreement: float | None = None, quiet: bool = False, shard: Shard = WHOLE,
+            progress: Path | None = None, resume: bool = False) -> pd.DataFrame | None:
+    """One row per image file under `folder` (or its `shard`): the vote, each member's label, status and error.
 
-    `frame.attrs` holds `members`, `tie_breaker`, `min_agreement` and `lazy` for `predict_io.summarize`.
+    Under torchrun each process votes on its share and rank 0 returns the table; the others return None.
+    With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
+    `frame.attrs` holds `members`, `tie_breaker`, `min_agreement` and `lazy` for `predict_io.summarize`,
+    and `identity` (with `progress` or a shard) for `shards.write_part`.
     """
     # Cheap checks first: a mistake should cost seconds, not a model load or a decoded folder.
     if batch_size < 1:
         raise QuorumError(f"--batch-size must be at least 1 (got {batch_size})")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise QuorumError(f"--min-agreement must be between 0 and 1 (got {min_agreement})")
+    world = distributed.current()
+    quiet = quiet or not world.is_main
+    torch_device = pick_device(distributed.device_for(world, device))  # before any collective: nccl needs it
     folder = Path(folder)
     paths = find_images(folder)
     if not paths:
@@ -63,26 +80,55 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     tie = tie_breaker_index(infos, tie_breaker)
     names, classes = [info.path.name for info in infos], infos[0].classes
     check_columns(names, classes, probs, min_agreement is not None)
+    relative = [path.relative_to(folder).as_posix() for path in paths]
 
-    torch_device = pick_device(device)
+    def rows(positions: list[int], outputs: MemberOutputs) -> pd.DataFrame:  # indexed by position in `paths`
+        frame = to_frame([relative[i] for i in positions], names, classes, outputs, tie, probs, min_agreement)
+        return frame.set_axis(pd.Index(positions, dtype="int64"))
+
+    identity = None
+    if world.is_main and (progress is not None or not shard.is_whole):  # hashes the weights: only when needed
+        identity = run_identity.identity(folder, relative, infos, names[tie], lazy=lazy, probs=probs,
+                                         min_agreement=min_agreement, shard=str(shard))
+    header = columns(names, classes, probs, min_agreement is not None)
+    finished = distributed.run_on_main(world, lambda: progress_file.start(progress, identity, header, resume, quiet)
+                                       if progress is not None else pd.DataFrame(columns=header))
+    done = set(distributed.broadcast(world, None if finished is None else finished.index.tolist()))
+    chosen = shard.positions(len(paths))
+    todo = [i for i in chosen if i not in done]
+    mine = [todo[k] for k in world.share(len(todo))]
+
     members = load_members(infos, torch_device)
-    say(escape(f"Voting on {len(paths)} images with {', '.join(names)} (tie-breaker {names[tie]}) on {torch_device}"),
-        quiet)
-    outputs = predict_arrays(paths, members, tie, torch_device, batch_size=batch_size, workers=workers,
-                             lazy=lazy, quiet=quiet)
-    frame = to_frame([path.relative_to(folder).as_posix() for path in paths], names, classes, outputs, tie,
-                     with_probs=probs, min_agreement=min_agreement)
-    frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy)
+    scope = (f" of shard {shard}" if not shard.is_whole else "") + (f" in {world.size} processes" if world.active else "")
+    say(escape(f"Voting on {len(todo)} images{scope} with {', '.join(names)} (tie-breaker {names[tie]}) "
+               f"on {torch_device}"), quiet)
+    with progress_file.RowWriter(progress, world.rank) if progress is not None else nullcontext() as writer:
+        def keep(indices: list[int], outputs: MemberOutputs) -> None:  # each batch's rows, once voted on
+            writer.append(rows([mine[k] for k in indices], outputs.take(indices)))
+
+        outputs = predict_arrays([paths[i] for i in mine], members, tie, torch_device, batch_size=batch_size,
+                                 workers=workers, lazy=lazy, quiet=quiet, on_batch=keep if writer else None)
+    parts = distributed.gather_to_main(world, rows(mine, outputs))
+    if not world.is_main:
+        return None
+    frame = assemble([finished, *parts], chosen, names)
+    frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy,
+                       identity=identity)
     return frame
 
 
 def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, device: torch.device, *,
-                   batch_size: int = 32, workers: int = 2, lazy: bool = False, quiet: bool = False) -> MemberOutputs:
-    """Run every member (or, with `lazy`, only those whose vote can still matter) on every readable file."""
+                   batch_size: int = 32, workers: int = 2, lazy: bool = False, quiet: bool = False,
+                   on_batch: Callable[[list[int], MemberOutputs], None] | None = None) -> MemberOutputs:
+    """Run every member (or, with `lazy`, only those whose vote can still matter) on every readable file.
+
+    `on_batch(indices, outputs)` is called after each batch with the indices (into `paths`) it finished.
+    """
     n_members, n_images, n_classes = len(members), len(paths), len(members[0].info.classes)
     probs = np.full((n_members, n_images, n_classes), np.nan, np.float32)
     ran = np.zeros((n_members, n_images), bool)
     errors: list[str | None] = [None] * n_images
+    outputs = MemberOutputs(probs, ran, errors)
     sizes = [member.info.image_size for member in members]
     loader = DataLoader(_Images(paths, sizes), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
@@ -95,7 +141,9 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
                 errors[index] = reason
             if len(batch.rows):
                 runner(batch, probs, ran)
-    return MemberOutputs(probs, ran, errors)
+            if on_batch is not None:
+                on_batch(sorted([*batch.rows.tolist(), *(index for index, _ in batch.failed)]), outputs)
+    return outputs
 
 
 class _Images(Dataset):

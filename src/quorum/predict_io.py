@@ -68,12 +68,40 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
     for column in columns(names, classes, with_probs, min_agreement is not None)[1:-2]:
         values = pd.Series(table[column], index=good) if table else pd.Series(dtype=object)
         frame[column] = values.reindex(frame.index)
-    for column, dtype in (("votes", "Int64"), ("members", "Int64"), ("review", "boolean")):
-        if column in frame:
-            frame[column] = frame[column].astype(dtype)
     frame["status"] = np.where(ok, OK, ERROR)
     frame["error"] = [error or "" for error in outputs.errors]
+    return typed(frame, names)
+
+
+def typed(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Each column in the type `to_frame` gives it, whatever the rows went through (CSV, JSON, concat)."""
+    labels = {"path", "prediction", "decided_by", "status", *names}
+    frame = frame.copy()
+    for column in frame.columns:
+        if column in labels:
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        elif column == "error":
+            frame[column] = frame[column].fillna("").astype(str)
+        else:
+            kind = {"votes": "Int64", "members": "Int64", "review": "boolean"}.get(column, "float64")
+            frame[column] = frame[column].astype(kind)
     return frame
+
+
+def assemble(parts: list[pd.DataFrame], positions: list[int], names: list[str]) -> pd.DataFrame:
+    """Join parts whose index is each row's position in the file list; every position once, in order."""
+    filled = [typed(part, names) for part in parts if len(part)] or [parts[0]]  # concat warns on empty parts
+    frame = pd.concat(filled).sort_index()
+    if frame.index.tolist() != list(positions):  # a bug, not a user mistake: never write such a table
+        raise RuntimeError(f"rows do not cover the files exactly once ({len(frame)} rows for {len(positions)} files)")
+    return typed(frame.reset_index(drop=True), names)
+
+
+def read_predictions(path: Path, names: list[str]) -> pd.DataFrame:
+    """A predictions CSV read back exactly as written: only empty fields are missing (a class may be `NA`)."""
+    labels = ["path", "prediction", "decided_by", "status", "error", *names]
+    frame = pd.read_csv(path, dtype={column: object for column in labels}, keep_default_na=False, na_values=[""])
+    return typed(frame, names)
 
 
 def check_writable(out: Path) -> None:

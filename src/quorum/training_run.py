@@ -116,9 +116,8 @@ class TrainingRun:
 
     def validate(self, loader, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Probabilities, labels and val-set positions of the whole validation set, shares gathered."""
+        # Positions are already val-set positions: LabelledImages returns its own index, also through a Subset.
         probs, labels, positions = predict_loader(self.model, loader, self.device, self.quiet, start=start)
-        if isinstance(loader.dataset, Subset):  # positions within the share -> positions in the val set
-            positions = np.asarray(loader.dataset.indices, dtype=int)[positions] if len(positions) else positions
         shares = distributed.gather(self.world, (probs, labels, positions))
         probs, labels, positions = (np.concatenate([s[i] for s in shares if len(s[2])]) for i in range(3))
         order = np.argsort(positions, kind="stable")

@@ -1,0 +1,64 @@
+"""What a predict run is, so that rows of two different runs are never mixed.
+
+Resumed progress and merged shards must come from the same run: the same files of the same folder,
+the same members (the same weights, not just the same names) and the options that change a row.
+Batch size, device, workers and the number of processes may differ: they do not change a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from quorum.bundle import MODEL_JSON, WEIGHTS, ModelInfo
+from quorum.errors import QuorumError
+
+# Each key, as a person would name it in a message.
+LABELS = {"folder": "folder", "files": "number of files", "listing": "file names", "members": "members",
+          "classes": "classes", "tie_breaker": "tie-breaker", "lazy": "--lazy", "probs": "--probs",
+          "min_agreement": "--min-agreement", "shard": "--shard"}
+
+
+def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], tie_breaker: str, *, lazy: bool,
+             probs: bool, min_agreement: float | None, shard: str) -> dict:
+    """A plain-JSON description of the run; equal dicts mean interchangeable rows."""
+    return {"folder": str(Path(folder).resolve()), "files": len(relative_paths), "listing": digest(relative_paths),
+            "members": {info.path.name: member_digest(info.path) for info in infos},
+            "classes": list(infos[0].classes), "tie_breaker": tie_breaker, "lazy": lazy, "probs": probs,
+            "min_agreement": min_agreement, "shard": shard}
+
+
+def digest(lines: list[str]) -> str:
+    """A short hash of a list of paths: enough to tell two file lists apart."""
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def member_digest(model_dir: Path) -> str:
+    """Hash of model.json and the weights: a model fine-tuned again under the same name differs."""
+    sha = hashlib.sha256()
+    for name in (MODEL_JSON, WEIGHTS):
+        try:
+            with open(Path(model_dir) / name, "rb") as file:
+                sha.update(hashlib.file_digest(file, "sha256").digest())
+        except OSError as exc:  # worded as bundle.load_model words it, which would fail next
+            raise QuorumError(f"cannot load the weights of {model_dir} ({exc.strerror or exc}): "
+                              "fine-tune it again") from None
+    return sha.hexdigest()[:16]
+
+
+def difference(one: dict, other: dict, where: tuple[str, str] = ("then", "now"),
+               ignore: tuple[str, ...] = ()) -> str | None:
+    """The first way two runs differ, in words (`where` says where each was seen), or None if they match."""
+    for key, label in LABELS.items():
+        a, b = one.get(key), other.get(key)
+        if key in ignore or a == b:
+            continue
+        if key == "listing":
+            return "the folder's file names differ (the same number of files)"
+        if key == "members" and isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b):
+            changed = next(name for name in a if a[name] != b[name])
+            return f"member {changed} has different weights {where[0]} and {where[1]} (fine-tuned again?)"
+        if key == "members":
+            a, b = ", ".join(a or []), ", ".join(b or [])
+        return f"{label} {a} {where[0]} but {b} {where[1]}"
+    return None

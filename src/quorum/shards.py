@@ -1,0 +1,116 @@
+"""`predict --shard I/N`: one share of a folder per job (SLURM job arrays, Kubernetes indexed jobs); `merge`.
+
+1. Shard I of N is every N-th file of the sorted file list, starting at file I, with I counted from 0
+   as SLURM_ARRAY_TASK_ID (--array=0-<N-1>) and JOB_COMPLETION_INDEX count. Strided shares differ by
+   at most one file and each samples the whole folder, so no job gets all of one slow sub-folder.
+2. Row k of shard I is file I + k*N: that is how `merge` puts the rows back in the folder's order.
+3. Beside each part, `<part>.json` says which run and shard it holds (`run_identity`), so merge can
+   refuse parts of different runs and name a missing or repeated shard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from quorum import files, run_identity
+from quorum.errors import QuorumError
+from quorum.predict_io import assemble, columns, read_predictions, write_predictions
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    @property
+    def is_whole(self) -> bool:
+        return self.count == 1
+
+    def positions(self, n: int) -> list[int]:
+        """This shard's positions in a sorted list of n files."""
+        return list(range(self.index, n, self.count))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+WHOLE = Shard()
+
+
+def parse_shard(text: str) -> Shard:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not int(match[1]) < int(match[2]):
+        raise QuorumError(f"--shard takes I/N with I from 0 to N-1, e.g. 0/4 ... 3/4 "
+                          f"(like SLURM_ARRAY_TASK_ID with --array=0-3); got '{text}'")
+    return Shard(int(match[1]), int(match[2]))
+
+
+def sidecar(part: Path) -> Path:
+    return Path(part).with_name(Path(part).name + ".json")
+
+
+def write_part(frame: pd.DataFrame, out: Path) -> None:
+    """The shard's CSV, then the sidecar that makes it a part: a part without one is never merged."""
+    sidecar(out).unlink(missing_ok=True)  # an old sidecar must not vouch for the new CSV
+    write_predictions(frame, out)
+    files.write_json(sidecar(out), {"run": frame.attrs["identity"], "rows": len(frame),
+                                    "paths": run_identity.digest(frame["path"].tolist())})
+
+
+def merge(parts: list[Path]) -> pd.DataFrame:
+    """The parts of one sharded run joined into the table one run over the whole folder gives."""
+    parts = [Path(part) for part in parts]
+    described = {part: _read_sidecar(part) for part in parts}
+    first, run = parts[0], described[parts[0]]["run"]
+    count = parse_shard(run["shard"]).count
+    by_index: dict[int, Path] = {}
+    for part, info in described.items():
+        shard = parse_shard(info["run"]["shard"])
+        if shard.count != count:
+            raise QuorumError(f"{part} is shard {shard} but {first} is shard {run['shard']}: "
+                              "merge the parts of one run")
+        differs = run_identity.difference(run, info["run"], (f"in {first}", f"in {part}"), ignore=("shard",))
+        if differs:
+            raise QuorumError(f"{part} and {first} come from different runs: {differs}")
+        if shard.index in by_index:
+            raise QuorumError(f"shard {shard} is given twice: {by_index[shard.index]} and {part}")
+        by_index[shard.index] = part
+    missing = [index for index in range(count) if index not in by_index]
+    if missing:
+        raise QuorumError(f"missing shard {missing[0]} of {count} (have {', '.join(map(str, sorted(by_index)))}): "
+                          f"run `quorum predict {run['folder']} --shard {missing[0]}/{count}` and merge again")
+    names = list(run["members"])
+    tables = [_read_part(by_index[index], Shard(index, count), described[by_index[index]], run) for index in range(count)]
+    frame = assemble(tables, list(range(run["files"])), names)
+    frame.attrs.update(members=names, tie_breaker=run["tie_breaker"], min_agreement=run["min_agreement"],
+                       lazy=run["lazy"])
+    return frame
+
+
+def _read_sidecar(part: Path) -> dict:
+    try:
+        info = json.loads(sidecar(part).read_text())
+        parse_shard(info["run"]["shard"])
+        return info
+    except (OSError, ValueError, KeyError, TypeError, QuorumError):
+        raise QuorumError(f"{part} has no readable {sidecar(part).name} beside it: only CSVs written by "
+                          "`quorum predict --shard I/N` can be merged") from None
+
+
+def _read_part(part: Path, shard: Shard, info: dict, run: dict) -> pd.DataFrame:
+    """A part's rows, indexed by their positions in the whole file list, checked against its sidecar."""
+    names = list(run["members"])
+    table = read_predictions(part, names)
+    expected = columns(names, tuple(run["classes"]), run["probs"], run["min_agreement"] is not None)
+    positions = shard.positions(run["files"])
+    if (table.columns.tolist() != expected or len(table) != len(positions)
+            or run_identity.digest(table["path"].tolist()) != info["paths"]):
+        raise QuorumError(f"{part} is not the CSV its {sidecar(part).name} describes (edited or replaced?): "
+                          f"predict shard {shard} again")
+    table.index = positions
+    return table
