@@ -70,17 +70,13 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
 
 def shared_split(recipe: Recipe, models_dir: Path, resplit: bool, world: distributed.World, quiet: bool) -> Split:
     """Rank 0 makes or checks the split; the other processes then read the same file."""
-    error = None
-    if world.is_main:
-        try:
-            split, is_new = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed,
-                                               resplit=resplit, workers=recipe.workers)
-            report_split(split, is_new, models_dir, quiet)
-        except QuorumError as exc:
-            error = str(exc)
-    error = distributed.broadcast(world, error)  # so every process stops with the same message
-    if error:
-        raise QuorumError(error)
+    def make_or_check() -> Split:
+        split, is_new = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed,
+                                           resplit=resplit, workers=recipe.workers)
+        report_split(split, is_new, models_dir, quiet)
+        return split
+
+    split = distributed.run_on_main(world, make_or_check)
     if not world.is_main:
         split, _ = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed)
     return split
