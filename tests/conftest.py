@@ -55,3 +55,12 @@ def tiny_models(tmp_path_factory) -> Path:
 def make_model():
     """`save_model`, for tests that need models of their own."""
     return save_model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning makes them 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

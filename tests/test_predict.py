@@ -24,13 +24,7 @@ FIXED = ["path", "prediction", "votes", "members", "agreement", "decided_by", "c
 MEMBER_COLUMNS = [column for name in TRIO for column in (name, f"{name}_p")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning makes them 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,7 @@ OPTIONS = ["--lazy", "--probs", "--min-agreement", "0.9"]  # every optional colu
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on a busy 2-core machine: no thread fights
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
