@@ -1,0 +1,99 @@
+"""The report page's tables, as escaped HTML: what the ensemble adds, per-class scores, the --preds part."""
+
+from __future__ import annotations
+
+from html import escape
+
+from quorum.report import ENSEMBLE, Report
+
+MAX_ROWS = 200  # listed rows for review or errors; the CSV has them all
+
+
+def table_html(headers: list[str], rows: list[list], highlight: str | None = None) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
+    body = []
+    for row in rows:
+        marked = ' class="ensemble"' if highlight is not None and row and row[0] == highlight else ""
+        body.append(f"<tr{marked}>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>")
+    # The wrapper scrolls sideways, so a wide table never widens the page.
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} of {whole} ({part / whole:.1%})" if whole else "0"
+
+
+def ensemble_section(report: Report) -> str:
+    ensemble = report.ensemble
+    if ensemble is None:
+        return ""
+    images, accuracy = ensemble["metrics"]["images"], ensemble["metrics"]["accuracy"]
+    best = max(report.members[name]["accuracy"] for name in report.names)
+    decided, right = ensemble["tie_breaker_decided"], ensemble["tie_breaker_right"]
+    facts = [
+        ["ensemble accuracy", f"{accuracy:.1%} ({accuracy - best:+.1%} against the best single model)"],
+        ["accuracy if any member is right (the ceiling)", f"{ensemble['ceiling']:.1%}"],
+        ["images every member gets wrong", _share(ensemble["all_wrong"], images)],
+        *[[f"decided: {kind}", _share(count, images)] for kind, count in ensemble["decided_by"].items()],
+        [f"tie-breaker ({ensemble['tie_breaker']}) decided", _share(decided, images)],
+        ["... and was right", _share(right, decided) if decided else "-"],
+    ]
+    names = ensemble["members"]
+    left_out = [[f"without {name}", f"{acc:.1%}", f"{acc - accuracy:+.1%}"]
+                for name, acc in ensemble["leave_one_out"].items()]
+    agreement = [[name, *(f"{value:.1%}" for value in row)] for name, row in zip(names, ensemble["pairwise_agreement"])]
+    return "\n".join([
+        "<h2>What the ensemble adds</h2>", table_html(["", "value"], facts),
+        "<h3>Accuracy with each member left out</h3>",
+        table_html(["vote", "accuracy", "change against all members"], left_out),
+        "<h3>How often members agree (same top-1 label), pairwise</h3>", table_html(["", *names], agreement),
+    ])
+
+
+def per_class_table(report: Report) -> str:
+    """Precision / recall / F1 of every model and the ensemble, one row per class."""
+    scored = dict(report.members)
+    if report.ensemble is not None:
+        scored[ENSEMBLE] = report.ensemble["metrics"]
+    rows = []
+    for label in report.classes:
+        support = next(iter(scored.values()))["per_class"][label]["support"]
+        cells = ["{precision:.2f} / {recall:.2f} / {f1:.2f}".format(**scores["per_class"][label])
+                 for scores in scored.values()]
+        rows.append([label, support, *cells])
+    return (table_html(["class", "images", *scored], rows)
+            + "<p>Each cell: precision / recall / F1 of the class, over the images scored above.</p>")
+
+
+def preds_section(preds: dict) -> str:
+    errors, review = preds["errors"], preds["review"]
+    decided = ", ".join(f"{count} {kind}" for kind, count in preds["decided_by"].items())
+    parts = [f"<h2>Predictions: {escape(preds['file'])}</h2>",
+             f"<p>{preds['rows']} rows, {len(errors)} unreadable; decided: {escape(decided)}; "
+             f"members: {escape(', '.join(preds['members']))}.</p>"]
+    if "scores" in preds:
+        rows = [[name, f"{s['accuracy']:.1%}", f"{s['balanced_accuracy']:.1%}", f"{s['macro_f1']:.3f}", s["images"]]
+                for name, s in preds["scores"].items()]
+        parts += [f"<h3>Against the true labels ({preds['labelled']} rows labelled, {preds['unlabelled']} not)</h3>",
+                  table_html(["", "accuracy", "balanced accuracy", "macro F1", "images"], rows, highlight=ENSEMBLE)]
+    if review is None:
+        parts.append("<p>No rows were flagged for review: run quorum predict with --min-agreement to flag them.</p>")
+    else:
+        parts.append(f"<h3>Flagged for review: {len(review)}</h3>")
+        if review:
+            columns = list(review[0].keys())
+            rows = [[row[c] if c != "agreement" else f"{row[c]:.0%}" for c in columns] for row in review[:MAX_ROWS]]
+            parts.append(_folded(f"the {len(review)} rows", table_html(columns, rows) + _more(len(review))))
+    parts.append(f"<h3>Errors: {len(errors)}</h3>")
+    if errors:
+        rows = [[e["path"], e["error"]] for e in errors[:MAX_ROWS]]
+        parts.append(_folded(f"the {len(errors)} files", table_html(["path", "error"], rows) + _more(len(errors))))
+    return "\n".join(parts)
+
+
+def _folded(summary: str, body: str) -> str:
+    return f"<details><summary>{escape(summary)}</summary>{body}</details>"
+
+
+def _more(count: int) -> str:
+    return f"<p>... and {count - MAX_ROWS} more (see the CSV).</p>" if count > MAX_ROWS else ""

@@ -1,0 +1,149 @@
+"""The report's pictures, as matplotlib Figures (saving them is the caller's job).
+
+Figures are built with `matplotlib.figure.Figure`, not pyplot: no global state, no GUI backend,
+nothing to close, so they work the same headless, in tests and in threads (Agg renders them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
+
+PANEL_COLUMNS = 4  # confusion matrices per row
+
+
+def _normalised(matrix) -> np.ndarray:
+    """Rows as shares of each true class, so classes of any size read on one scale."""
+    counts = np.asarray(matrix, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def _matrix_panel(ax, values: np.ndarray, counts: np.ndarray, classes, title: str, cmap: str, vmin: float,
+                  vmax: float, labels: list[str], show_y: bool):
+    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90, fontsize=8)
+    ax.set_yticks(ticks, classes if show_y else [""] * len(classes), fontsize=8)
+    ax.set_xlabel("predicted")
+    if show_y:
+        ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    middle = (vmin + vmax) / 2
+    for (i, j), text in np.ndenumerate(np.asarray(labels, dtype=object).reshape(counts.shape)):
+        if text:
+            dark = abs(values[i, j] - middle) > (vmax - vmin) * 0.3
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    return image
+
+
+def _panel_size(classes) -> float:
+    return 1.6 + 0.38 * len(classes)
+
+
+def confusion_matrices(matrices: dict[str, list], classes) -> Figure:
+    """Every matrix side by side, rows normalised, one colour scale (0 to 1), counts written in the cells."""
+    n = len(matrices)
+    cols, rows = min(n, PANEL_COLUMNS), -(-n // PANEL_COLUMNS)
+    side = _panel_size(classes)
+    fig = Figure(figsize=(side * cols + 1.2, side * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for k, (ax, (name, matrix)) in enumerate(zip(axes, matrices.items())):
+        counts = np.asarray(matrix)
+        image = _matrix_panel(ax, _normalised(counts), counts, classes, name, "Blues", 0.0, 1.0,
+                              [str(c) if c else "" for c in counts.ravel()], show_y=k % cols == 0)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=list(axes[:n]), shrink=0.8, label="share of the true class")
+    return fig
+
+
+def best_vs_ensemble(best: str, best_matrix, ensemble_matrix, classes) -> Figure:
+    """The best single model, the ensemble, and ensemble minus best: green where the vote does better."""
+    best_counts, ens_counts = np.asarray(best_matrix), np.asarray(ensemble_matrix)
+    side = _panel_size(classes)
+    fig = Figure(figsize=(side * 3 + 1.6, side + 0.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for k, (ax, name, counts) in enumerate(zip(axes[:2], (best, "ensemble"), (best_counts, ens_counts))):
+        image = _matrix_panel(ax, _normalised(counts), counts, classes, name, "Blues", 0.0, 1.0,
+                              [str(c) if c else "" for c in counts.ravel()], show_y=k == 0)
+    fig.colorbar(image, ax=list(axes[:2]), shrink=0.8, label="share of the true class")
+    change = _normalised(ens_counts) - _normalised(best_counts)
+    better = np.where(np.eye(len(classes), dtype=bool), change, -change)  # more on the diagonal, less off it
+    better[(change == 0)] = np.nan  # unchanged cells stay blank
+    limit = max(float(np.nanmax(np.abs(better), initial=0.0)), 0.05)
+    diff = ens_counts - best_counts
+    title = f"ensemble - {best}" + ("" if diff.any() else ": no difference")
+    diff_image = _matrix_panel(axes[2], better, diff, classes, title, "RdYlGn", -limit, limit,
+                               [f"{d:+d}" if d else "" for d in diff.ravel()], show_y=False)
+    fig.colorbar(diff_image, ax=axes[2], shrink=0.8, label="change in share (green: the vote is better)")
+    return fig
+
+
+def training_curves(histories: dict[str, pd.DataFrame]) -> Figure:
+    """Loss and accuracy per epoch, train and val, per model; a dashed line where the backbone unfroze."""
+    fig = Figure(figsize=(11, 3.0 * len(histories) + 0.4), layout="constrained")
+    axes = fig.subplots(len(histories), 2, squeeze=False)
+    for (loss_ax, acc_ax), (name, history) in zip(axes, histories.items()):
+        epochs = history["epoch"]
+        for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            ax.plot(epochs, history[f"train_{metric}"], "o-", ms=3, label="train")
+            ax.plot(epochs, history[f"val_{metric}"], "o-", ms=3, label="val")
+            ax.set_title(f"{name}: {metric}", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            unfrozen = history.loc[history["phase"] == 2, "epoch"] if "phase" in history else []
+            if len(unfrozen) and unfrozen.iloc[0] > epochs.iloc[0]:  # a run that never froze has no line
+                ax.axvline(unfrozen.iloc[0] - 0.5, color="grey", ls="--", label="unfrozen")
+        acc_ax.set_ylim(0, 1.02)
+        acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        best = history["val_accuracy"].idxmax()
+        acc_ax.plot(epochs[best], history["val_accuracy"][best], "*", ms=12, color="tab:red", label="kept epoch")
+        acc_ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def accuracy_vs_time(table: pd.DataFrame, ensemble_name: str) -> Figure:
+    """Each model (and the ensemble) by measured time per image and accuracy; dot area follows parameters."""
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    params = table["parameters"].astype(float).fillna(table["parameters"].astype(float).median())
+    area = 60 + 900 * params / params.max()
+    colors = ["tab:red" if name == ensemble_name else "tab:blue" for name in table["model"]]
+    ax.scatter(table["ms_per_image"], table["accuracy"], s=area, c=colors, alpha=0.6, edgecolors="black")
+    rows = zip(table["model"], table["ms_per_image"], table["accuracy"], table["parameters"])
+    for k, (name, x, y, p) in enumerate(rows):
+        label = f"{name}\n{p / 1e6:.1f} M params" if pd.notna(p) else name
+        # Alternate above and below, so neighbours with equal accuracy do not print over each other.
+        ax.annotate(label, (x, y), xytext=(8, 8 if k % 2 == 0 else -22), textcoords="offset points", fontsize=8)
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    times = table["ms_per_image"].astype(float)
+    if times.max() < 10 * times.min():  # within one decade there are no major ticks to read: label the minor ones
+        ax.xaxis.set_minor_formatter(plain)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("time per image on this machine (ms, log scale)")
+    ax.set_ylabel("accuracy")
+    ax.margins(x=0.3, y=0.15)
+    ax.grid(alpha=0.3)
+    ax.set_title("accuracy against time per image (dot size: parameters)", fontsize=10)
+    return fig
+
+
+def bars(counts: dict[str, int], title: str, xlabel: str) -> Figure:
+    """A bar per key, with its count written on top: agreement levels, predicted classes."""
+    fig = Figure(figsize=(max(5.0, 0.6 * len(counts) + 2), 3.6), layout="constrained")
+    ax = fig.subplots()
+    positions = np.arange(len(counts))
+    drawn = ax.bar(positions, list(counts.values()), color="tab:blue")
+    ax.bar_label(drawn, fontsize=8)
+    ax.set_xticks(positions, list(counts.keys()), rotation=45 if len(counts) > 6 else 0, ha="right"
+                  if len(counts) > 6 else "center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=10)
+    return fig

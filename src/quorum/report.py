@@ -1,0 +1,193 @@
+"""`quorum report`: score every model and their vote, and lay the numbers out as one comparison.
+
+1. Predictions: each model's stored validation predictions (the default), or every model run now
+   on a labelled folder (`data`). Stored ones are stacked into a vote only if every model was
+   validated on the same images; otherwise each model is scored alone and the reason is noted.
+2. Scores: `metrics.classification_metrics` for each model and for `vote.vote` of them all.
+3. The table: one row per model plus the ensemble, with size and measured time per image.
+This module computes; `html_report.write_report` writes the folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from quorum.bundle import HISTORY, WEIGHTS, ModelInfo
+from quorum.console import console, say, track
+from quorum.ensemble import read_members, select_models, tie_breaker_index
+from quorum.errors import QuorumError
+from quorum.report_scores import ensemble_scores, member_scores, preds_summary, scores
+from quorum.report_sources import Labelled, mismatch, read_labels, read_preds, read_validation, run_on_folder, \
+    stack_validation
+
+ENSEMBLE = "ensemble"
+
+
+@dataclass
+class Report:
+    infos: list[ModelInfo]
+    source: str  # which images the scores are on
+    members: dict[str, dict]  # name -> classification_metrics
+    ensemble: dict | None  # report_scores.ensemble_scores, or None with the reason in `notes`
+    table: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    histories: dict[str, pd.DataFrame] = field(default_factory=dict)
+    preds: dict | None = None  # report_scores.preds_summary of a predict CSV
+
+    @property
+    def names(self) -> list[str]:
+        return [info.path.name for info in self.infos]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.infos[0].classes
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "classes": list(self.classes), "notes": self.notes,
+                "models": self.members, "ensemble": self.ensemble,
+                "summary": self.table.astype(object).where(self.table.notna(), None).to_dict(orient="records"),
+                "preds": self.preds}
+
+
+def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (), tie_breaker: str | None = None,
+                 data: Path | None = None, preds: Path | None = None, labels: Path | None = None,
+                 device: str = "auto", timing: bool = True, workers: int = 2, quiet: bool = False) -> Report:
+    """Everything `quorum report` shows, computed; nothing is written."""
+    if labels is not None and preds is None:
+        raise QuorumError("--labels holds the true labels of a --preds CSV: add --preds PREDICTIONS.csv")
+    infos = read_members(select_models(models_dir, names))
+    member_names = [info.path.name for info in infos]
+    tie = tie_breaker_index(infos, tie_breaker)
+    notes: list[str] = []
+    # A wrong --preds should fail before any model runs.
+    preds_part = read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None else None
+
+    if data is not None:
+        labelled = run_on_folder(Path(data), infos, tie, device, workers=workers, quiet=quiet)
+        source, metrics = labelled.source, member_scores(labelled, member_names, infos[0].classes)
+        if labelled.skipped:
+            notes.append(f"{labelled.skipped} unreadable file(s) in {data} were left out of every score")
+    else:
+        labelled, source, metrics = validation_scores(infos, notes)
+
+    ensemble = None
+    if len(infos) == 1:
+        notes.append(f"only one model ({member_names[0]}): there is no vote to score; "
+                     "fine-tune another with quorum finetune to compare an ensemble")
+    elif labelled is not None:
+        accuracies = [info.val_accuracy for info in infos]
+        ensemble = ensemble_scores(labelled, member_names, infos[0].classes, tie, accuracies)
+
+    report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos), preds_part)
+    seconds = measure_times(infos, device, quiet, notes) if timing else {}
+    if not timing:
+        notes.append("time per image was not measured (--no-timing)")
+    report.table = summary_table(report, seconds)
+    return report
+
+
+def read_preds_part(preds: Path, labels: Path | None, classes) -> dict:
+    frame, names = read_preds(preds)
+    truth = read_labels(labels) if labels is not None else None
+    return {"file": str(preds), **preds_summary(frame, names, classes, truth)}
+
+
+def validation_scores(infos: list[ModelInfo], notes: list[str]) -> tuple[Labelled | None, str, dict]:
+    """Each model on its stored validation predictions; stacked for the vote when they share the images."""
+    runs = [read_validation(info) for info in infos]
+    own = {info.path.name: scores(run.y_true, run.probs.argmax(axis=1), info.classes) for info, run in zip(infos, runs)}
+    reason = mismatch(infos, runs) if len(infos) > 1 else None
+    if reason is None:
+        labelled = stack_validation(infos, runs)
+        return labelled, labelled.source, own
+    notes.append(f"{reason}: the ensemble is not scored on validation predictions. Score every model on one "
+                 "labelled folder with --data, or fine-tune them again so they share models/split.csv")
+    return None, "each model's own validation images", own
+
+
+def read_histories(infos: list[ModelInfo]) -> dict[str, pd.DataFrame]:
+    return {info.path.name: pd.read_csv(info.path / HISTORY) for info in infos if (info.path / HISTORY).is_file()}
+
+
+def measure_times(infos: list[ModelInfo], device: str, quiet: bool, notes: list[str]) -> dict[str, float]:
+    from quorum.device import pick_device
+    from quorum.timing import busy_cpu, seconds_per_image
+
+    torch_device = pick_device(device)
+    seconds = {info.path.name: seconds_per_image(info, torch_device)
+               for info in track(infos, len(infos), "Timing", quiet, unit="models")}
+    busy = busy_cpu() if torch_device.type == "cpu" else None
+    if busy:
+        notes.append(f"{busy} while the models were timed: their times per image are inflated; "
+                     "run quorum report again when the machine is idle")
+    return seconds
+
+
+def summary_table(report: Report, seconds: dict[str, float]) -> pd.DataFrame:
+    """One row per model, then the ensemble's (its cost: every member runs on every image)."""
+    preds_scores = (report.preds or {}).get("scores", {})
+    rows = []
+    for info in report.infos:
+        name, metrics = info.path.name, report.members[info.path.name]
+        weights = info.path / WEIGHTS
+        rows.append({"model": name, "backbone": info.backbone, "image_size": info.image_size,
+                     "parameters": info.raw.get("num_params"),
+                     "size_mb": weights.stat().st_size / 1e6 if weights.is_file() else None,
+                     **_headline(metrics), "ms_per_image": _ms(seconds.get(name)),
+                     "preds_accuracy": preds_scores.get(name, {}).get("accuracy")})
+    if report.ensemble is not None:
+        members = pd.DataFrame(rows)
+        total = lambda column: members[column].sum(min_count=len(members))  # noqa: E731 (None if any is missing)
+        rows.append({"model": ENSEMBLE, "backbone": f"vote of {len(rows)}", "image_size": None,
+                     "parameters": total("parameters"), "size_mb": total("size_mb"),
+                     **_headline(report.ensemble["metrics"]),
+                     "ms_per_image": total("ms_per_image") if seconds else None,
+                     "preds_accuracy": preds_scores.get(ENSEMBLE, {}).get("accuracy")})
+    table = pd.DataFrame(rows).astype({"image_size": "Int64", "parameters": "Int64", "images": "Int64"})
+    return table.drop(columns=["preds_accuracy"]) if not preds_scores else table
+
+
+def _headline(metrics: dict) -> dict:
+    return {key: metrics[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "images")}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def print_table(report: Report, quiet: bool = False) -> None:
+    """The comparison, on stderr, with the notes that qualify it."""
+    if quiet:
+        return
+    table = Table(title=escape(f"Scored on {report.source}"), title_justify="left")
+    headers = {"model": "model", "backbone": "backbone", "image_size": "size", "parameters": "params",
+               "size_mb": "MB", "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro F1",
+               "ms_per_image": "ms/image", "preds_accuracy": "acc. on --preds"}
+    columns = [column for column in headers if column in report.table.columns]
+    for column in columns:
+        table.add_column(headers[column], justify="left" if column in ("model", "backbone") else "right")
+    for row in report.table.to_dict(orient="records"):
+        table.add_row(*(escape(format_cell(column, row[column])) for column in columns),
+                      style="bold" if row["model"] == ENSEMBLE else None)
+    # A log file or pipe gets whole rows, not the 80 columns rich assumes there.
+    out = console if console.is_terminal else Console(file=console.file, width=160, highlight=False)
+    out.print(table)
+    for note in report.notes:
+        say(f"[yellow]{escape(note)}[/yellow]")
+
+
+def format_cell(column: str, value) -> str:
+    """How a summary value reads in the terminal and the HTML page."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return "-"
+    if column in ("accuracy", "balanced_accuracy", "preds_accuracy"):
+        return f"{value:.1%}"
+    formats = {"macro_f1": "{:.3f}", "parameters": "{:,.0f}", "size_mb": "{:.1f}", "ms_per_image": "{:.1f}",
+               "image_size": "{:.0f}"}
+    return formats[column].format(value) if column in formats else str(value)

@@ -1,0 +1,110 @@
+"""Scores for a report, computed from predictions only (no models, no files).
+
+The ensemble is scored with `vote.vote`, the rule `quorum predict` uses, so a report's ensemble
+row is what predict would have said on the same images.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from quorum.metrics import classification_metrics
+from quorum.predict_io import OK
+from quorum.report_sources import Labelled
+from quorum.vote import DECIDED_BY, TIE_BREAKER, vote
+
+
+def scores(y_true, y_pred, classes) -> dict:
+    """`metrics.classification_metrics`, without sklearn's warning when a class is predicted but absent:
+    small test sets have that often, and the per-class table already shows it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+        return classification_metrics(y_true, y_pred, classes)
+
+
+def member_scores(labelled: Labelled, names: list[str], classes) -> dict[str, dict]:
+    return {name: scores(labelled.y_true, labelled.probs[m].argmax(axis=1), classes) for m, name in enumerate(names)}
+
+
+def default_tie_breaker(accuracies: list[float], among: list[int]) -> int:
+    """predict's default: the member with the best validation accuracy (the first on a tie)."""
+    return max(among, key=lambda m: accuracies[m])
+
+
+def ensemble_scores(labelled: Labelled, names: list[str], classes, tie_breaker: int, accuracies: list[float]) -> dict:
+    """The vote's scores, and what the vote adds over its members."""
+    y, probs = labelled.y_true, labelled.probs
+    result = vote(probs, tie_breaker)
+    top = probs.argmax(axis=2)  # (members, images)
+    right = top == y
+    # A tie goes to the tie-breaker's label when it is among the tied ones, else to the best mean probability.
+    decided = (result.decided_by == TIE_BREAKER) & (result.label == top[tie_breaker])
+    agreement = (top[:, None, :] == top[None, :, :]).mean(axis=2)
+    return {
+        "metrics": scores(y, result.label, classes),
+        "members": names,
+        "tie_breaker": names[tie_breaker],
+        # The best any vote could do: the images at least one member gets right.
+        "ceiling": float(right.any(axis=0).mean()),
+        "all_wrong": int((~right).all(axis=0).sum()),
+        "pairwise_agreement": agreement.round(6).tolist(),
+        "decided_by": {kind: int((result.decided_by == kind).sum()) for kind in DECIDED_BY},
+        "tie_breaker_decided": int(decided.sum()),
+        "tie_breaker_right": int((result.label[decided] == y[decided]).sum()),
+        "leave_one_out": leave_one_out(labelled, names, tie_breaker, accuracies),
+    }
+
+
+def leave_one_out(labelled: Labelled, names: list[str], tie_breaker: int, accuracies: list[float]) -> dict[str, float]:
+    """Accuracy of the vote without each member in turn; its tie-breaker stays unless it is the one left out."""
+    scores = {}
+    for left_out, name in enumerate(names):
+        rest = [m for m in range(len(names)) if m != left_out]
+        tie = rest.index(tie_breaker) if tie_breaker in rest else rest.index(default_tie_breaker(accuracies, rest))
+        labels = vote(labelled.probs[rest], tie).label
+        scores[name] = float((labels == labelled.y_true).mean())
+    return scores
+
+
+def preds_summary(frame: pd.DataFrame, names: list[str], classes, labels: pd.Series | None = None) -> dict:
+    """What the members did on an unlabelled folder, from predict's CSV; scores too where labels are given."""
+    ok = frame[frame["status"] == OK]
+    failed = frame[frame["status"] != OK]
+    summary = {
+        "rows": len(frame),
+        "members": names,
+        "errors": [{"path": str(p), "error": str(e)} for p, e in zip(failed["path"], failed["error"])],
+        "agreement": {f"{value:.3f}": int(count) for value, count in
+                      ok["agreement"].astype(float).value_counts().sort_index().items()},
+        "predicted": {str(label): int(count) for label, count in ok["prediction"].value_counts().items()},
+        "decided_by": {kind: int((ok["decided_by"] == kind).sum()) for kind in DECIDED_BY},
+        "review": None,
+    }
+    if "review" in frame.columns:
+        flagged = ok[ok["review"].astype(str).str.lower() == "true"]
+        summary["review"] = [{"path": str(row["path"]), "prediction": str(row["prediction"]),
+                              "agreement": float(row["agreement"]),
+                              **{name: ("" if pd.isna(row[name]) else str(row[name])) for name in names}}
+                             for _, row in flagged.iterrows()]
+    if labels is not None:
+        summary.update(labelled_preds_scores(ok, names, classes, labels))
+    return summary
+
+
+def labelled_preds_scores(ok: pd.DataFrame, names: list[str], classes, labels: pd.Series) -> dict:
+    """The vote and each member scored on the rows that have a true label."""
+    truth = ok["path"].map(labels)
+    rows = ok[truth.notna()]
+    truth = truth[truth.notna()]
+    seen = set(truth) | set(rows["prediction"]) | {label for name in names for label in rows[name].dropna()}
+    classes = list(classes) + sorted(seen - set(classes))  # a label the models never saw is still scored
+    index = {name: i for i, name in enumerate(classes)}
+    y_true = truth.map(index).to_numpy(int)
+    scored = {"ensemble": scores(y_true, rows["prediction"].map(index).to_numpy(int), classes)}
+    for name in names:
+        voted = rows[name].notna().to_numpy()  # a lazy run skips members whose vote could not matter
+        scored[name] = scores(y_true[voted], rows[name][voted].map(index).to_numpy(int), classes)
+    return {"labelled": len(rows), "unlabelled": len(ok) - len(rows), "scores": scored, "score_classes": classes}

@@ -1,0 +1,134 @@
+"""Where a report's predictions come from: each model's stored validation predictions, a labelled
+folder run through the models now, or a `quorum predict` CSV (with true labels, if any are given).
+
+Every source ends as the same thing for the scores: per member, probabilities for labelled images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quorum.bundle import VAL_PREDICTIONS, ModelInfo
+from quorum.data import scan_labelled
+from quorum.errors import QuorumError
+from quorum.predict_io import STATUS_COLUMNS, VOTE_COLUMNS
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What the members said about the same labelled images, in the same order."""
+
+    source: str  # for a person: which images these are
+    paths: list[str]
+    y_true: np.ndarray  # (images,) class index
+    probs: np.ndarray  # (members, images, classes)
+    skipped: int = 0  # unreadable files left out
+
+
+@dataclass(frozen=True)
+class OwnValidation:
+    """One member's stored validation predictions."""
+
+    paths: list[str]
+    y_true: np.ndarray
+    probs: np.ndarray  # (images, classes)
+
+
+def read_validation(info: ModelInfo) -> OwnValidation:
+    path = info.path / VAL_PREDICTIONS
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+        index = {name: i for i, name in enumerate(info.classes)}
+        y_true = np.array([index[label] for label in frame["true_label"]], dtype=int)
+        probs = frame[[f"p_{name}" for name in info.classes]].to_numpy(float)
+    except FileNotFoundError:
+        raise QuorumError(f"{info.path} has no {VAL_PREDICTIONS}: fine-tune it again with quorum finetune") from None
+    except (KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise QuorumError(f"{path} is broken ({exc!r}): fine-tune {info.path.name} again") from None
+    return OwnValidation(list(frame["path"].astype(str)), y_true, probs)
+
+
+def mismatch(infos: list[ModelInfo], runs: list[OwnValidation]) -> str | None:
+    """Why the members' validation predictions cannot be stacked into one vote, or None if they can."""
+    digests = {info.path.name: info.raw.get("split", {}).get("digest") for info in infos}
+    if len(set(digests.values())) > 1:
+        listed = ", ".join(f"{name}: {digest or 'none'}" for name, digest in digests.items())
+        return f"the models were validated on different splits ({listed})"
+    first = set(runs[0].paths)
+    for info, run in zip(infos[1:], runs[1:]):
+        if set(run.paths) != first:
+            return (f"{info.path.name} was validated on other images than {infos[0].path.name} "
+                    f"({len(set(run.paths) ^ first)} differ)")
+    return None
+
+
+def stack_validation(infos: list[ModelInfo], runs: list[OwnValidation]) -> Labelled:
+    """The members' validation predictions aligned by path (call only when `mismatch` is None)."""
+    order = runs[0].paths
+    probs = []
+    for run in runs:
+        position = {path: i for i, path in enumerate(run.paths)}
+        probs.append(run.probs[[position[path] for path in order]])
+    source = f"the shared validation split ({len(order)} images)"
+    return Labelled(source, order, runs[0].y_true, np.stack(probs))
+
+
+def run_on_folder(folder: Path, infos: list[ModelInfo], tie_breaker: int, device: str = "auto",
+                  batch_size: int = 32, workers: int = 2, quiet: bool = False) -> Labelled:
+    """Every member on every image of a labelled folder (one sub-folder per class)."""
+    from quorum.device import pick_device  # torch work only here: the other sources read CSVs
+    from quorum.ensemble import load_members
+    from quorum.predict import predict_arrays
+
+    folder = Path(folder)
+    table = scan_labelled(folder)
+    classes = infos[0].classes
+    unknown = sorted(set(table["label"]) - set(classes))
+    if unknown:
+        raise QuorumError(f"--data {folder} has classes the models do not know ({', '.join(unknown)}): "
+                          f"the models know {', '.join(classes)}")
+    torch_device = pick_device(device)
+    members = load_members(infos, torch_device)
+    outputs = predict_arrays([folder / path for path in table["path"]], members, tie_breaker, torch_device,
+                             batch_size=batch_size, workers=workers, quiet=quiet)
+    ok = np.array([error is None for error in outputs.errors])
+    if not ok.any():
+        raise QuorumError(f"no readable images in {folder}: check the files")
+    index = {name: i for i, name in enumerate(classes)}
+    y_true = np.array([index[label] for label in table["label"]])[ok]
+    source = f"the labelled folder {folder} ({int(ok.sum())} images)"
+    return Labelled(source, list(table["path"][ok]), y_true, outputs.probs[:, ok], skipped=int((~ok).sum()))
+
+
+def read_preds(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A `quorum predict` CSV and its member names (the columns that have a `<name>_p` partner)."""
+    path = Path(path)
+    if not path.is_file():
+        raise QuorumError(f"--preds {path} does not exist: write one with quorum predict FOLDER --out {path}")
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"path": str, "error": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise QuorumError(f"--preds {path} is not a CSV ({type(exc).__name__}): give a quorum predict CSV") from None
+    missing = [column for column in VOTE_COLUMNS + STATUS_COLUMNS if column not in frame.columns]
+    if missing:
+        raise QuorumError(f"--preds {path} is not a quorum predict CSV (no column {', '.join(missing)}): "
+                          f"write one with quorum predict FOLDER --out {path}")
+    frame["error"] = frame["error"].fillna("").astype(str)
+    names = [column for column in frame.columns[len(VOTE_COLUMNS):]
+             if f"{column}_p" in frame.columns and column not in STATUS_COLUMNS]
+    return frame, names
+
+
+def read_labels(path: Path) -> pd.Series:
+    """True labels by path from a CSV with columns path,label."""
+    path = Path(path)
+    if not path.is_file():
+        raise QuorumError(f"--labels {path} does not exist: give a CSV with columns path,label")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"path", "label"} <= set(frame.columns):
+        raise QuorumError(f"--labels {path} needs the columns path,label (it has {', '.join(frame.columns)})")
+    return frame.set_index("path")["label"]

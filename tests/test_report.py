@@ -1,0 +1,336 @@
+"""quorum report: scores against scikit-learn on hand-made predictions, what the vote adds, the refusal
+on mismatched splits, --data against predict's own vote, --preds, and every file the report writes."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
+
+from image_factory import write_good_images
+from quorum import bundle, weights
+from quorum.backbones import get_backbone
+from quorum.cli import main
+from quorum.ensemble import select_models
+from quorum.errors import QuorumError
+from quorum.html_report import write_report
+from quorum.metrics import classification_metrics
+from quorum.predict import predict
+from quorum.predict_io import columns, write_predictions
+from quorum.report import ENSEMBLE, build_report
+
+CLASSES = ("cat", "dog", "fox")
+TRUTH = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+# Top-1 labels per member. `a` has the best validation accuracy, so it breaks ties.
+VOTED = {"a": [0, 0, 1, 1, 1, 0, 2, 2, 2], "b": [0, 1, 1, 1, 2, 1, 2, 0, 1], "c": [0, 2, 2, 1, 0, 2, 2, 1, 1]}
+VAL_ACCURACY = {"a": 0.9, "b": 0.8, "c": 0.7}
+# Worked by hand: 0 unanimous, 1 tie (a: 0), 2 majority 1, 3 unanimous, 4 tie (a: 1), 5 tie (a: 0),
+# 6 unanimous, 7 tie (a: 2), 8 majority 1.
+VOTE = [0, 0, 1, 1, 1, 0, 2, 2, 1]
+PATHS = [f"{CLASSES[t]}/{i:02d}.png" for i, t in enumerate(TRUTH)]
+
+
+def probs_for(labels, classes=CLASSES) -> np.ndarray:
+    probs = np.full((len(labels), len(classes)), 0.15)
+    probs[np.arange(len(labels)), labels] = 0.7
+    return probs
+
+
+def write_handmade(models_dir: Path, name: str, labels, digest: str = "split-1", paths=PATHS, classes=CLASSES,
+                   real_weights: bool = False, order=None) -> Path:
+    """A model folder written by hand: model.json, val_predictions.csv (rows in `order`), history.csv."""
+    model_dir = Path(models_dir) / name
+    model_dir.mkdir(parents=True)
+    order = list(range(len(paths))) if order is None else order
+    frame = pd.DataFrame({"path": [paths[i] for i in order], "true_label": [classes[TRUTH[i]] for i in order],
+                          "predicted_label": [classes[labels[i]] for i in order]})
+    probs = probs_for(labels, classes)[order]
+    for k, label in enumerate(classes):
+        frame[f"p_{label}"] = probs[:, k]
+    frame.to_csv(model_dir / bundle.VAL_PREDICTIONS, index=False)
+    pd.DataFrame({"epoch": [1, 2, 3, 4], "phase": [1, 1, 2, 2], "train_loss": [1.2, 0.9, 0.7, 0.6],
+                  "train_accuracy": [0.4, 0.6, 0.7, 0.8], "val_loss": [1.1, 0.95, 0.8, 0.82],
+                  "val_accuracy": [0.5, 0.6, 0.7, 0.65]}).to_csv(model_dir / bundle.HISTORY, index=False)
+    entry = get_backbone("tinyvgg")
+    if real_weights:
+        bundle.save_weights(weights.build(entry, len(classes), "none"), model_dir)
+    bundle.write_model_json(model_dir, {
+        "name": name, "backbone": "tinyvgg", "image_size": 32, "mean": list(entry.mean), "std": list(entry.std),
+        "classes": list(classes), "num_params": 1000, "metrics": {"accuracy": VAL_ACCURACY.get(name, 0.5)},
+        "split": {"file": "split.csv", "digest": digest, "val_images": len(paths)},
+    })
+    return model_dir
+
+
+@pytest.fixture
+def trio(tmp_path) -> Path:
+    models = tmp_path / "models"
+    for k, (name, labels) in enumerate(VOTED.items()):
+        order = list(range(len(PATHS)))[::-1] if k == 1 else None  # b's rows in another order: aligned by path
+        write_handmade(models, name, labels, order=order)
+    return models
+
+
+def assert_matches_sklearn(scores: dict, y_true, y_pred) -> None:
+    assert scores["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert scores["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    # Macro F1 over every class the models know, a class absent from both counting as 0 (as metrics.py does).
+    assert scores["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, labels=[0, 1, 2], average="macro",
+                                                        zero_division=0))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=[0, 1, 2], zero_division=0)
+    for k, name in enumerate(CLASSES):
+        got = scores["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((precision[k], recall[k], f1[k]))
+        assert got["support"] == support[k]
+    assert scores["confusion_matrix"] == confusion_matrix(y_true, y_pred, labels=[0, 1, 2]).tolist()
+
+
+# --- scores ----------------------------------------------------------------------------------
+
+
+def test_every_model_and_the_vote_score_as_sklearn_says(trio):
+    report = build_report(trio, timing=False)
+    for name, labels in VOTED.items():
+        assert_matches_sklearn(report.members[name], TRUTH, labels)
+    assert_matches_sklearn(report.ensemble["metrics"], TRUTH, VOTE)
+    table = report.table.set_index("model")
+    assert list(table.index) == ["a", "b", "c", ENSEMBLE]
+    assert table.loc[ENSEMBLE, "accuracy"] == pytest.approx(6 / 9)
+    assert table.loc["a", "macro_f1"] == pytest.approx(f1_score(TRUTH, VOTED["a"], average="macro"))
+
+
+def test_what_the_vote_adds(trio):
+    ensemble = build_report(trio, timing=False).ensemble
+    assert ensemble["tie_breaker"] == "a"
+    assert ensemble["ceiling"] == pytest.approx(8 / 9)  # only image 2 has no member right
+    assert ensemble["all_wrong"] == 1
+    assert ensemble["decided_by"] == {"unanimous": 3, "majority": 2, "tie-breaker": 4}
+    assert (ensemble["tie_breaker_decided"], ensemble["tie_breaker_right"]) == (4, 3)
+    agreement = np.array(ensemble["pairwise_agreement"])
+    assert agreement[0, 1] == agreement[1, 0] == pytest.approx(4 / 9)
+    assert np.diag(agreement) == pytest.approx(1.0)
+    # Without a, b breaks ties (the next best validation accuracy); without b or c, a decides every tie.
+    assert ensemble["leave_one_out"] == pytest.approx({"a": 4 / 9, "b": 7 / 9, "c": 7 / 9})
+
+
+def test_named_tie_breaker_changes_the_ties(trio):
+    ensemble = build_report(trio, tie_breaker="c", timing=False).ensemble
+    assert ensemble["tie_breaker"] == "c"
+    expected = [0, 2, 1, 1, 0, 2, 2, 1, 1]  # ties (1, 4, 5, 7) go to c's label
+    assert_matches_sklearn(ensemble["metrics"], TRUTH, expected)
+
+
+def test_refuses_the_vote_when_models_were_validated_on_different_splits(tmp_path):
+    models = tmp_path / "models"
+    write_handmade(models, "a", VOTED["a"], digest="split-1")
+    write_handmade(models, "b", VOTED["b"], digest="split-2")
+    report = build_report(models, timing=False)
+    assert report.ensemble is None
+    assert list(report.table["model"]) == ["a", "b"]
+    assert any("validated on different splits (a: split-1, b: split-2)" in note and "--data" in note
+               for note in report.notes)
+    assert_matches_sklearn(report.members["b"], TRUTH, VOTED["b"])  # each model is still scored
+
+
+def test_refuses_the_vote_when_the_validation_images_differ(tmp_path):
+    models = tmp_path / "models"
+    write_handmade(models, "a", VOTED["a"])
+    write_handmade(models, "b", VOTED["b"], paths=[path.replace(".png", ".jpg") for path in PATHS])
+    report = build_report(models, timing=False)
+    assert report.ensemble is None
+    assert any("b was validated on other images than a" in note for note in report.notes)
+
+
+def test_one_model_is_reported_without_an_ensemble_row(tmp_path):
+    write_handmade(tmp_path / "models", "a", VOTED["a"])
+    report = build_report(tmp_path / "models", timing=False)
+    assert report.ensemble is None and list(report.table["model"]) == ["a"]
+    assert any(note.startswith("only one model (a)") for note in report.notes)
+
+
+def test_models_over_different_classes_are_refused(tmp_path):
+    write_handmade(tmp_path / "models", "a", VOTED["a"])
+    write_handmade(tmp_path / "models", "b", VOTED["b"], classes=("cat", "dog", "owl"))
+    with pytest.raises(QuorumError, match=r"models disagree on classes: a has \[cat, dog, fox\], b has"):
+        build_report(tmp_path / "models", timing=False)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [value for key, value in attrs if key in ("src", "href") and value]
+
+
+def check_page(out: Path, written: list[Path]) -> str:
+    page = (out / "index.html").read_text()
+    parser = _Links()
+    parser.feed(page)
+    inline = [link for link in parser.links if link.startswith("data:image/png;base64,")]
+    files = [link for link in parser.links if not link.startswith("data:")]
+    assert all((out / link).is_file() for link in files), files
+    pngs = [path for path in written if path.suffix == ".png"]
+    assert len(inline) == len(pngs)  # every picture is in the page itself
+    assert {out / link for link in files} == set(written) - {out / "index.html"}
+    return page
+
+
+def test_writes_every_file_and_the_page_links_only_files_that_exist(trio, tmp_path):
+    for name in VOTED:  # real weights, so the time per image can be measured
+        bundle.save_weights(weights.build(get_backbone("tinyvgg"), 3, "none"), trio / name)
+    report = build_report(trio, timing=True)
+    out = tmp_path / "reports"
+    written = write_report(report, out)
+    names = ["summary.csv", "scores.json", "confusion_matrices.png", "best_vs_ensemble.png",
+             "training_curves.png", "accuracy_vs_time.png", "index.html"]
+    assert [path.name for path in written] == names
+    assert all(path.is_file() and path.stat().st_size > 0 for path in written)
+    assert (report.table["ms_per_image"] > 0).all()
+    check_page(out, written)
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["ensemble"]["metrics"]["accuracy"] == pytest.approx(6 / 9)
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["model"]) == ["a", "b", "c", ENSEMBLE]
+
+
+def test_text_in_the_page_is_escaped(tmp_path):
+    classes = ("<b>cat</b>", "dog", "fox")
+    write_handmade(tmp_path / "models", "a", VOTED["a"], classes=classes)
+    write_handmade(tmp_path / "models", "b", VOTED["b"], classes=classes)
+    written = write_report(build_report(tmp_path / "models", timing=False), tmp_path / "out")
+    page = check_page(tmp_path / "out", written)
+    assert "&lt;b&gt;cat&lt;/b&gt;" in page and "<b>cat</b>" not in page
+
+
+# --- --preds and --data ------------------------------------------------------------------------
+
+
+def handmade_preds(path: Path) -> Path:
+    """A predict CSV for members a and b with --min-agreement: three voted rows and one unreadable file."""
+    header = columns(["a", "b"], CLASSES, with_probs=False, with_review=True)
+    rows = [
+        ["x1.png", "cat", 2, 2, 1.0, "unanimous", 0.8, "cat", 0.8, "cat", 0.8, False, "ok", ""],
+        ["x2.png", "dog", 1, 2, 0.5, "tie-breaker", 0.6, "dog", 0.7, "cat", 0.5, True, "ok", ""],
+        ["x3.png", "fox", 2, 2, 1.0, "unanimous", 0.9, "fox", 0.9, "fox", 0.9, False, "ok", ""],
+        ["broken.jpg", *[""] * 11, "error", "empty file"],
+    ]
+    pd.DataFrame(rows, columns=header).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # sklearn's, in the reference scores
+def test_preds_summary_and_scores_against_true_labels(trio, tmp_path):
+    preds = handmade_preds(tmp_path / "preds.csv")
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"path": ["x1.png", "x2.png", "x3.png"], "label": ["cat", "cat", "fox"]}).to_csv(labels, index=False)
+    report = build_report(trio, preds=preds, labels=labels, timing=False)
+    summary = report.preds
+    assert summary["members"] == ["a", "b"] and summary["rows"] == 4
+    assert summary["errors"] == [{"path": "broken.jpg", "error": "empty file"}]
+    assert [row["path"] for row in summary["review"]] == ["x2.png"]
+    assert summary["predicted"] == {"cat": 1, "dog": 1, "fox": 1}
+    assert summary["agreement"] == {"0.500": 1, "1.000": 2}
+    assert_matches_sklearn(summary["scores"]["ensemble"], [0, 0, 2], [0, 1, 2])
+    assert_matches_sklearn(summary["scores"]["b"], [0, 0, 2], [0, 0, 2])
+    # The table's column: each model's accuracy on the labelled rows, where the CSV has it as a member.
+    table = report.table.set_index("model")["preds_accuracy"]
+    assert table[["a", "b", ENSEMBLE]].tolist() == pytest.approx([2 / 3, 1.0, 2 / 3]) and pd.isna(table["c"])
+    written = write_report(report, tmp_path / "out")
+    assert {"preds_agreement.png", "preds_classes.png"} <= {path.name for path in written}
+    page = check_page(tmp_path / "out", written)
+    assert "Flagged for review: 1" in page and "empty file" in page
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"--preds .*missing.csv does not exist: write one with quorum predict FOLDER --out"),
+    ("path,label\nx.png,cat\n", r"is not a quorum predict CSV \(no column prediction, "),
+])
+def test_preds_that_is_not_a_predict_csv_is_refused(trio, tmp_path, content, message):
+    preds = tmp_path / "missing.csv"
+    if content is not None:
+        preds.write_text(content)
+    with pytest.raises(QuorumError, match=message):
+        build_report(trio, preds=preds, timing=False)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core machine OpenMP's spinning slows them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_data_scores_the_same_vote_predict_casts(tiny_models, tmp_path, one_thread):
+    for seed, name in enumerate(("cat", "dog", "fox")):
+        write_good_images(tmp_path / "test" / name, 4, size=(48, 40), seed=seed)
+    report = build_report(tiny_models, data=tmp_path / "test", timing=False, workers=0, quiet=True)
+    assert report.source == f"the labelled folder {tmp_path / 'test'} (12 images)"
+    frame = predict(tmp_path / "test", select_models(tiny_models), workers=0, quiet=True)
+    truth = [path.split("/")[0] for path in frame["path"]]
+    index = {name: i for i, name in enumerate(report.classes)}
+    expected = classification_metrics([index[t] for t in truth], frame["prediction"].map(index), report.classes)
+    assert report.ensemble["metrics"] == expected
+    for name in report.names:
+        assert report.members[name] == classification_metrics([index[t] for t in truth], frame[name].map(index),
+                                                              report.classes)
+
+
+def test_report_reads_a_real_predict_csv(trio, tiny_models, tmp_path, one_thread):
+    write_good_images(tmp_path / "unlabelled", 5, size=(48, 40))
+    frame = predict(tmp_path / "unlabelled", select_models(tiny_models), workers=0, quiet=True, min_agreement=0.9)
+    write_predictions(frame, tmp_path / "preds.csv")
+    summary = build_report(trio, preds=tmp_path / "preds.csv", timing=False).preds
+    assert summary["members"] == frame.attrs["members"] and summary["rows"] == 5
+    assert len(summary["review"]) == int(frame["review"].sum())
+    assert summary["predicted"] == frame["prediction"].value_counts().to_dict()
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def test_cli_writes_the_report(trio, tmp_path):
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--out", str(out), "--no-timing"])
+    assert result.exit_code == 0, result.output
+    assert (out / "index.html").is_file() and (out / "summary.csv").is_file()
+    assert "ensemble" in result.output
+
+
+def test_cli_without_models_names_the_fix(tmp_path):
+    result = CliRunner().invoke(main, ["report", "--models-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: no models in {tmp_path / 'none'}: fine-tune one with `quorum finetune")
+
+
+def test_cli_errors_are_one_line_that_names_the_fix(trio, tmp_path):
+    not_preds = tmp_path / "labels.csv"
+    not_preds.write_text("path,label\nx.png,cat\n")
+    cases = [
+        (["--preds", str(tmp_path / "p.csv")],
+         f"Error: --preds {tmp_path / 'p.csv'} does not exist: write one with quorum predict FOLDER --out "
+         f"{tmp_path / 'p.csv'}\n"),
+        (["--preds", str(not_preds)],
+         f"Error: --preds {not_preds} is not a quorum predict CSV (no column prediction, votes, members, agreement, "
+         f"decided_by, confidence, status, error): write one with quorum predict FOLDER --out {not_preds}\n"),
+        (["--labels", str(not_preds)], "Error: --labels holds the true labels of a --preds CSV: add --preds "
+                                       "PREDICTIONS.csv\n"),
+        (["--tie-breaker", "z"], "Error: --tie-breaker z is not one of the members: choose from a, b, c\n"),
+    ]
+    for options, message in cases:
+        result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--no-timing", *options])
+        assert (result.exit_code, result.output) == (1, message)
