@@ -81,8 +81,9 @@ def load_members(infos: list[ModelInfo], device: torch.device) -> list[Member]:
     members = []
     for info in infos:
         model, _ = load_model(info.path, device)
-        if device.type == "cuda":  # NHWC feeds tensor cores without transposes; on CPU it can be slower
-            model = model.to(memory_format=torch.channels_last)
+        # NHWC: tensor cores on CUDA take it without transposes, and oneDNN on the CPU ran these
+        # backbones 1.2-1.7x faster with it (benchmarks/RESULTS.md).
+        model = model.to(memory_format=torch.channels_last)
         cost = float(count_parameters(model)) * info.image_size**2
         members.append(Member(info.path.name, info, model, cost))
     return members

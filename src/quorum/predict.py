@@ -217,8 +217,7 @@ class _Runner:
         mean, std = self.norms[m]
         # Exactly ToTensor + Normalize: /255 in float32, then subtract the mean and divide by the std.
         x = pixels.to(self.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device):
             logits = self.members[m].model(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
