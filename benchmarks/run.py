@@ -1,0 +1,117 @@
+"""quorum's benchmarks: predict (naive vs quorum vs --lazy), finetune (cached vs plain), GFLOP/s.
+
+    python benchmarks/run.py [--images N] [--quick] [--weights-dir DIR] [--out FILE]
+
+Prints a markdown report and writes it to benchmarks/RESULTS.md (a --quick run writes only with
+--out). Every speed is a ratio against a baseline timed in the same run, since the CPU may be
+shared. Photos and fine-tuned members are made under benchmarks/data/ on first use and reused.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch loads OpenMP: with its default waiting, a thread that another process preempts
+# stalls every parallel region (up to 50x slower inference on a shared 2-core machine).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench_finetune import bench_finetune
+from bench_flops import matmul_gflops, model_flops
+from bench_predict import bench_predict
+from make_photos import DATA, ROOT, make_labelled_set, make_predict_set
+from members import build, trios
+from report import Results, machine, render
+
+
+@dataclass(frozen=True)
+class Settings:
+    images: int = 1000
+    batch_size: int = 32
+    workers: int = 2
+    sizes: dict = field(default_factory=lambda: {"reference": (64, 224, 224), "pretrained": (64, 224, 260)})
+    member_epochs: int = 20
+    finetune_size: int = 224
+    finetune_epochs: int = 10
+    flops_batch: int = 32
+    rounds: int = 4  # the predict set is timed in this many slices, the three ways taking turns
+    models_dir: Path = DATA / "models"
+
+
+# The smoke run: the same steps on few images, small inputs and few epochs, with its own models.
+# Its largest member is 168 px, not less: quorum decodes a JPEG at 1/2 scale when every member is
+# under ~165 px on these photos, and its labels may then differ from the naive full-scale decode.
+QUICK = Settings(images=32, batch_size=16, sizes={"reference": (32, 168, 64), "pretrained": (32, 168, 64)},
+                 member_epochs=1, finetune_size=64, finetune_epochs=2, flops_batch=8, rounds=2,
+                 models_dir=DATA / "models-quick")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, help="photos in the predict set (default 1000; 32 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run: minutes, not figures to quote")
+    parser.add_argument("--weights-dir", type=Path, default=ROOT.parent / "shared" / "weights",
+                        help="folder with tf_efficientnet_lite{0,2}.safetensors (default <repo>/../shared/weights)")
+    parser.add_argument("--out", type=Path, help="report file (default benchmarks/RESULTS.md; none with --quick)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = QUICK if args.quick else Settings()
+    images = args.images or settings.images
+    missing = [name for name in ("tf_efficientnet_lite0", "tf_efficientnet_lite2")
+               if not (args.weights_dir / f"{name}.safetensors").is_file()]
+    if missing:
+        print(f"Error: {args.weights_dir} lacks {missing[0]}.safetensors: point --weights-dir at the offline weights",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    began, results = time.perf_counter(), Results(machine(settings.batch_size, settings.workers))
+
+    _step(f"photos: {images} to predict on, 400 labelled")
+    folder, labelled = make_predict_set(images), make_labelled_set()
+    for trio in trios(settings.models_dir, labelled, args.weights_dir, settings.sizes, settings.member_epochs,
+                      settings.workers):
+        _step(f"{trio.name} trio: fine-tune the members that are missing")
+        model_dirs = build(trio)
+        _step(f"{trio.name} trio: predict naive, quorum, --lazy")
+        results.predict.append(bench_predict(trio.name, folder, folder.with_suffix(".csv"), model_dirs, trio.tie_breaker,
+                                             settings.batch_size, settings.workers, warmup_images=settings.batch_size,
+                                             rounds=settings.rounds))
+        results.model_dirs += [path for path in model_dirs if path.name not in {p.name for p in results.model_dirs}]
+
+    _step(f"finetune: {settings.finetune_epochs} frozen epochs, plain then cached")
+    results.finetune = bench_finetune(labelled, args.weights_dir / "tf_efficientnet_lite0.safetensors",
+                                      DATA / ("finetune-quick" if args.quick else "finetune"), settings.finetune_size,
+                                      settings.finetune_epochs, settings.workers)
+    _step("GFLOP/s: matmul, then each member")
+    results.matmul = matmul_gflops()
+    results.flops = [model_flops(path, settings.flops_batch) for path in results.model_dirs]
+
+    results.minutes = (time.perf_counter() - began) / 60
+    report = render(results, command=" ".join(["python benchmarks/run.py", *sys.argv[1:]]), quick=args.quick)
+    print(report)
+    out = args.out or (None if args.quick else ROOT / "benchmarks" / "RESULTS.md")
+    if out:
+        out.write_text(report)
+        print(f"wrote {out}", file=sys.stderr)
+    differ = [(r.trio, way, n) for r in results.predict for way, n in r.mismatches.items() if n]
+    for trio, way, n in differ:  # a speed-up that changes predictions is a bug, not a result
+        print(f"Error: {way} gave other labels than the naive way on {n} images ({trio} trio)", file=sys.stderr)
+    return 1 if differ else 0
+
+
+def _step(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
