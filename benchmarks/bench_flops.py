@@ -1,8 +1,8 @@
 """How far each member is from the machine's limit: its achieved GFLOP/s against a matrix multiply's.
 
 FLOPs come from `torch.utils.flop_counter` on one forward pass (a multiply-add counts as 2);
-images/s from inference on random tensors, so no decoding is included. Each model is also timed
-in channels_last memory format, which quorum uses on CUDA only.
+images/s from inference on random tensors, so no decoding is included, in both memory formats:
+NCHW (what a plain script runs) and channels_last (what quorum predict converts its members to).
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ class FlopsResult:
     gflop_per_image: float
     images_per_s: float
     images_per_s_channels_last: float
-
-    @property
-    def gflops(self) -> float:
-        return self.gflop_per_image * self.images_per_s
 
 
 def matmul_gflops(size: int = MATMUL_SIZE, repeats: int = 5) -> float:

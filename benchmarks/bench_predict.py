@@ -64,6 +64,8 @@ class PredictResult:
     mismatches: dict[str, int]  # quorum, lazy: images whose label differs from the naive way's
     cheap_agree: float  # share of images on which the two members --lazy runs first agree
     expensive_ran: float  # share of images the tie-breaker still ran on under --lazy
+    lazy_ran: dict[str, float]  # each member: share of images it ran on under --lazy
+    channels_last: bool  # whether quorum runs the members in channels_last (the naive way: NCHW)
     top_class_share: float  # the most images one label gets from either cheap member: near 1 is degenerate
     accuracy: dict[str, float]  # each member and the vote, against the photos' true labels
 
@@ -75,7 +77,7 @@ def bench_predict(trio: str, folder: Path, labels_csv: Path, model_dirs: list[Pa
     tie = names.index(tie_breaker)
     for path in paths:  # every way then reads the files from the page cache, none from disk
         path.read_bytes()
-    run_order = _warm_up(paths[:warmup_images], model_dirs, tie, batch_size, workers)
+    run_order, channels_last = _warm_up(paths[:warmup_images], model_dirs, tie, batch_size, workers)
     seconds, labels, frames = _timed_rounds(_round_folders(folder, paths, rounds), model_dirs, tie_breaker,
                                             batch_size, workers)
 
@@ -89,6 +91,8 @@ def bench_predict(trio: str, folder: Path, labels_csv: Path, model_dirs: list[Pa
     return PredictResult(trio, names, len(paths), seconds, mismatches,
                          cheap_agree=float((full[cheap[0]] == full[cheap[1]]).mean()),
                          expensive_ran=float(lazy[tie_breaker].notna().mean()),
+                         lazy_ran={name: float(lazy[name].notna().mean()) for name in names},
+                         channels_last=channels_last,
                          top_class_share=max(float(full[name].value_counts(normalize=True).iloc[0]) for name in cheap),
                          accuracy=accuracy)
 
@@ -127,11 +131,22 @@ def _round_folders(folder: Path, paths: list[Path], rounds: int) -> list[Path]:
     return parts
 
 
-def _warm_up(paths: list[Path], model_dirs: list[Path], tie: int, batch_size: int, workers: int) -> list[str]:
-    """One small pass of each way (kernels chosen, imports done); returns the members in --lazy's run order."""
+def _warm_up(paths: list[Path], model_dirs: list[Path], tie: int, batch_size: int,
+             workers: int) -> tuple[list[str], bool]:
+    """One small pass of each way (kernels chosen, imports done). Returns the members in --lazy's
+    run order, and whether quorum runs them in channels_last."""
     naive_predict(paths, model_dirs, tie, batch_size, workers)
     members = load_members([read_info(path) for path in model_dirs], torch.device("cpu"))
     for lazy in (False, True):
         predict_arrays(paths, members, tie, torch.device("cpu"), batch_size=batch_size, workers=workers, lazy=lazy,
                        quiet=True)
-    return [member.name for member in sorted(members, key=lambda member: member.cost)]
+    order = [member.name for member in sorted(members, key=lambda member: member.cost)]
+    return order, _channels_last(members[0].model)
+
+
+def _channels_last(model: torch.nn.Module) -> bool:
+    """Read off the first convolution whose weight's layout tells the two formats apart."""
+    for weight in model.parameters():
+        if weight.dim() == 4 and weight.shape[1] > 1 and weight.shape[2] * weight.shape[3] > 1:
+            return not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    return False

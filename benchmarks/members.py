@@ -43,11 +43,13 @@ def trios(models_dir: Path, labelled: Path, weights_dir: Path, sizes: dict[str, 
                       lr=3e-3, weights=weights, models_dir=str(models_dir / trio), workers=workers, seed=0,
                       cache_views=1)
 
-    lite = [(f"timm/tf_efficientnet_lite{k}", str(weights_dir / f"tf_efficientnet_lite{k}.safetensors")) for k in (0, 0, 2)]
+    lite = [(f"timm/tf_efficientnet_lite{k}", str(weights_dir / f"tf_efficientnet_lite{k}.safetensors"))
+            for k in (0, 0, 2)]
     reference = [("mobilenet_v2", "none"), ("mobilenet_v2", "none"), ("resnet50", "none")]
     made = []
     for name, members in (("reference", reference), ("pretrained", lite)):
-        recipes = tuple(recipe(name, backbone, size, weights) for (backbone, weights), size in zip(members, sizes[name]))
+        recipes = tuple(recipe(name, backbone, size, weights)
+                        for (backbone, weights), size in zip(members, sizes[name]))
         made.append(Trio(name, recipes, _resolved(recipes[-1]).name))
     return made
 

@@ -83,9 +83,9 @@ def main(args: argparse.Namespace) -> int:
         _step(f"{trio.name} trio: fine-tune the members that are missing")
         model_dirs = build(trio)
         _step(f"{trio.name} trio: predict naive, quorum, --lazy")
-        results.predict.append(bench_predict(trio.name, folder, folder.with_suffix(".csv"), model_dirs, trio.tie_breaker,
-                                             settings.batch_size, settings.workers, warmup_images=settings.batch_size,
-                                             rounds=settings.rounds))
+        results.predict.append(bench_predict(trio.name, folder, folder.with_suffix(".csv"), model_dirs,
+                                             trio.tie_breaker, settings.batch_size, settings.workers,
+                                             warmup_images=settings.batch_size, rounds=settings.rounds))
         results.model_dirs += [path for path in model_dirs if path.name not in {p.name for p in results.model_dirs}]
 
     _step(f"finetune: {settings.finetune_epochs} frozen epochs, plain then cached")
@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
                                       DATA / ("finetune-quick" if args.quick else "finetune"), settings.finetune_size,
                                       settings.finetune_epochs, settings.workers)
     _step("GFLOP/s: matmul, then each member")
-    results.matmul = matmul_gflops()
+    results.matmul, results.flops_batch = matmul_gflops(), settings.flops_batch
     results.flops = [model_flops(path, settings.flops_batch) for path in results.model_dirs]
 
     results.minutes = (time.perf_counter() - began) / 60
