@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from quorum.bundle import MODEL_JSON
-from quorum.finetune import finetune
-from quorum.recipe import Recipe
+from quorum.models.bundle import MODEL_JSON
+from quorum.train.finetune import finetune
+from quorum.train.recipe import Recipe
 
 
 @dataclass(frozen=True)

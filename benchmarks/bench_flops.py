@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from quorum.bundle import load_model
+from quorum.models.bundle import load_model
 
 MATMUL_SIZE = 2048
 

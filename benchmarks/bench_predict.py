@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
-from quorum.bundle import load_model, read_info
-from quorum.ensemble import load_members
-from quorum.images import find_images
-from quorum.predict import predict, predict_arrays
-from quorum.transforms import eval_transform
-from quorum.vote import vote
+from quorum.data.images import find_images
+from quorum.models.bundle import load_model, read_info
+from quorum.predict.members import load_members
+from quorum.predict.pipeline import predict, predict_arrays
+from quorum.predict.vote import vote
 
 
 class _Files(Dataset):
@@ -46,7 +46,10 @@ def naive_predict(paths: list[Path], model_dirs: list[Path], tie_breaker: int, b
     probs = []
     for model_dir in model_dirs:
         model, info = load_model(model_dir, "cpu")
-        dataset = _Files(paths, eval_transform(info.image_size, info.mean, info.std))
+        # What a user writes by hand: torchvision's float transforms, the ImageNet resize-then-crop.
+        transform = T.Compose([T.Resize(round(info.image_size / 0.875), antialias=True), T.CenterCrop(info.image_size),
+                               T.ToTensor(), T.Normalize(info.mean, info.std)])
+        dataset = _Files(paths, transform)
         outputs = []
         with torch.no_grad():
             for x in DataLoader(dataset, batch_size=batch_size, num_workers=workers):

@@ -19,10 +19,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from quorum.backbones import get_backbone
-from quorum.bundle import MODEL_JSON
-from quorum.finetune import finetune
-from quorum.recipe import Recipe
+from quorum.models.bundle import MODEL_JSON
+from quorum.models.registry import get_backbone
+from quorum.train.finetune import finetune
+from quorum.train.recipe import Recipe
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from quorum import bundle, weights
-from quorum.backbones import get_backbone
+from quorum.models import bundle, weights
+from quorum.models.registry import get_backbone
 
 CLASSES = ("cat", "dog", "fox")
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from image_factory import write_labelled_folder
 from safetensors.torch import load_file
 
-from image_factory import write_labelled_folder
-from quorum import weights
-from quorum.backbones import get_backbone
-from quorum.finetune import finetune
-from quorum.recipe import Recipe
+from quorum.models import weights
+from quorum.models.registry import get_backbone
+from quorum.train.finetune import finetune
+from quorum.train.recipe import Recipe
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "labelled"
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "tf_efficientnet_lite0.safetensors"
@@ -57,7 +57,7 @@ def test_cached_phase_one_is_about_as_accurate_as_plain(tmp_path):
 
 
 def test_cache_too_big_for_memory_falls_back_to_the_plain_loop(tmp_path, monkeypatch, capsys):
-    from quorum import cache
+    from quorum.train import cache
 
     monkeypatch.setattr(cache, "MEMORY_SHARE", 1e-9)  # any cache is then too big
     model_dir = run(tmp_path, "fallback", data=write_labelled_folder(tmp_path / "data"), backbone="tinyvgg",

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-
 from image_factory import write_good_images, write_labelled_folder
+
 from quorum.cli import main
 
 FAST = ["--image-size", "32", "--epochs", "1", "--workers", "0", "--quiet"]

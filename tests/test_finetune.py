@@ -8,15 +8,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from safetensors.torch import load_file
 from torch import nn
 
-from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
-from quorum import bundle, weights
-from quorum.backbones import get_backbone
-from quorum.finetune import finetune
-from quorum.model import count_parameters, first_trainable_block, freeze, set_train_mode
-from quorum.recipe import Recipe
+from quorum.models import bundle, weights
+from quorum.models.classifier import (
+    count_parameters,
+    first_trainable_block,
+    freeze,
+    set_train_mode,
+)
+from quorum.models.registry import get_backbone
+from quorum.train.finetune import finetune
+from quorum.train.recipe import Recipe
 
 
 @pytest.fixture

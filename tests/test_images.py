@@ -2,11 +2,15 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
+from image_factory import (
+    AWKWARD_SIZE,
+    UNREADABLE,
+    write_awkward_images,
+    write_good_images,
+)
 
-from image_factory import AWKWARD_SIZE, UNREADABLE, write_awkward_images, write_good_images
+from quorum.data.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
 from quorum.errors import QuorumError
-from quorum.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
 
 AWKWARD_NAMES = [
     "cmyk_jpeg", "gray16_png", "gray16_tiff", "float_tiff", "palette_transparent_png",
@@ -148,31 +152,3 @@ def test_bomb_check_does_not_change_the_global_warning_filters(awkward):
     with pytest.raises(UnreadableImage):
         load_rgb(awkward["decompression_bomb"])
     assert warnings.filters == before
-
-
-# --- reduced-scale JPEG decoding -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def big_jpeg(tmp_path_factory):
-    path = tmp_path_factory.mktemp("big") / "photo.jpg"
-    gradient = np.linspace(0, 255, 803, dtype=np.uint8)[None, :].repeat(601, axis=0)
-    Image.fromarray(gradient, "L").convert("RGB").save(path, quality=90)
-    return path
-
-
-@pytest.mark.parametrize(
-    "min_side, expected_size",
-    [(100, (201, 151)), (150, (201, 151)), (151, (402, 301)), (300, (402, 301)), (301, (803, 601))],
-)
-def test_min_side_decodes_jpeg_smaller_but_keeps_the_shorter_side(big_jpeg, min_side, expected_size):
-    image = load_rgb(big_jpeg, min_side=min_side)
-    assert image.mode == "RGB"
-    assert image.size == expected_size
-    assert min(image.size) >= min_side
-
-
-def test_min_side_is_ignored_for_other_formats(tmp_path):
-    [path] = write_good_images(tmp_path, 1, size=(400, 300))
-    assert load_rgb(path, min_side=50).size == (400, 300)
-

@@ -7,16 +7,16 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import CLASSES
 from image_factory import UNREADABLE, write_awkward_images, write_good_images
-from quorum import predict as predict_module
+from torchvision import transforms as T
+
 from quorum.cli import main
-from quorum.ensemble import load_members, read_members, select_models
+from quorum.data.images import load_rgb
 from quorum.errors import QuorumError
-from quorum.images import load_rgb
-from quorum.predict import predict, predict_arrays
-from quorum.transforms import eval_transform
+from quorum.predict import pipeline as predict_module
+from quorum.predict.members import load_members, read_members, select_models
+from quorum.predict.pipeline import predict, predict_arrays
 
 CAT, DOG, FOX = range(3)
 TRIO = ["mobilenet_v3_small-40", "tinyvgg-32", "tinyvgg-32-copy"]  # select_models' order: by name
@@ -86,31 +86,31 @@ def test_broken_files_get_error_rows_and_change_no_other_row(mixed, tiny_models,
     np.testing.assert_allclose(good[numbers].to_numpy(float), alone[numbers].to_numpy(float), atol=1e-6)
 
 
-def test_each_file_is_decoded_once_at_the_largest_members_resize(mixed, tiny_models, monkeypatch):
+def test_each_file_is_decoded_once(mixed, tiny_models, monkeypatch):
     calls = []
 
-    def counting_load_rgb(path, min_side=None):
-        calls.append((Path(path).name, min_side))
-        return load_rgb(path, min_side)
+    def counting_load_rgb(path):
+        calls.append(Path(path).name)
+        return load_rgb(path)
 
     monkeypatch.setattr(predict_module, "load_rgb", counting_load_rgb)
     frame = run(mixed, tiny_models)
-    assert len(calls) == len(frame) == len({name for name, _ in calls})
-    assert {side for _, side in calls} == {round(40 / 0.875)}
+    assert len(calls) == len(frame) == len(set(calls))
 
 
-def test_each_member_sees_exactly_its_own_eval_transform(mixed, tiny_models):
+def test_each_member_sees_the_pixels_torchvisions_eval_transform_gives(mixed, tiny_models):
+    """The reference is written with torchvision's own float transforms, not quorum's preprocessing."""
     members = load_members(read_members(select_models(tiny_models)), torch.device("cpu"))
     paths = sorted(mixed.glob("good_*"))
     outputs = predict_arrays(paths, members, 0, torch.device("cpu"), batch_size=4, workers=0, quiet=True)
-    min_side = round(max(m.info.image_size for m in members) / 0.875)
     for m, member in enumerate(members):
         info = member.info
-        transform = eval_transform(info.image_size, info.mean, info.std)
-        x = torch.stack([transform(load_rgb(path, min_side)) for path in paths])
+        transform = T.Compose([T.Resize(round(info.image_size / 0.875), antialias=True), T.CenterCrop(info.image_size),
+                               T.ToTensor(), T.Normalize(info.mean, info.std)])
+        x = torch.stack([transform(load_rgb(path)) for path in paths])
         with torch.inference_mode():
-            expected = torch.softmax(member.model(x), dim=1).numpy()
-        np.testing.assert_allclose(outputs.probs[m], expected, atol=1e-6)
+            expected = torch.softmax(member.run.model(x), dim=1).numpy()
+        np.testing.assert_allclose(outputs.probs[m], expected, atol=1e-5)
 
 
 def test_workers_give_the_same_rows_as_the_main_process(mixed, tiny_models):

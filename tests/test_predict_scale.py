@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
 from image_factory import write_good_images, write_labelled_folder
-from quorum.bundle import load_model
+
 from quorum.cli import main
-from quorum.ensemble import select_models
-from quorum.predict import predict
-from quorum.shards import Shard
+from quorum.models.bundle import load_model
+from quorum.predict.members import select_models
+from quorum.predict.pipeline import predict
+from quorum.predict.shards import Shard
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "unlabelled"
 OPTIONS = ["--lazy", "--probs", "--min-agreement", "0.9"]  # every optional column, and skipped members

@@ -12,20 +12,25 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support)
-
 from image_factory import write_good_images
-from quorum import bundle, weights
-from quorum.backbones import get_backbone
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
 from quorum.cli import main
-from quorum.ensemble import select_models
 from quorum.errors import QuorumError
-from quorum.html_report import write_report
 from quorum.metrics import classification_metrics
-from quorum.predict import predict
-from quorum.predict_io import columns, write_predictions
-from quorum.report import ENSEMBLE, build_report
+from quorum.models import bundle, weights
+from quorum.models.registry import get_backbone
+from quorum.predict.members import select_models
+from quorum.predict.pipeline import predict
+from quorum.predict.table import columns, write_predictions
+from quorum.report.build import ENSEMBLE, build_report
+from quorum.report.html import write_report
 
 CLASSES = ("cat", "dog", "fox")
 TRUTH = [0, 0, 0, 1, 1, 1, 2, 2, 2]

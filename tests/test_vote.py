@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from quorum.vote import DECIDED_BY, settled, vote
+from quorum.predict.vote import DECIDED_BY, settled, vote
 
 CAT, DOG, FOX, OWL = range(4)
 

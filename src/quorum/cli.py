@@ -64,8 +64,8 @@ def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, l
     frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The best epoch by
     validation accuracy is kept. Run `quorum backbones` for the choices of BACKBONE.
     """
-    from quorum.finetune import finetune as run_finetune
-    from quorum.recipe import Recipe
+    from quorum.train.finetune import finetune as run_finetune
+    from quorum.train.recipe import Recipe
 
     recipe = Recipe(backbone=backbone, data=data, image_size=image_size, epochs=epochs, unfreeze_after=unfreeze_after,
                     train_blocks=train_blocks, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, weights=weights,
@@ -78,7 +78,7 @@ def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, l
 @user_errors
 def backbones():
     """List the backbones `quorum finetune` knows, with native size and block count."""
-    from quorum.backbones import BACKBONES, count_blocks
+    from quorum.models.registry import BACKBONES, count_blocks
 
     for name, entry in BACKBONES.items():
         pretrained = "imagenet" if entry.pretrained_available else "from scratch"
@@ -132,20 +132,20 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     Under `torchrun --nproc_per_node K -m quorum predict ...` the K processes share
     the files and rank 0 writes the one CSV, the same as a single process writes.
     """
-    from quorum import progress_file, shards
-    from quorum.ensemble import select_models
-    from quorum.predict import predict as run_predict
-    from quorum.predict_io import check_writable, write_predictions
+    from quorum.predict import partial_rows, shards
+    from quorum.predict.members import select_models
+    from quorum.predict.pipeline import predict as run_predict
+    from quorum.predict.table import check_writable, write_predictions
 
     part = shards.parse_shard(shard) if shard else shards.WHOLE
     check_writable(out)  # before any model loads or image decodes
-    progress = progress_file.progress_dir(out)
+    progress = partial_rows.progress_dir(out)
     try:
         frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
                             batch_size=batch_size, workers=workers, lazy=lazy, probs=probs,
                             min_agreement=min_agreement, quiet=quiet, shard=part, progress=progress, resume=resume)
     except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
-        progress_file.remove_if_empty(progress)
+        partial_rows.remove_if_empty(progress)
         raise
     if frame is None:  # another torchrun process: rank 0 writes
         return
@@ -153,8 +153,8 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
         write_predictions(frame, out)
     else:
         shards.write_part(frame, out)
-    progress_file.remove(progress)  # only now: the rows are safe in `out`
-    _print_summary(frame, out)
+    partial_rows.remove(progress)  # only now: the rows are safe in `out`
+    _print_closing_lines(frame, out)
 
 
 @main.command()
@@ -167,22 +167,22 @@ def merge(parts, out):
     Refuses parts of different runs (folder, files, members, options) and names a shard that is
     missing or given twice.
     """
-    from quorum import shards
-    from quorum.predict_io import check_writable, write_predictions
+    from quorum.predict import shards
+    from quorum.predict.table import check_writable, write_predictions
 
     check_writable(out)
     frame = shards.merge(parts)
     write_predictions(frame, out)
-    _print_summary(frame, out)
+    _print_closing_lines(frame, out)
 
 
-def _print_summary(frame, out) -> None:
+def _print_closing_lines(frame, out) -> None:
     from rich.markup import escape
 
     from quorum.console import say
-    from quorum.predict_io import summarize
+    from quorum.predict.table import closing_lines
 
-    first, *rest = summarize(frame)
+    first, *rest = closing_lines(frame)
     say(escape(f"Wrote {out}: {first}"))
     for line in rest:
         say(escape(f"  {line}"))
@@ -220,8 +220,8 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, wo
     agreement, tie-breaker decisions, each member left out) and training curves.
     """
     from quorum.console import say
-    from quorum.html_report import write_report
-    from quorum.report import build_report, print_table
+    from quorum.report.build import build_report, print_table
+    from quorum.report.html import write_report
 
     result = build_report(models_dir, models, tie_breaker=tie_breaker, data=data, preds=preds, labels=labels,
                           device=device, timing=not no_timing, workers=workers, quiet=quiet)

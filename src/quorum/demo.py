@@ -18,13 +18,13 @@ from pathlib import Path
 from rich.markup import escape
 
 from quorum.console import say
-from quorum.errors import QuorumError
-from quorum.finetune import finetune
-from quorum.html_report import write_report
-from quorum.predict import predict
-from quorum.predict_io import check_writable, write_predictions
-from quorum.recipe import Recipe
-from quorum.report import Report, build_report, print_table
+from quorum.errors import QuorumError, WeightsUnavailable
+from quorum.predict.pipeline import predict
+from quorum.predict.table import check_writable, write_predictions
+from quorum.report.build import Report, build_report, print_table
+from quorum.report.html import write_report
+from quorum.train.finetune import finetune
+from quorum.train.recipe import Recipe
 
 PREDICTIONS = "predictions.csv"
 NO_MAJORITY = 0.5  # with three members: flag the images on which all three disagree
@@ -124,9 +124,7 @@ def finetune_plan(plan: Plan, weights: str, data: Path, models_dir: Path, device
     if weights == "imagenet":
         try:
             return finetune(recipe("imagenet"), quiet=quiet), "imagenet"
-        except QuorumError as exc:
-            if not str(exc).startswith("could not download ImageNet weights"):
-                raise
+        except WeightsUnavailable:
             say("[yellow]No network: the ImageNet weights could not be downloaded, so every model starts from "
                 "random weights (expect far lower accuracy). To fine-tune offline from pretrained weights, give "
                 "quorum finetune --weights PATH to a state dict on disk.[/yellow]")

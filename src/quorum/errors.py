@@ -3,3 +3,7 @@
 
 class QuorumError(Exception):
     """A problem the user can fix. The message names the thing and the fix."""
+
+
+class WeightsUnavailable(QuorumError):
+    """Pretrained weights could not be downloaded (no network, a proxy, a full disk)."""

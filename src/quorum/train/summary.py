@@ -22,7 +22,7 @@ def provenance() -> dict:
     return versions
 
 
-def print_summary(model_dir: Path, history: list[dict], best: dict, quiet: bool) -> None:
+def print_finished_model(model_dir: Path, history: list[dict], best: dict, quiet: bool) -> None:
     if quiet:
         return
     metrics = best["metrics"]

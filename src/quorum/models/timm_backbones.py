@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from quorum.backbones import Backbone
+from quorum.data.preprocess import CROP_FRACTION, INTERPOLATIONS
 from quorum.errors import QuorumError
-from quorum.model import Classifier, linear_head
+from quorum.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from quorum.models.classifier import Classifier, linear_head
 
 
 class _TimmBody(nn.Module):
@@ -41,13 +42,16 @@ def timm_backbone(model_name: str) -> Backbone:
         raise QuorumError(f"unknown timm model '{model_name}': list them with python -c \"import timm; print(timm.list_models())\"")
     config = timm.get_pretrained_cfg(model_name)
     config = config.to_dict() if config is not None else {}
+    interpolation = config.get("interpolation", "bilinear")  # timm also has e.g. "random": not for eval
     return Backbone(
         name=f"timm/{model_name}",
         make=lambda pretrained: timm.create_model(model_name, pretrained=pretrained),
         split=_split_timm,
         head_keys=(f"{config.get('classifier', 'classifier')}.",),
         native_size=int(config.get("input_size", (3, 224, 224))[-1]),
-        mean=tuple(config.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(config.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(config.get("mean", IMAGENET_MEAN)),
+        std=tuple(config.get("std", IMAGENET_STD)),
         fixed_size=bool(config.get("fixed_input_size", False)),
+        crop_fraction=float(config.get("crop_pct", CROP_FRACTION)),
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
     )

@@ -18,17 +18,26 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Subset
 
-from quorum import bundle, cache, checkpoint, distributed, files
-from quorum.backbones import get_backbone
+from quorum import distributed, files
 from quorum.console import say
-from quorum.data import LabelledImages, Split, make_loader
+from quorum.data.datasets import LabelledImages, make_loader
+from quorum.data.split import Split
 from quorum.errors import QuorumError
 from quorum.metrics import classification_metrics
-from quorum.model import count_parameters, first_trainable_block, freeze
-from quorum.recipe import Recipe
-from quorum.summary import print_summary, provenance
-from quorum.train import make_optimizer, predict_loader, train_one_epoch, validation_loss, warmup_cosine
-from quorum.transforms import eval_transform, train_transform
+from quorum.models import bundle
+from quorum.models.classifier import count_parameters, first_trainable_block, freeze
+from quorum.models.inference import TorchInference
+from quorum.models.registry import get_backbone
+from quorum.train import cache, checkpoint
+from quorum.train.loop import (
+    evaluate,
+    make_optimizer,
+    train_one_epoch,
+    validation_loss,
+    warmup_cosine,
+)
+from quorum.train.recipe import Recipe
+from quorum.train.summary import print_finished_model, provenance
 
 
 class TrainingRun:
@@ -38,10 +47,10 @@ class TrainingRun:
                  world: distributed.World, quiet: bool):
         self.recipe, self.split, self.model, self.device = recipe, split, model, device
         self.work_dir, self.world, self.quiet = work_dir, world, quiet
-        backbone = get_backbone(recipe.backbone)
-        size, mean, std = recipe.image_size, backbone.mean, backbone.std
-        self.train_set = LabelledImages(split.root, split.items("train"), train_transform(size, mean, std))
-        self.val_set = LabelledImages(split.root, split.items("val"), eval_transform(size, mean, std))
+        self.preprocessing = get_backbone(recipe.backbone).preprocessing(recipe.image_size)
+        self.inference = TorchInference(model, self.preprocessing, device)  # validation runs as predict does
+        self.train_set = LabelledImages(split.root, split.items("train"), self.preprocessing.train_pixels())
+        self.val_set = LabelledImages(split.root, split.items("val"), self.preprocessing.eval_pixels())
         if len(self.val_set) == 0:
             raise QuorumError(f"no validation images: give each class in {split.root} at least 2 images, or a val/ folder")
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -96,7 +105,8 @@ class TrainingRun:
             self.start_phase(phase)
         start, train_loader, val_loader = self.loaders(epoch, phase)
         stats = train_one_epoch(self.trainer, train_loader, self.optimizer, self.scheduler, self.loss_fn, self.device,
-                                recipe.train_blocks if phase == 1 else None, start=start, quiet=self.quiet,
+                                recipe.train_blocks if phase == 1 else None, self.inference.normalize, start=start,
+                                quiet=self.quiet,
                                 description=f"epoch {epoch + 1}/{recipe.epochs}")
         lr = self.scheduler.get_last_lr()[0]
         probs, labels, positions = self.validate(val_loader, start)
@@ -117,7 +127,7 @@ class TrainingRun:
     def validate(self, loader, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Probabilities, labels and val-set positions of the whole validation set, shares gathered."""
         # Positions are already val-set positions: LabelledImages returns its own index, also through a Subset.
-        probs, labels, positions = predict_loader(self.model, loader, self.device, self.quiet, start=start)
+        probs, labels, positions = evaluate(self.inference, loader, self.quiet, start=start)
         shares = distributed.gather(self.world, (probs, labels, positions))
         probs, labels, positions = (np.concatenate([s[i] for s in shares if len(s[2])]) for i in range(3))
         order = np.argsort(positions, kind="stable")
@@ -139,7 +149,7 @@ class TrainingRun:
                 "phase 1 runs the whole backbone every epoch (use fewer --train-blocks to cache)[/yellow]", self.quiet)
             self.recipe = dataclasses.replace(recipe, cache_features=False)
             return None
-        self.cache = cache.build(self.model, start, train_share, val_share, views, self.device,
+        self.cache = cache.build(self.model, self.inference.normalize, start, train_share, val_share, views, self.device,
                                  recipe.batch_size, recipe.workers, recipe.seed + 100_003 * self.world.rank, self.quiet)
         return self.cache
 
@@ -172,12 +182,12 @@ class TrainingRun:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
 
-    def finish(self, final_dir: Path, backbone_info: dict) -> None:
+    def finish(self) -> None:
         """Write history and model.json, drop the checkpoint: the work folder is now a complete bundle."""
         recipe, best = self.recipe, self.best
         files.write_csv(self.work_dir / bundle.HISTORY, pd.DataFrame(self.history))
         bundle.write_model_json(self.work_dir, {
-            "name": recipe.name, "backbone": recipe.backbone, "image_size": recipe.image_size, **backbone_info,
+            "name": recipe.name, "backbone": recipe.backbone, **self.preprocessing.as_dict(),
             "classes": list(self.split.classes), "num_params": count_parameters(self.model),
             "weights_source": recipe.weights, "best_epoch": best["epoch"], "epochs_run": len(self.history),
             "metrics": best["metrics"], "split": {"file": "split.csv", "digest": self.split.digest,
@@ -186,5 +196,5 @@ class TrainingRun:
         })
         checkpoint.remove(self.work_dir)
 
-    def print_summary(self, final_dir: Path) -> None:
-        print_summary(final_dir, self.history, self.best, self.quiet)
+    def print_finished_model(self, final_dir: Path) -> None:
+        print_finished_model(final_dir, self.history, self.best, self.quiet)

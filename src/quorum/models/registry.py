@@ -6,7 +6,6 @@ loads into it unchanged) and then `split`s it into a `Classifier`: blocks in ord
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -14,23 +13,8 @@ import torchvision.models as tvm
 from torch import nn
 
 from quorum.errors import QuorumError
-from quorum.model import Classifier, linear_head
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Backbone:
-    name: str
-    make: Callable[[bool], nn.Module]  # pretrained? -> the original architecture
-    split: Callable[[nn.Module, int], Classifier]  # (original, num_classes) -> blocks + new head
-    head_keys: tuple[str, ...]  # state-dict prefixes of the original head, dropped on load
-    native_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    fixed_size: bool = False  # ViT's position embeddings only fit its native size
-    pretrained_available: bool = True
+from quorum.models.backbone import Backbone
+from quorum.models.classifier import Classifier, linear_head
 
 
 def _flat(*modules: nn.Module) -> nn.Sequential:
@@ -127,7 +111,9 @@ def get_backbone(name: str) -> Backbone:
     if name in BACKBONES:
         return BACKBONES[name]
     if name.startswith("timm/"):
-        from quorum.timm_backbones import timm_backbone  # timm is optional: import only when asked
+        from quorum.models.timm_backbones import (
+            timm_backbone,  # timm is optional: import only when asked
+        )
 
         return timm_backbone(name.removeprefix("timm/"))
     choices = ", ".join(BACKBONES)

@@ -56,8 +56,7 @@ def vote(probs: np.ndarray, tie_breaker: int, ran: np.ndarray | None = None) -> 
     counts = one_hot.sum(axis=0)  # (images, classes)
     best = counts.max(axis=1)
     tied = counts == best[:, None]  # a single True where one label leads outright
-    # Zero out skipped members rather than multiply: their probabilities may be missing (NaN).
-    mean = np.where(ran[..., None], probs, 0.0).sum(axis=0) / members[:, None]
+    mean = mean_probability(probs, ran)
 
     images = np.arange(n_images)
     tb_label = top[tie_breaker]
@@ -76,6 +75,18 @@ def vote(probs: np.ndarray, tie_breaker: int, ran: np.ndarray | None = None) -> 
         decided_by=decided_by,
         confidence=mean[images, label],
     )
+
+
+def mean_probability(probs: np.ndarray, ran: np.ndarray) -> np.ndarray:
+    """(images, classes): each class's mean probability over the members that ran on each image.
+    Skipped members are zeroed out rather than multiplied: their probabilities may be missing (NaN)."""
+    return np.where(ran[..., None], probs, 0.0).sum(axis=0) / ran.sum(axis=0)[:, None]
+
+
+def default_tie_breaker(accuracies: list[float], among: list[int] | None = None) -> int:
+    """The member with the best validation accuracy (the first on a tie), among `among` (default: all)."""
+    among = list(range(len(accuracies))) if among is None else among
+    return max(among, key=lambda m: accuracies[m])
 
 
 def settled(labels: np.ndarray, n_members: int, tie_breaker: int) -> np.ndarray:

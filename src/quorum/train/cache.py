@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from quorum.console import track
-from quorum.data import LabelledImages, make_loader
-from quorum.model import Classifier
+from quorum.data.datasets import LabelledImages, make_loader
+from quorum.models.classifier import Classifier
 
 # Keep the cache to a quarter of the machine's memory: the rest is for the model, the loader
 # workers and everything else the user runs.
@@ -48,8 +49,8 @@ def estimate_bytes(model: Classifier, start: int, image_size: int, images: int, 
 
 
 @torch.inference_mode()
-def _features(model: Classifier, dataset: LabelledImages, start: int, device: torch.device, batch_size: int,
-              workers: int, seed: int, quiet: bool, description: str) -> TensorDataset:
+def _features(model: Classifier, normalize: nn.Module, dataset: LabelledImages, start: int, device: torch.device,
+              batch_size: int, workers: int, seed: int, quiet: bool, description: str) -> TensorDataset:
     """(features, label, position) for every readable image; augmentation draws from `seed`."""
     model.eval()  # the frozen blocks must run exactly as they do during training
     torch.manual_seed(seed)
@@ -58,18 +59,18 @@ def _features(model: Classifier, dataset: LabelledImages, start: int, device: to
     for batch in track(loader, len(loader), description, quiet):
         if batch is None:
             continue
-        parts[0].append(model.prefix(batch[0].to(device, non_blocking=True), start).float().cpu())
+        parts[0].append(model.prefix(normalize(batch[0].to(device, non_blocking=True)), start).float().cpu())
         parts[1].append(batch[1])
         parts[2].append(batch[2])
     return TensorDataset(*(torch.cat(p) for p in parts))
 
 
-def build(model: Classifier, start: int, train_set: LabelledImages, val_set: LabelledImages, views: int,
-          device: torch.device, batch_size: int, workers: int, seed: int, quiet: bool) -> FeatureCache:
+def build(model: Classifier, normalize: nn.Module, start: int, train_set: LabelledImages, val_set: LabelledImages,
+          views: int, device: torch.device, batch_size: int, workers: int, seed: int, quiet: bool) -> FeatureCache:
     train_views = [
-        _features(model, train_set, start, device, batch_size, workers, seed + 10_000 + view, quiet,
+        _features(model, normalize, train_set, start, device, batch_size, workers, seed + 10_000 + view, quiet,
                   f"caching features, view {view + 1}/{views}")
         for view in range(views)
     ]
-    val = _features(model, val_set, start, device, batch_size, workers, seed, quiet, "caching validation features")
+    val = _features(model, normalize, val_set, start, device, batch_size, workers, seed, quiet, "caching validation features")
     return FeatureCache(start, train_views, val)

@@ -16,14 +16,16 @@ from typing import Callable
 
 import torch
 
-from quorum import checkpoint, distributed, weights
-from quorum.backbones import get_backbone
+from quorum import distributed
 from quorum.console import say
-from quorum.data import Split, load_or_make_split
+from quorum.data.split import Split, load_or_make_split
 from quorum.device import pick_device
 from quorum.errors import QuorumError
-from quorum.recipe import Recipe
-from quorum.training_run import TrainingRun
+from quorum.models import weights
+from quorum.models.registry import get_backbone
+from quorum.train import checkpoint
+from quorum.train.recipe import Recipe
+from quorum.train.run import TrainingRun
 
 
 def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet: bool = False,
@@ -61,9 +63,9 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     if world.is_main:
-        run.finish(final_dir, backbone_info={"mean": list(backbone.mean), "std": list(backbone.std)})
+        run.finish()
         _replace_dir(work_dir, final_dir)
-        run.print_summary(final_dir)
+        run.print_finished_model(final_dir)
     distributed.barrier(world)  # no process reports success before the model is in place
     return final_dir
 

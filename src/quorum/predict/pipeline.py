@@ -1,17 +1,16 @@
 """Let an ensemble vote on a folder of images: one row per file, in a stable order.
 
 The pipeline, and why it is shaped this way:
-1. Each file is decoded once, at reduced JPEG scale when even the largest member needs far fewer
-   pixels; a worker resizes and centre-crops it once per distinct member input size, as uint8.
-2. On the device each member converts to float and normalises with its own mean/std: the same
-   arithmetic as `transforms.eval_transform`, with a quarter of the bytes to copy.
+1. Each file is decoded once; a worker derives each member's pixels from it (`Preprocessing.eval_pixels`,
+   once per distinct size and crop), as uint8, exactly as validation does.
+2. Each member's `TorchInference` normalises on the device and returns probabilities.
 3. Unreadable files never enter a batch; they keep their row and a reason, so they cannot shift
    or change any other row (and eval mode keeps one image's result independent of its batch).
 4. Members run cheapest first. With `lazy`, an image leaves the queue as soon as `vote.settled`
    says the members still to run cannot change its winner, so its prediction is exactly a full run's.
 5. A row depends only on its own file, so any split of the file list gives the same rows: `--shard`
    jobs, torchrun processes (each takes every world-size-th file still to do) and a resumed run
-   (`progress_file`) all just put rows back in the list's order (`predict_io.assemble`).
+   (`partial_rows`) all just put rows back in the list's order (`table.assemble`).
 """
 
 from __future__ import annotations
@@ -26,30 +25,24 @@ import pandas as pd
 import torch
 from rich.markup import escape
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 
-from quorum import distributed, progress_file, run_identity
+from quorum import distributed
 from quorum.console import say, track
-from quorum.device import autocast, pick_device
-from quorum.ensemble import Member, load_members, read_members, tie_breaker_index
+from quorum.data.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
+from quorum.data.preprocess import Preprocessing
+from quorum.device import pick_device
 from quorum.errors import QuorumError
-from quorum.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
-from quorum.predict_io import assemble, check_columns, columns, to_frame
-from quorum.shards import WHOLE, Shard
-from quorum.transforms import CROP_FRACTION
-from quorum.vote import settled
-
-
-@dataclass(frozen=True)
-class MemberOutputs:
-    """What every member said about every image, before the vote."""
-
-    probs: np.ndarray  # (members, images, classes) float32; NaN where a member did not run
-    ran: np.ndarray  # (members, images) bool
-    errors: list[str | None]  # per image: why it could not be read, or None
-
-    def take(self, indices: list[int]) -> "MemberOutputs":
-        return MemberOutputs(self.probs[:, indices], self.ran[:, indices], [self.errors[i] for i in indices])
+from quorum.predict import partial_rows, run_identity
+from quorum.predict.members import Member, load_members, read_members, tie_breaker_index
+from quorum.predict.shards import WHOLE, Shard
+from quorum.predict.table import (
+    MemberOutputs,
+    assemble,
+    check_columns,
+    columns,
+    to_frame,
+)
+from quorum.predict.vote import settled
 
 
 def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = None, device: str = "auto",
@@ -60,7 +53,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
 
     Under torchrun each process votes on its share and rank 0 returns the table; the others return None.
     With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
-    `frame.attrs` holds `members`, `tie_breaker`, `min_agreement` and `lazy` for `predict_io.summarize`,
+    `frame.attrs` holds `members`, `tie_breaker`, `min_agreement` and `lazy` for `table.closing_lines`,
     and `identity` (with `progress` or a shard) for `shards.write_part`.
     """
     # Cheap checks first: a mistake should cost seconds, not a model load or a decoded folder.
@@ -91,7 +84,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         identity = run_identity.identity(folder, relative, infos, names[tie], lazy=lazy, probs=probs,
                                          min_agreement=min_agreement, shard=str(shard))
     header = columns(names, classes, probs, min_agreement is not None)
-    finished = distributed.run_on_main(world, lambda: progress_file.start(progress, identity, header, resume, quiet)
+    finished = distributed.run_on_main(world, lambda: partial_rows.start(progress, identity, header, resume, quiet)
                                        if progress is not None else pd.DataFrame(columns=header))
     done = set(distributed.broadcast(world, None if finished is None else finished.index.tolist()))
     chosen = shard.positions(len(paths))
@@ -102,7 +95,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     scope = (f" of shard {shard}" if not shard.is_whole else "") + (f" in {world.size} processes" if world.active else "")
     say(escape(f"Voting on {len(todo)} images{scope} with {', '.join(names)} (tie-breaker {names[tie]}) "
                f"on {torch_device}"), quiet)
-    with progress_file.RowWriter(progress, world.rank) if progress is not None else nullcontext() as writer:
+    with partial_rows.RowWriter(progress, world.rank) if progress is not None else nullcontext() as writer:
         def keep(indices: list[int], outputs: MemberOutputs) -> None:  # each batch's rows, once voted on
             writer.append(rows([mine[k] for k in indices], outputs.take(indices)))
 
@@ -129,8 +122,7 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
     ran = np.zeros((n_members, n_images), bool)
     errors: list[str | None] = [None] * n_images
     outputs = MemberOutputs(probs, ran, errors)
-    sizes = [member.info.image_size for member in members]
-    loader = DataLoader(_Images(paths, sizes), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+    loader = DataLoader(_Images(paths, [member.info.preprocessing for member in members]), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
     runner = _Runner(members, tie_breaker, device, lazy)
     batches = track(loader, total=n_images, description="Predicting", quiet=quiet, unit="images",
@@ -147,22 +139,19 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
 
 
 class _Images(Dataset):
-    """Item: (index, {size: uint8 (3, size, size)} or None, reason or None)."""
+    """Item: (index, {pixel key: uint8 (3, size, size)} or None, reason or None)."""
 
-    def __init__(self, paths: list[Path], sizes: list[int]):
+    def __init__(self, paths: list[Path], preprocessings: list[Preprocessing]):
         self.paths = paths
-        # Decode JPEGs no larger than the largest member's resize needs (the draft keeps both sides >= it).
-        self.min_side = round(max(sizes) / CROP_FRACTION)
-        self.crops = {size: T.Compose([T.Resize(round(size / CROP_FRACTION), antialias=True), T.CenterCrop(size),
-                                       T.PILToTensor()]) for size in sorted(set(sizes))}
+        self.crops = {p.pixel_key: p.eval_pixels() for p in preprocessings}  # one per distinct size and crop
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            image = load_rgb(self.paths[index], min_side=self.min_side)
-            return index, {size: crop(image) for size, crop in self.crops.items()}, None
+            image = load_rgb(self.paths[index])
+            return index, {key: crop(image) for key, crop in self.crops.items()}, None
         except UnreadableImage as exc:
             return index, None, exc.reason
         except Exception as exc:  # a file Pillow decodes but cannot resize must still not stop the run
@@ -172,17 +161,17 @@ class _Images(Dataset):
 @dataclass
 class _Batch:
     rows: np.ndarray  # int64: the readable images' indices into the file list
-    pixels: dict[int, torch.Tensor]  # image size -> uint8 (len(rows), 3, size, size)
+    pixels: dict[tuple, torch.Tensor]  # pixel key -> uint8 (len(rows), 3, size, size)
     failed: list[tuple[int, str]]  # (index, reason) for each unreadable file
 
     def pin_memory(self) -> "_Batch":  # called by DataLoader(pin_memory=True)
-        return _Batch(self.rows, {size: x.pin_memory() for size, x in self.pixels.items()}, self.failed)
+        return _Batch(self.rows, {key: x.pin_memory() for key, x in self.pixels.items()}, self.failed)
 
 
 def _collate(items) -> _Batch:
     good = [(index, views) for index, views, _ in items if views is not None]
     failed = [(index, reason) for index, views, reason in items if views is None]
-    pixels = {size: torch.stack([views[size] for _, views in good]) for size in good[0][1]} if good else {}
+    pixels = {key: torch.stack([views[key] for _, views in good]) for key in good[0][1]} if good else {}
     return _Batch(np.array([index for index, _ in good], np.int64), pixels, failed)
 
 
@@ -193,17 +182,16 @@ class _Runner:
         self.members, self.device, self.lazy = members, device, lazy
         self.order = sorted(range(len(members)), key=lambda m: members[m].cost)
         self.tie_step = self.order.index(tie_breaker)  # `settled` counts members in the order they run
-        self.norms = [(torch.tensor(m.info.mean, device=device).view(1, -1, 1, 1),
-                       torch.tensor(m.info.std, device=device).view(1, -1, 1, 1)) for m in members]
+        self.pixel_keys = [m.info.preprocessing.pixel_key for m in members]
 
     def __call__(self, batch: _Batch, probs: np.ndarray, ran: np.ndarray) -> None:
         pending = np.arange(len(batch.rows))  # positions in the batch still waiting for a vote
         labels = np.zeros((len(self.order), len(batch.rows)), np.int64)
         for step, m in enumerate(self.order):
-            pixels = batch.pixels[self.members[m].info.image_size]
+            pixels = batch.pixels[self.pixel_keys[m]]
             if len(pending) < len(batch.rows):
                 pixels = pixels[torch.from_numpy(pending)]
-            p = self._forward(m, pixels)
+            p = self.members[m].run(pixels)
             rows = batch.rows[pending]
             probs[m, rows], ran[m, rows] = p, True
             labels[step, pending] = p.argmax(axis=1)
@@ -212,12 +200,3 @@ class _Runner:
                 pending = pending[~done]
                 if not len(pending):
                     return
-
-    def _forward(self, m: int, pixels: torch.Tensor) -> np.ndarray:
-        mean, std = self.norms[m]
-        # Exactly ToTensor + Normalize: /255 in float32, then subtract the mean and divide by the std.
-        x = pixels.to(self.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device):
-            logits = self.members[m].model(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()

@@ -5,7 +5,7 @@
    validated on the same images; otherwise each model is scored alone and the reason is noted.
 2. Scores: `metrics.classification_metrics` for each model and for `vote.vote` of them all.
 3. The table: one row per model plus the ensemble, with size and measured time per image.
-This module computes; `html_report.write_report` writes the folder.
+This module computes; `report.html.write_report` writes the folder.
 """
 
 from __future__ import annotations
@@ -18,13 +18,25 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from quorum.bundle import HISTORY, WEIGHTS, ModelInfo
 from quorum.console import console, say, track
-from quorum.ensemble import read_members, select_models, tie_breaker_index
 from quorum.errors import QuorumError
-from quorum.report_scores import ensemble_scores, member_scores, preds_summary, scores
-from quorum.report_sources import Labelled, mismatch, read_labels, read_preds, read_validation, run_on_folder, \
-    stack_validation
+from quorum.models.bundle import HISTORY, WEIGHTS, ModelInfo
+from quorum.predict.members import read_members, select_models, tie_breaker_index
+from quorum.report.scores import (
+    describe_predictions,
+    ensemble_scores,
+    member_scores,
+    scores,
+)
+from quorum.report.sources import (
+    Labelled,
+    mismatch,
+    read_labels,
+    read_preds,
+    read_validation,
+    run_on_folder,
+    stack_validation,
+)
 
 ENSEMBLE = "ensemble"
 
@@ -34,11 +46,11 @@ class Report:
     infos: list[ModelInfo]
     source: str  # which images the scores are on
     members: dict[str, dict]  # name -> classification_metrics
-    ensemble: dict | None  # report_scores.ensemble_scores, or None with the reason in `notes`
+    ensemble: dict | None  # scores.ensemble_scores, or None with the reason in `notes`
     table: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
-    preds: dict | None = None  # report_scores.preds_summary of a predict CSV
+    preds: dict | None = None  # scores.describe_predictions of a predict CSV
 
     @property
     def names(self) -> list[str]:
@@ -95,7 +107,7 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
 def read_preds_part(preds: Path, labels: Path | None, classes) -> dict:
     frame, names = read_preds(preds)
     truth = read_labels(labels) if labels is not None else None
-    return {"file": str(preds), **preds_summary(frame, names, classes, truth)}
+    return {"file": str(preds), **describe_predictions(frame, names, classes, truth)}
 
 
 def validation_scores(infos: list[ModelInfo], notes: list[str]) -> tuple[Labelled | None, str, dict]:
@@ -117,11 +129,12 @@ def read_histories(infos: list[ModelInfo]) -> dict[str, pd.DataFrame]:
 
 def measure_times(infos: list[ModelInfo], device: str, quiet: bool, notes: list[str]) -> dict[str, float]:
     from quorum.device import pick_device
-    from quorum.timing import busy_cpu, seconds_per_image
+    from quorum.predict.members import load_members
+    from quorum.report.timing import busy_cpu, seconds_per_image
 
     torch_device = pick_device(device)
-    seconds = {info.path.name: seconds_per_image(info, torch_device)
-               for info in track(infos, len(infos), "Timing", quiet, unit="models")}
+    seconds = {member.name: seconds_per_image(member)
+               for member in track(load_members(infos, torch_device), len(infos), "Timing", quiet, unit="models")}
     busy = busy_cpu() if torch_device.type == "cpu" else None
     if busy:
         notes.append(f"{busy} while the models were timed: their times per image are inflated; "

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from quorum import files
+from quorum.data.images import UnreadableImage, find_images, load_rgb
 from quorum.errors import QuorumError
-from quorum.images import UnreadableImage, find_images, load_rgb
 
 SPLIT_FILE = "split.csv"
 
@@ -146,33 +145,3 @@ def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: 
         is_new = True
     classes = tuple(sorted(table.label.unique()))
     return Split(Path(root), classes, table.reset_index(drop=True), _digest(table)), is_new
-
-
-class LabelledImages(Dataset):
-    """(image tensor, class index, position) per item; None for a file that became unreadable."""
-
-    def __init__(self, root: Path, items: list[tuple[str, int]], transform):
-        self.root, self.items, self.transform = Path(root), items, transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        path, label = self.items[i]
-        try:
-            return self.transform(load_rgb(self.root / path)), label, i
-        except UnreadableImage:
-            return None  # dropped by collate_readable: never a crash mid-epoch, never a stand-in image
-
-
-def collate_readable(batch):
-    batch = [item for item in batch if item is not None]
-    return default_collate(batch) if batch else None
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
-                sampler=None) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, collate_fn=collate_readable, generator=generator,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quorum.bundle import VAL_PREDICTIONS, ModelInfo
-from quorum.data import scan_labelled
+from quorum.data.split import scan_labelled
 from quorum.errors import QuorumError
-from quorum.predict_io import STATUS_COLUMNS, VOTE_COLUMNS
+from quorum.models.bundle import VAL_PREDICTIONS, ModelInfo
+from quorum.predict.table import STATUS_COLUMNS, VOTE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,11 @@ def stack_validation(infos: list[ModelInfo], runs: list[OwnValidation]) -> Label
 def run_on_folder(folder: Path, infos: list[ModelInfo], tie_breaker: int, device: str = "auto",
                   batch_size: int = 32, workers: int = 2, quiet: bool = False) -> Labelled:
     """Every member on every image of a labelled folder (one sub-folder per class)."""
-    from quorum.device import pick_device  # torch work only here: the other sources read CSVs
-    from quorum.ensemble import load_members
-    from quorum.predict import predict_arrays
+    from quorum.device import (
+        pick_device,  # torch work only here: the other sources read CSVs
+    )
+    from quorum.predict.members import load_members
+    from quorum.predict.pipeline import predict_arrays
 
     folder = Path(folder)
     table = scan_labelled(folder)

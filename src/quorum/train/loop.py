@@ -11,7 +11,8 @@ from torch import nn
 
 from quorum.console import track
 from quorum.device import autocast
-from quorum.model import Classifier, set_train_mode
+from quorum.models.classifier import Classifier, set_train_mode
+from quorum.models.inference import TorchInference
 
 
 def make_optimizer(model: Classifier, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -37,9 +38,10 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 
 def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn.Module, device: torch.device,
-                    train_blocks: int | None, start: int = 0, quiet: bool = False, description: str = "train") -> dict:
-    """`start` > 0: the loader yields cached inputs of block `start` instead of images.
-    `model` may be wrapped in DistributedDataParallel."""
+                    train_blocks: int | None, normalize: nn.Module, start: int = 0, quiet: bool = False,
+                    description: str = "train") -> dict:
+    """The loader yields uint8 images, which `normalize` turns into the model's input, or with
+    `start` > 0 cached inputs of block `start`. `model` may be wrapped in DistributedDataParallel."""
     set_train_mode(getattr(model, "module", model), train_blocks)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     loss_sum, correct, seen, began = 0.0, 0, 0, time.perf_counter()
@@ -47,6 +49,8 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
         if batch is None:  # every image of this batch was unreadable
             continue
         inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        if start == 0:
+            inputs = normalize(inputs)
         with autocast(device):
             logits = model(inputs, start=start)
             loss = loss_fn(logits, labels)
@@ -62,23 +66,19 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
             "seconds": time.perf_counter() - began}
 
 
-@torch.inference_mode()
-def predict_loader(model: Classifier, loader, device: torch.device, quiet: bool = False,
-                   description: str = "validate", start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def evaluate(inference: TorchInference, loader, quiet: bool = False, description: str = "validate",
+             start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Softmax probabilities, labels and dataset positions of every readable item, in loader order."""
-    model.eval()
     probs, labels, positions = [], [], []
     for batch in track(loader, len(loader), description, quiet):
         if batch is None:
             continue
-        with autocast(device):
-            logits = model(batch[0].to(device, non_blocking=True), start=start)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(batch[1])
-        positions.append(batch[2])
+        probs.append(inference(batch[0], start=start))
+        labels.append(batch[1].numpy())
+        positions.append(batch[2].numpy())
     if not probs:
         return np.zeros((0, 0)), np.zeros(0, int), np.zeros(0, int)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(positions).numpy()
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(positions)
 
 
 def validation_loss(probs: np.ndarray, labels: np.ndarray) -> float:

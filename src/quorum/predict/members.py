@@ -11,16 +11,18 @@ from pathlib import Path
 
 import torch
 
-from quorum.bundle import ModelInfo, find_models, load_model, read_info
 from quorum.errors import QuorumError
-from quorum.model import Classifier, count_parameters
+from quorum.models.bundle import ModelInfo, find_models, load_model, read_info
+from quorum.models.classifier import count_parameters
+from quorum.models.inference import TorchInference
+from quorum.predict.vote import default_tie_breaker
 
 
 @dataclass(frozen=True)
 class Member:
     name: str
     info: ModelInfo
-    model: Classifier
+    run: TorchInference  # uint8 pixels -> probabilities
     cost: float  # parameters x input pixels: a cheap stand-in for FLOPs, to run cheap members first
 
 
@@ -71,7 +73,7 @@ def tie_breaker_index(infos: list[ModelInfo], name: str | None = None) -> int:
     """The member named `name`, or by default the one with the best validation accuracy (first on a tie)."""
     names = [info.path.name for info in infos]
     if name is None:
-        return max(range(len(infos)), key=lambda index: infos[index].val_accuracy)
+        return default_tie_breaker([info.val_accuracy for info in infos])
     if name not in names:
         raise QuorumError(f"--tie-breaker {name} is not one of the members: choose from {', '.join(names)}")
     return names.index(name)
@@ -81,9 +83,7 @@ def load_members(infos: list[ModelInfo], device: torch.device) -> list[Member]:
     members = []
     for info in infos:
         model, _ = load_model(info.path, device)
-        # NHWC: tensor cores on CUDA take it without transposes, and oneDNN on the CPU ran these
-        # backbones 1.2-1.7x faster with it (benchmarks/RESULTS.md).
-        model = model.to(memory_format=torch.channels_last)
         cost = float(count_parameters(model)) * info.image_size**2
-        members.append(Member(info.path.name, info, model, cost))
+        members.append(Member(info.path.name, info, TorchInference(model, info.preprocessing, device, channels_last=True),
+                              cost))
     return members

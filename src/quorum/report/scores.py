@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pandas as pd
 
 from quorum.metrics import classification_metrics
-from quorum.predict_io import OK
-from quorum.report_sources import Labelled
-from quorum.vote import DECIDED_BY, TIE_BREAKER, vote
+from quorum.predict.table import OK
+from quorum.predict.vote import DECIDED_BY, TIE_BREAKER, default_tie_breaker, vote
+from quorum.report.sources import Labelled
 
 
 def scores(y_true, y_pred, classes) -> dict:
@@ -27,11 +26,6 @@ def scores(y_true, y_pred, classes) -> dict:
 
 def member_scores(labelled: Labelled, names: list[str], classes) -> dict[str, dict]:
     return {name: scores(labelled.y_true, labelled.probs[m].argmax(axis=1), classes) for m, name in enumerate(names)}
-
-
-def default_tie_breaker(accuracies: list[float], among: list[int]) -> int:
-    """predict's default: the member with the best validation accuracy (the first on a tie)."""
-    return max(among, key=lambda m: accuracies[m])
 
 
 def ensemble_scores(labelled: Labelled, names: list[str], classes, tie_breaker: int, accuracies: list[float]) -> dict:
@@ -69,7 +63,7 @@ def leave_one_out(labelled: Labelled, names: list[str], tie_breaker: int, accura
     return scores
 
 
-def preds_summary(frame: pd.DataFrame, names: list[str], classes, labels: pd.Series | None = None) -> dict:
+def describe_predictions(frame: pd.DataFrame, names: list[str], classes, labels: pd.Series | None = None) -> dict:
     """What the members did on an unlabelled folder, from predict's CSV; scores too where labels are given."""
     ok = frame[frame["status"] == OK]
     failed = frame[frame["status"] != OK]

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from quorum.backbones import Backbone
-from quorum.errors import QuorumError
-from quorum.model import Classifier
+from quorum.errors import QuorumError, WeightsUnavailable
+from quorum.models.backbone import Backbone
+from quorum.models.classifier import Classifier
 
 # timm's hub client retries for about a minute with no network; probing its host first turns that
 # into a clear error at once. (torchvision reads its cache first and fails fast by itself.)
@@ -48,7 +48,7 @@ def _download_pretrained(backbone: Backbone) -> nn.Module:
         return backbone.make(True)
     except Exception as exc:  # no network, a proxy, a full disk: all end the same way for the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise QuorumError(f"could not download ImageNet weights for {backbone.name} ({reason}): {OFFLINE_HINT}") from None
+        raise WeightsUnavailable(f"could not download ImageNet weights for {backbone.name} ({reason}): {OFFLINE_HINT}") from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from quorum.report import ENSEMBLE, Report
+from quorum.report.build import ENSEMBLE, Report
 
 MAX_ROWS = 200  # listed rows for review or errors; the CSV has them all
 

@@ -12,9 +12,15 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
-from quorum import files, plots
-from quorum.report import ENSEMBLE, Report, format_cell
-from quorum.html_sections import ensemble_section, per_class_table, preds_section, table_html
+from quorum import files
+from quorum.report import plots
+from quorum.report.build import ENSEMBLE, Report, format_cell
+from quorum.report.sections import (
+    ensemble_section,
+    per_class_table,
+    preds_section,
+    table_html,
+)
 
 INDEX = "index.html"
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}

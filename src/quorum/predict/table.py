@@ -9,23 +9,32 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from quorum import files
 from quorum.errors import QuorumError
-from quorum.vote import DECIDED_BY, vote
-
-if TYPE_CHECKING:
-    from quorum.predict import MemberOutputs
+from quorum.predict.vote import DECIDED_BY, mean_probability, vote
 
 VOTE_COLUMNS = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
 STATUS_COLUMNS = ["status", "error"]
 OK, ERROR = "ok", "error"
 CSV_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class MemberOutputs:
+    """What every member said about every image, before the vote."""
+
+    probs: np.ndarray  # (members, images, classes) float32; NaN where a member did not run
+    ran: np.ndarray  # (members, images) bool
+    errors: list[str | None]  # per image: why it could not be read, or None
+
+    def take(self, indices: list[int]) -> "MemberOutputs":
+        return MemberOutputs(self.probs[:, indices], self.ran[:, indices], [self.errors[i] for i in indices])
 
 
 def columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> list[str]:
@@ -42,7 +51,7 @@ def check_columns(names: list[str], classes: tuple[str, ...], with_probs: bool, 
         raise QuorumError(f"model name clashes with the CSV column '{clashes[0]}': rename that model's folder")
 
 
-def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outputs: "MemberOutputs", tie_breaker: int,
+def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outputs: MemberOutputs, tie_breaker: int,
              with_probs: bool = False, min_agreement: float | None = None) -> pd.DataFrame:
     """Vote on the readable rows and lay everything out as the CSV's table (`paths` relative, POSIX)."""
     ok = np.array([error is None for error in outputs.errors])
@@ -61,7 +70,7 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
             table[name] = np.where(ran[m], label_of[top], None)
             table[f"{name}_p"] = np.where(ran[m], np.nan_to_num(probs[m], nan=-1.0).max(axis=1).astype(float), np.nan)
         if with_probs:  # the mean over the members that ran, as the vote's confidence is
-            mean = np.where(ran[..., None], probs, 0.0).sum(axis=0) / ran.sum(axis=0)[:, None]
+            mean = mean_probability(probs, ran)
             table.update({f"p_{name}": mean[:, c] for c, name in enumerate(classes)})
         if min_agreement is not None:
             table["review"] = table["agreement"] < min_agreement
@@ -126,7 +135,7 @@ def write_predictions(frame: pd.DataFrame, out: Path) -> None:
     files.write_csv(Path(out), frame.round(CSV_DECIMALS))
 
 
-def summarize(frame: pd.DataFrame) -> list[str]:
+def closing_lines(frame: pd.DataFrame) -> list[str]:
     """A few lines for a person: rows, errors, predictions per class, how rows were decided."""
     ok = frame[frame["status"] == OK]
     lines = [f"{len(frame)} rows, {len(frame) - len(ok)} errors"]

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from quorum import files, run_identity
+from quorum import files
 from quorum.errors import QuorumError
-from quorum.predict_io import assemble, columns, read_predictions, write_predictions
+from quorum.predict import run_identity
+from quorum.predict.table import assemble, columns, read_predictions, write_predictions
 
 
 @dataclass(frozen=True)

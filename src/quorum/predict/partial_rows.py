@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from quorum import files, run_identity
+from quorum import files
 from quorum.console import say
 from quorum.errors import QuorumError
+from quorum.predict import run_identity
 
 RUN_FILE = "run.json"
 SYNC_SECONDS = 5.0

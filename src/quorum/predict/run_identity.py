@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from quorum.bundle import MODEL_JSON, WEIGHTS, ModelInfo
 from quorum.errors import QuorumError
+from quorum.models.bundle import MODEL_JSON, WEIGHTS, ModelInfo
 
 # Each key, as a person would name it in a message.
 LABELS = {"folder": "folder", "files": "number of files", "listing": "file names", "members": "members",

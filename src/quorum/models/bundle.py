@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quorum import files
-from quorum.backbones import get_backbone
+from quorum.data.preprocess import Preprocessing
 from quorum.errors import QuorumError
-from quorum.model import Classifier
+from quorum.models.classifier import Classifier
+from quorum.models.registry import get_backbone
 
 MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
@@ -40,6 +41,10 @@ class ModelInfo:
     classes: tuple[str, ...]
     metrics: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_model_json(self.raw)
 
     @property
     def val_accuracy(self) -> float:

@@ -44,12 +44,8 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
-    """Decode `path` fully into an upright 8-bit RGB image, or raise UnreadableImage.
-
-    `min_side` lets big JPEGs decode at 1/2, 1/4 or 1/8 scale while the shorter side
-    stays >= min_side; other formats ignore it.
-    """
+def load_rgb(path: Path) -> Image.Image:
+    """Decode `path` fully into an upright 8-bit RGB image, or raise UnreadableImage."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -59,10 +55,6 @@ def load_rgb(path: Path, min_side: int | None = None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:  # opens on frame/page 0
-                if min_side and image.format == "JPEG":
-                    # draft() picks the largest 1/n scale with both sides >= the request,
-                    # so asking for a square keeps the shorter side >= min_side.
-                    image.draft("RGB", (min_side, min_side))
                 image.load()  # decode everything now, so truncation surfaces here
                 # Read the bit depth off the file: the rotated copy no longer has its tags.
                 return _to_rgb(ImageOps.exif_transpose(image), _bit_depth(image))

@@ -1,0 +1,1 @@
+"""Images in: finding and decoding files, the shared train/validation split, preprocessing."""

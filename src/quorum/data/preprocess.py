@@ -1,0 +1,77 @@
+"""Preprocessing, written once: what pixels a model sees, from the settings saved in its model.json.
+
+Training, validation, predict and report all build their pixels here, so a model sees the same
+pixels everywhere. Images leave the loader as uint8 (a quarter of float32's bytes to copy); the
+float conversion and normalisation run on the device, in `Preprocessing.normalizer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
+
+# Resize to size / 0.875 before the centre crop: the ImageNet convention most backbones were trained with.
+CROP_FRACTION = 0.875
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
+                  "nearest": T.InterpolationMode.NEAREST}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_fraction: float = CROP_FRACTION
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_model_json(cls, raw: dict) -> "Preprocessing":
+        """Bundles written before crop_fraction and interpolation were saved used the defaults."""
+        return cls(size=int(raw["image_size"]), mean=tuple(raw["mean"]), std=tuple(raw["std"]),
+                   crop_fraction=float(raw.get("crop_fraction", CROP_FRACTION)),
+                   interpolation=str(raw.get("interpolation", "bilinear")))
+
+    def as_dict(self) -> dict:
+        """The fields model.json keeps (image_size, not size: the name the rest of model.json uses)."""
+        fields = asdict(self)
+        fields["image_size"] = fields.pop("size")
+        fields["mean"], fields["std"] = list(self.mean), list(self.std)
+        return fields
+
+    @property
+    def pixel_key(self) -> tuple:
+        """What decides the eval pixels (mean and std act later): members sharing it share one copy."""
+        return self.size, self.crop_fraction, self.interpolation
+
+    def eval_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Resize the short side to size / crop_fraction, centre-crop: uint8 (3, size, size)."""
+        mode = INTERPOLATIONS.get(self.interpolation, T.InterpolationMode.BILINEAR)
+        return T.Compose([T.Resize(round(self.size / self.crop_fraction), interpolation=mode, antialias=True),
+                          T.CenterCrop(self.size), T.PILToTensor()])
+
+    def train_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Mild, label-preserving augmentation: uint8 (3, size, size)."""
+        return T.Compose([T.RandomResizedCrop(self.size, scale=(0.6, 1.0), antialias=True),
+                          T.RandomHorizontalFlip(), T.RandomRotation(10), T.PILToTensor()])
+
+    def normalizer(self) -> "Normalizer":
+        return Normalizer(self.mean, self.std)
+
+
+class Normalizer(nn.Module):
+    """uint8 pixels -> the float input a model was trained on: /255, minus the mean, over the std
+    (exactly torchvision's ToTensor + Normalize, done on the device)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        # Not saved in state dicts: model.json holds mean and std, the weights file only weights.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.float().div(255).sub(self.mean).div(self.std)

@@ -1,0 +1,1 @@
+"""Networks: the backbone registry, blocks + head, starting weights, saved bundles, and inference."""

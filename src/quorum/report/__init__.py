@@ -1,0 +1,1 @@
+"""`quorum report`: scores, timing, pictures and the self-contained HTML page."""

@@ -1,0 +1,1 @@
+"""`quorum finetune`: the two-phase recipe, its epochs, feature cache and checkpoints."""
