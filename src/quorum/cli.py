@@ -36,7 +36,8 @@ def main():
               help="Labelled images, one sub-folder per class (or train/ and val/ folders of those).")
 @click.option("--image-size", type=int, help="Input size in pixels. [default: the backbone's native size]")
 @click.option("--epochs", type=int, default=40, show_default=True)
-@click.option("--unfreeze-after", type=int, help="Epochs with the backbone frozen. [default: 3/4 of --epochs]")
+@click.option("--unfreeze-after", type=int, help="Epochs with the backbone frozen. "
+              "[default: 3/4 of --epochs; 0 for a backbone without pretrained weights]")
 @click.option("--train-blocks", type=int, default=0, show_default=True,
               help="Last backbone blocks that also train while frozen (0 = head only).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate while frozen.")
@@ -53,24 +54,29 @@ def main():
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Image-decoding worker processes.")
 @click.option("--no-cache", is_flag=True, help="Recompute the frozen backbone every epoch instead of caching its features.")
+@click.option("--norm-stats", type=click.Choice(["keep", "update"]),
+              help="BatchNorm once unfrozen: keep normalising with the running statistics phase 1 saw, or update "
+              "them from each batch. [default: keep for pretrained weights, update for --weights none]")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines.")
 @user_errors
 def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, lr, finetune_lr, batch_size, weights,
-             name, models_dir, val_fraction, seed, resplit, device, workers, no_cache, resume, quiet):
+             name, models_dir, val_fraction, seed, resplit, device, workers, no_cache, norm_stats, resume, quiet):
     """Fine-tune BACKBONE on a labelled image folder and save it under MODELS_DIR/<name>/.
 
     Phase 1 trains the new head (and the last --train-blocks blocks) with the rest of the backbone
     frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The best epoch by
     validation accuracy is kept. Run `quorum backbones` for the choices of BACKBONE.
     """
-    from quorum.train.finetune import finetune as run_finetune
-    from quorum.train.recipe import Recipe
+    from quorum.train.recipe import Recipe  # no torch: a wrong number fails in a moment, not after the import
 
     recipe = Recipe(backbone=backbone, data=data, image_size=image_size, epochs=epochs, unfreeze_after=unfreeze_after,
                     train_blocks=train_blocks, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, weights=weights,
                     name=name, models_dir=models_dir, val_fraction=val_fraction, seed=seed, device=device,
-                    workers=workers, cache_features=not no_cache)
+                    workers=workers, cache_features=not no_cache, norm_stats=norm_stats)
+    recipe.check()
+    from quorum.train.finetune import finetune as run_finetune
+
     run_finetune(recipe, resume=resume, resplit=resplit, quiet=quiet)
 
 

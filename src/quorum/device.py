@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from quorum.errors import QuorumError
@@ -27,3 +29,15 @@ def autocast(device: torch.device):
         return torch.autocast("cpu", enabled=False)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def fit_threads(workers: int) -> int:
+    """Torch threads that leave a core to each loader worker: oversubscribed cores make every
+    parallel region wait for a preempted thread. OMP_NUM_THREADS, when the user set it, wins."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores - workers)
+    if threads < torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

@@ -55,12 +55,22 @@ def freeze(model: Classifier, train_blocks: int | None) -> None:
     model.head.requires_grad_(True)
 
 
-def set_train_mode(model: Classifier, train_blocks: int | None) -> None:
+def set_train_mode(model: Classifier, train_blocks: int | None, keep_norm_stats: bool = False) -> None:
     """Training mode, except frozen blocks stay in eval mode so their BatchNorm statistics keep
-    their pretrained values (a frozen layer whose running mean drifts is not frozen)."""
+    their pretrained values (a frozen layer whose running mean drifts is not frozen).
+
+    `keep_norm_stats`: every BatchNorm of the backbone also stays in eval mode, normalising with its
+    running statistics while its weights train. Phase 1 fitted the head to features computed that
+    way; switching BatchNorm to batch statistics at the unfreeze changes those features at once
+    (a Lite0 head fell from 82% to 66.5% val accuracy in one epoch), so a pretrained backbone keeps them.
+    """
     model.train()
     for block in model.blocks[: first_trainable_block(model, train_blocks)]:
         block.eval()
+    if keep_norm_stats:
+        for module in model.blocks.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,8 +1,11 @@
 """`quorum finetune`: the two-phase recipe, from a labelled folder to a finished model bundle.
 
 1. Phase 1 (the first `unfreeze_after` epochs): the backbone is frozen except its last
-   `train_blocks` blocks; the new head learns at `lr`.
-2. Phase 2: everything trains at the lower `finetune_lr`, each phase with its own warm-up.
+   `train_blocks` blocks; the new head learns at `lr`. A backbone without pretrained weights
+   skips it by default: frozen random features teach the head nothing.
+2. Phase 2: everything trains at the lower `finetune_lr`, each phase with its own warm-up. A
+   pretrained backbone's BatchNorm keeps normalising with its running statistics (`norm_stats`),
+   so the features phase 1 fitted the head to do not change at the unfreeze.
 3. The best epoch by validation accuracy is kept. The run works in `models/.<name>.partial/`
    and is moved to `models/<name>/` only when finished, so a model folder is never half-written.
 """
@@ -19,7 +22,7 @@ import torch
 from quorum import distributed
 from quorum.console import say
 from quorum.data.split import Split, load_or_make_split
-from quorum.device import pick_device
+from quorum.device import fit_threads, pick_device
 from quorum.errors import QuorumError
 from quorum.models import weights
 from quorum.models.registry import get_backbone
@@ -42,10 +45,16 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
         # The interrupted run's recipe wins, except where it ran: that may differ now.
         recipe = dataclasses.replace(Recipe(**state["recipe"]), device=recipe.device, workers=recipe.workers)
         say(f"Resuming {recipe.name} after epoch {state['epoch'] + 1} of {recipe.epochs}", quiet)
+    if recipe.weights == "none" and recipe.frozen_epochs > 0:
+        say(f"[yellow]Warning: {backbone.name} starts from random weights, yet --unfreeze-after {recipe.unfreeze_after} "
+            f"keeps it frozen for {recipe.frozen_epochs} epoch(s): a random backbone's features carry no knowledge "
+            "for the head to use. Leave --unfreeze-after out (or give 0) to train it whole from the start.[/yellow]")
     if backbone.fixed_size and recipe.image_size != backbone.native_size:
         raise QuorumError(f"{backbone.name} only takes {backbone.native_size} px images: use --image-size {backbone.native_size}")
 
     device = pick_device(distributed.device_for(world, recipe.device))
+    if device.type == "cpu":
+        fit_threads(recipe.workers)
     split = shared_split(recipe, models_dir, resplit, world, quiet)
     if not resume and world.is_main and work_dir.exists():
         shutil.rmtree(work_dir)  # an interrupted run the user chose not to resume

@@ -39,12 +39,14 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn.Module, device: torch.device,
                     train_blocks: int | None, normalize: nn.Module, start: int = 0, quiet: bool = False,
-                    description: str = "train") -> dict:
+                    description: str = "train", keep_norm_stats: bool = False) -> dict:
     """The loader yields uint8 images, which `normalize` turns into the model's input, or with
-    `start` > 0 cached inputs of block `start`. `model` may be wrapped in DistributedDataParallel."""
-    set_train_mode(getattr(model, "module", model), train_blocks)
+    `start` > 0 cached inputs of block `start`. `model` may be wrapped in DistributedDataParallel.
+    Returns the mean loss, accuracy and learning rate over the epoch's steps, and its seconds."""
+    set_train_mode(getattr(model, "module", model), train_blocks, keep_norm_stats)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     loss_sum, correct, seen, began = 0.0, 0, 0, time.perf_counter()
+    lr_sum, steps = 0.0, 0
     for batch in track(loader, len(loader), description, quiet):
         if batch is None:  # every image of this batch was unreadable
             continue
@@ -54,6 +56,7 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
         with autocast(device):
             logits = model(inputs, start=start)
             loss = loss_fn(logits, labels)
+        lr_sum, steps = lr_sum + optimizer.param_groups[0]["lr"], steps + 1  # the rate this step trains with
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -63,7 +66,7 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
-            "seconds": time.perf_counter() - began}
+            "lr": lr_sum / max(steps, 1), "seconds": time.perf_counter() - began}
 
 
 def evaluate(inference: TorchInference, loader, quiet: bool = False, description: str = "validate",

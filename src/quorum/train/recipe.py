@@ -14,7 +14,7 @@ class Recipe:
     data: str = "sample_data/labelled"
     image_size: int | None = None  # None: the backbone's native size
     epochs: int = 40
-    unfreeze_after: int | None = None  # None: three quarters of the epochs
+    unfreeze_after: int | None = None  # None: 3/4 of the epochs; 0 without pretrained weights
     train_blocks: int = 0  # blocks before the head that also train in phase 1
     lr: float = 1e-3  # phase 1 (head, plus `train_blocks`)
     finetune_lr: float = 1e-4  # phase 2 (everything): low, so pretrained features are kept
@@ -31,14 +31,23 @@ class Recipe:
     workers: int = 2
     cache_features: bool = True  # phase 1 trains on cached frozen features when they fit in memory
     cache_views: int = 2  # augmented views of each training image in that cache, cycled across epochs
+    # BatchNorm in phase 2: keep (running statistics, as phase 1 saw them) | update (batch statistics).
+    # None: keep for pretrained weights, update for a backbone that starts from random ones.
+    norm_stats: str | None = None
 
     def resolve(self, native_size: int, pretrained_available: bool) -> "Recipe":
         """Fill every default that depends on the backbone, and check the numbers."""
+        self.check()
         size = self.image_size or native_size
-        unfreeze = self.epochs * 3 // 4 if self.unfreeze_after is None else self.unfreeze_after
         weights = self.weights or ("imagenet" if pretrained_available else "none")
+        if self.unfreeze_after is not None:
+            unfreeze = self.unfreeze_after
+        else:  # a random backbone learns nothing while frozen: train it whole from the first epoch
+            unfreeze = 0 if weights == "none" else self.epochs * 3 // 4
+        norm_stats = self.norm_stats or ("update" if weights == "none" else "keep")
         name = self.name or f"{self.backbone.replace('timm/', '')}-{size}"
-        resolved = dataclasses.replace(self, image_size=size, unfreeze_after=unfreeze, weights=weights, name=name)
+        resolved = dataclasses.replace(self, image_size=size, unfreeze_after=unfreeze, weights=weights, name=name,
+                                       norm_stats=norm_stats)
         resolved.check()
         return resolved
 
@@ -47,6 +56,10 @@ class Recipe:
             (self.epochs >= 1, f"--epochs must be at least 1 (got {self.epochs})"),
             (self.unfreeze_after is None or self.unfreeze_after >= 0,
              f"--unfreeze-after must be 0 or more (got {self.unfreeze_after})"),
+            (self.unfreeze_after is None or self.unfreeze_after <= self.epochs,
+             f"--unfreeze-after {self.unfreeze_after} is more than --epochs {self.epochs}: the backbone would never "
+             f"unfreeze; give at most --unfreeze-after {self.epochs} (= --epochs: train only the head)"),
+            (self.norm_stats in (None, "keep", "update"), f"--norm-stats must be keep or update (got {self.norm_stats})"),
             (self.train_blocks >= 0, f"--train-blocks must be 0 or more (got {self.train_blocks})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (self.lr > 0 and self.finetune_lr > 0, "--lr and --finetune-lr must be positive"),
@@ -62,6 +75,11 @@ class Recipe:
     @property
     def frozen_epochs(self) -> int:
         return min(self.unfreeze_after or 0, self.epochs)
+
+    @property
+    def keeps_norm_stats(self) -> bool:
+        """Phase 2 BatchNorm uses running statistics (a recipe saved before norm_stats existed: no)."""
+        return self.norm_stats == "keep"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

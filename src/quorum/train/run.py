@@ -106,9 +106,9 @@ class TrainingRun:
         start, train_loader, val_loader = self.loaders(epoch, phase)
         stats = train_one_epoch(self.trainer, train_loader, self.optimizer, self.scheduler, self.loss_fn, self.device,
                                 recipe.train_blocks if phase == 1 else None, self.inference.normalize, start=start,
-                                quiet=self.quiet,
-                                description=f"epoch {epoch + 1}/{recipe.epochs}")
-        lr = self.scheduler.get_last_lr()[0]
+                                quiet=self.quiet, description=f"epoch {epoch + 1}/{recipe.epochs}",
+                                keep_norm_stats=recipe.keeps_norm_stats)
+        lr = stats["lr"]  # the mean rate the epoch trained with (the scheduler's is already the next one's)
         probs, labels, positions = self.validate(val_loader, start)
         val_loss, val_acc = validation_loss(probs, labels), float((probs.argmax(1) == labels).mean())
         row = {"epoch": epoch + 1, "phase": phase, "trainable_params": count_parameters(self.model, True),
