@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from quorum.cli import main
+from quorum.device import threads_for
 from quorum.models import weights
 from quorum.models.classifier import freeze, set_train_mode
 from quorum.models.registry import get_backbone
@@ -132,9 +136,6 @@ def test_unfreeze_after_beyond_epochs_is_an_error_before_torch_loads(tmp_path, m
 
 def test_the_cli_checks_the_epochs_without_importing_torch(tmp_path):
     """In a fresh interpreter: the error comes before `import torch` (seconds on a busy machine)."""
-    import subprocess
-    import sys
-
     code = ("import sys\nfrom quorum.cli import main\n"
             "try:\n    main(['finetune', 'tinyvgg', '--epochs', '2', '--unfreeze-after', '3'])\n"
             "except SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)")
@@ -161,3 +162,22 @@ def test_the_logged_lr_is_the_mean_the_epoch_trained_with(labelled, tmp_path):
     expected = epoch_means(1e-2) + epoch_means(1e-3)
     assert list(history.lr) == pytest.approx(expected)
     assert (history.lr > 0).all(), "the last epoch of a phase trained at a rate above zero"
+
+
+def test_torch_threads_leave_the_loader_workers_a_core_each(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    with threads_for(workers=1) as threads:
+        assert threads == torch.get_num_threads() == min(before, max(1, cores - 1))
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))  # the user's choice wins
+    with threads_for(workers=cores) as threads:
+        assert threads == before
+
+
+def test_quorum_asks_openmp_to_wait_passively_before_torch_loads():
+    code = "import os, sys\nimport quorum\nprint(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.stdout.split() == ["PASSIVE", "False"], result.stderr

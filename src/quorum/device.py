@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -31,13 +33,16 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def fit_threads(workers: int) -> int:
-    """Torch threads that leave a core to each loader worker: oversubscribed cores make every
-    parallel region wait for a preempted thread. OMP_NUM_THREADS, when the user set it, wins."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores - workers)
-    if threads < torch.get_num_threads():
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+@contextmanager
+def threads_for(workers: int) -> Iterator[int]:
+    """Within it, torch uses the cores the loader workers leave: oversubscribed cores make every
+    parallel region wait for a preempted thread. OMP_NUM_THREADS, when the user set it, wins.
+    The previous count is restored on the way out."""
+    previous = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(min(previous, max(1, cores - workers)))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)

@@ -22,7 +22,7 @@ import torch
 from quorum import distributed
 from quorum.console import say
 from quorum.data.split import Split, load_or_make_split
-from quorum.device import fit_threads, pick_device
+from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
 from quorum.models import weights
 from quorum.models.registry import get_backbone
@@ -53,8 +53,6 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
         raise QuorumError(f"{backbone.name} only takes {backbone.native_size} px images: use --image-size {backbone.native_size}")
 
     device = pick_device(distributed.device_for(world, recipe.device))
-    if device.type == "cpu":
-        fit_threads(recipe.workers)
     split = shared_split(recipe, models_dir, resplit, world, quiet)
     if not resume and world.is_main and work_dir.exists():
         shutil.rmtree(work_dir)  # an interrupted run the user chose not to resume
@@ -67,10 +65,11 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     run = TrainingRun(recipe, split, model, device, work_dir, world, quiet)
     if state is not None:
         run.restore(state)
-    for epoch in range(run.next_epoch, recipe.epochs):
-        run.epoch(epoch)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
+    with threads_for(recipe.workers if device.type == "cpu" else 0):
+        for epoch in range(run.next_epoch, recipe.epochs):
+            run.epoch(epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
     if world.is_main:
         run.finish()
         _replace_dir(work_dir, final_dir)
