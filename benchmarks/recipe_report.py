@@ -1,0 +1,100 @@
+"""bench_recipe.py's section of RESULTS.md: tables from the runs' result.json files."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+START, END = "<!-- bench_recipe: start -->", "<!-- bench_recipe: end -->"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _points(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(row) + " |" for row in rows], ""]
+
+
+def _members(results: dict, votes: dict, lites: list[int], frozen: int, unfrozen: int) -> list[str]:
+    tag = f"{frozen}+{unfrozen}"
+    rows = []
+    for n in lites:
+        q, head = results.get(f"quorum-{tag}-lite{n}"), results.get(f"head-{tag}-lite{n}")
+        fast = results.get(f"fastai-{tag}-lite{n}")
+        if q is None:
+            continue
+        val = q["val_accuracy"]
+        phase = 1 if q["best_epoch"] <= frozen else 2
+        row = [f"Lite{n}", _pct(val[frozen - 1]), f"{_pct(val[frozen])} ({_points(val[frozen] - val[frozen - 1])})",
+               f"{q['best_epoch']} (phase {phase})", _pct(q["test"]["accuracy"]), f"{q['test']['macro_f1']:.3f}"]
+        row += [f"{_pct(head['test']['accuracy'])} ({_points(q['test']['accuracy'] - head['test']['accuracy'])})"
+                if head else "-"]
+        row += [f"{_pct(fast['test']['accuracy'])} ({_points(q['test']['accuracy'] - fast['test']['accuracy'])})"
+                if fast else "-", f"{fast['test']['macro_f1']:.3f}" if fast else "-"]
+        row += [f"{q['seconds']:.0f} / {fast['seconds']:.0f}" if fast else f"{q['seconds']:.0f} / -"]
+        rows.append(row)
+    header = ["member", f"val, epoch {frozen} (frozen)", f"val, epoch {frozen + 1} (unfrozen)", "best epoch",
+              "quorum test", "quorum F1", "head only (quorum vs it)", "fastai test (quorum vs it)", "fastai F1",
+              "train s quorum / fastai"]
+    lines = [f"### {tag}: {frozen} frozen + {unfrozen} unfrozen epochs", ""] + _table(header, rows)
+    vote_rows = []
+    for system, prefix in (("quorum", f"quorum-{tag}"), ("quorum, head only (its phase 1)", f"head-{tag}"),
+                           ("fastai", f"fastai-{tag}")):
+        members = [results.get(f"{prefix}-lite{n}") for n in lites]
+        if prefix not in votes or not all(members):
+            continue
+        best = max(members, key=lambda r: r["test"]["accuracy"])
+        vote = votes[prefix]
+        vote_rows.append([system, f"{_pct(best['test']['accuracy'])} (Lite{best['lite']})", _pct(vote["accuracy"]),
+                          _points(vote["accuracy"] - best["test"]["accuracy"]), f"{vote['macro_f1']:.3f}"])
+    return lines + _table(["system", "best member, test", "vote of 3, test", "vote - best", "vote F1"], vote_rows)
+
+
+def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], command: str, minutes: float) -> str:
+    budgets = sorted({(r["frozen"], r["unfrozen"]) for r in results.values()
+                      if r["system"] == "quorum" and r["unfrozen"] > 0 and "norm_stats" not in r["fields"]})
+    lines = [START, "## Recipe: quorum's two phases against fastai's fine_tune (Fashion-MNIST, real weights)", "",
+             (f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.0f} min; "
+              f"load average {os.getloadavg()[0]:.1f} at the end (the 2 cores were shared with other work, so "
+              "seconds are only comparable within a row). Data: 100 Fashion-MNIST train images per class, "
+              "quorum's 80/20 split (800 train, 200 val) used by both systems, a disjoint test set of 2,000; "
+              "EfficientNet-Lite0/1/2 ImageNet weights from ../shared/weights at 96 px, batch 32, one thread "
+              "per run. quorum keeps its best epoch by val accuracy; fastai keeps its last. Test = accuracy on "
+              "the 2,000 test images; F1 = macro F1; the change at the unfreeze is in points."), ""]
+    for frozen, unfrozen in budgets:
+        lines += _members(results, votes, lites, frozen, unfrozen)
+    old = [r for r in results.values() if r["fields"].get("norm_stats") == "update"]
+    for r in old:
+        f = r["frozen"]
+        val = " ".join(_pct(v) for v in r["val_accuracy"])
+        lines += [(f"The old switch (`--norm-stats update`: BatchNorm on batch statistics once unfrozen), Lite{r['lite']} "
+                   f"{f}+{r['unfrozen']}: val per epoch {val}; best epoch {r['best_epoch']}; test "
+                   f"{_pct(r['test']['accuracy'])}."), ""]
+    if loaded:
+        idle = loaded["idle"]["seconds"]
+        rows = [[label, f"{r['seconds']:.0f}", f"{r['load_start']:.1f}", f"{r['seconds'] / idle:.2f}x"]
+                for label, r in loaded.items()]
+        lines += [("Under load: `quorum finetune timm/tf_efficientnet_lite0 --image-size 96 --epochs 5 "
+                   "--unfreeze-after 4` (2 loader workers, quorum's own threads), idle and beside one busy "
+                   "process (`python -c 'while True: pass'`); old settings = OpenMP's default waiting and a "
+                   "torch thread per core, as quorum ran before."), ""]
+        lines += _table(["run", "seconds", "load average at start", "vs idle"], rows)
+    return "\n".join(lines + [END]) + "\n"
+
+
+def replace_section(path: Path, section: str) -> None:
+    """Put `section` in place of the previous one in `path`, or at its end; the rest stays as it is."""
+    text = path.read_text() if path.is_file() else ""
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        text = before + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text)
