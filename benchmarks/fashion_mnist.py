@@ -15,7 +15,6 @@ The source is Debian's `dataset-fashion-mnist` (apt-get install dataset-fashion-
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_sample_data import CLASS_NAMES, DEBIAN_SOURCE, SampleDataError, read_split  # noqa: E402
+from make_sample_data import CLASS_NAMES, DEBIAN_SOURCE, SampleDataError, read_split, write_numbered  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
 SEED = 2017  # as scripts/make_sample_data.py; the slices differ through their own generator streams
@@ -63,23 +62,6 @@ def _write_classes(folder: Path, images: np.ndarray, picked: list[np.ndarray]) -
             Image.fromarray(images[index], "L").save(target / f"{index:05d}.png")
 
 
-def _write_unlabelled(root: Path, images: np.ndarray, labels: np.ndarray, picked: list[np.ndarray],
-                      rng: np.random.Generator) -> None:
-    # Shuffled before numbering, so neither a name nor the order gives the class away.
-    chosen = rng.permutation(np.concatenate(picked))
-    folder = root / "unlabelled"
-    folder.mkdir(parents=True)
-    rows = []
-    for number, index in enumerate(chosen):
-        name = f"img_{number:05d}.png"
-        Image.fromarray(images[index], "L").save(folder / name)
-        rows.append((name, CLASS_NAMES[labels[index]]))
-    with open(root / "unlabelled_labels.csv", "w", newline="") as file:
-        writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(["path", "label"])
-        writer.writerows(rows)
-
-
 def make_slice(train_per_class: int = 100, test_per_class: int = 200, unlabelled_per_class: int = 0,
                source: Path = DEBIAN_SOURCE, out: Path | None = None) -> Slice:
     """Write (or reuse) the slice and return where its parts are."""
@@ -99,7 +81,9 @@ def make_slice(train_per_class: int = 100, test_per_class: int = 200, unlabelled
     if has_unlabelled:
         rng = np.random.default_rng([SEED, 12])
         taken = set(np.concatenate(labelled).tolist())
-        _write_unlabelled(root, train_images, train_labels, _pick(train_labels, unlabelled_per_class, rng, taken), rng)
+        # Shuffled before numbering, so neither a name nor the order gives the class away.
+        chosen = rng.permutation(np.concatenate(_pick(train_labels, unlabelled_per_class, rng, taken)))
+        write_numbered(root, train_images, train_labels, chosen, digits=5)
     (root / DONE).write_text("ok\n")
     return result
 

@@ -77,11 +77,16 @@ def write_labelled(out: Path, images: np.ndarray, labels: np.ndarray, rng) -> No
 def write_unlabelled(out: Path, images: np.ndarray, labels: np.ndarray, rng) -> None:
     # Shuffle before numbering, so neither a name nor the order gives the class away.
     chosen = rng.permutation(np.concatenate(pick_per_class(labels, UNLABELLED_PER_CLASS, rng)))
+    write_numbered(out, images, labels, chosen)
+
+
+def write_numbered(out: Path, images: np.ndarray, labels: np.ndarray, chosen, digits: int = 4) -> None:
+    """out/unlabelled/img_NNNN.png in the order of `chosen`, and their labels in unlabelled_labels.csv."""
     folder = out / "unlabelled"
     folder.mkdir(parents=True)
     rows = []
     for number, index in enumerate(chosen):
-        name = f"img_{number:04d}.png"
+        name = f"img_{number:0{digits}d}.png"
         Image.fromarray(images[index], "L").save(folder / name)
         rows.append((name, CLASS_NAMES[labels[index]]))
     with open(out / "unlabelled_labels.csv", "w", newline="") as file:
