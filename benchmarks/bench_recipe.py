@@ -93,7 +93,10 @@ LOADED = {  # label: (competing busy process?, environment overrides)
 
 def loaded_runs(data: Path, split: Path) -> dict:
     """Lite0 4+1 through the CLI with quorum's own thread settings (2 loader workers), idle and beside a
-    busy process; then beside it with the settings quorum had before."""
+    busy process; then beside it with the settings quorum had before. Kept in loaded.json and reused."""
+    saved = RUNS / "loaded.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
     seconds = {}
     for label, (busy, overrides) in LOADED.items():
         models = RUNS / f"cli-{label.replace(', ', '-').replace(' ', '-')}"
@@ -114,6 +117,7 @@ def loaded_runs(data: Path, split: Path) -> dict:
                 competitor.kill()
         seconds[label] = {"seconds": time.perf_counter() - began, "load_start": load}
         _step(f"{label}: {seconds[label]['seconds']:.0f} s")
+    saved.write_text(json.dumps(seconds, indent=1))
     return seconds
 
 

@@ -61,7 +61,8 @@ def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], co
     budgets = sorted({(r["frozen"], r["unfrozen"]) for r in results.values()
                       if r["system"] == "quorum" and r["unfrozen"] > 0 and "norm_stats" not in r["fields"]})
     lines = [START, "## Recipe: quorum's two phases against fastai's fine_tune (Fashion-MNIST, real weights)", "",
-             (f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.0f} min; "
+             (f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.0f} min (runs finished "
+              "earlier are reused, not timed again); "
               f"load average {os.getloadavg()[0]:.1f} at the end (the 2 cores were shared with other work, so "
               "seconds are only comparable within a row). Data: 100 Fashion-MNIST train images per class, "
               "quorum's 80/20 split (800 train, 200 val) used by both systems, a disjoint test set of 2,000; "
