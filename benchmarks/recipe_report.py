@@ -44,6 +44,10 @@ def _members(results: dict, votes: dict, lites: list[int], frozen: int, unfrozen
               "quorum test", "quorum F1", "head only (quorum vs it)", "fastai test (quorum vs it)", "fastai F1",
               "train s quorum / fastai"]
     lines = [f"### {tag}: {frozen} frozen + {unfrozen} unfrozen epochs", ""] + _table(header, rows)
+    not_run = [f"{system} Lite{n}" for system in ("quorum", "fastai") for n in lites
+               if f"{system}-{tag}-lite{n}" not in results]
+    if not_run:
+        lines += [f"Not run at {tag}: {', '.join(not_run)}.", ""]
     vote_rows = []
     for system, prefix in (("quorum", f"quorum-{tag}"), ("quorum, head only (its phase 1)", f"head-{tag}"),
                            ("fastai", f"fastai-{tag}")):
