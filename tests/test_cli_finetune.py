@@ -72,6 +72,20 @@ def test_a_single_class(workdir):
                  "one has only one class (only): a classifier needs at least two class folders")
 
 
+def test_the_scan_takes_every_pillow_format_and_names_what_it_skipped(workdir):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (220, 30, 30)).save(workdir / "data" / "red" / "scan.tga")
+    (workdir / "data" / "red" / "notes.txt").write_text("not pixels")
+    (workdir / "data" / "green" / ".DS_Store").write_bytes(b"Bud1")
+    (workdir / "data" / "README.md").write_text("outside every class folder")
+    result = run("finetune", "tinyvgg", "--data", "data", *[a for a in FAST if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    split = pd.read_csv(workdir / "models" / "split.csv")
+    assert "red/scan.tga" in set(split["path"]) and len(split) == 25
+    assert "Not images, so left out: skipped 3 files (1 .md, 1 .txt, 1 hidden) under data" in result.output
+
+
 def test_unknown_backbone_lists_the_choices(workdir):
     result = run("finetune", "resnet51", "--data", "data", *FAST)
     assert_error(result, "unknown backbone 'resnet51': choose one of mobilenet_v2, mobilenet_v3_small, "

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import CLASSES
-from image_factory import UNREADABLE, write_awkward_images, write_good_images
+from image_factory import UNREADABLE, write_awkward_images, write_good_images, write_not_images
 from torchvision import transforms as T
 
 from quorum.cli import main
@@ -64,7 +64,7 @@ def test_broken_files_get_error_rows_and_change_no_other_row(mixed, tiny_models,
     assert len(broken) == len(UNREADABLE)
 
     # One row per file, in find_images order, errors marked with their reason.
-    assert frame["path"].tolist() == sorted(frame["path"], key=str) and len(frame) == 6 + 19
+    assert frame["path"].tolist() == sorted(frame["path"], key=str) and len(frame) == 6 + 22
     errors = frame[frame["status"] == "error"]
     assert set(errors["path"]) == broken
     assert errors.set_index("path").loc["awkward/empty.jpg", "error"] == "empty file"
@@ -84,6 +84,23 @@ def test_broken_files_get_error_rows_and_change_no_other_row(mixed, tiny_models,
     pd.testing.assert_frame_equal(good[labels], alone[labels])
     numbers = ["agreement", "confidence", *(f"{name}_p" for name in TRIO)]
     np.testing.assert_allclose(good[numbers].to_numpy(float), alone[numbers].to_numpy(float), atol=1e-6)
+
+
+def test_every_image_file_gets_a_row_and_everything_else_is_named(tmp_path, tiny_models):
+    """The awkward kinds (.tga, .ppm, .jfif included), a dot-file, text files, a linked folder with a loop."""
+    folder = tmp_path / "images"
+    awkward = write_awkward_images(folder)
+    write_good_images(tmp_path / "elsewhere", 2)
+    write_not_images(folder, linked=tmp_path / "elsewhere")
+    out = tmp_path / "preds.csv"
+    result = cli(folder, "--models-dir", tiny_models, "--out", out, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out, keep_default_na=False)
+    expected = sorted([p.name for p in awkward.values()] + ["linked/good_00_000.png", "linked/good_00_001.jpg"])
+    assert rows["path"].tolist() == expected
+    assert (rows["status"] == "error").sum() == len(UNREADABLE)
+    assert f"Not images, so no rows: skipped 4 files (1 .json, 2 .txt, 1 hidden) and 1 folder link loop under {folder}" \
+        in " ".join(result.output.split())
 
 
 def test_each_file_is_decoded_once(mixed, tiny_models, monkeypatch):
@@ -192,10 +209,10 @@ def test_cli_writes_the_csv_and_a_summary(mixed, tiny_models, tmp_path):
     with open(out, newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == FIXED + MEMBER_COLUMNS + ["status", "error"]
-    assert len(rows) == 25 and sum(row["status"] == "error" for row in rows) == 5
+    assert len(rows) == 28 and sum(row["status"] == "error" for row in rows) == 5
     assert rows[0]["path"] == "awkward/UPPER.PNG" and rows[-1]["path"] == "good_00_005.jpg"
-    assert f"Wrote {out}: 25 rows, 5 errors" in result.stderr
-    assert "lazy: skipped 20 of 60 member runs (33%)" in result.stderr
+    assert f"Wrote {out}: 28 rows, 5 errors" in result.stderr
+    assert "lazy: skipped 23 of 69 member runs (33%)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv"]  # no temporary file left
 
 
@@ -221,8 +238,8 @@ def error_cases(env):
     (tmp / "a_file").write_text("")
     return {
         "missing folder": ([tmp / "nowhere"], f"image folder not found: {tmp / 'nowhere'}"),
-        "empty folder": ([tmp / "empty"], f"no images in {tmp / 'empty'} (searched it and its sub-folders for "
-                                          ".bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"),
+        "empty folder": ([tmp / "empty"], f"no images in {tmp / 'empty'} (skipped 1 file (1 .txt)): quorum reads "
+                                          "every format Pillow opens, e.g. .jpg, .png, .tif, .webp, .tga, .ppm"),
         "unknown model": ([images, "--model", "nope"],
                           f"unknown model 'nope' in {models}: choose from {', '.join(TRIO)}"),
         "unknown tie-breaker": ([images, "--tie-breaker", "nope"],

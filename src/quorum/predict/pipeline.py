@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from quorum import distributed
 from quorum.console import say, track
-from quorum.data.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
+from quorum.data.images import UnreadableImage, load_rgb, scan_images
 from quorum.data.preprocess import Preprocessing
 from quorum.device import pick_device
 from quorum.errors import QuorumError
@@ -65,10 +65,14 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     quiet = quiet or not world.is_main
     torch_device = pick_device(distributed.device_for(world, device))  # before any collective: nccl needs it
     folder = Path(folder)
-    paths = find_images(folder)
+    scan = scan_images(folder)
+    paths = scan.images
     if not paths:
-        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise QuorumError(f"no images in {folder} (searched it and its sub-folders for {extensions})")
+        found = f" ({scan.summary()})" if scan.skipped else ""
+        raise QuorumError(f"no images in {folder}{found}: quorum reads every format Pillow opens, "
+                          "e.g. .jpg, .png, .tif, .webp, .tga, .ppm")
+    if scan.skipped:
+        say(escape(f"Not images, so no rows: {scan.summary()} under {folder}"), quiet)
     infos = read_members(model_dirs)
     tie = tie_breaker_index(infos, tie_breaker)
     names, classes = [info.path.name for info in infos], infos[0].classes

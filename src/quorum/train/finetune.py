@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from rich.markup import escape
 
 from quorum import distributed
 from quorum.console import say
@@ -89,6 +90,8 @@ def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> N
     verb = "Made" if is_new else "Reusing"
     say(f"{verb} the split {models_dir / 'split.csv'}: {counts.get('train', 0)} train, {counts.get('val', 0)} val "
         f"images, {len(split.classes)} classes", quiet)
+    if split.skipped:
+        say(escape(f"Not images, so left out: {split.skipped} under {split.root}"), quiet)
     unreadable = split.unreadable
     if len(unreadable) and is_new:
         say(f"[yellow]Left out {len(unreadable)} unreadable file(s):[/yellow]")
