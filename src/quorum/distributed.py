@@ -40,15 +40,24 @@ class World:
         return [i % n for i in range(self.rank, total, self.size)]
 
 
-def current() -> World:
-    """The world torchrun describes in the environment, joining its process group on first call."""
+def current(device: str = "auto") -> World:
+    """The world torchrun describes in the environment, joining its process group on first call.
+
+    `device` is the --device asked for: it decides the backend, so --device cpu on a GPU machine
+    runs on gloo."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     if not dist.is_initialized():
-        # nccl between GPUs, gloo between CPU processes: PyTorch's own backends, nothing home-made.
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend_for(device, torch.cuda.is_available()))
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def backend_for(requested: str, cuda_available: bool) -> str:
+    """nccl between GPUs, gloo between CPU (or MPS) processes: PyTorch's own backends, nothing home-made.
+    `auto` takes a GPU when there is one (as `device_for` does), so it takes nccl then."""
+    on_gpu = cuda_available and (requested == "auto" or requested.startswith("cuda"))
+    return "nccl" if on_gpu else "gloo"
 
 
 def device_for(world: World, requested: str) -> str:

@@ -61,7 +61,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         raise QuorumError(f"--batch-size must be at least 1 (got {batch_size})")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise QuorumError(f"--min-agreement must be between 0 and 1 (got {min_agreement})")
-    world = distributed.current()
+    world = distributed.current(device)
     quiet = quiet or not world.is_main
     torch_device = pick_device(distributed.device_for(world, device))  # before any collective: nccl needs it
     folder = Path(folder)

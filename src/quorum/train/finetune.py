@@ -32,7 +32,7 @@ from quorum.train.run import TrainingRun
 def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet: bool = False,
              on_epoch_end: Callable[[int], None] | None = None) -> Path:
     """Run the recipe and return the finished model's folder (under torchrun: on every process)."""
-    world = distributed.current()
+    world = distributed.current(recipe.device)
     quiet = quiet or not world.is_main
     backbone = get_backbone(recipe.backbone)
     recipe = recipe.resolve(backbone.native_size, backbone.pretrained_available)
