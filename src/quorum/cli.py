@@ -51,7 +51,8 @@ def main():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resplit", is_flag=True, help="Make a new train/val split even if one exists.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Image-decoding worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Image-decoding worker processes.")
 @click.option("--no-cache", is_flag=True, help="Recompute the frozen backbone every epoch instead of caching its features.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines.")
@@ -64,13 +65,16 @@ def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, l
     frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The best epoch by
     validation accuracy is kept. Run `quorum backbones` for the choices of BACKBONE.
     """
-    from quorum.train.finetune import finetune as run_finetune
     from quorum.train.recipe import Recipe
 
     recipe = Recipe(backbone=backbone, data=data, image_size=image_size, epochs=epochs, unfreeze_after=unfreeze_after,
                     train_blocks=train_blocks, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, weights=weights,
                     name=name, models_dir=models_dir, val_fraction=val_fraction, seed=seed, device=device,
                     workers=workers, cache_features=not no_cache)
+    recipe.check()  # a mistake costs well under a second: importing torch takes several
+
+    from quorum.train.finetune import finetune as run_finetune
+
     run_finetune(recipe, resume=resume, resplit=resplit, quiet=quiet)
 
 
