@@ -106,6 +106,15 @@ def test_no_network_names_the_offline_alternatives(workdir, monkeypatch):
     assert error.startswith("Error: could not download ImageNet weights for resnet18 (")
     assert "use --weights none (random init) or --weights PATH" in error
     assert "Traceback" not in result.output
+    assert not (workdir / "models").exists()  # no split.csv left behind by a run that never trained
+
+
+def test_a_failed_start_keeps_a_split_made_before(workdir):
+    assert run("finetune", "tinyvgg", "--data", "data", *FAST).exit_code == 0
+    split = (workdir / "models" / "split.csv").read_text()
+    result = run("finetune", "tinyvgg", "--data", "data", "--weights", "nope.safetensors", "--name", "x", *FAST)
+    assert result.exit_code == 1 and result.output.startswith("Error: weights file nope.safetensors does not exist")
+    assert (workdir / "models" / "split.csv").read_text() == split
 
 
 def test_backbone_without_pretrained_weights(workdir):

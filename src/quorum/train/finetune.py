@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ from rich.markup import escape
 
 from quorum import distributed
 from quorum.console import say
-from quorum.data.split import Split, load_or_make_split
+from quorum.data.split import SPLIT_FILE, Split, load_or_make_split
 from quorum.device import pick_device
 from quorum.errors import QuorumError
 from quorum.models import weights
@@ -47,16 +48,16 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
         raise QuorumError(f"{backbone.name} only takes {backbone.native_size} px images: use --image-size {backbone.native_size}")
 
     device = pick_device(distributed.device_for(world, recipe.device))
-    split = shared_split(recipe, models_dir, resplit, world, quiet)
+    split, split_is_new = shared_split(recipe, models_dir, resplit, world, quiet)
+    with _forget_new_split(split_is_new and world.is_main, models_dir):  # e.g. offline: no weights
+        torch.manual_seed(recipe.seed)  # a random-init head (and --weights none) is the same every run
+        model = weights.build(backbone, len(split.classes), "none" if resume else recipe.weights)
+        if recipe.train_blocks > len(model.blocks):
+            raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s {len(model.blocks)} blocks")
+        model.to(device)
+        run = TrainingRun(recipe, split, model, device, work_dir, world, quiet)
     if not resume and world.is_main and work_dir.exists():
         shutil.rmtree(work_dir)  # an interrupted run the user chose not to resume
-    torch.manual_seed(recipe.seed)  # a random-init head (and --weights none) is the same every run
-    model = weights.build(backbone, len(split.classes), "none" if resume else recipe.weights)
-    if recipe.train_blocks > len(model.blocks):
-        raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s {len(model.blocks)} blocks")
-    model.to(device)
-
-    run = TrainingRun(recipe, split, model, device, work_dir, world, quiet)
     if state is not None:
         run.restore(state)
     for epoch in range(run.next_epoch, recipe.epochs):
@@ -71,18 +72,33 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     return final_dir
 
 
-def shared_split(recipe: Recipe, models_dir: Path, resplit: bool, world: distributed.World, quiet: bool) -> Split:
-    """Rank 0 makes or checks the split; the other processes then read the same file."""
-    def make_or_check() -> Split:
+def shared_split(recipe: Recipe, models_dir: Path, resplit: bool, world: distributed.World,
+                 quiet: bool) -> tuple[Split, bool]:
+    """Rank 0 makes or checks the split; the other processes then read the same file. (split, is_new)"""
+    def make_or_check() -> tuple[Split, bool]:
         split, is_new = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed,
                                            resplit=resplit, workers=recipe.workers)
         report_split(split, is_new, models_dir, quiet)
-        return split
+        return split, is_new
 
-    split = distributed.run_on_main(world, make_or_check)
+    made = distributed.run_on_main(world, make_or_check)
     if not world.is_main:
-        split, _ = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed)
-    return split
+        made = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed)[0], False
+    return made
+
+
+@contextmanager
+def _forget_new_split(is_new: bool, models_dir: Path):
+    """A split made by a run that fails before it trains is removed: the next run makes it afresh
+    (perhaps with other options) instead of tripping over a split no model uses."""
+    try:
+        yield
+    except BaseException:
+        if is_new:
+            (models_dir / SPLIT_FILE).unlink(missing_ok=True)
+            with suppress(OSError):
+                models_dir.rmdir()  # only if the split was all it held
+        raise
 
 
 def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> None:
