@@ -200,6 +200,15 @@ def write_not_images(folder: Path, linked: Path) -> None:
     (Path(linked) / "loop").symlink_to(Path(linked).resolve(), target_is_directory=True)
 
 
+def write_corrupt_exif_jpeg(path: Path) -> Path:
+    """A readable AWKWARD_SIZE JPEG rotated by EXIF orientation 6, whose EXIF also holds a tag
+    that points past the end of the data: Pillow warns about it on every decode."""
+    entries = struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<HHII", 0x010F, 2, 1000, 5000)
+    ifd = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2) + entries + struct.pack("<I", 0)
+    Image.new("RGB", AWKWARD_SIZE, RED).save(path, exif=b"Exif\x00\x00" + ifd)
+    return Path(path)
+
+
 COLOUR_CLASSES = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 

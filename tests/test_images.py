@@ -7,6 +7,7 @@ from image_factory import (
     UNREADABLE,
     NOT_IMAGES,
     write_awkward_images,
+    write_corrupt_exif_jpeg,
     write_good_images,
     write_not_images,
 )
@@ -143,6 +144,16 @@ def test_grayscale_becomes_equal_rgb_channels(awkward, name, values):
     image = load_rgb(awkward[name])
     assert pixel(image, 2, 2) == (values[0],) * 3
     assert pixel(image, 37, 27) == (values[1],) * 3
+
+
+def test_corrupt_exif_is_read_as_far_as_it_goes_without_a_warning(tmp_path):
+    """Pillow's warnings about metadata would land on stderr in the middle of a progress bar."""
+    path = write_corrupt_exif_jpeg(tmp_path / "camera.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = load_rgb(path)
+    assert image.size == AWKWARD_SIZE[::-1]  # the orientation tag still applies
+    assert [str(w.message) for w in caught] == []
 
 
 def test_the_image_is_fully_decoded_and_detached_from_the_file(tmp_path):

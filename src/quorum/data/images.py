@@ -119,6 +119,9 @@ def load_rgb(path: Path) -> Image.Image:
         # eat memory later. Scoped to this call: the global filter is the caller's.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns about broken metadata (EXIF tags past the end, ...) and decodes anyway:
+            # the pixels are fine, and the warning would land mid-progress-bar, once per worker.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             with Image.open(path) as image:  # opens on frame/page 0
                 image.load()  # decode everything now, so truncation surfaces here
                 # Read the bit depth off the file: the rotated copy no longer has its tags.
