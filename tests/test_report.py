@@ -312,8 +312,18 @@ def test_cli_writes_the_report(trio, tmp_path):
     out = tmp_path / "reports"
     result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--out", str(out), "--no-timing"])
     assert result.exit_code == 0, result.output
-    assert (out / "index.html").is_file() and (out / "summary.csv").is_file()
-    assert "ensemble" in result.output
+    lines = result.output.splitlines()
+    # Said at once, before anything slow, even when stderr is a log file rather than a terminal.
+    assert lines[0] == f"Reporting on 3 models in {trio}: a, b, c (tie-breaker a)"
+    assert "Drawing the pictures" in lines[-2] and lines[-1] == f"Wrote {out / 'index.html'} and 5 more files in {out}"
+    # The table's rows: each model's accuracy and macro F1 (worked by hand above), the ensemble last.
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")] for line in lines if line.startswith("│"))}
+    assert [rows[name][6] for name in ("a", "b", "c", "ensemble")] == ["77.8%", "44.4%", "33.3%", "66.7%"]
+    assert [rows[name][8] for name in ("a", "b", "c", "ensemble")] == ["0.778", "0.433", "0.340", "0.679"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["model"].tolist() == ["a", "b", "c", "ensemble"]
+    assert summary["accuracy"].round(4).tolist() == [0.7778, 0.4444, 0.3333, 0.6667]
+    assert (out / "index.html").is_file()
 
 
 def test_cli_without_models_names_the_fix(tmp_path):

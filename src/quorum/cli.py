@@ -230,6 +230,7 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, wo
     result = build_report(models_dir, models, tie_breaker=tie_breaker, data=data, preds=preds, labels=labels,
                           device=device, timing=not no_timing, workers=workers, quiet=quiet)
     print_table(result, quiet)
+    say(f"Drawing the pictures and writing {out}", quiet)
     written = write_report(result, out)
     say(f"Wrote {written[-1]} and {len(written) - 1} more files in {out}")
 

@@ -79,8 +79,12 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     notes: list[str] = []
     # A wrong --preds should fail before any model runs.
     preds_part = read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None else None
+    # Said at once: the slow parts below (running models, timing them) would otherwise be silence.
+    say(escape(f"Reporting on {len(infos)} model{'s' * (len(infos) != 1)} in {models_dir}: {', '.join(member_names)} "
+               f"(tie-breaker {member_names[tie]})"), quiet)
 
     if data is not None:
+        say(escape(f"Running every model on every image of {data}"), quiet)
         labelled = run_on_folder(Path(data), infos, tie, device, workers=workers, quiet=quiet)
         source, metrics = labelled.source, member_scores(labelled, member_names, infos[0].classes)
         if labelled.skipped:
@@ -97,6 +101,8 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         ensemble = ensemble_scores(labelled, member_names, infos[0].classes, tie, accuracies)
 
     report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos), preds_part)
+    if timing:
+        say("Timing each model on this machine (a few seconds each; --no-timing skips this)", quiet)
     seconds = measure_times(infos, device, quiet, notes) if timing else {}
     if not timing:
         notes.append("time per image was not measured (--no-timing)")
