@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -41,9 +40,10 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     work_dir, final_dir = models_dir / f".{recipe.name}.partial", models_dir / recipe.name
     state = checkpoint.load(work_dir) if resume else None
     if resume:
-        # The interrupted run's recipe wins, except where it ran: that may differ now.
-        recipe = dataclasses.replace(Recipe(**state["recipe"]), device=recipe.device, workers=recipe.workers)
-        say(f"Resuming {recipe.name} after epoch {state['epoch'] + 1} of {recipe.epochs}", quiet)
+        before = state["recipe"]["epochs"]
+        recipe = checkpoint.resumed_recipe(state["recipe"], recipe, done=state["epoch"] + 1)
+        longer = f" (was {before})" if recipe.epochs != before else ""
+        say(f"Resuming {recipe.name} after epoch {state['epoch'] + 1} of {recipe.epochs}{longer}", quiet)
     if backbone.fixed_size and recipe.image_size != backbone.native_size:
         raise QuorumError(f"{backbone.name} only takes {backbone.native_size} px images: use --image-size {backbone.native_size}")
 
@@ -57,7 +57,7 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
         model.to(device)
         run = TrainingRun(recipe, split, model, device, work_dir, world, quiet)
     if not resume and world.is_main and work_dir.exists():
-        shutil.rmtree(work_dir)  # an interrupted run the user chose not to resume
+        _discard(work_dir)  # an interrupted run the user chose not to resume
     if state is not None:
         run.restore(state)
     for epoch in range(run.next_epoch, recipe.epochs):
@@ -115,6 +115,17 @@ def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> N
             say(f"  {path}: {reason}")
     elif len(unreadable):
         say(f"[yellow]{len(unreadable)} unreadable file(s) left out (listed in {models_dir / 'split.csv'})[/yellow]", quiet)
+
+
+def _discard(work_dir: Path) -> None:
+    """Remove an interrupted run, saying so: it may be hours of training."""
+    try:
+        state = checkpoint.load(work_dir)
+        done = f"{state['epoch'] + 1} of {state['recipe']['epochs']} epochs done"
+    except QuorumError:
+        done = "no finished epoch"
+    say(escape(f"Discarding the interrupted run in {work_dir} ({done}): add --resume to continue such a run instead"))
+    shutil.rmtree(work_dir)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -86,8 +86,10 @@ class TrainingRun:
         """(first block to run, train loader, val loader) for this epoch, each over this process's share."""
         recipe, world = self.recipe, self.world
         seed = recipe.seed + epoch + 100_003 * world.rank  # augmentation differs across processes
-        torch.manual_seed(seed)  # augmentation and dropout: the same with or without --resume
+        # Built first (at the first frozen epoch, or the first after a resume), since building seeds its own
+        # views: then augmentation and dropout draw from this epoch's seed, with or without --resume.
         feature_cache = self.feature_cache() if phase == 1 else None
+        torch.manual_seed(seed)
         if feature_cache:
             return (feature_cache.start, feature_cache.train_loader(epoch, recipe.batch_size, seed),
                     feature_cache.val_loader(recipe.batch_size))
