@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from quorum.errors import QuorumError
-from quorum.files import atomic_path
+from quorum.files import atomic_path, fsync
 from quorum.train.recipe import Recipe
 
 CHECKPOINT = "checkpoint.pt"
@@ -31,6 +31,7 @@ def load(work_dir: Path) -> dict:
 
 def remove(work_dir: Path) -> None:
     (Path(work_dir) / CHECKPOINT).unlink(missing_ok=True)
+    fsync(Path(work_dir))
 
 
 def resumed_recipe(saved: dict, asked: Recipe, done: int) -> Recipe:

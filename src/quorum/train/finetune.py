@@ -17,12 +17,12 @@ from typing import Callable
 import torch
 from rich.markup import escape
 
-from quorum import distributed
+from quorum import distributed, files
 from quorum.console import say
 from quorum.data.split import SPLIT_FILE, Split, load_or_make_split
 from quorum.device import pick_device
 from quorum.errors import QuorumError
-from quorum.models import weights
+from quorum.models import bundle, weights
 from quorum.models.registry import get_backbone
 from quorum.train import checkpoint
 from quorum.train.recipe import Recipe
@@ -38,6 +38,12 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     recipe = recipe.resolve(backbone.native_size, backbone.pretrained_available)
     models_dir = Path(recipe.models_dir)
     work_dir, final_dir = models_dir / f".{recipe.name}.partial", models_dir / recipe.name
+    if resume and distributed.broadcast(world, (work_dir / bundle.MODEL_JSON).is_file()):  # killed after training
+        if world.is_main:
+            say(f"Finishing {recipe.name}: it had finished training; moving it into place", quiet)
+            _replace_dir(work_dir, final_dir)
+        distributed.barrier(world)
+        return final_dir
     state = checkpoint.load(work_dir) if resume else None
     if resume:
         before = state["recipe"]["epochs"]
@@ -123,18 +129,22 @@ def _discard(work_dir: Path) -> None:
         state = checkpoint.load(work_dir)
         done = f"{state['epoch'] + 1} of {state['recipe']['epochs']} epochs done"
     except QuorumError:
-        done = "no finished epoch"
+        done = "finished, not yet moved into place" if (work_dir / bundle.MODEL_JSON).is_file() else "no finished epoch"
     say(escape(f"Discarding the interrupted run in {work_dir} ({done}): add --resume to continue such a run instead"))
     shutil.rmtree(work_dir)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
-    """Swap the finished run into place; the previous model stays whole until the last moment."""
+    """Swap the finished run into place; the previous model stays whole until the last moment.
+
+    Killed between the two renames, no model folder exists for an instant: `new` is still
+    complete, and `--resume` finishes the swap."""
     old = target.with_name(f".{target.name}.old")
-    if old.exists():
+    if old.exists() and target.exists():  # a swap that finished, but not its clean-up
         shutil.rmtree(old)
     if target.exists():
         target.rename(old)
     new.rename(target)
+    files.fsync(target.parent)  # both renames reach the disk before the old model goes
     if old.exists():
         shutil.rmtree(old)

@@ -59,6 +59,8 @@ class TrainingRun:
         self.phase, self.optimizer, self.scheduler, self.next_epoch = 0, None, None, 0
         self.trainer: nn.Module = model  # the model, or its DistributedDataParallel wrapper
         self.cache: cache.FeatureCache | None = None
+        self.best_model: dict[str, torch.Tensor] = {}  # the best epoch's weights and val_predictions.csv (rank 0)
+        self.best_predictions = ""
 
     def phase_of(self, epoch: int) -> int:
         return 1 if epoch < self.recipe.frozen_epochs else 2
@@ -166,18 +168,22 @@ class TrainingRun:
                               "predicted_label": [classes[i] for i in probs.argmax(1)]})
         for k, name in enumerate(classes):
             frame[f"p_{name}"] = probs[:, k].round(6)
-        bundle.save_weights(self.model, self.work_dir)
-        files.write_csv(self.work_dir / bundle.VAL_PREDICTIONS, frame)
+        # Kept for the checkpoint, not written: the checkpoint is the one file that commits an epoch,
+        # so a crash can never pair one epoch's weights with another's metrics.
+        self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.best_predictions = frame.to_csv(index=False)
 
     def state(self, epoch: int) -> dict:
         return {"epoch": epoch, "phase": self.phase, "recipe": self.recipe.as_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history),
-                "best": json.dumps(self.best)}
+                "best": json.dumps(self.best), "best_model": self.best_model,
+                "best_predictions": self.best_predictions}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.history, self.best = json.loads(state["history"]), json.loads(state["best"])
+        self.best_model, self.best_predictions = state["best_model"], state["best_predictions"]
         self.next_epoch = state["epoch"] + 1
         if self.next_epoch < self.recipe.epochs and self.phase_of(self.next_epoch) == state["phase"]:
             self.start_phase(state["phase"])
@@ -185,8 +191,12 @@ class TrainingRun:
             self.scheduler.load_state_dict(state["scheduler"])
 
     def finish(self) -> None:
-        """Write history and model.json, drop the checkpoint: the work folder is now a complete bundle."""
+        """Write the bundle, model.json last, then drop the checkpoint: the work folder is now a complete
+        bundle. Killed before that, --resume runs no epoch and writes it all again."""
         recipe, best = self.recipe, self.best
+        self.model.load_state_dict(self.best_model)
+        bundle.save_weights(self.model, self.work_dir)
+        files.write_text(self.work_dir / bundle.VAL_PREDICTIONS, self.best_predictions)
         files.write_csv(self.work_dir / bundle.HISTORY, pd.DataFrame(self.history))
         bundle.write_model_json(self.work_dir, {
             "name": recipe.name, "backbone": recipe.backbone, **self.preprocessing.as_dict(),
