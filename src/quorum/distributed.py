@@ -100,6 +100,26 @@ def gather_to_main(world: World, value):
     return values
 
 
+def _all_reduce(value: int, op) -> int:
+    """`value` reduced over every process of the group torchrun started (itself outside torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    box = torch.tensor([value], device=device)
+    dist.all_reduce(box, op=op)
+    return int(box.item())
+
+
+def most(n: int) -> int:
+    """The largest `n` of all processes: how many steps each must take so none is left waiting."""
+    return _all_reduce(n, dist.ReduceOp.MAX)
+
+
+def everyone(flag: bool) -> bool:
+    """True only if `flag` is true in every process: DDP steps must be taken by all or by none."""
+    return bool(_all_reduce(int(flag), dist.ReduceOp.MIN))
+
+
 def run_on_main(world: World, compute):
     """`compute()` on rank 0 only (None elsewhere). Its QuorumError is raised on every process,
     so none waits forever for a rank that stopped."""
@@ -109,6 +129,9 @@ def run_on_main(world: World, compute):
             result = compute()
         except QuorumError as exc:
             error = str(exc)
+        except BaseException as exc:  # a bug or an OSError: the others must not wait for it either
+            broadcast(world, f"the main process (rank 0) failed: {type(exc).__name__}: {exc}")
+            raise
     error = broadcast(world, error)
     if error:
         raise QuorumError(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quorum import distributed
 from quorum.console import track
 from quorum.device import autocast
 from quorum.models.classifier import Classifier, set_train_mode
@@ -45,8 +47,13 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
     set_train_mode(getattr(model, "module", model), train_blocks)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     loss_sum, correct, seen, began = 0.0, 0, 0, time.perf_counter()
-    for batch in track(loader, len(loader), description, quiet):
-        if batch is None:  # every image of this batch was unreadable
+    # Under torchrun, every process takes the same number of steps and skips the same ones: a process
+    # without images for a step (all unreadable, or a shorter share of cached features) would otherwise
+    # skip its backward pass while the others wait for it in all-reduce.
+    steps = distributed.most(len(loader))
+    for batch in track(itertools.islice(itertools.chain(loader, itertools.repeat(None)), steps), steps,
+                       description, quiet):
+        if not distributed.everyone(batch is not None):  # every image of this batch was unreadable
             continue
         inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if start == 0:
