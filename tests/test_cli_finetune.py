@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from image_factory import write_good_images, write_labelled_folder
 
 from quorum.cli import main
+from quorum.models import weights
+from quorum.models.registry import get_backbone
 
 FAST = ["--image-size", "32", "--epochs", "1", "--workers", "0", "--quiet"]
 
@@ -134,11 +136,21 @@ def test_weights_for_another_architecture(workdir):
 
 
 def test_a_plain_pth_state_dict_loads_and_its_head_is_dropped(workdir):
+    from safetensors.torch import load_file
     from torchvision.models import resnet18
 
-    torch.save({"state_dict": resnet18(num_classes=7).state_dict()}, "resnet18.pth")
-    result = run("finetune", "resnet18", "--data", "data", "--weights", "resnet18.pth", *FAST)
+    torch.manual_seed(5)
+    given = resnet18(num_classes=7).state_dict()
+    torch.save({"state_dict": given}, "resnet18.pth")
+    # One frozen epoch: the backbone (BatchNorm statistics included) keeps exactly what it was given.
+    result = run("finetune", "resnet18", "--data", "data", "--weights", "resnet18.pth", "--unfreeze-after", "1", *FAST)
     assert result.exit_code == 0, result.output
+    saved = load_file(str(workdir / "models" / "resnet18-32" / "model.safetensors"))
+    order = weights.build(get_backbone("resnet18"), 3, "none").state_dict()  # module order (the file's is sorted)
+    backbone = [value for key, value in given.items() if not key.startswith("fc.")]
+    kept = [saved[key] for key in order if not key.startswith("head.")]
+    assert len(kept) == len(backbone) and all(torch.equal(a, b) for a, b in zip(kept, backbone))
+    assert saved["head.0.weight"].shape == (3, 512)  # a new head for the 3 classes, not the file's 7
 
 
 class _Payload:
