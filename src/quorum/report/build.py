@@ -172,6 +172,12 @@ def summary_table(report: Report, seconds: dict[str, float]) -> pd.DataFrame:
     return table.drop(columns=["preds_accuracy"]) if not preds_scores else table
 
 
+def best_name(accuracies: dict[str, float]) -> str | None:
+    """The model (or the ensemble) with the best accuracy; a tie goes to the ensemble, the one to use."""
+    scored = {name: value for name, value in accuracies.items() if value is not None and not pd.isna(value)}
+    return max(scored, key=lambda name: (scored[name], name == ENSEMBLE)) if scored else None
+
+
 def _headline(metrics: dict) -> dict:
     return {key: metrics[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "images")}
 
@@ -191,9 +197,10 @@ def print_table(report: Report, quiet: bool = False) -> None:
     columns = [column for column in headers if column in report.table.columns]
     for column in columns:
         table.add_column(headers[column], justify="left" if column in ("model", "backbone") else "right")
+    best = best_name(dict(zip(report.table["model"], report.table["accuracy"])))
     for row in report.table.to_dict(orient="records"):
         table.add_row(*(escape(format_cell(column, row[column])) for column in columns),
-                      style="bold" if row["model"] == ENSEMBLE else None)
+                      style="bold" if row["model"] == best else None)
     # A log file or pipe gets whole rows, not the 80 columns rich assumes there.
     out = console if console.is_terminal else Console(file=console.file, width=160, highlight=False)
     out.print(table)

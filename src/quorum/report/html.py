@@ -14,7 +14,7 @@ from pathlib import Path
 
 from quorum import files
 from quorum.report import plots
-from quorum.report.build import ENSEMBLE, Report, format_cell
+from quorum.report.build import ENSEMBLE, Report, best_name, format_cell
 from quorum.report.sections import (
     ensemble_section,
     per_class_table,
@@ -25,7 +25,7 @@ from quorum.report.sections import (
 INDEX = "index.html"
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.ensemble{font-weight:bold;background:#eef6ff}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{font-weight:bold;background:#eef6ff}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{background:#fff6d6;padding:.6em 1em;border-left:4px solid #e0b000}
 .wide{overflow-x:auto}summary{cursor:pointer;margin:.3em 0}h2{margin-top:1.6em;border-bottom:1px solid #ddd}code{background:#f3f3f3;padding:0 .2em}"""
 SUMMARY_HEADERS = {"model": "model", "backbone": "backbone", "image_size": "image size", "parameters": "parameters",
@@ -98,7 +98,8 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
         f"{escape(report.source)}. Written {escape(datetime.now().strftime('%Y-%m-%d %H:%M'))}.</p>",
         *(f'<p class="note">{escape(note)}</p>' for note in report.notes),
         "<h2>Comparison</h2>",
-        table_html(headers, rows, highlight=ENSEMBLE),
+        table_html(headers, rows, highlight=best_name(dict(zip(report.table["model"], report.table["accuracy"])))),
+        "<p>In bold: the best accuracy.</p>",
         "<p>Time per image: eval forward passes on random pixels at each model's input size, on this machine; "
         "the ensemble's is the sum of its members' (every member runs on every image).</p>",
         ensemble_section(report),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from quorum.report.build import ENSEMBLE, Report
+from quorum.report.build import ENSEMBLE, Report, best_name
 
 MAX_ROWS = 200  # listed rows for review or errors; the CSV has them all
 
@@ -13,7 +13,7 @@ def table_html(headers: list[str], rows: list[list], highlight: str | None = Non
     head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
     body = []
     for row in rows:
-        marked = ' class="ensemble"' if highlight is not None and row and row[0] == highlight else ""
+        marked = ' class="best"' if highlight is not None and row and row[0] == highlight else ""
         body.append(f"<tr{marked}>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>")
     # The wrapper scrolls sideways, so a wide table never widens the page.
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
@@ -43,10 +43,10 @@ def ensemble_section(report: Report) -> str:
                 for name, acc in ensemble["leave_one_out"].items()]
     agreement = [[name, *(f"{value:.1%}" for value in row)] for name, row in zip(names, ensemble["pairwise_agreement"])]
     return "\n".join([
-        "<h2>What the ensemble adds</h2>", table_html(["", "value"], facts),
+        "<h2>What the ensemble adds</h2>", table_html(["measure", "value"], facts),
         "<h3>Accuracy with each member left out</h3>",
         table_html(["vote", "accuracy", "change against all members"], left_out),
-        "<h3>How often members agree (same top-1 label), pairwise</h3>", table_html(["", *names], agreement),
+        "<h3>How often members agree (same top-1 label), pairwise</h3>", table_html(["member", *names], agreement),
     ])
 
 
@@ -75,7 +75,8 @@ def preds_section(preds: dict) -> str:
         rows = [[name, f"{s['accuracy']:.1%}", f"{s['balanced_accuracy']:.1%}", f"{s['macro_f1']:.3f}", s["images"]]
                 for name, s in preds["scores"].items()]
         parts += [f"<h3>Against the true labels ({preds['labelled']} rows labelled, {preds['unlabelled']} not)</h3>",
-                  table_html(["", "accuracy", "balanced accuracy", "macro F1", "images"], rows, highlight=ENSEMBLE)]
+                  table_html(["model", "accuracy", "balanced accuracy", "macro F1", "images"], rows,
+                             highlight=best_name({name: s["accuracy"] for name, s in preds["scores"].items()}))]
     if review is None:
         parts.append("<p>No rows were flagged for review: run quorum predict with --min-agreement to flag them.</p>")
     else:
