@@ -101,6 +101,8 @@ def training_curves(histories: dict[str, pd.DataFrame]) -> Figure:
             ax.set_title(f"{name}: {metric}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if epochs.nunique() == 1:  # one epoch: the locator would fall back to fractions around it
+                ax.set_xticks(list(epochs))
             ax.grid(alpha=0.3)
             unfrozen = history.loc[history["phase"] == 2, "epoch"] if "phase" in history else []
             if len(unfrozen) and unfrozen.iloc[0] > epochs.iloc[0]:  # a run that never froze has no line
