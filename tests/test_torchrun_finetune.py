@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -33,3 +34,29 @@ def test_a_process_whose_batch_is_all_unreadable_does_not_hang_the_others(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     history = pd.read_csv(tmp_path / "models" / "tinyvgg-32" / "history.csv")
     assert history["phase"].tolist() == [1, 2]
+
+
+def test_an_unexpected_failure_on_rank_0_stops_the_others_with_its_reason(tmp_path):
+    """Two processes started as a launcher without torchrun's watchdog would start them (srun, mpirun):
+    nothing kills rank 1 when rank 0 dies, so rank 1 must learn of it. Rank 0 fails with an OSError
+    (models/split.csv is a folder), not a QuorumError. Before, rank 1 stopped only when gloo noticed the
+    closed connection, with gloo's 'Connection closed by peer' and not the reason (nccl may wait)."""
+    write_labelled_folder(tmp_path / "data", per_class=4)
+    (tmp_path / "models" / "split.csv").mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "quorum", "finetune", "tinyvgg", "--data", "data", "--image-size", "32",
+               "--epochs", "1", "--weights", "none", "--workers", "0", "--quiet"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+                 for rank in (0, 1)]
+    try:
+        errors = [process.communicate(timeout=90)[1] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [1, 1]
+    assert "IsADirectoryError" in errors[0]
+    assert errors[1].strip().splitlines()[-1].startswith("Error: the main process (rank 0) failed: IsADirectoryError")
