@@ -21,7 +21,8 @@ from quorum.predict.pipeline import predict, predict_arrays
 CAT, DOG, FOX = range(3)
 TRIO = ["mobilenet_v3_small-40", "tinyvgg-32", "tinyvgg-32-copy"]  # select_models' order: by name
 FIXED = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
-MEMBER_COLUMNS = [column for name in TRIO for column in (name, f"{name}_p")]
+MEMBER_COLUMNS = [column for name in TRIO for column in (f"{name}_prediction", f"{name}_confidence")]
+LABELS = [f"{name}_prediction" for name in TRIO]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -77,12 +78,12 @@ def test_broken_files_get_error_rows_and_change_no_other_row(mixed, tiny_models,
         (clean / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(mixed / path, clean / path)
     alone = run(clean, tiny_models).set_index("path")
-    assert frame["tinyvgg-32_p"].nunique() > 15  # rows differ, so a shifted row would show
+    assert frame["tinyvgg-32_confidence"].nunique() > 15  # rows differ, so a shifted row would show
     good = frame[frame["status"] == "ok"].set_index("path")
     assert good.index.tolist() == alone.index.tolist()
-    labels = ["prediction", "votes", "members", "decided_by", *TRIO]
+    labels = ["prediction", "votes", "members", "decided_by", *LABELS]
     pd.testing.assert_frame_equal(good[labels], alone[labels])
-    numbers = ["agreement", "confidence", *(f"{name}_p" for name in TRIO)]
+    numbers = ["agreement", "confidence", *(f"{name}_confidence" for name in TRIO)]
     np.testing.assert_allclose(good[numbers].to_numpy(float), alone[numbers].to_numpy(float), atol=1e-6)
 
 
@@ -166,10 +167,14 @@ def test_lazy_skips_the_third_member_when_two_cheaper_ones_agree(mixed, tiny_mod
     assert lazy["prediction"].equals(full["prediction"])
     ok = lazy["status"] == "ok"
     # The identical tinyvggs run first (cheapest) and always agree: the MobileNet never runs.
-    assert lazy.loc[ok, "mobilenet_v3_small-40"].isna().all()
-    assert lazy.loc[ok, "mobilenet_v3_small-40_p"].isna().all()
-    assert lazy.loc[ok, ["tinyvgg-32", "tinyvgg-32-copy"]].notna().all().all()
-    assert (lazy.loc[ok, "members"] == 2).all()
+    assert lazy.loc[ok, "mobilenet_v3_small-40_prediction"].isna().all()
+    assert lazy.loc[ok, "mobilenet_v3_small-40_confidence"].isna().all()
+    assert lazy.loc[ok, ["tinyvgg-32_prediction", "tinyvgg-32-copy_prediction"]].notna().all().all()
+    # What a full run would say where it is determined; plainly unknown where the MobileNet could change it.
+    assert (lazy.loc[ok, "members"] == 3).all()
+    assert lazy.loc[ok, ["votes", "agreement"]].isna().all().all()
+    assert (lazy.loc[ok, "decided_by"] == "unknown").all()
+    assert (full.loc[ok, "decided_by"] != "unknown").all()
 
 
 @pytest.mark.parametrize(("votes", "tie_breaker", "skipped"), [
@@ -184,7 +189,7 @@ def test_lazy_runs_exactly_the_members_that_can_change_the_winner(tmp_path, make
     assert lazy["prediction"].equals(full["prediction"])
     ok = lazy["status"] == "ok"
     for index in range(len(votes)):
-        assert lazy.loc[ok, f"m{index}"].isna().all() == (f"m{index}" == skipped)
+        assert lazy.loc[ok, f"m{index}_prediction"].isna().all() == (f"m{index}" == skipped)
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -213,7 +218,7 @@ def test_cli_writes_the_csv_and_a_summary(mixed, tiny_models, tmp_path):
     assert rows[0]["path"] == "awkward/UPPER.PNG" and rows[-1]["path"] == "good_00_005.jpg"
     assert f"Wrote {out}: 28 rows, 5 errors" in result.stderr
     assert "lazy: skipped 23 of 69 member runs (33%)" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv", "preds.csv.json"]  # no temporary file left
 
 
 def test_cli_help_states_the_vote_rule():

@@ -200,7 +200,7 @@ def test_writes_every_file_and_the_page_links_only_files_that_exist(trio, tmp_pa
     out = tmp_path / "reports"
     written = write_report(report, out)
     names = ["summary.csv", "scores.json", "confusion_matrices.png", "best_vs_ensemble.png",
-             "training_curves.png", "accuracy_vs_time.png", "index.html"]
+             "training_curves.png", "accuracy_vs_time.png", "coverage_accuracy.png", "index.html"]
     assert [path.name for path in written] == names
     assert all(path.is_file() and path.stat().st_size > 0 for path in written)
     assert (report.table["ms_per_image"] > 0).all()
@@ -291,7 +291,7 @@ def test_data_scores_the_same_vote_predict_casts(tiny_models, tmp_path, one_thre
     expected = classification_metrics([index[t] for t in truth], frame["prediction"].map(index), report.classes)
     assert report.ensemble["metrics"] == expected
     for name in report.names:
-        assert report.members[name] == classification_metrics([index[t] for t in truth], frame[name].map(index),
+        assert report.members[name] == classification_metrics([index[t] for t in truth], frame[f"{name}_prediction"].map(index),
                                                               report.classes)
 
 

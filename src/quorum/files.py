@@ -48,3 +48,10 @@ def write_json(path: Path, data: dict) -> None:
 def write_csv(path: Path, frame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def fingerprint(path: Path) -> str:
+    """`size:mtime_ns` of a file: cheap to take for a whole folder, and it changes when the file is
+    rewritten, which is what a later reader of a predictions CSV needs to know."""
+    stat = Path(path).stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"

@@ -17,6 +17,7 @@ import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from quorum import files
+from quorum.console import say
 from quorum.data.images import HIDDEN_FOLDER, Scan, UnreadableImage, load_rgb, scan_images
 from quorum.errors import QuorumError
 
@@ -138,6 +139,12 @@ def _digest(table: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _new_labels(before: set[str], table: pd.DataFrame) -> list[str]:
+    """Each class folder of `table` that `before` lacks, with its image count."""
+    counts = table.label.value_counts()
+    return [f"{label} ({counts[label]} images)" for label in sorted(set(counts.index) - before)]
+
+
 def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: int, resplit: bool = False,
                        workers: int = 0) -> tuple[Split, bool]:
     """The saved split if the files still match it, else a new one (saved). Returns (split, is_new)."""
@@ -149,13 +156,21 @@ def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: 
         current_files = set(zip(current.path, current.label))
         if saved_files != current_files:
             added, removed = len(current_files - saved_files), len(saved_files - current_files)
+            new = _new_labels(set(table.label), current)
             raise QuorumError(
-                f"the images in {root} changed since {split_path} was made ({added} added, {removed} removed): "
-                "add --resplit to make a new split (then fine-tune the other models again so all share it)"
+                f"the images in {root} changed since {split_path} was made ({added} added, {removed} removed"
+                f"{'; new class folder(s): ' + ', '.join(new) if new else ''}): add --resplit to make a new split"
+                f"{' and accept them as new labels' if new else ''} (then fine-tune the other models again so all "
+                "share it)"
             )
         is_new = False
     else:
+        before = set(pd.read_csv(split_path, keep_default_na=False, dtype=str).label) if split_path.is_file() else None
         table = make_split(root, val_fraction, seed, workers, scanned=current)
+        new = _new_labels(before, table) if before is not None else []
+        if new:  # e.g. a class folder a person made while sorting `quorum review`'s images
+            say(f"[yellow]New label(s) accepted: {', '.join(new)} (class folders in {root} that the previous split "
+                "did not have); models fine-tuned before do not know them: fine-tune every model again[/yellow]")
         files.write_csv(split_path, table)
         is_new = True
     classes = tuple(sorted(table.label.unique()))

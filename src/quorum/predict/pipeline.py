@@ -54,7 +54,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     Under torchrun each process votes on its share and rank 0 returns the table; the others return None.
     With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
     `frame.attrs` holds `members`, `tie_breaker`, `min_agreement` and `lazy` for `table.closing_lines`,
-    and `identity` (with `progress` or a shard) for `shards.write_part`.
+    `identity` (with `progress` or a shard) for `shards.write_part`, and `folder` for the CSV's sidecar.
     """
     # Cheap checks first: a mistake should cost seconds, not a model load or a decoded folder.
     if batch_size < 1:
@@ -73,7 +73,8 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
                           "e.g. .jpg, .png, .tif, .webp, .tga, .ppm")
     if scan.skipped:
         say(escape(f"Not images, so no rows: {scan.summary()} under {folder}"), quiet)
-    infos = read_members(model_dirs)
+    # Members in name order, however they were given: the CSV's member columns then come in one order.
+    infos = read_members(sorted(model_dirs, key=lambda path: Path(path).name))
     tie = tie_breaker_index(infos, tie_breaker)
     names, classes = [info.path.name for info in infos], infos[0].classes
     check_columns(names, classes, probs, min_agreement is not None)
@@ -110,7 +111,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         return None
     frame = assemble([finished, *parts], chosen, names)
     frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy,
-                       identity=identity)
+                       identity=identity, folder=str(folder.resolve()))
     return frame
 
 

@@ -22,6 +22,7 @@ from quorum.console import console, say, track
 from quorum.errors import QuorumError
 from quorum.models.bundle import HISTORY, WEIGHTS, ModelInfo
 from quorum.predict.members import read_members, select_models, tie_breaker_index
+from quorum.report.gallery import review_gallery, wrong_gallery
 from quorum.report.scores import (
     describe_predictions,
     ensemble_scores,
@@ -37,6 +38,7 @@ from quorum.report.sources import (
     run_on_folder,
     stack_validation,
 )
+from quorum.report.trust import trust
 
 ENSEMBLE = "ensemble"
 
@@ -51,6 +53,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     preds: dict | None = None  # scores.describe_predictions of a predict CSV
+    trust: pd.DataFrame | None = None  # predict.trust.trust_table of the vote where labels are known
+    curve: pd.DataFrame | None = None  # predict.trust.coverage_curve of the same
+    galleries: dict = field(default_factory=dict)  # gallery tiles: "review" and "wrong", with "*_note"
 
     @property
     def names(self) -> list[str]:
@@ -64,7 +69,8 @@ class Report:
         return {"source": self.source, "classes": list(self.classes), "notes": self.notes,
                 "models": self.members, "ensemble": self.ensemble,
                 "summary": self.table.astype(object).where(self.table.notna(), None).to_dict(orient="records"),
-                "preds": self.preds}
+                "preds": self.preds, "trust": None if self.trust is None else
+                self.trust.astype(object).where(self.trust.notna(), None).to_dict(orient="records")}
 
 
 def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (), tie_breaker: str | None = None,
@@ -78,7 +84,7 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     tie = tie_breaker_index(infos, tie_breaker)
     notes: list[str] = []
     # A wrong --preds should fail before any model runs.
-    preds_part = read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None else None
+    preds_frame, preds_part = read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None else (None, None)
     # Said at once: the slow parts below (running models, timing them) would otherwise be silence.
     say(escape(f"Reporting on {len(infos)} model{'s' * (len(infos) != 1)} in {models_dir}: {', '.join(member_names)} "
                f"(tie-breaker {member_names[tie]})"), quiet)
@@ -101,6 +107,19 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         ensemble = ensemble_scores(labelled, member_names, infos[0].classes, tie, accuracies)
 
     report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos), preds_part)
+    if ensemble is not None:
+        report.trust, report.curve = trust(labelled, tie)
+        report.galleries["wrong"], report.galleries["wrong_note"] = wrong_gallery(labelled, member_names,
+                                                                                  infos[0].classes, tie)
+    if preds_part is not None:
+        report.galleries["review"], report.galleries["review_note"] = review_gallery(
+            Path(preds), preds_frame, preds_part["review"], preds_part["members"])
+        ran, rows = preds_part["ran"], preds_part["rows"] - len(preds_part["errors"])
+        partly = {name: count for name, count in ran.items() if count < rows}
+        if partly and "scores" in preds_part:
+            notes.append("--preds is a --lazy run: each member is scored only on the rows where it ran ("
+                         + ", ".join(f"{name} on {count} of {rows}" for name, count in partly.items())
+                         + "), so its accuracy there is not comparable with the others'")
     if timing:
         say("Timing each model on this machine (a few seconds each; --no-timing skips this)", quiet)
     seconds = measure_times(infos, device, quiet, notes) if timing else {}
@@ -110,10 +129,10 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     return report
 
 
-def read_preds_part(preds: Path, labels: Path | None, classes) -> dict:
+def read_preds_part(preds: Path, labels: Path | None, classes) -> tuple[pd.DataFrame, dict]:
     frame, names = read_preds(preds)
     truth = read_labels(labels) if labels is not None else None
-    return {"file": str(preds), **describe_predictions(frame, names, classes, truth)}
+    return frame, {"file": str(preds), **describe_predictions(frame, names, classes, truth)}
 
 
 def validation_scores(infos: list[ModelInfo], notes: list[str]) -> tuple[Labelled | None, str, dict]:

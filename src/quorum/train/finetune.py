@@ -20,6 +20,7 @@ from rich.markup import escape
 from quorum import distributed, files
 from quorum.console import say
 from quorum.data.split import SPLIT_FILE, Split, load_or_make_split
+from quorum.data.unlabelled import PseudoLabels, read_pseudo_labels
 from quorum.device import pick_device
 from quorum.errors import QuorumError
 from quorum.models import bundle, weights
@@ -61,7 +62,8 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
         if recipe.train_blocks > len(model.blocks):
             raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s {len(model.blocks)} blocks")
         model.to(device)
-        run = TrainingRun(recipe, split, model, device, work_dir, world, quiet)
+        pseudo = pseudo_labels(recipe, split, quiet)
+        run = TrainingRun(recipe, split, model, device, work_dir, world, quiet, pseudo)
     if not resume and world.is_main and work_dir.exists():
         _discard(work_dir)  # an interrupted run the user chose not to resume
     if state is not None:
@@ -105,6 +107,23 @@ def _forget_new_split(is_new: bool, models_dir: Path):
             with suppress(OSError):
                 models_dir.rmdir()  # only if the split was all it held
         raise
+
+
+def pseudo_labels(recipe: Recipe, split: Split, quiet: bool) -> PseudoLabels | None:
+    """The agreed rows of `recipe.pseudo_labels`, for the training share only: never validation, so the
+    scores stay honest, and never a file that is already labelled."""
+    if recipe.pseudo_labels is None:
+        return None
+    pseudo = read_pseudo_labels(Path(recipe.pseudo_labels), split.classes, recipe.pseudo_min_agreement)
+    labelled = {(split.root / path).resolve() for path in split.table.path}
+    overlap = [path for path, _ in pseudo.items if Path(path).resolve() in labelled]
+    if overlap:
+        raise QuorumError(f"--pseudo-labels {recipe.pseudo_labels} has {len(overlap)} file(s) of the labelled folder "
+                          f"{split.root} (e.g. {overlap[0]}): predict on a folder outside it")
+    say(f"Pseudo-labels: {len(pseudo.items)} of {pseudo.rows} rows of {recipe.pseudo_labels} (agreement at least "
+        f"{recipe.pseudo_min_agreement:g}) join the {len(split.items('train'))} training images; validation "
+        "is unchanged", quiet)
+    return pseudo
 
 
 def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> None:

@@ -31,6 +31,8 @@ class Recipe:
     workers: int = 2
     cache_features: bool = True  # phase 1 trains on cached frozen features when they fit in memory
     cache_views: int = 2  # augmented views of each training image in that cache, cycled across epochs
+    pseudo_labels: str | None = None  # a quorum predict CSV: rows the vote agreed on join the training share
+    pseudo_min_agreement: float = 1.0  # the agreement a row needs to be taken (1.0: unanimous)
 
     def resolve(self, native_size: int, pretrained_available: bool) -> "Recipe":
         """Fill every default that depends on the backbone, and check the numbers."""

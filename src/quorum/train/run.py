@@ -22,6 +22,7 @@ from quorum import distributed, files
 from quorum.console import say
 from quorum.data.datasets import LabelledImages, make_loader
 from quorum.data.split import Split
+from quorum.data.unlabelled import PseudoLabels
 from quorum.errors import QuorumError
 from quorum.metrics import classification_metrics
 from quorum.models import bundle
@@ -44,12 +45,14 @@ class TrainingRun:
     """The state of one fine-tuning run: model, current phase's optimizer, history, best epoch."""
 
     def __init__(self, recipe: Recipe, split: Split, model, device: torch.device, work_dir: Path,
-                 world: distributed.World, quiet: bool):
+                 world: distributed.World, quiet: bool, pseudo: PseudoLabels | None = None):
         self.recipe, self.split, self.model, self.device = recipe, split, model, device
-        self.work_dir, self.world, self.quiet = work_dir, world, quiet
+        self.work_dir, self.world, self.quiet, self.pseudo = work_dir, world, quiet, pseudo
         self.preprocessing = get_backbone(recipe.backbone).preprocessing(recipe.image_size)
         self.inference = TorchInference(model, self.preprocessing, device)  # validation runs as predict does
-        self.train_set = LabelledImages(split.root, split.items("train"), self.preprocessing.train_pixels())
+        # Pseudo-labelled images (absolute paths) join the training share only: validation stays the split's.
+        train_items = split.items("train") + (pseudo.items if pseudo is not None else [])
+        self.train_set = LabelledImages(split.root, train_items, self.preprocessing.train_pixels())
         self.val_set = LabelledImages(split.root, split.items("val"), self.preprocessing.eval_pixels())
         if len(self.val_set) == 0:
             raise QuorumError(f"no validation images: give each class in {split.root} at least 2 images, or a val/ folder")
@@ -203,8 +206,10 @@ class TrainingRun:
             "classes": list(self.split.classes), "num_params": count_parameters(self.model),
             "weights_source": recipe.weights, "best_epoch": best["epoch"], "epochs_run": len(self.history),
             "metrics": best["metrics"], "split": {"file": "split.csv", "digest": self.split.digest,
-                                                  "val_images": len(self.val_set)},
+                                                  "val_images": len(self.val_set),
+                                                  "root": str(Path(self.split.root).resolve())},
             "recipe": recipe.as_dict(), "processes": self.world.size, "versions": provenance(),
+            **({"pseudo_labels": self.pseudo.as_dict(self.split.classes)} if self.pseudo is not None else {}),
         })
         checkpoint.remove(self.work_dir)
 
