@@ -20,6 +20,7 @@ from quorum.report.sections import (
     gallery_section,
     per_class_table,
     preds_section,
+    pseudo_section,
     review_gallery_section,
     table_html,
     trust_section,
@@ -112,6 +113,7 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
         "<p>In bold: the best accuracy.</p>",
         "<p>Time per image: eval forward passes on random pixels at each model's input size, on this machine; "
         "the ensemble's is the sum of its members' (every member runs on every image).</p>",
+        pseudo_section(report),
         ensemble_section(report),
         trust_section(report),
         _image(images, "coverage_accuracy.png", "coverage against accuracy"),

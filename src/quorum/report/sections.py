@@ -151,3 +151,21 @@ def _tile(tile: dict) -> str:
                else '<div class="missing">unreadable now</div>')
     lines = "".join(f"<span>{escape(line)}</span>" for line in tile["lines"])
     return f'<figure title="{escape(tile["title"])}">{picture}<figcaption>{lines}</figcaption></figure>'
+
+
+def pseudo_section(report: Report) -> str:
+    """Which models trained on pseudo-labels, how many and from which CSV (model.json's record)."""
+    rows = []
+    for info in report.infos:
+        pseudo = info.raw.get("pseudo_labels")
+        if pseudo:
+            rows.append([info.path.name, pseudo["added"], pseudo["rows"], f"{pseudo['min_agreement']:g}",
+                         pseudo["file"], pseudo["digest"]])
+    if not rows:
+        return ""
+    return "\n".join([
+        "<h2>Pseudo-labels</h2>",
+        "<p>Unlabelled images the vote agreed on, added to these models' training share with the vote's label "
+        "(never to validation: the scores above are on labelled images only).</p>",
+        table_html(["model", "images added", "rows in the CSV", "agreement at least", "CSV", "CSV digest"], rows),
+    ])
