@@ -190,11 +190,12 @@ def coverage_accuracy(curve: pd.DataFrame, levels: pd.DataFrame) -> Figure:
     figure = Figure(figsize=(6.5, 4), layout="constrained")
     ax = figure.add_subplot()
     ax.plot(curve["coverage"], curve["accuracy"], color="#1f77b4")
-    for row in levels.itertuples():
+    for step, row in enumerate(levels.itertuples()):
         if row.images:
             ax.plot(row.coverage, row.accuracy, "o", color="#d62728")
-            ax.annotate(row.level, (row.coverage, row.accuracy), textcoords="offset points", xytext=(4, -12),
-                        fontsize=8)
+            # Alternate above and below, left of the dot: the last levels crowd the right edge.
+            ax.annotate(row.level, (row.coverage, row.accuracy), textcoords="offset points",
+                        xytext=(-36, 8 if step % 2 else -14), fontsize=8)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlim(0, 1.02)
