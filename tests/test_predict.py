@@ -175,6 +175,11 @@ def test_lazy_skips_the_third_member_when_two_cheaper_ones_agree(mixed, tiny_mod
     assert lazy.loc[ok, ["votes", "agreement"]].isna().all().all()
     assert (lazy.loc[ok, "decided_by"] == "unknown").all()
     assert (full.loc[ok, "decided_by"] != "unknown").all()
+    # review: determined where every outcome of the skipped vote falls on one side of the level.
+    at_half = run(mixed, tiny_models, lazy=True, min_agreement=0.5)  # 2 or 3 of 3: never below
+    assert (at_half.loc[ok, "review"] == False).all()  # noqa: E712 (a boolean column with NA)
+    unanimous = run(mixed, tiny_models, lazy=True, min_agreement=1.0)  # 2 of 3 or 3 of 3: either side
+    assert unanimous.loc[ok, "review"].isna().all()
 
 
 @pytest.mark.parametrize(("votes", "tie_breaker", "skipped"), [
