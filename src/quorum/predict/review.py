@@ -23,7 +23,7 @@ from quorum.data.unlabelled import changed_files, read_sidecar
 from quorum.errors import QuorumError
 from quorum.predict.table import OK, member_columns, members_of, read_predictions
 from quorum.predict.trust import below
-from quorum.predict.vote import UNANIMOUS
+from quorum.predict.vote import MAJORITY, TIE_BREAKER, UNKNOWN
 
 README = """Images to review: {count} of {rows} rows of {csv}
 (agreement below {level:g}: {meaning}). Each sits in the folder of the class the vote
@@ -58,13 +58,9 @@ def flagged_rows(frame: pd.DataFrame, min_agreement: float = 1.0) -> tuple[pd.Da
     """(rows below `min_agreement`, count of lazy rows whose agreement is unknown) of a predictions table."""
     ok = frame[frame["status"] == OK]
     agreement = ok["agreement"].astype(float)
-    if min_agreement >= 1.0:  # "not unanimous" is known even where a lazy run left agreement empty
-        flagged = ok[ok["decided_by"].isin(["majority", "tie-breaker"]) | below(agreement, 1.0)]
-        unknown = ok[agreement.isna() & ~ok["decided_by"].isin(["majority", "tie-breaker", UNANIMOUS])]
-    else:
-        flagged = ok[below(agreement, min_agreement)]
-        unknown = ok[agreement.isna()]
-    return flagged, len(unknown)
+    if min_agreement >= 1.0:  # "not unanimous" is known wherever decided_by is, even in a lazy row
+        return ok[ok["decided_by"].isin([MAJORITY, TIE_BREAKER])], int((ok["decided_by"] == UNKNOWN).sum())
+    return ok[below(agreement, min_agreement)], int(agreement.isna().sum())
 
 
 def review(csv: Path, out: Path, min_agreement: float = 1.0) -> ReviewResult:

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from quorum import files
-from quorum.errors import QuorumError
 from quorum.data.unlabelled import paths_digest, sidecar
+from quorum.errors import QuorumError
 from quorum.predict.trust import at_least, below, decided_by_lines
 from quorum.predict.vote import DECIDED_BY, UNKNOWN, mean_probability, vote
 

@@ -15,6 +15,7 @@ import pandas as pd
 # compared to two decimals rather than exactly (2/3 < 0.67 would otherwise flag every 2-of-3 row).
 from quorum.data.unlabelled import AGREEMENT_TOLERANCE
 from quorum.predict.vote import DECIDED_BY, Votes
+
 TRUST_COLUMNS = ["group", "level", "images", "coverage", "correct", "accuracy"]
 
 

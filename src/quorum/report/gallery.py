@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -56,9 +57,8 @@ def review_gallery(csv: Path, frame: pd.DataFrame, flagged: list[dict], names: l
         if len(group) >= MAX_PER_CLASS or shown >= MAX_REVIEW:
             continue
         votes = [f"{name}: {row[name] or '(skipped)'}" for name in names]
-        group.append({"src": thumbnail(folder / row["path"]), "title": row["path"],
-                      "lines": [f"agreement {row['agreement']:.0%}" if row["agreement"] == row["agreement"]
-                                else "agreement unknown (--lazy)", *votes]})
+        agreement = "agreement unknown (--lazy)" if math.isnan(row["agreement"]) else f"agreement {row['agreement']:.0%}"
+        group.append({"src": thumbnail(folder / row["path"]), "title": row["path"], "lines": [agreement, *votes]})
         shown += 1
     note = None
     if shown < len(flagged):

@@ -12,7 +12,14 @@ import pandas as pd
 
 from quorum.metrics import classification_metrics
 from quorum.predict.table import OK, member_columns
-from quorum.predict.vote import DECIDED_BY, TIE_BREAKER, UNANIMOUS, UNKNOWN, default_tie_breaker, vote
+from quorum.predict.vote import (
+    DECIDED_BY,
+    TIE_BREAKER,
+    UNANIMOUS,
+    UNKNOWN,
+    default_tie_breaker,
+    vote,
+)
 from quorum.report.sources import Labelled
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from quorum.report.build import ENSEMBLE, Report, best_name
@@ -95,7 +96,7 @@ def preds_section(preds: dict) -> str:
 
 
 def _agreement(value: float) -> str:
-    return "unknown" if value != value else f"{value:.0%}"  # NaN: a lazy row
+    return "unknown" if math.isnan(value) else f"{value:.0%}"  # NaN: a lazy row
 
 
 def _folded(summary: str, body: str) -> str:

@@ -15,7 +15,12 @@ import pandas as pd
 from quorum.data.split import scan_labelled
 from quorum.errors import QuorumError
 from quorum.models.bundle import VAL_PREDICTIONS, ModelInfo
-from quorum.predict.table import STATUS_COLUMNS, VOTE_COLUMNS, members_of, read_predictions
+from quorum.predict.table import (
+    STATUS_COLUMNS,
+    VOTE_COLUMNS,
+    members_of,
+    read_predictions,
+)
 
 
 @dataclass(frozen=True)
