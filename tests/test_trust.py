@@ -124,7 +124,17 @@ def colour_models(tmp_path_factory, one_thread):
     models = root / "models"
     for seed in range(2):
         finetune(recipe(data, models, f"m{seed}", seed=seed), quiet=True)
-    save_model(models, "red", "tinyvgg", 32, classes=tuple(sorted(COLOUR_CLASSES)), constant=2)
+    classes = tuple(sorted(COLOUR_CLASSES))
+    red = save_model(models, "red", "tinyvgg", 32, classes=classes, constant=classes.index("red"))
+    # Validated on the shared split like the others: what it would have said there (always red).
+    info = json.loads((red / "model.json").read_text())
+    info["split"] = json.loads((models / "m0" / "model.json").read_text())["split"]
+    (red / "model.json").write_text(json.dumps(info))
+    val = pd.read_csv(models / "m0" / "val_predictions.csv")
+    val["predicted_label"] = "red"
+    for name in classes:
+        val[f"p_{name}"] = float(name == "red")
+    val.to_csv(red / "val_predictions.csv", index=False)
     unlabelled = root / "unlabelled"
     for index, tint in enumerate(COLOUR_CLASSES.values()):
         for path in write_good_images(root / "staging", 4, tint=tint, seed=10 + index):
@@ -267,3 +277,19 @@ def test_a_hand_made_class_folder_is_a_new_label_only_with_resplit(tmp_path, cap
     split, _ = load_or_make_split(data, tmp_path, 0.25, 0, resplit=True)
     assert "purple" in split.classes
     assert "New label(s) accepted: purple (3 images)" in capsys.readouterr().err
+
+
+def test_report_says_a_lazy_csvs_members_are_scored_only_where_they_ran(colour_models, tmp_path):
+    from quorum.report.build import build_report
+
+    _, models, unlabelled = colour_models
+    frame = predict(unlabelled, select_models(models), workers=0, quiet=True, lazy=True)
+    write_predictions(frame, tmp_path / "lazy.csv")
+    colours = list(COLOUR_CLASSES)
+    truth = [colours[int(Path(path).name[1])] for path in frame["path"]]  # c<index>_...: the tint it was made with
+    pd.DataFrame({"path": frame["path"], "label": truth}).to_csv(tmp_path / "labels.csv", index=False)
+    report = build_report(models, preds=tmp_path / "lazy.csv", labels=tmp_path / "labels.csv", timing=False)
+    ran = int(frame["red_prediction"].notna().sum())
+    assert 0 < ran < 12  # the constant member is skipped where the two trained ones agree
+    assert report.preds["scores"]["red"]["images"] == ran
+    assert any(f"red on {ran} of 12" in note and "only on the rows where it ran" in note for note in report.notes)
