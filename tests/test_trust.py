@@ -265,6 +265,14 @@ def test_pseudo_labels_refuse_images_of_the_labelled_folder(pseudo_run, tmp_path
     write_predictions(predict(data, [models / "m0", models / "m1"], workers=0, quiet=True), preds)
     with pytest.raises(QuorumError, match=f"has 24 file\\(s\\) of the labelled folder {data}"):
         finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
+    # A hard link of a labelled image elsewhere (quorum review makes them) is the same file.
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.link(next((data / "red").iterdir()), linked / "x.png")
+    preds = tmp_path / "linked.csv"
+    write_predictions(predict(linked, [models / "m0", models / "m1"], workers=0, quiet=True), preds)
+    with pytest.raises(QuorumError, match=f"has 1 file\\(s\\) of the labelled folder {data} \\(e.g. {linked / 'x.png'}\\)"):
+        finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
 
 
 def test_a_hand_made_class_folder_is_a_new_label_only_with_resplit(tmp_path, capsys):

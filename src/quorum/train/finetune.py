@@ -115,8 +115,9 @@ def pseudo_labels(recipe: Recipe, split: Split, quiet: bool) -> PseudoLabels | N
     if recipe.pseudo_labels is None:
         return None
     pseudo = read_pseudo_labels(Path(recipe.pseudo_labels), split.classes, recipe.pseudo_min_agreement)
-    labelled = {(split.root / path).resolve() for path in split.table.path}
-    overlap = [path for path, _ in pseudo.items if Path(path).resolve() in labelled]
+    # By inode as well as by path: `quorum review` hard-links the images it hands a person to sort.
+    labelled = {_identity(split.root / path) for path in split.table.path}
+    overlap = [path for path, _ in pseudo.items if _identity(Path(path)) in labelled]
     if overlap:
         raise QuorumError(f"--pseudo-labels {recipe.pseudo_labels} has {len(overlap)} file(s) of the labelled folder "
                           f"{split.root} (e.g. {overlap[0]}): predict on a folder outside it")
@@ -124,6 +125,14 @@ def pseudo_labels(recipe: Recipe, split: Split, quiet: bool) -> PseudoLabels | N
         f"{recipe.pseudo_min_agreement:g}) join the {len(split.items('train'))} training images; validation "
         "is unchanged", quiet)
     return pseudo
+
+
+def _identity(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+        return stat.st_dev, stat.st_ino
+    except OSError:  # gone since the split was checked: it can only match by path
+        return None, str(path.resolve())
 
 
 def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> None:
