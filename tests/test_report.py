@@ -315,7 +315,7 @@ def test_cli_writes_the_report(trio, tmp_path):
     lines = result.output.splitlines()
     # Said at once, before anything slow, even when stderr is a log file rather than a terminal.
     assert lines[0] == f"Reporting on 3 models in {trio}: a, b, c (tie-breaker a)"
-    assert "Drawing the pictures" in lines[-2] and lines[-1] == f"Wrote {out / 'index.html'} and 5 more files in {out}"
+    assert "Drawing the pictures" in lines[-2] and lines[-1] == f"Wrote {out / 'index.html'} and 6 more files in {out}"  # coverage_accuracy.png among them
     # The table's rows: each model's accuracy and macro F1 (worked by hand above), the ensemble last.
     rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")] for line in lines if line.startswith("│"))}
     assert [rows[name][6] for name in ("a", "b", "c", "ensemble")] == ["77.8%", "44.4%", "33.3%", "66.7%"]
