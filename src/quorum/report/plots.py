@@ -190,8 +190,10 @@ def coverage_accuracy(curve: pd.DataFrame, levels: pd.DataFrame) -> Figure:
     figure = Figure(figsize=(6.5, 4), layout="constrained")
     ax = figure.add_subplot()
     ax.plot(curve["coverage"], curve["accuracy"], color="#1f77b4")
+    seen = set()
     for step, row in enumerate(levels.itertuples()):
-        if row.images:
+        if row.images and row.images not in seen:  # a level that adds no rows is the same point
+            seen.add(row.images)
             ax.plot(row.coverage, row.accuracy, "o", color="#d62728")
             # Alternate above and below, left of the dot: the last levels crowd the right edge.
             ax.annotate(row.level, (row.coverage, row.accuracy), textcoords="offset points",
