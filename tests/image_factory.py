@@ -82,6 +82,10 @@ def write_awkward_images(folder: Path) -> dict[str, Path]:
         "uppercase_png": ("UPPER.PNG", lambda p: Image.new("RGB", AWKWARD_SIZE, BLUE).save(p, "PNG")),
         "gray_bmp": ("gray.bmp", lambda p: _left_right("L", 50, 200).save(p)),
         "gray_webp": ("gray.webp", lambda p: _left_right("L", 50, 200).save(p, lossless=True)),
+        # Formats Pillow reads under extensions a hand-written list forgets.
+        "tga": ("targa.tga", lambda p: Image.new("RGB", AWKWARD_SIZE, RED).save(p, "TGA")),
+        "ppm": ("netpbm.ppm", lambda p: Image.new("RGB", AWKWARD_SIZE, GREEN).save(p, "PPM")),
+        "jfif": ("camera.jfif", lambda p: Image.new("RGB", AWKWARD_SIZE, BLUE).save(p, "JPEG")),
     }
     paths = {}
     for name, (file_name, write) in writers.items():
@@ -176,6 +180,33 @@ def _write_multipage_tiff(path: Path) -> None:
     """Page 0 green at AWKWARD_SIZE, page 1 a blue square of another size."""
     first, second = Image.new("RGB", AWKWARD_SIZE, GREEN), Image.new("RGB", (20, 20), BLUE)
     first.save(path, save_all=True, append_images=[second])
+
+
+# What write_not_images() leaves beside the images: none of it may get a row, all of it is counted.
+NOT_IMAGES = {".txt": 2, ".json": 1, "hidden": 1}
+
+
+def write_not_images(folder: Path, linked: Path) -> None:
+    """Files that are not images (two .txt, one .json, one dot-file) and a symlink to the folder `linked`,
+    whose images count as the folder's own, plus a link back up that would loop forever if followed blindly."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("not pixels\n")
+    (folder / "README").mkdir(exist_ok=True)
+    (folder / "README" / "about.txt").write_text("also not pixels\n")
+    (folder / "labels.json").write_text("{}\n")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "linked").symlink_to(Path(linked).resolve(), target_is_directory=True)
+    (Path(linked) / "loop").symlink_to(Path(linked).resolve(), target_is_directory=True)
+
+
+def write_corrupt_exif_jpeg(path: Path) -> Path:
+    """A readable AWKWARD_SIZE JPEG rotated by EXIF orientation 6, whose EXIF also holds a tag
+    that points past the end of the data: Pillow warns about it on every decode."""
+    entries = struct.pack("<HHII", 0x0112, 3, 1, 6) + struct.pack("<HHII", 0x010F, 2, 1000, 5000)
+    ifd = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2) + entries + struct.pack("<I", 0)
+    Image.new("RGB", AWKWARD_SIZE, RED).save(path, exif=b"Exif\x00\x00" + ifd)
+    return Path(path)
 
 
 COLOUR_CLASSES = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}

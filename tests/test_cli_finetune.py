@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from image_factory import write_good_images, write_labelled_folder
 
 from quorum.cli import main
+from quorum.models import weights
+from quorum.models.registry import get_backbone
 
 FAST = ["--image-size", "32", "--epochs", "1", "--workers", "0", "--quiet"]
 
@@ -72,6 +74,20 @@ def test_a_single_class(workdir):
                  "one has only one class (only): a classifier needs at least two class folders")
 
 
+def test_the_scan_takes_every_pillow_format_and_names_what_it_skipped(workdir):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (220, 30, 30)).save(workdir / "data" / "red" / "scan.tga")
+    (workdir / "data" / "red" / "notes.txt").write_text("not pixels")
+    (workdir / "data" / "green" / ".DS_Store").write_bytes(b"Bud1")
+    (workdir / "data" / "README.md").write_text("outside every class folder")
+    result = run("finetune", "tinyvgg", "--data", "data", *[a for a in FAST if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    split = pd.read_csv(workdir / "models" / "split.csv")
+    assert "red/scan.tga" in set(split["path"]) and len(split) == 25
+    assert "Not images, so left out: skipped 3 files (1 .md, 1 .txt, 1 hidden) under data" in result.output
+
+
 def test_unknown_backbone_lists_the_choices(workdir):
     result = run("finetune", "resnet51", "--data", "data", *FAST)
     assert_error(result, "unknown backbone 'resnet51': choose one of mobilenet_v2, mobilenet_v3_small, "
@@ -92,6 +108,15 @@ def test_no_network_names_the_offline_alternatives(workdir, monkeypatch):
     assert error.startswith("Error: could not download ImageNet weights for resnet18 (")
     assert "use --weights none (random init) or --weights PATH" in error
     assert "Traceback" not in result.output
+    assert not (workdir / "models").exists()  # no split.csv left behind by a run that never trained
+
+
+def test_a_failed_start_keeps_a_split_made_before(workdir):
+    assert run("finetune", "tinyvgg", "--data", "data", *FAST).exit_code == 0
+    split = (workdir / "models" / "split.csv").read_text()
+    result = run("finetune", "tinyvgg", "--data", "data", "--weights", "nope.safetensors", "--name", "x", *FAST)
+    assert result.exit_code == 1 and result.output.startswith("Error: weights file nope.safetensors does not exist")
+    assert (workdir / "models" / "split.csv").read_text() == split
 
 
 def test_backbone_without_pretrained_weights(workdir):
@@ -111,11 +136,21 @@ def test_weights_for_another_architecture(workdir):
 
 
 def test_a_plain_pth_state_dict_loads_and_its_head_is_dropped(workdir):
+    from safetensors.torch import load_file
     from torchvision.models import resnet18
 
-    torch.save({"state_dict": resnet18(num_classes=7).state_dict()}, "resnet18.pth")
-    result = run("finetune", "resnet18", "--data", "data", "--weights", "resnet18.pth", *FAST)
+    torch.manual_seed(5)
+    given = resnet18(num_classes=7).state_dict()
+    torch.save({"state_dict": given}, "resnet18.pth")
+    # One frozen epoch: the backbone (BatchNorm statistics included) keeps exactly what it was given.
+    result = run("finetune", "resnet18", "--data", "data", "--weights", "resnet18.pth", "--unfreeze-after", "1", *FAST)
     assert result.exit_code == 0, result.output
+    saved = load_file(str(workdir / "models" / "resnet18-32" / "model.safetensors"))
+    order = weights.build(get_backbone("resnet18"), 3, "none").state_dict()  # module order (the file's is sorted)
+    backbone = [value for key, value in given.items() if not key.startswith("fc.")]
+    kept = [saved[key] for key in order if not key.startswith("head.")]
+    assert len(kept) == len(backbone) and all(torch.equal(a, b) for a, b in zip(kept, backbone))
+    assert saved["head.0.weight"].shape == (3, 512)  # a new head for the 3 classes, not the file's 7
 
 
 class _Payload:

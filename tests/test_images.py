@@ -5,17 +5,22 @@ import pytest
 from image_factory import (
     AWKWARD_SIZE,
     UNREADABLE,
+    NOT_IMAGES,
     write_awkward_images,
+    write_corrupt_exif_jpeg,
     write_good_images,
+    write_not_images,
 )
 
-from quorum.data.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
+from PIL import Image
+
+from quorum.data.images import UnreadableImage, find_images, image_extensions, load_rgb, scan_images
 from quorum.errors import QuorumError
 
 AWKWARD_NAMES = [
     "cmyk_jpeg", "gray16_png", "gray16_tiff", "float_tiff", "palette_transparent_png",
     "rgba_png", "la_png", "one_bit_png", "exif_rotated_jpeg", "animated_gif",
-    "multipage_tiff", "uppercase_png", "gray_bmp", "gray_webp",
+    "multipage_tiff", "uppercase_png", "gray_bmp", "gray_webp", "tga", "ppm", "jfif",
 ]
 EXPECTED_REASONS = {
     "empty": "empty file",
@@ -40,21 +45,38 @@ def pixel(image, x, y):
 
 def test_find_images_recurses_sorts_by_relative_path_and_skips_hidden(tmp_path):
     root = tmp_path / ".cache" / "photos"  # a hidden folder *above* the root is fine
-    wanted = ["Z.png", "a.JPG", "b.jpeg", "sub/c.webp", "sub/deeper/d.TIFF", "sub/e.gif"]
+    wanted = ["Z.png", "a.JPG", "b.jpeg", "sub/c.webp", "sub/deeper/d.TIFF", "sub/e.gif", "sub/f.tga"]
     unwanted = [".hidden.png", ".thumbs/f.png", "sub/.git/g.png", "notes.txt", "sub/readme.md", "bmp"]
     for name in wanted + unwanted:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"not checked by discovery")
 
-    found = find_images(root)
+    scan = scan_images(root)
 
     # Code-point order: "Z" < "a", and "sub/..." after the top-level files.
-    assert [p.relative_to(root).as_posix() for p in found] == wanted
-    assert all(p.is_absolute() == root.is_absolute() for p in found)
+    assert [p.relative_to(root).as_posix() for p in scan.images] == wanted == \
+        [p.relative_to(root).as_posix() for p in find_images(root)]
+    assert all(p.is_absolute() == root.is_absolute() for p in scan.images)
+    assert scan.skipped == {"hidden": 1, "hidden folder": 2, ".txt": 1, ".md": 1, "no extension": 1}
+    assert scan.summary() == "skipped 4 files (1 .md, 1 .txt, 1 with no extension, 1 hidden) and 2 hidden folders"
 
 
-def test_image_extensions_are_the_documented_ones():
-    assert IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+def test_every_extension_pillow_opens_is_an_image_and_nothing_else():
+    opened = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    assert image_extensions() == opened
+    assert {".tga", ".ppm", ".jfif", ".jpg", ".png", ".webp"} <= image_extensions()
+    assert ".pdf" not in image_extensions()  # Pillow only writes PDFs
+
+
+def test_links_to_folders_are_followed_once_and_every_other_file_is_counted(tmp_path):
+    write_good_images(tmp_path / "elsewhere", 2)
+    write_good_images(tmp_path / "photos", 3)
+    write_not_images(tmp_path / "photos", linked=tmp_path / "elsewhere")
+    scan = scan_images(tmp_path / "photos")
+    assert [p.relative_to(tmp_path / "photos").as_posix() for p in scan.images] == [
+        "good_00_000.png", "good_00_001.jpg", "good_00_002.png", "linked/good_00_000.png", "linked/good_00_001.jpg"]
+    assert scan.skipped == {**NOT_IMAGES, "folder link loop": 1}
+    assert scan.summary() == "skipped 4 files (1 .json, 2 .txt, 1 hidden) and 1 folder link loop"
 
 
 def test_find_images_on_a_missing_folder_names_it(tmp_path):
@@ -122,6 +144,16 @@ def test_grayscale_becomes_equal_rgb_channels(awkward, name, values):
     image = load_rgb(awkward[name])
     assert pixel(image, 2, 2) == (values[0],) * 3
     assert pixel(image, 37, 27) == (values[1],) * 3
+
+
+def test_corrupt_exif_is_read_as_far_as_it_goes_without_a_warning(tmp_path):
+    """Pillow's warnings about metadata would land on stderr in the middle of a progress bar."""
+    path = write_corrupt_exif_jpeg(tmp_path / "camera.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = load_rgb(path)
+    assert image.size == AWKWARD_SIZE[::-1]  # the orientation tag still applies
+    assert [str(w.message) for w in caught] == []
 
 
 def test_the_image_is_fully_decoded_and_detached_from_the_file(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import CLASSES
-from image_factory import UNREADABLE, write_awkward_images, write_good_images
+from image_factory import UNREADABLE, write_awkward_images, write_good_images, write_not_images
 from torchvision import transforms as T
 
 from quorum.cli import main
@@ -21,7 +21,8 @@ from quorum.predict.pipeline import predict, predict_arrays
 CAT, DOG, FOX = range(3)
 TRIO = ["mobilenet_v3_small-40", "tinyvgg-32", "tinyvgg-32-copy"]  # select_models' order: by name
 FIXED = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
-MEMBER_COLUMNS = [column for name in TRIO for column in (name, f"{name}_p")]
+MEMBER_COLUMNS = [column for name in TRIO for column in (f"{name}_prediction", f"{name}_confidence")]
+LABELS = [f"{name}_prediction" for name in TRIO]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -64,7 +65,7 @@ def test_broken_files_get_error_rows_and_change_no_other_row(mixed, tiny_models,
     assert len(broken) == len(UNREADABLE)
 
     # One row per file, in find_images order, errors marked with their reason.
-    assert frame["path"].tolist() == sorted(frame["path"], key=str) and len(frame) == 6 + 19
+    assert frame["path"].tolist() == sorted(frame["path"], key=str) and len(frame) == 6 + 22
     errors = frame[frame["status"] == "error"]
     assert set(errors["path"]) == broken
     assert errors.set_index("path").loc["awkward/empty.jpg", "error"] == "empty file"
@@ -77,13 +78,30 @@ def test_broken_files_get_error_rows_and_change_no_other_row(mixed, tiny_models,
         (clean / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(mixed / path, clean / path)
     alone = run(clean, tiny_models).set_index("path")
-    assert frame["tinyvgg-32_p"].nunique() > 15  # rows differ, so a shifted row would show
+    assert frame["tinyvgg-32_confidence"].nunique() > 15  # rows differ, so a shifted row would show
     good = frame[frame["status"] == "ok"].set_index("path")
     assert good.index.tolist() == alone.index.tolist()
-    labels = ["prediction", "votes", "members", "decided_by", *TRIO]
+    labels = ["prediction", "votes", "members", "decided_by", *LABELS]
     pd.testing.assert_frame_equal(good[labels], alone[labels])
-    numbers = ["agreement", "confidence", *(f"{name}_p" for name in TRIO)]
+    numbers = ["agreement", "confidence", *(f"{name}_confidence" for name in TRIO)]
     np.testing.assert_allclose(good[numbers].to_numpy(float), alone[numbers].to_numpy(float), atol=1e-6)
+
+
+def test_every_image_file_gets_a_row_and_everything_else_is_named(tmp_path, tiny_models):
+    """The awkward kinds (.tga, .ppm, .jfif included), a dot-file, text files, a linked folder with a loop."""
+    folder = tmp_path / "images"
+    awkward = write_awkward_images(folder)
+    write_good_images(tmp_path / "elsewhere", 2)
+    write_not_images(folder, linked=tmp_path / "elsewhere")
+    out = tmp_path / "preds.csv"
+    result = cli(folder, "--models-dir", tiny_models, "--out", out, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out, keep_default_na=False)
+    expected = sorted([p.name for p in awkward.values()] + ["linked/good_00_000.png", "linked/good_00_001.jpg"])
+    assert rows["path"].tolist() == expected
+    assert (rows["status"] == "error").sum() == len(UNREADABLE)
+    assert f"Not images, so no rows: skipped 4 files (1 .json, 2 .txt, 1 hidden) and 1 folder link loop under {folder}" \
+        in " ".join(result.output.split())
 
 
 def test_each_file_is_decoded_once(mixed, tiny_models, monkeypatch):
@@ -149,10 +167,19 @@ def test_lazy_skips_the_third_member_when_two_cheaper_ones_agree(mixed, tiny_mod
     assert lazy["prediction"].equals(full["prediction"])
     ok = lazy["status"] == "ok"
     # The identical tinyvggs run first (cheapest) and always agree: the MobileNet never runs.
-    assert lazy.loc[ok, "mobilenet_v3_small-40"].isna().all()
-    assert lazy.loc[ok, "mobilenet_v3_small-40_p"].isna().all()
-    assert lazy.loc[ok, ["tinyvgg-32", "tinyvgg-32-copy"]].notna().all().all()
-    assert (lazy.loc[ok, "members"] == 2).all()
+    assert lazy.loc[ok, "mobilenet_v3_small-40_prediction"].isna().all()
+    assert lazy.loc[ok, "mobilenet_v3_small-40_confidence"].isna().all()
+    assert lazy.loc[ok, ["tinyvgg-32_prediction", "tinyvgg-32-copy_prediction"]].notna().all().all()
+    # What a full run would say where it is determined; plainly unknown where the MobileNet could change it.
+    assert (lazy.loc[ok, "members"] == 3).all()
+    assert lazy.loc[ok, ["votes", "agreement"]].isna().all().all()
+    assert (lazy.loc[ok, "decided_by"] == "unknown").all()
+    assert (full.loc[ok, "decided_by"] != "unknown").all()
+    # review: determined where every outcome of the skipped vote falls on one side of the level.
+    at_half = run(mixed, tiny_models, lazy=True, min_agreement=0.5)  # 2 or 3 of 3: never below
+    assert (at_half.loc[ok, "review"] == False).all()  # noqa: E712 (a boolean column with NA)
+    unanimous = run(mixed, tiny_models, lazy=True, min_agreement=1.0)  # 2 of 3 or 3 of 3: either side
+    assert unanimous.loc[ok, "review"].isna().all()
 
 
 @pytest.mark.parametrize(("votes", "tie_breaker", "skipped"), [
@@ -167,7 +194,7 @@ def test_lazy_runs_exactly_the_members_that_can_change_the_winner(tmp_path, make
     assert lazy["prediction"].equals(full["prediction"])
     ok = lazy["status"] == "ok"
     for index in range(len(votes)):
-        assert lazy.loc[ok, f"m{index}"].isna().all() == (f"m{index}" == skipped)
+        assert lazy.loc[ok, f"m{index}_prediction"].isna().all() == (f"m{index}" == skipped)
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -192,11 +219,11 @@ def test_cli_writes_the_csv_and_a_summary(mixed, tiny_models, tmp_path):
     with open(out, newline="") as file:
         rows = list(csv.DictReader(file))
     assert list(rows[0]) == FIXED + MEMBER_COLUMNS + ["status", "error"]
-    assert len(rows) == 25 and sum(row["status"] == "error" for row in rows) == 5
+    assert len(rows) == 28 and sum(row["status"] == "error" for row in rows) == 5
     assert rows[0]["path"] == "awkward/UPPER.PNG" and rows[-1]["path"] == "good_00_005.jpg"
-    assert f"Wrote {out}: 25 rows, 5 errors" in result.stderr
-    assert "lazy: skipped 20 of 60 member runs (33%)" in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv"]  # no temporary file left
+    assert f"Wrote {out}: 28 rows, 5 errors" in result.stderr
+    assert "lazy: skipped 23 of 69 member runs (33%)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv", "preds.csv.json"]  # no temporary file left
 
 
 def test_cli_help_states_the_vote_rule():
@@ -221,8 +248,8 @@ def error_cases(env):
     (tmp / "a_file").write_text("")
     return {
         "missing folder": ([tmp / "nowhere"], f"image folder not found: {tmp / 'nowhere'}"),
-        "empty folder": ([tmp / "empty"], f"no images in {tmp / 'empty'} (searched it and its sub-folders for "
-                                          ".bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"),
+        "empty folder": ([tmp / "empty"], f"no images in {tmp / 'empty'} (skipped 1 file (1 .txt)): quorum reads "
+                                          "every format Pillow opens, e.g. .jpg, .png, .tif, .webp, .tga, .ppm"),
         "unknown model": ([images, "--model", "nope"],
                           f"unknown model 'nope' in {models}: choose from {', '.join(TRIO)}"),
         "unknown tie-breaker": ([images, "--tie-breaker", "nope"],

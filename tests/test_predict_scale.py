@@ -61,7 +61,7 @@ def assert_same_csv(path: Path, expected: Path) -> None:
     """Rows, order, labels and columns exactly; numbers within 1e-5."""
     got, want = pd.read_csv(path, keep_default_na=False), pd.read_csv(expected, keep_default_na=False)
     assert got.columns.tolist() == want.columns.tolist() and got["path"].tolist() == want["path"].tolist()
-    numeric = [c for c in want.columns if c.endswith("_p") or c.startswith("p_") or c in ("agreement", "confidence")]
+    numeric = [c for c in want.columns if c.endswith("_confidence") or c.startswith("p_") or c in ("agreement", "confidence")]
     pd.testing.assert_frame_equal(got.drop(columns=numeric), want.drop(columns=numeric))
     np.testing.assert_allclose(got[numeric].replace("", np.nan).to_numpy(float),
                                want[numeric].replace("", np.nan).to_numpy(float), atol=1e-5)
@@ -138,8 +138,12 @@ def test_merge_refuses_parts_of_other_runs(parts, folder, tiny_models, tmp_path)
 
 
 def test_merge_refuses_a_csv_that_is_not_a_part_or_was_edited(parts, whole, tmp_path):
-    assert merge_error(parts[0], whole) == (f"Error: {whole} has no readable preds.csv.json beside it: only CSVs "
-                                            "written by `quorum predict --shard I/N` can be merged\n")
+    # A whole run's CSV has a .json too (for review and --pseudo-labels): it is shard 0/1 of its run.
+    assert merge_error(parts[0], whole) == f"Error: {whole} is shard 0/1 but {parts[0]} is shard 0/3: merge the parts of one run\n"
+    bare = tmp_path / "preds.csv"
+    shutil.copy(whole, bare)  # without its .json
+    assert merge_error(parts[0], bare) == (f"Error: {bare} has no readable preds.csv.json beside it: only CSVs "
+                                           "written by `quorum predict --shard I/N` can be merged\n")
     edited = tmp_path / "part-1.csv"
     shutil.copy(f"{parts[1]}.json", f"{edited}.json")
     pd.read_csv(parts[1]).iloc[:-1].to_csv(edited, index=False)  # a row lost
@@ -227,7 +231,8 @@ def test_two_processes_predict_the_single_process_csv(tiny_models, tmp_path):
                       "--batch-size", 8, "--device", "cpu", *OPTIONS, cwd=tmp_path)
     assert "Voting on 100 images in 2 processes" in result.stderr
     assert_same_csv(shared, single)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.csv", "single.csv"]  # progress removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.csv", "shared.csv.json", "single.csv",
+                                                          "single.csv.json"]  # progress removed
 
 
 @pytest.mark.slow

@@ -200,7 +200,7 @@ def test_writes_every_file_and_the_page_links_only_files_that_exist(trio, tmp_pa
     out = tmp_path / "reports"
     written = write_report(report, out)
     names = ["summary.csv", "scores.json", "confusion_matrices.png", "best_vs_ensemble.png",
-             "training_curves.png", "accuracy_vs_time.png", "index.html"]
+             "training_curves.png", "accuracy_vs_time.png", "coverage_accuracy.png", "index.html"]
     assert [path.name for path in written] == names
     assert all(path.is_file() and path.stat().st_size > 0 for path in written)
     assert (report.table["ms_per_image"] > 0).all()
@@ -291,7 +291,7 @@ def test_data_scores_the_same_vote_predict_casts(tiny_models, tmp_path, one_thre
     expected = classification_metrics([index[t] for t in truth], frame["prediction"].map(index), report.classes)
     assert report.ensemble["metrics"] == expected
     for name in report.names:
-        assert report.members[name] == classification_metrics([index[t] for t in truth], frame[name].map(index),
+        assert report.members[name] == classification_metrics([index[t] for t in truth], frame[f"{name}_prediction"].map(index),
                                                               report.classes)
 
 
@@ -312,8 +312,18 @@ def test_cli_writes_the_report(trio, tmp_path):
     out = tmp_path / "reports"
     result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--out", str(out), "--no-timing"])
     assert result.exit_code == 0, result.output
-    assert (out / "index.html").is_file() and (out / "summary.csv").is_file()
-    assert "ensemble" in result.output
+    lines = result.output.splitlines()
+    # Said at once, before anything slow, even when stderr is a log file rather than a terminal.
+    assert lines[0] == f"Reporting on 3 models in {trio}: a, b, c (tie-breaker a)"
+    assert "Drawing the pictures" in lines[-2] and lines[-1] == f"Wrote {out / 'index.html'} and 6 more files in {out}"  # coverage_accuracy.png among them
+    # The table's rows: each model's accuracy and macro F1 (worked by hand above), the ensemble last.
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")] for line in lines if line.startswith("│"))}
+    assert [rows[name][6] for name in ("a", "b", "c", "ensemble")] == ["77.8%", "44.4%", "33.3%", "66.7%"]
+    assert [rows[name][8] for name in ("a", "b", "c", "ensemble")] == ["0.778", "0.433", "0.340", "0.679"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["model"].tolist() == ["a", "b", "c", "ensemble"]
+    assert summary["accuracy"].round(4).tolist() == [0.7778, 0.4444, 0.3333, 0.6667]
+    assert (out / "index.html").is_file()
 
 
 def test_cli_without_models_names_the_fix(tmp_path):

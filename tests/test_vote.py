@@ -123,8 +123,8 @@ def test_skipped_members_neither_vote_nor_count_in_confidence():
     assert result.label[0] == CAT
     assert result.votes[0] == 2
     assert result.members[0] == 2
-    # Not "unanimous": one member never voted.
-    assert result.decided_by[0] == "majority"
+    # Neither "unanimous" nor "majority": the member that never voted decides which a full run says.
+    assert result.decided_by[0] == "unknown"
     assert result.confidence[0] == pytest.approx(0.8)
 
 
@@ -222,3 +222,19 @@ def test_lazy_run_gives_the_same_labels_as_the_full_vote(n_members, tie_breaker)
     lazy, ran = run_lazily(probs, tie_breaker)
     np.testing.assert_array_equal(lazy.label, vote(probs, tie_breaker).label)
     assert ran.sum() < ran.size  # some member work was actually saved
+
+
+@pytest.mark.parametrize("n_members, tie_breaker", [(3, 2), (3, 0), (4, 1), (5, 1), (5, 4)])
+def test_lazy_decided_by_is_the_full_runs_wherever_it_is_not_unknown(n_members, tie_breaker):
+    n_images, n_classes = 3000, 3
+    probs = np.random.default_rng(n_members + 10 * tie_breaker).dirichlet(np.ones(n_classes), size=(n_members, n_images))
+    lazy, ran = run_lazily(probs, tie_breaker)
+    full = vote(probs, tie_breaker)
+    complete = ran.all(axis=0)
+    known = lazy.decided_by != "unknown"
+    np.testing.assert_array_equal(lazy.decided_by[known], full.decided_by[known])
+    assert known[complete].all()  # unknown only where a member was skipped
+    if n_members == 3:  # two agreed, the third was skipped: unanimous or majority, nobody knows which
+        assert (lazy.decided_by[~complete] == "unknown").all() and (~complete).any()
+    if n_members == 5:  # 3-1 after four members, one left: a majority whatever the fifth says
+        assert ((lazy.decided_by == "majority") & ~complete).any()

@@ -52,29 +52,38 @@ def main():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resplit", is_flag=True, help="Make a new train/val split even if one exists.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Image-decoding worker processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Image-decoding worker processes.")
 @click.option("--no-cache", is_flag=True, help="Recompute the frozen backbone every epoch instead of caching its features.")
 @click.option("--norm-stats", type=click.Choice(["keep", "update"]),
               help="BatchNorm once unfrozen: keep normalising with the running statistics phase 1 saw, or update "
               "them from each batch. [default: keep for pretrained weights, update for --weights none]")
+@click.option("--pseudo-labels", type=click.Path(dir_okay=False), metavar="CSV",
+              help="A quorum predict CSV: its rows with agreement at least --pseudo-min-agreement join the training "
+              "share (never validation) with the vote's label. Needs the CSV's .json beside it.")
+@click.option("--pseudo-min-agreement", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              metavar="F", help="Agreement a --pseudo-labels row needs (to 2 decimals: 1 = unanimous, 0.67 = 2 of 3).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines.")
 @user_errors
 def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, lr, finetune_lr, batch_size, weights,
-             name, models_dir, val_fraction, seed, resplit, device, workers, no_cache, norm_stats, resume, quiet):
+             name, models_dir, val_fraction, seed, resplit, device, workers, no_cache, norm_stats, pseudo_labels,
+             pseudo_min_agreement, resume, quiet):
     """Fine-tune BACKBONE on a labelled image folder and save it under MODELS_DIR/<name>/.
 
     Phase 1 trains the new head (and the last --train-blocks blocks) with the rest of the backbone
     frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The best epoch by
     validation accuracy is kept. Run `quorum backbones` for the choices of BACKBONE.
     """
-    from quorum.train.recipe import Recipe  # no torch: a wrong number fails in a moment, not after the import
+    from quorum.train.recipe import Recipe
 
     recipe = Recipe(backbone=backbone, data=data, image_size=image_size, epochs=epochs, unfreeze_after=unfreeze_after,
                     train_blocks=train_blocks, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, weights=weights,
                     name=name, models_dir=models_dir, val_fraction=val_fraction, seed=seed, device=device,
-                    workers=workers, cache_features=not no_cache, norm_stats=norm_stats)
-    recipe.check()
+                    workers=workers, cache_features=not no_cache, norm_stats=norm_stats, pseudo_labels=pseudo_labels,
+                    pseudo_min_agreement=pseudo_min_agreement)
+    recipe.check()  # a mistake costs well under a second: importing torch takes several
+
     from quorum.train.finetune import finetune as run_finetune
 
     run_finetune(recipe, resume=resume, resplit=resplit, quiet=quiet)
@@ -103,11 +112,12 @@ def backbones():
 @click.option("--tie-breaker", metavar="NAME", help="The member whose label wins a tie. "
               "[default: the member with the best validation accuracy]")
 @click.option("--lazy", is_flag=True, help="Run members cheapest first and skip those that can no longer change an "
-              "image's winner: the same predictions, fewer model runs. Skipped members' columns stay empty; votes, "
-              "members, agreement, decided_by, confidence and review describe only the members that ran.")
+              "image's winner: the same predictions, fewer model runs. Skipped members' columns stay empty; where a "
+              "skipped member could have changed them, votes and agreement are empty and decided_by is unknown.")
 @click.option("--probs", is_flag=True, help="Add p_<class> columns: the members' mean probability of every class.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
-              help="Add a review column, true where agreement (votes / members) is below F, e.g. 0.67.")
+              help="Add a review column, true where agreement (votes / members) is below F, compared to 2 "
+              "decimals: 1 flags every row that is not unanimous, 0.67 those where fewer than 2 of 3 agree.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
@@ -130,9 +140,11 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
 
     \b
     Columns: path, prediction, votes, members, agreement, decided_by (unanimous,
-    majority or tie-breaker), confidence (mean probability of the winner), <member>
-    and <member>_p for each member, then status (ok or error) and error. An unreadable
-    file gets a row with status error and the reason; it never changes another row.
+    majority or tie-breaker), confidence (mean probability of the winner), then for each
+    member in name order <member>_prediction and <member>_confidence, then status (ok or
+    error) and error. An unreadable file gets a row with status error and the reason; it
+    never changes another row. OUT.json beside it records the folder and each file's size
+    and mtime, for quorum review and finetune --pseudo-labels.
 
     \b
     Under `torchrun --nproc_per_node K -m quorum predict ...` the K processes share
@@ -160,7 +172,7 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     else:
         shards.write_part(frame, out)
     partial_rows.remove(progress)  # only now: the rows are safe in `out`
-    _print_closing_lines(frame, out)
+    _print_closing_lines(frame, out, select_models(models_dir, models))
 
 
 @main.command()
@@ -182,16 +194,49 @@ def merge(parts, out):
     _print_closing_lines(frame, out)
 
 
-def _print_closing_lines(frame, out) -> None:
+def _print_closing_lines(frame, out, model_dirs=None) -> None:
     from rich.markup import escape
 
     from quorum.console import say
     from quorum.predict.table import closing_lines
+    from quorum.report.trust import validation_trust
 
-    first, *rest = closing_lines(frame)
+    trust = validation_trust(model_dirs, frame.attrs.get("tie_breaker")) if model_dirs else None
+    first, *rest = closing_lines(frame, trust)
     say(escape(f"Wrote {out}: {first}"))
     for line in rest:
         say(escape(f"  {line}"))
+
+
+@main.command()
+@click.argument("csv", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(), required=True,
+              help="A new folder: OUT/<predicted class>/ for the rows to review, README.txt and review.csv.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              metavar="F", help="Review rows whose agreement is below F, to 2 decimals (1: every row that is "
+              "not unanimous; 0.67: fewer than 2 of 3 agree).")
+@user_errors
+def review(csv, out, min_agreement):
+    """Put the rows of a quorum predict CSV that a person should check into OUT/<predicted class>/.
+
+    \b
+    Hard links where the file system allows, else symbolic links, else copies: moving one
+    leaves the original alone. Sort them into their true class folders (a new folder for a
+    class the models do not know), then add them to the labelled data (OUT/README.txt says
+    how). OUT is written whole or not at all.
+    """
+    from rich.markup import escape
+
+    from quorum.console import say
+    from quorum.predict.review import review as run_review
+
+    result = run_review(csv, out, min_agreement)
+    per_class = ", ".join(f"{label} {count}" for label, count in result.per_class.items()) or "none"
+    say(escape(f"Wrote {result.out}: {result.flagged} of {result.rows} rows to review ({per_class}), as "
+               f"{result.how}; read {result.out / 'README.txt'}"))
+    if result.unknown:
+        say(escape(f"  {result.unknown} rows of a --lazy run were left out: unanimous or not is unknown there "
+                   "(predict without --lazy to review them)"))
 
 
 @main.command()
@@ -232,6 +277,7 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, wo
     result = build_report(models_dir, models, tie_breaker=tie_breaker, data=data, preds=preds, labels=labels,
                           device=device, timing=not no_timing, workers=workers, quiet=quiet)
     print_table(result, quiet)
+    say(f"Drawing the pictures and writing {out}", quiet)
     written = write_report(result, out)
     say(f"Wrote {written[-1]} and {len(written) - 1} more files in {out}")
 

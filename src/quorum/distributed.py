@@ -40,15 +40,24 @@ class World:
         return [i % n for i in range(self.rank, total, self.size)]
 
 
-def current() -> World:
-    """The world torchrun describes in the environment, joining its process group on first call."""
+def current(device: str = "auto") -> World:
+    """The world torchrun describes in the environment, joining its process group on first call.
+
+    `device` is the --device asked for: it decides the backend, so --device cpu on a GPU machine
+    runs on gloo."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     if not dist.is_initialized():
-        # nccl between GPUs, gloo between CPU processes: PyTorch's own backends, nothing home-made.
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend_for(device, torch.cuda.is_available()))
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def backend_for(requested: str, cuda_available: bool) -> str:
+    """nccl between GPUs, gloo between CPU (or MPS) processes: PyTorch's own backends, nothing home-made.
+    `auto` takes a GPU when there is one (as `device_for` does), so it takes nccl then."""
+    on_gpu = cuda_available and (requested == "auto" or requested.startswith("cuda"))
+    return "nccl" if on_gpu else "gloo"
 
 
 def device_for(world: World, requested: str) -> str:
@@ -91,6 +100,26 @@ def gather_to_main(world: World, value):
     return values
 
 
+def _all_reduce(value: int, op) -> int:
+    """`value` reduced over every process of the group torchrun started (itself outside torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    box = torch.tensor([value], device=device)
+    dist.all_reduce(box, op=op)
+    return int(box.item())
+
+
+def most(n: int) -> int:
+    """The largest `n` of all processes: how many steps each must take so none is left waiting."""
+    return _all_reduce(n, dist.ReduceOp.MAX)
+
+
+def everyone(flag: bool) -> bool:
+    """True only if `flag` is true in every process: DDP steps must be taken by all or by none."""
+    return bool(_all_reduce(int(flag), dist.ReduceOp.MIN))
+
+
 def run_on_main(world: World, compute):
     """`compute()` on rank 0 only (None elsewhere). Its QuorumError is raised on every process,
     so none waits forever for a rank that stopped."""
@@ -100,6 +129,9 @@ def run_on_main(world: World, compute):
             result = compute()
         except QuorumError as exc:
             error = str(exc)
+        except BaseException as exc:  # a bug or an OSError: the others must not wait for it either
+            broadcast(world, f"the main process (rank 0) failed: {type(exc).__name__}: {exc}")
+            raise
     error = broadcast(world, error)
     if error:
         raise QuorumError(error)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from quorum.console import say
 from quorum.data.images import UnreadableImage, load_rgb
 
 
@@ -22,9 +24,15 @@ class LabelledImages(Dataset):
     def __getitem__(self, i: int):
         path, label = self.items[i]
         try:
-            return self.transform(load_rgb(self.root / path)), label, i
+            image = load_rgb(self.root / path)
         except UnreadableImage:
             return None  # dropped by collate_readable: never a crash mid-epoch, never a stand-in image
+        try:
+            return self.transform(image), label, i
+        except Exception as exc:  # decoded, but the resize or crop refused it (predict gives it an error row)
+            reason = f"cannot preprocess ({type(exc).__name__}: {str(exc)[:120]})"
+            say(f"[yellow]{escape(f'left out {path}: {reason}')}[/yellow]")
+            return None
 
 
 def collate_readable(batch):

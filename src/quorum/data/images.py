@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from quorum.errors import QuorumError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 _TIFF_BITS_PER_SAMPLE = 258
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -27,21 +28,85 @@ class UnreadableImage(QuorumError):
         self.path = path
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Every image under `folder`, recursively, skipping hidden files and folders.
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Every extension Pillow can open (lower case, with the dot): .tga, .ppm, .jfif as well as .jpg.
 
+    Formats Pillow only writes (.pdf) are not images to us; formats it opens but cannot decode
+    here (.eps without Ghostscript) still get a row, with the reason they failed."""
+    Image.init()  # load every plugin, not only the common ones
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+# Kinds of skipped folders, in the order the summary names them.
+HIDDEN_FOLDER, LINK_LOOP = "hidden folder", "folder link loop"
+_FOLDER_KINDS = (HIDDEN_FOLDER, LINK_LOOP)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The image files under a folder, and a count of everything else that was passed over."""
+
+    images: list[Path]
+    skipped: Counter = field(default_factory=Counter)  # '.txt', 'no extension', 'hidden', 'hidden folder', ...
+
+    def summary(self) -> str:
+        """E.g. 'skipped 3 files (2 .txt, 1 .json)'; '' when nothing was skipped."""
+        def count(kind: str, n: int) -> str:
+            return f"{n} with no extension" if kind == "no extension" else f"{n} {kind}"
+        kinds = sorted(k for k in self.skipped if k.startswith("."))
+        kinds += [k for k in ("no extension", "hidden") if k in self.skipped]
+        parts = []
+        if kinds:
+            n = sum(self.skipped[k] for k in kinds)
+            parts.append(f"{n} file{'s' * (n != 1)} ({', '.join(count(k, self.skipped[k]) for k in kinds)})")
+        for kind in _FOLDER_KINDS:
+            if self.skipped[kind]:
+                parts.append(f"{self.skipped[kind]} {kind}{'s' * (self.skipped[kind] != 1)}")
+        return "skipped " + " and ".join(parts) if parts else ""
+
+
+def scan_images(folder: Path) -> Scan:
+    """Every image under `folder`, recursively, and a count of the files that are not.
+
+    Hidden files and folders (`.DS_Store`, `.git/`) are skipped and counted. Links to folders
+    are followed, as if the folder were there, once each: a link back up is a counted loop.
     Sorted by relative POSIX path so the order is the same on every OS and every run.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise QuorumError(f"image folder not found: {folder}")
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # prune, so we never descend
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(root, name))
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+    extensions, found, skipped = image_extensions(), [], Counter()
+    on_path: list[tuple[int, int]] = []  # (device, inode) of the folders from `folder` down to here
+
+    def walk(directory: Path) -> None:
+        stat = directory.stat()
+        if (stat.st_dev, stat.st_ino) in on_path:
+            skipped[LINK_LOOP] += 1
+            return
+        on_path.append((stat.st_dev, stat.st_ino))
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir():  # follows links
+                    if entry.name.startswith("."):
+                        skipped[HIDDEN_FOLDER] += 1
+                    else:
+                        walk(Path(entry.path))
+                elif entry.name.startswith("."):
+                    skipped["hidden"] += 1
+                elif (suffix := Path(entry.name).suffix.lower()) in extensions:
+                    found.append(Path(entry.path))
+                else:
+                    skipped[suffix or "no extension"] += 1
+        on_path.pop()
+
+    walk(folder)
+    return Scan(sorted(found, key=lambda p: p.relative_to(folder).as_posix()), skipped)
+
+
+def find_images(folder: Path) -> list[Path]:
+    """The image files of `scan_images(folder)`."""
+    return scan_images(folder).images
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -54,6 +119,9 @@ def load_rgb(path: Path) -> Image.Image:
         # eat memory later. Scoped to this call: the global filter is the caller's.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns about broken metadata (EXIF tags past the end, ...) and decodes anyway:
+            # the pixels are fine, and the warning would land mid-progress-bar, once per worker.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             with Image.open(path) as image:  # opens on frame/page 0
                 image.load()  # decode everything now, so truncation surfaces here
                 # Read the bit depth off the file: the rotated copy no longer has its tags.

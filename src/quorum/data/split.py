@@ -8,6 +8,7 @@ split is made, and recorded there with the reason.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from quorum import files
-from quorum.data.images import UnreadableImage, find_images, load_rgb
+from quorum.console import say
+from quorum.data.images import HIDDEN_FOLDER, Scan, UnreadableImage, load_rgb, scan_images
 from quorum.errors import QuorumError
 
 SPLIT_FILE = "split.csv"
@@ -28,6 +30,7 @@ class Split:
     classes: tuple[str, ...]
     table: pd.DataFrame  # path (relative to root), label, subset (train | val | unreadable), reason
     digest: str  # fingerprint stored in each model.json: same digest, same validation images
+    skipped: str = ""  # what the scan passed over, e.g. 'skipped 3 files (2 .txt, 1 .json)'
 
     def items(self, subset: str) -> list[tuple[str, int]]:
         """(relative path, class index) for the train or val subset, in file order."""
@@ -42,25 +45,37 @@ class Split:
 
 def scan_labelled(root: Path) -> pd.DataFrame:
     """Every image under `root` as (path, label, given_subset); classes are the sub-folder names."""
+    return scan_labelled_counting(root)[0]
+
+
+def scan_labelled_counting(root: Path) -> tuple[pd.DataFrame, Scan]:
+    """`scan_labelled`, and a Scan whose `skipped` counts every file that is not an image of a class."""
     root = Path(root)
     if not root.is_dir():
         raise QuorumError(f"data folder {root} does not exist: give --data a folder with one sub-folder per class")
     has_given_split = (root / "train").is_dir() and (root / "val").is_dir()
-    rows = []
+    rows, skipped = [], Counter()
     for subset in (("train", "val") if has_given_split else ("",)):
         base = root / subset
         class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_dirs:
             raise QuorumError(f"{base} has no class sub-folders: put each class's images in {base}/<class>/")
+        # Beside the class folders: files (a README), hidden folders; counted as a scan counts them.
+        for entry in base.iterdir():
+            if entry.name.startswith("."):
+                skipped["hidden" if not entry.is_dir() else HIDDEN_FOLDER] += 1
+            elif not entry.is_dir():
+                skipped[entry.suffix.lower() or "no extension"] += 1
         for class_dir in class_dirs:
-            images = find_images(class_dir)
-            if not images:
+            scan = scan_images(class_dir)
+            skipped += scan.skipped
+            if not scan.images:
                 raise QuorumError(f"class folder {class_dir} has no images: add some or remove the folder")
-            rows += [((p.relative_to(root)).as_posix(), class_dir.name, subset or None) for p in images]
+            rows += [((p.relative_to(root)).as_posix(), class_dir.name, subset or None) for p in scan.images]
     table = pd.DataFrame(rows, columns=["path", "label", "given_subset"])
     if table.label.nunique() < 2:
         raise QuorumError(f"{root} has only one class ({table.label.iloc[0]}): a classifier needs at least two class folders")
-    return table
+    return table, Scan([], skipped)
 
 
 class _ReadCheck(Dataset):
@@ -98,8 +113,9 @@ def stratified_subsets(labels: pd.Series, val_fraction: float, seed: int) -> lis
     return list(subsets)
 
 
-def make_split(root: Path, val_fraction: float, seed: int, workers: int = 0) -> pd.DataFrame:
-    scanned = scan_labelled(root)
+def make_split(root: Path, val_fraction: float, seed: int, workers: int = 0,
+               scanned: pd.DataFrame | None = None) -> pd.DataFrame:
+    scanned = scan_labelled(root) if scanned is None else scanned
     reasons = find_unreadable(Path(root), list(scanned.path), workers)
     table = scanned.assign(reason=reasons)
     readable = table[table.reason == ""]
@@ -123,25 +139,39 @@ def _digest(table: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _new_labels(before: set[str], table: pd.DataFrame) -> list[str]:
+    """Each class folder of `table` that `before` lacks, with its image count."""
+    counts = table.label.value_counts()
+    return [f"{label} ({counts[label]} images)" for label in sorted(set(counts.index) - before)]
+
+
 def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: int, resplit: bool = False,
                        workers: int = 0) -> tuple[Split, bool]:
     """The saved split if the files still match it, else a new one (saved). Returns (split, is_new)."""
     split_path = Path(models_dir) / SPLIT_FILE
+    current, scan = scan_labelled_counting(root)
     if split_path.is_file() and not resplit:
         table = pd.read_csv(split_path, keep_default_na=False, dtype=str)
-        current = scan_labelled(root)
         saved_files = set(zip(table.path, table.label))
         current_files = set(zip(current.path, current.label))
         if saved_files != current_files:
             added, removed = len(current_files - saved_files), len(saved_files - current_files)
+            new = _new_labels(set(table.label), current)
             raise QuorumError(
-                f"the images in {root} changed since {split_path} was made ({added} added, {removed} removed): "
-                "add --resplit to make a new split (then fine-tune the other models again so all share it)"
+                f"the images in {root} changed since {split_path} was made ({added} added, {removed} removed"
+                f"{'; new class folder(s): ' + ', '.join(new) if new else ''}): add --resplit to make a new split"
+                f"{' and accept them as new labels' if new else ''} (then fine-tune the other models again so all "
+                "share it)"
             )
         is_new = False
     else:
-        table = make_split(root, val_fraction, seed, workers)
+        before = set(pd.read_csv(split_path, keep_default_na=False, dtype=str).label) if split_path.is_file() else None
+        table = make_split(root, val_fraction, seed, workers, scanned=current)
+        new = _new_labels(before, table) if before is not None else []
+        if new:  # e.g. a class folder a person made while sorting `quorum review`'s images
+            say(f"[yellow]New label(s) accepted: {', '.join(new)} (class folders in {root} that the previous split "
+                "did not have); models fine-tuned before do not know them: fine-tune every model again[/yellow]")
         files.write_csv(split_path, table)
         is_new = True
     classes = tuple(sorted(table.label.unique()))
-    return Split(Path(root), classes, table.reset_index(drop=True), _digest(table)), is_new
+    return Split(Path(root), classes, table.reset_index(drop=True), _digest(table), scan.summary()), is_new

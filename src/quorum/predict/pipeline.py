@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from quorum import distributed
 from quorum.console import say, track
-from quorum.data.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, load_rgb
+from quorum.data.images import UnreadableImage, load_rgb, scan_images
 from quorum.data.preprocess import Preprocessing
 from quorum.device import pick_device
 from quorum.errors import QuorumError
@@ -54,22 +54,27 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     Under torchrun each process votes on its share and rank 0 returns the table; the others return None.
     With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
     `frame.attrs` holds `members`, `tie_breaker`, `min_agreement` and `lazy` for `table.closing_lines`,
-    and `identity` (with `progress` or a shard) for `shards.write_part`.
+    `identity` (with `progress` or a shard) for `shards.write_part`, and `folder` for the CSV's sidecar.
     """
     # Cheap checks first: a mistake should cost seconds, not a model load or a decoded folder.
     if batch_size < 1:
         raise QuorumError(f"--batch-size must be at least 1 (got {batch_size})")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise QuorumError(f"--min-agreement must be between 0 and 1 (got {min_agreement})")
-    world = distributed.current()
+    world = distributed.current(device)
     quiet = quiet or not world.is_main
     torch_device = pick_device(distributed.device_for(world, device))  # before any collective: nccl needs it
     folder = Path(folder)
-    paths = find_images(folder)
+    scan = scan_images(folder)
+    paths = scan.images
     if not paths:
-        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise QuorumError(f"no images in {folder} (searched it and its sub-folders for {extensions})")
-    infos = read_members(model_dirs)
+        found = f" ({scan.summary()})" if scan.skipped else ""
+        raise QuorumError(f"no images in {folder}{found}: quorum reads every format Pillow opens, "
+                          "e.g. .jpg, .png, .tif, .webp, .tga, .ppm")
+    if scan.skipped:
+        say(escape(f"Not images, so no rows: {scan.summary()} under {folder}"), quiet)
+    # Members in name order, however they were given: the CSV's member columns then come in one order.
+    infos = read_members(sorted(model_dirs, key=lambda path: Path(path).name))
     tie = tie_breaker_index(infos, tie_breaker)
     names, classes = [info.path.name for info in infos], infos[0].classes
     check_columns(names, classes, probs, min_agreement is not None)
@@ -106,7 +111,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         return None
     frame = assemble([finished, *parts], chosen, names)
     frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy,
-                       identity=identity)
+                       identity=identity, folder=str(folder.resolve()))
     return frame
 
 

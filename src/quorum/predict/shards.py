@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from quorum import files
 from quorum.errors import QuorumError
 from quorum.predict import run_identity
-from quorum.predict.table import assemble, columns, read_predictions, write_predictions
+from quorum.predict.table import assemble, columns, read_predictions, sidecar, write_predictions
 
 
 @dataclass(frozen=True)
@@ -51,16 +50,10 @@ def parse_shard(text: str) -> Shard:
     return Shard(int(match[1]), int(match[2]))
 
 
-def sidecar(part: Path) -> Path:
-    return Path(part).with_name(Path(part).name + ".json")
-
-
 def write_part(frame: pd.DataFrame, out: Path) -> None:
-    """The shard's CSV, then the sidecar that makes it a part: a part without one is never merged."""
-    sidecar(out).unlink(missing_ok=True)  # an old sidecar must not vouch for the new CSV
+    """The shard's CSV, then the sidecar (`table.write_predictions`) that makes it a part: a part
+    without one is never merged."""
     write_predictions(frame, out)
-    files.write_json(sidecar(out), {"run": frame.attrs["identity"], "rows": len(frame),
-                                    "paths": run_identity.digest(frame["path"].tolist())})
 
 
 def merge(parts: list[Path]) -> pd.DataFrame:
@@ -88,8 +81,14 @@ def merge(parts: list[Path]) -> pd.DataFrame:
     names = list(run["members"])
     tables = [_read_part(by_index[index], Shard(index, count), described[by_index[index]], run) for index in range(count)]
     frame = assemble(tables, list(range(run["files"])), names)
+    fingerprints = [""] * run["files"]  # the parts' own: the folder may not be on this machine
+    for index in range(count):
+        for position, value in zip(Shard(index, count).positions(run["files"]),
+                                   described[by_index[index]].get("fingerprints", [])):
+            fingerprints[position] = value
     frame.attrs.update(members=names, tie_breaker=run["tie_breaker"], min_agreement=run["min_agreement"],
-                       lazy=run["lazy"])
+                       lazy=run["lazy"], folder=run["folder"], fingerprints=fingerprints,
+                       identity={**run, "shard": str(WHOLE)})
     return frame
 
 

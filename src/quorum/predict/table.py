@@ -1,8 +1,19 @@
 """The predictions table: its columns, the check that --out can be written, the CSV and the summary.
 
 Columns, in order: path, prediction, votes, members, agreement, decided_by, confidence, then per
-member <name> and <name>_p, then p_<class> (with probs), review (with min_agreement), status, error.
+member (in name order) <name>_prediction and <name>_confidence, then p_<class> (with probs),
+review (with min_agreement), status, error. A member's two columns are named like the vote's own
+`prediction` and `confidence`; `p_` only ever prefixes a class, as in val_predictions.csv.
 An unreadable file's row has only path, status=error and error filled in.
+
+In a lazy run a row where members were skipped has `members` = every member (what a full run
+says), `votes` and `agreement` empty (a skipped member might have agreed or not), `decided_by`
+`unknown` unless it is determined, and `review` empty where the undecided vote could fall on
+either side of the level.
+
+Beside the CSV, `<csv>.json` records the folder, each file's fingerprint (size and mtime) and
+the run, so a later reader (`finetune --pseudo-labels`, `review`, `report`) can find the files and
+tell if one changed since.
 """
 
 from __future__ import annotations
@@ -16,13 +27,30 @@ import numpy as np
 import pandas as pd
 
 from quorum import files
+from quorum.data.unlabelled import paths_digest, sidecar
 from quorum.errors import QuorumError
-from quorum.predict.vote import DECIDED_BY, mean_probability, vote
+from quorum.predict.trust import at_least, below, decided_by_lines
+from quorum.predict.vote import DECIDED_BY, UNKNOWN, mean_probability, vote
 
 VOTE_COLUMNS = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
 STATUS_COLUMNS = ["status", "error"]
 OK, ERROR = "ok", "error"
 CSV_DECIMALS = 6
+# What each column reads back as: `read_predictions(path)` gives exactly these (README: the CSV).
+DTYPES = {"path": "str", "prediction": "str", "votes": "Int64", "members": "Int64", "agreement": "float64",
+          "decided_by": "str", "confidence": "float64", "review": "boolean", "status": "str", "error": "str"}
+
+
+def member_columns(name: str) -> tuple[str, str]:
+    """A member's label column and the probability it gave that label."""
+    return f"{name}_prediction", f"{name}_confidence"
+
+
+def members_of(frame_columns) -> list[str]:
+    """The member names of a predictions table, from its `<name>_prediction` columns, in order."""
+    suffix = "_prediction"
+    return [column[: -len(suffix)] for column in frame_columns
+            if column.endswith(suffix) and f"{column[: -len(suffix)]}_confidence" in frame_columns]
 
 
 @dataclass(frozen=True)
@@ -38,9 +66,9 @@ class MemberOutputs:
 
 
 def columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> list[str]:
-    member_columns = [column for name in names for column in (name, f"{name}_p")]
+    per_member = [column for name in names for column in member_columns(name)]
     class_columns = [f"p_{name}" for name in classes] if with_probs else []
-    return VOTE_COLUMNS + member_columns + class_columns + (["review"] if with_review else []) + STATUS_COLUMNS
+    return VOTE_COLUMNS + per_member + class_columns + (["review"] if with_review else []) + STATUS_COLUMNS
 
 
 def check_columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> None:
@@ -62,18 +90,26 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
     if len(good):  # vote only where some member ran: unreadable rows take no part at all
         probs, ran = outputs.probs[:, good], outputs.ran[:, good]
         result = vote(probs, tie_breaker, ran)
-        table = {"prediction": label_of[result.label], "votes": result.votes, "members": result.members,
-                 "agreement": result.votes / result.members, "decided_by": result.decided_by,
-                 "confidence": result.confidence}
+        n_members = len(names)
+        complete = result.members == n_members  # lazy: a skipped member might have agreed or not
+        agreement = result.votes / n_members
+        table = {"prediction": label_of[result.label], "votes": np.where(complete, result.votes, np.nan),
+                 "members": np.full(len(good), n_members), "agreement": np.where(complete, agreement, np.nan),
+                 "decided_by": result.decided_by, "confidence": result.confidence}
         for m, name in enumerate(names):
             top = np.nan_to_num(probs[m], nan=-1.0).argmax(axis=1)
-            table[name] = np.where(ran[m], label_of[top], None)
-            table[f"{name}_p"] = np.where(ran[m], np.nan_to_num(probs[m], nan=-1.0).max(axis=1).astype(float), np.nan)
+            label_column, p_column = member_columns(name)
+            table[label_column] = np.where(ran[m], label_of[top], None)
+            table[p_column] = np.where(ran[m], np.nan_to_num(probs[m], nan=-1.0).max(axis=1).astype(float), np.nan)
         if with_probs:  # the mean over the members that ran, as the vote's confidence is
             mean = mean_probability(probs, ran)
             table.update({f"p_{name}": mean[:, c] for c, name in enumerate(classes)})
         if min_agreement is not None:
-            table["review"] = table["agreement"] < min_agreement
+            # Between what the members that ran give and what every skipped one agreeing would give.
+            lowest, highest = agreement, (result.votes + n_members - result.members) / n_members
+            review = np.where(below(highest, min_agreement), True,
+                              np.where(at_least(lowest, min_agreement), False, None))
+            table["review"] = pd.array(review, dtype="boolean")
     for column in columns(names, classes, with_probs, min_agreement is not None)[1:-2]:
         values = pd.Series(table[column], index=good) if table else pd.Series(dtype=object)
         frame[column] = values.reindex(frame.index)
@@ -84,7 +120,7 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
 
 def typed(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Each column in the type `to_frame` gives it, whatever the rows went through (CSV, JSON, concat)."""
-    labels = {"path", "prediction", "decided_by", "status", *names}
+    labels = {"path", "prediction", "decided_by", "status", *(member_columns(name)[0] for name in names)}
     frame = frame.copy()
     for column in frame.columns:
         if column in labels:
@@ -106,9 +142,14 @@ def assemble(parts: list[pd.DataFrame], positions: list[int], names: list[str]) 
     return typed(frame.reset_index(drop=True), names)
 
 
-def read_predictions(path: Path, names: list[str]) -> pd.DataFrame:
-    """A predictions CSV read back exactly as written: only empty fields are missing (a class may be `NA`)."""
-    labels = ["path", "prediction", "decided_by", "status", "error", *names]
+def read_predictions(path: Path, names: list[str] | None = None) -> pd.DataFrame:
+    """A predictions CSV read back exactly as written: only empty fields are missing (a class may be `NA`).
+
+    Without `names`, the members are the columns with a `<name>_prediction` and `<name>_confidence`.
+    """
+    header = pd.read_csv(path, nrows=0).columns.tolist()
+    names = members_of(header) if names is None else names
+    labels = ["path", "prediction", "decided_by", "status", "error", *(member_columns(name)[0] for name in names)]
     frame = pd.read_csv(path, dtype={column: object for column in labels}, keep_default_na=False, na_values=[""])
     return typed(frame, names)
 
@@ -131,25 +172,56 @@ def check_writable(out: Path) -> None:
 
 
 def write_predictions(frame: pd.DataFrame, out: Path) -> None:
-    """Write the CSV under a temporary name and move it into place: never a truncated file."""
+    """Write the CSV under a temporary name and move it into place: never a truncated file.
+
+    Then `<out>.json`: the folder, each file's fingerprint and the run (`frame.attrs`), so that the
+    rows can be traced to their files later. An old one is removed first: it must not vouch for
+    the new CSV.
+    """
+    sidecar(out).unlink(missing_ok=True)
     files.write_csv(Path(out), frame.round(CSV_DECIMALS))
+    folder = frame.attrs.get("folder")
+    if folder is None:
+        return
+    fingerprints = frame.attrs.get("fingerprints") or [_fingerprint(Path(folder) / path) for path in frame["path"]]
+    files.write_json(sidecar(out), {"folder": str(folder), "run": frame.attrs.get("identity"), "rows": len(frame),
+                                    "paths": paths_digest(frame["path"].tolist()),
+                                    "fingerprints": fingerprints})
 
 
-def closing_lines(frame: pd.DataFrame) -> list[str]:
-    """A few lines for a person: rows, errors, predictions per class, how rows were decided."""
+def _fingerprint(path: Path) -> str:
+    try:
+        return files.fingerprint(path)
+    except OSError:
+        return ""  # an unreadable row's file may be gone: its row says why
+
+
+def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> list[str]:
+    """A few lines for a person: rows, errors, predictions per class, how rows were decided and, with
+    `trust` (`trust.trust_table` on validation), how often each kind was right there."""
     ok = frame[frame["status"] == OK]
     lines = [f"{len(frame)} rows, {len(frame) - len(ok)} errors"]
     if len(ok):
         counts = ok["prediction"].value_counts()
         lines.append("predicted: " + ", ".join(f"{label} {count}" for label, count in counts.items()))
         decided = ok["decided_by"].value_counts()
-        how = ", ".join(f"{decided.get(kind, 0)} {kind}" for kind in DECIDED_BY)
+        kinds = [*DECIDED_BY, *([UNKNOWN] if decided.get(UNKNOWN, 0) else [])]
+        how = ", ".join(f"{decided.get(kind, 0)} {kind}" for kind in kinds)
         lines.append(f"decided: {how} (tie-breaker {frame.attrs.get('tie_breaker', '?')})")
+        shares = {kind: decided.get(kind, 0) / len(ok) for kind in kinds if decided.get(kind, 0)}
+        lines.append("; ".join(decided_by_lines(shares, trust)))
+        if decided.get(UNKNOWN, 0):
+            lines.append(f"unknown: {decided[UNKNOWN]} rows of a --lazy run where the skipped members could still "
+                         "have made it unanimous or not (their prediction is a full run's)")
     if "review" in frame:
-        lines.append(f"flagged for review: {int(ok['review'].sum())} (agreement < {frame.attrs.get('min_agreement')})")
+        level = frame.attrs.get("min_agreement")
+        unsure = int(ok["review"].isna().sum())
+        lines.append(f"flagged for review: {int(ok['review'].sum())} (agreement below {level}, to 2 decimals)"
+                     + (f"; {unsure} lazy rows could fall either side" if unsure else ""))
     names = frame.attrs.get("members", [])
     if frame.attrs.get("lazy") and names:
         possible = len(ok) * len(names)
-        skipped = int(ok[names].isna().to_numpy().sum())  # a member's label is empty only where it did not run
+        labels = [member_columns(name)[0] for name in names]
+        skipped = int(ok[labels].isna().to_numpy().sum())  # a member's label is empty only where it did not run
         lines.append(f"lazy: skipped {skipped} of {possible} member runs ({skipped / max(possible, 1):.0%})")
     return lines

@@ -10,8 +10,10 @@ deterministic. Both kinds of tie report decided_by="tie-breaker".
 
 Lazy mode runs members one at a time and skips an image for the remaining members once
 `settled` says no later vote can change its winner; `vote(..., ran=mask)` then counts only the
-members that ran. The winning label is the same as if every member had run; `votes`,
-`members`, `decided_by` and `confidence` describe the members that actually voted.
+members that ran. The winning label is the same as if every member had run. `decided_by` is
+what a full run would say wherever the skipped members could not change it, and `unknown` where
+they could (two cheap members agree: the third may make it unanimous or not); `votes`,
+`members` and `confidence` describe the members that actually voted.
 """
 
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import numpy as np
 
 DECIDED_BY = ("unanimous", "majority", "tie-breaker")
 UNANIMOUS, MAJORITY, TIE_BREAKER = DECIDED_BY
+UNKNOWN = "unknown"  # lazy only: the skipped members could still change how (never what) it was decided
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,14 @@ def vote(probs: np.ndarray, tie_breaker: int, ran: np.ndarray | None = None) -> 
     # With one leader, tb_in_tie means the tie-breaker voted it and by_mean is it anyway.
     label = np.where(tb_in_tie, tb_label, by_mean)
 
-    decided_by = np.where(tied.sum(axis=1) > 1, TIE_BREAKER, MAJORITY)
+    decided_by = np.where(tied.sum(axis=1) > 1, TIE_BREAKER, MAJORITY).astype(object)
     decided_by[best == n_members] = UNANIMOUS  # every member ran and agreed
+    # Where members were skipped, only an outright majority that no skipped vote can tie or
+    # join into unanimity is what a full run would say too.
+    left = n_members - members
+    runner_up = np.sort(counts, axis=1)[:, -2] if n_classes > 1 else np.zeros(n_images, int)
+    majority_for_sure = (best < members) & (best > runner_up + left)
+    decided_by[(left > 0) & ~majority_for_sure] = UNKNOWN
     return Votes(
         label=label,
         votes=best,

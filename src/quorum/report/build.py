@@ -22,6 +22,7 @@ from quorum.console import console, say, track
 from quorum.errors import QuorumError
 from quorum.models.bundle import HISTORY, WEIGHTS, ModelInfo
 from quorum.predict.members import read_members, select_models, tie_breaker_index
+from quorum.report.gallery import review_gallery, wrong_gallery
 from quorum.report.scores import (
     describe_predictions,
     ensemble_scores,
@@ -37,6 +38,7 @@ from quorum.report.sources import (
     run_on_folder,
     stack_validation,
 )
+from quorum.report.trust import trust
 
 ENSEMBLE = "ensemble"
 
@@ -51,6 +53,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     preds: dict | None = None  # scores.describe_predictions of a predict CSV
+    trust: pd.DataFrame | None = None  # predict.trust.trust_table of the vote where labels are known
+    curve: pd.DataFrame | None = None  # predict.trust.coverage_curve of the same
+    galleries: dict = field(default_factory=dict)  # gallery tiles: "review" and "wrong", with "*_note"
 
     @property
     def names(self) -> list[str]:
@@ -64,7 +69,8 @@ class Report:
         return {"source": self.source, "classes": list(self.classes), "notes": self.notes,
                 "models": self.members, "ensemble": self.ensemble,
                 "summary": self.table.astype(object).where(self.table.notna(), None).to_dict(orient="records"),
-                "preds": self.preds}
+                "preds": self.preds, "trust": None if self.trust is None else
+                self.trust.astype(object).where(self.trust.notna(), None).to_dict(orient="records")}
 
 
 def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (), tie_breaker: str | None = None,
@@ -78,9 +84,13 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     tie = tie_breaker_index(infos, tie_breaker)
     notes: list[str] = []
     # A wrong --preds should fail before any model runs.
-    preds_part = read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None else None
+    preds_frame, preds_part = read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None else (None, None)
+    # Said at once: the slow parts below (running models, timing them) would otherwise be silence.
+    say(escape(f"Reporting on {len(infos)} model{'s' * (len(infos) != 1)} in {models_dir}: {', '.join(member_names)} "
+               f"(tie-breaker {member_names[tie]})"), quiet)
 
     if data is not None:
+        say(escape(f"Running every model on every image of {data}"), quiet)
         labelled = run_on_folder(Path(data), infos, tie, device, workers=workers, quiet=quiet)
         source, metrics = labelled.source, member_scores(labelled, member_names, infos[0].classes)
         if labelled.skipped:
@@ -97,6 +107,21 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         ensemble = ensemble_scores(labelled, member_names, infos[0].classes, tie, accuracies)
 
     report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos), preds_part)
+    if ensemble is not None:
+        report.trust, report.curve = trust(labelled, tie)
+        report.galleries["wrong"], report.galleries["wrong_note"] = wrong_gallery(labelled, member_names,
+                                                                                  infos[0].classes, tie)
+    if preds_part is not None:
+        report.galleries["review"], report.galleries["review_note"] = review_gallery(
+            Path(preds), preds_frame, preds_part["review"], preds_part["members"])
+        ran, rows = preds_part["ran"], preds_part["rows"] - len(preds_part["errors"])
+        partly = {name: count for name, count in ran.items() if count < rows}
+        if partly and "scores" in preds_part:
+            notes.append("--preds is a --lazy run: each member is scored only on the rows where it ran ("
+                         + ", ".join(f"{name} on {count} of {rows}" for name, count in partly.items())
+                         + "), so its accuracy there is not comparable with the others'")
+    if timing:
+        say("Timing each model on this machine (a few seconds each; --no-timing skips this)", quiet)
     seconds = measure_times(infos, device, quiet, notes) if timing else {}
     if not timing:
         notes.append("time per image was not measured (--no-timing)")
@@ -104,10 +129,10 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     return report
 
 
-def read_preds_part(preds: Path, labels: Path | None, classes) -> dict:
+def read_preds_part(preds: Path, labels: Path | None, classes) -> tuple[pd.DataFrame, dict]:
     frame, names = read_preds(preds)
     truth = read_labels(labels) if labels is not None else None
-    return {"file": str(preds), **describe_predictions(frame, names, classes, truth)}
+    return frame, {"file": str(preds), **describe_predictions(frame, names, classes, truth)}
 
 
 def validation_scores(infos: list[ModelInfo], notes: list[str]) -> tuple[Labelled | None, str, dict]:
@@ -166,6 +191,12 @@ def summary_table(report: Report, seconds: dict[str, float]) -> pd.DataFrame:
     return table.drop(columns=["preds_accuracy"]) if not preds_scores else table
 
 
+def best_name(accuracies: dict[str, float]) -> str | None:
+    """The model (or the ensemble) with the best accuracy; a tie goes to the ensemble, the one to use."""
+    scored = {name: value for name, value in accuracies.items() if value is not None and not pd.isna(value)}
+    return max(scored, key=lambda name: (scored[name], name == ENSEMBLE)) if scored else None
+
+
 def _headline(metrics: dict) -> dict:
     return {key: metrics[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "images")}
 
@@ -185,9 +216,10 @@ def print_table(report: Report, quiet: bool = False) -> None:
     columns = [column for column in headers if column in report.table.columns]
     for column in columns:
         table.add_column(headers[column], justify="left" if column in ("model", "backbone") else "right")
+    best = best_name(dict(zip(report.table["model"], report.table["accuracy"])))
     for row in report.table.to_dict(orient="records"):
         table.add_row(*(escape(format_cell(column, row[column])) for column in columns),
-                      style="bold" if row["model"] == ENSEMBLE else None)
+                      style="bold" if row["model"] == best else None)
     # A log file or pipe gets whole rows, not the 80 columns rich assumes there.
     out = console if console.is_terminal else Console(file=console.file, width=160, highlight=False)
     out.print(table)

@@ -14,19 +14,26 @@ from pathlib import Path
 
 from quorum import files
 from quorum.report import plots
-from quorum.report.build import ENSEMBLE, Report, format_cell
+from quorum.report.build import ENSEMBLE, Report, best_name, format_cell
 from quorum.report.sections import (
     ensemble_section,
+    gallery_section,
     per_class_table,
     preds_section,
+    pseudo_section,
+    review_gallery_section,
     table_html,
+    trust_section,
 )
 
 INDEX = "index.html"
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.ensemble{font-weight:bold;background:#eef6ff}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{font-weight:bold;background:#eef6ff}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{background:#fff6d6;padding:.6em 1em;border-left:4px solid #e0b000}
+.gallery{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;width:128px;font-size:11px;line-height:1.25}
+figure img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;margin:0}figcaption span{display:block}
+.missing{width:96px;height:96px;background:#eee;color:#888;font-size:11px}
 .wide{overflow-x:auto}summary{cursor:pointer;margin:.3em 0}h2{margin-top:1.6em;border-bottom:1px solid #ddd}code{background:#f3f3f3;padding:0 .2em}"""
 SUMMARY_HEADERS = {"model": "model", "backbone": "backbone", "image_size": "image size", "parameters": "parameters",
                    "size_mb": "size on disk (MB)", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
@@ -47,9 +54,13 @@ def figures(report: Report) -> dict[str, object]:
         out["training_curves.png"] = plots.training_curves(report.histories)
     if report.table["ms_per_image"].notna().any():
         out["accuracy_vs_time.png"] = plots.accuracy_vs_time(report.table.dropna(subset=["ms_per_image"]), ENSEMBLE)
+    if report.curve is not None and len(report.curve):
+        levels = report.trust[report.trust["group"] == "at least"]
+        out["coverage_accuracy.png"] = plots.coverage_accuracy(report.curve, levels)
     preds = report.preds
     if preds and preds["agreement"]:
-        agreement = {f"{float(level):.0%}": count for level, count in preds["agreement"].items()}
+        agreement = {level if level == "unknown" else f"{float(level):.0%}": count
+                     for level, count in preds["agreement"].items()}
         out["preds_agreement.png"] = plots.bars(agreement, "how many members agreed with the vote",
                                                 "agreement (share of members voting for the winner)")
         out["preds_classes.png"] = plots.bars(preds["predicted"], "predicted class counts", "predicted class")
@@ -98,10 +109,17 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
         f"{escape(report.source)}. Written {escape(datetime.now().strftime('%Y-%m-%d %H:%M'))}.</p>",
         *(f'<p class="note">{escape(note)}</p>' for note in report.notes),
         "<h2>Comparison</h2>",
-        table_html(headers, rows, highlight=ENSEMBLE),
+        table_html(headers, rows, highlight=best_name(dict(zip(report.table["model"], report.table["accuracy"])))),
+        "<p>In bold: the best accuracy.</p>",
         "<p>Time per image: eval forward passes on random pixels at each model's input size, on this machine; "
         "the ensemble's is the sum of its members' (every member runs on every image).</p>",
+        pseudo_section(report),
         ensemble_section(report),
+        trust_section(report),
+        _image(images, "coverage_accuracy.png", "coverage against accuracy"),
+        gallery_section("Validation images the vote got wrong, most confident first",
+                        "True label, the vote's label with its confidence and how it was decided, every member's "
+                        "vote.", report.galleries.get("wrong", []), report.galleries.get("wrong_note")),
         "<h2>Confusion matrices</h2><p>Rows are the true class, normalised to shares of it (one colour scale for "
         "all); the numbers are counts.</p>",
         _image(images, "confusion_matrices.png", "confusion matrices"),
@@ -114,7 +132,9 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
     if "accuracy_vs_time.png" in images:
         parts += ["<h2>Accuracy against time</h2>", _image(images, "accuracy_vs_time.png", "accuracy against time")]
     if report.preds is not None:
-        parts += [preds_section(report.preds), _image(images, "preds_agreement.png", "agreement histogram"),
+        parts += [preds_section(report.preds),
+                  review_gallery_section(report.galleries.get("review", {}), report.galleries.get("review_note")),
+                  _image(images, "preds_agreement.png", "agreement histogram"),
                   _image(images, "preds_classes.png", "predicted class counts")]
     links = " · ".join(f'<a href="{escape(name)}">{escape(name)}</a>' for name in file_names)
     parts += [f"<h2>Files</h2><p>{links}</p>", "</body></html>"]

@@ -31,12 +31,19 @@ def _matrix_panel(ax, values: np.ndarray, counts: np.ndarray, classes, title: st
     if show_y:
         ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
-    middle = (vmin + vmax) / 2
     for (i, j), text in np.ndenumerate(np.asarray(labels, dtype=object).reshape(counts.shape)):
-        if text:
-            dark = abs(values[i, j] - middle) > (vmax - vmin) * 0.3
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        if text:  # black or white, whichever the cell's own colour makes readable (a count of 1 on pale blue too)
+            cell = image.cmap(image.norm(values[i, j])) if np.isfinite(values[i, j]) else (1.0, 1.0, 1.0)
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=_ink(cell))
     return image
+
+
+def _ink(background) -> str:
+    """Black on light colours, white on dark ones: WCAG relative luminance against the midpoint
+    where both inks give the same contrast."""
+    channels = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in background[:3]]
+    luminance = 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+    return "black" if luminance > 0.179 else "white"
 
 
 def _panel_size(classes) -> float:
@@ -77,7 +84,7 @@ def best_vs_ensemble(best: str, best_matrix, ensemble_matrix, classes) -> Figure
     diff = ens_counts - best_counts
     title = f"ensemble - {best}" + ("" if diff.any() else ": no difference")
     diff_image = _matrix_panel(axes[2], better, diff, classes, title, "RdYlGn", -limit, limit,
-                               [f"{d:+d}" if d else "" for d in diff.ravel()], show_y=False)
+                               [f"{d:+d}" if d else "" for d in diff.ravel()], show_y=True)
     fig.colorbar(diff_image, ax=axes[2], shrink=0.8, label="change in share (green: the vote is better)")
     return fig
 
@@ -94,16 +101,40 @@ def training_curves(histories: dict[str, pd.DataFrame]) -> Figure:
             ax.set_title(f"{name}: {metric}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if epochs.nunique() == 1:  # one epoch: the locator would fall back to fractions around it
+                ax.set_xticks(list(epochs))
             ax.grid(alpha=0.3)
             unfrozen = history.loc[history["phase"] == 2, "epoch"] if "phase" in history else []
             if len(unfrozen) and unfrozen.iloc[0] > epochs.iloc[0]:  # a run that never froze has no line
                 ax.axvline(unfrozen.iloc[0] - 0.5, color="grey", ls="--", label="unfrozen")
+        _clip_spikes(loss_ax, epochs, history[["train_loss", "val_loss"]])
+        loss_ax.legend(fontsize=8, loc="upper right")
         acc_ax.set_ylim(0, 1.02)
         acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         best = history["val_accuracy"].idxmax()
         acc_ax.plot(epochs[best], history["val_accuracy"][best], "*", ms=12, color="tab:red", label="kept epoch")
         acc_ax.legend(fontsize=8, loc="lower right")
     return fig
+
+
+def _clip_spikes(ax, epochs: pd.Series, losses: pd.DataFrame, factor: float = 10.0) -> None:
+    """Scale the loss axis to the losses within `factor` times their median, and write the value of any
+    higher one at the top edge: one early spike (a validation loss of 22.7) must not flatten the curves."""
+    values = losses.to_numpy(float)
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return
+    ceiling = factor * max(float(np.median(finite)), 1e-12)
+    spikes = finite > ceiling
+    if not spikes.any():
+        return
+    top = float(finite[~spikes].max()) * 1.15 if (~spikes).any() else ceiling
+    ax.set_ylim(min(0.0, float(finite.min())), top)
+    for column in losses:
+        for epoch, value in zip(epochs, losses[column]):
+            if np.isfinite(value) and value > ceiling:
+                ax.annotate(f"{value:.3g} \u2191", (epoch, top), xytext=(0, -10), textcoords="offset points",
+                            ha="center", fontsize=7, color="tab:red")
 
 
 def accuracy_vs_time(table: pd.DataFrame, ensemble_name: str) -> Figure:
@@ -122,9 +153,8 @@ def accuracy_vs_time(table: pd.DataFrame, ensemble_name: str) -> Figure:
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain)
-    times = table["ms_per_image"].astype(float)
-    if times.max() < 10 * times.min():  # within one decade there are no major ticks to read: label the minor ones
-        ax.xaxis.set_minor_formatter(plain)
+    # Between the decades, only 2 and 5 are labelled: all eight minor labels of a decade overlap.
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if _leading_digit(value) in (2, 5) else ""))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("time per image on this machine (ms, log scale)")
     ax.set_ylabel("accuracy")
@@ -132,6 +162,10 @@ def accuracy_vs_time(table: pd.DataFrame, ensemble_name: str) -> Figure:
     ax.grid(alpha=0.3)
     ax.set_title("accuracy against time per image (dot size: parameters)", fontsize=10)
     return fig
+
+
+def _leading_digit(value: float) -> int:
+    return int(round(value / 10 ** np.floor(np.log10(value)))) if value > 0 else 0
 
 
 def bars(counts: dict[str, int], title: str, xlabel: str) -> Figure:
@@ -145,5 +179,30 @@ def bars(counts: dict[str, int], title: str, xlabel: str) -> Figure:
                   if len(counts) > 6 else "center", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # images come in whole numbers
     ax.set_title(title, fontsize=10)
     return fig
+
+
+def coverage_accuracy(curve: pd.DataFrame, levels: pd.DataFrame) -> Figure:
+    """Accuracy of the rows accepted against the share accepted, most agreed first; each agreement
+    level's cut marked, so a reader sees what checking the rest by hand buys."""
+    figure = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = figure.add_subplot()
+    ax.plot(curve["coverage"], curve["accuracy"], color="#1f77b4")
+    seen = set()
+    for step, row in enumerate(levels.itertuples()):
+        if row.images and row.images not in seen:  # a level that adds no rows is the same point
+            seen.add(row.images)
+            ax.plot(row.coverage, row.accuracy, "o", color="#d62728")
+            # Alternate above and below, left of the dot: the last levels crowd the right edge.
+            ax.annotate(row.level, (row.coverage, row.accuracy), textcoords="offset points",
+                        xytext=(-36, 8 if step % 2 else -14), fontsize=8)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("coverage (rows accepted, most agreed and most confident first)")
+    ax.set_ylabel("accuracy of the accepted rows")
+    ax.set_title("coverage against accuracy; dots: accept every row with at least k of n agreeing", fontsize=9)
+    ax.grid(alpha=0.3)
+    return figure

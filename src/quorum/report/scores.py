@@ -11,8 +11,15 @@ import warnings
 import pandas as pd
 
 from quorum.metrics import classification_metrics
-from quorum.predict.table import OK
-from quorum.predict.vote import DECIDED_BY, TIE_BREAKER, default_tie_breaker, vote
+from quorum.predict.table import OK, member_columns
+from quorum.predict.vote import (
+    DECIDED_BY,
+    TIE_BREAKER,
+    UNANIMOUS,
+    UNKNOWN,
+    default_tie_breaker,
+    vote,
+)
 from quorum.report.sources import Labelled
 
 
@@ -67,22 +74,28 @@ def describe_predictions(frame: pd.DataFrame, names: list[str], classes, labels:
     """What the members did on an unlabelled folder, from predict's CSV; scores too where labels are given."""
     ok = frame[frame["status"] == OK]
     failed = frame[frame["status"] != OK]
+    agreement = ok["agreement"].astype(float)
+    unknown = int((ok["decided_by"] == UNKNOWN).sum())
     summary = {
         "rows": len(frame),
         "members": names,
         "errors": [{"path": str(p), "error": str(e)} for p, e in zip(failed["path"], failed["error"])],
-        "agreement": {f"{value:.3f}": int(count) for value, count in
-                      ok["agreement"].astype(float).value_counts().sort_index().items()},
+        "agreement": {**{f"{value:.3f}": int(count) for value, count in agreement.value_counts().sort_index().items()},
+                      **({"unknown": int(agreement.isna().sum())} if agreement.isna().any() else {})},
         "predicted": {str(label): int(count) for label, count in ok["prediction"].value_counts().items()},
         "decided_by": {kind: int((ok["decided_by"] == kind).sum()) for kind in DECIDED_BY},
-        "review": None,
+        "unknown": unknown,  # lazy rows where skipped members could have changed how it was decided
+        "ran": {name: int(ok[member_columns(name)[0]].notna().sum()) for name in names},
+        "review_rule": "review column" if "review" in frame.columns else "not unanimous",
     }
-    if "review" in frame.columns:
-        flagged = ok[ok["review"].astype(str).str.lower() == "true"]
-        summary["review"] = [{"path": str(row["path"]), "prediction": str(row["prediction"]),
-                              "agreement": float(row["agreement"]),
-                              **{name: ("" if pd.isna(row[name]) else str(row[name])) for name in names}}
-                             for _, row in flagged.iterrows()]
+    # Flagged: the CSV's own review column, else every row that is not unanimous (review's default).
+    flagged = ok[ok["review"].fillna(False).astype(bool)] if "review" in frame.columns else \
+        ok[ok["decided_by"].isin([kind for kind in DECIDED_BY if kind != UNANIMOUS])]
+    summary["review"] = [{"path": str(row["path"]), "prediction": str(row["prediction"]),
+                          "agreement": float(row["agreement"]),
+                          **{name: ("" if pd.isna(row[member_columns(name)[0]]) else str(row[member_columns(name)[0]]))
+                             for name in names}}
+                         for _, row in flagged.iterrows()]
     if labels is not None:
         summary.update(labelled_preds_scores(ok, names, classes, labels))
     return summary
@@ -93,12 +106,13 @@ def labelled_preds_scores(ok: pd.DataFrame, names: list[str], classes, labels: p
     truth = ok["path"].map(labels)
     rows = ok[truth.notna()]
     truth = truth[truth.notna()]
-    seen = set(truth) | set(rows["prediction"]) | {label for name in names for label in rows[name].dropna()}
+    labels_of = {name: rows[member_columns(name)[0]] for name in names}
+    seen = set(truth) | set(rows["prediction"]) | {label for name in names for label in labels_of[name].dropna()}
     classes = list(classes) + sorted(seen - set(classes))  # a label the models never saw is still scored
     index = {name: i for i, name in enumerate(classes)}
     y_true = truth.map(index).to_numpy(int)
     scored = {"ensemble": scores(y_true, rows["prediction"].map(index).to_numpy(int), classes)}
     for name in names:
-        voted = rows[name].notna().to_numpy()  # a lazy run skips members whose vote could not matter
-        scored[name] = scores(y_true[voted], rows[name][voted].map(index).to_numpy(int), classes)
+        voted = labels_of[name].notna().to_numpy()  # a lazy run skips members whose vote could not matter
+        scored[name] = scores(y_true[voted], labels_of[name][voted].map(index).to_numpy(int), classes)
     return {"labelled": len(rows), "unlabelled": len(ok) - len(rows), "scores": scored, "score_classes": classes}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from html import escape
 
-from quorum.report.build import ENSEMBLE, Report
+from quorum.report.build import ENSEMBLE, Report, best_name
 
 MAX_ROWS = 200  # listed rows for review or errors; the CSV has them all
 
@@ -13,7 +14,7 @@ def table_html(headers: list[str], rows: list[list], highlight: str | None = Non
     head = "".join(f"<th>{escape(str(h))}</th>" for h in headers)
     body = []
     for row in rows:
-        marked = ' class="ensemble"' if highlight is not None and row and row[0] == highlight else ""
+        marked = ' class="best"' if highlight is not None and row and row[0] == highlight else ""
         body.append(f"<tr{marked}>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>")
     # The wrapper scrolls sideways, so a wide table never widens the page.
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
@@ -43,10 +44,10 @@ def ensemble_section(report: Report) -> str:
                 for name, acc in ensemble["leave_one_out"].items()]
     agreement = [[name, *(f"{value:.1%}" for value in row)] for name, row in zip(names, ensemble["pairwise_agreement"])]
     return "\n".join([
-        "<h2>What the ensemble adds</h2>", table_html(["", "value"], facts),
+        "<h2>What the ensemble adds</h2>", table_html(["measure", "value"], facts),
         "<h3>Accuracy with each member left out</h3>",
         table_html(["vote", "accuracy", "change against all members"], left_out),
-        "<h3>How often members agree (same top-1 label), pairwise</h3>", table_html(["", *names], agreement),
+        "<h3>How often members agree (same top-1 label), pairwise</h3>", table_html(["member", *names], agreement),
     ])
 
 
@@ -75,20 +76,27 @@ def preds_section(preds: dict) -> str:
         rows = [[name, f"{s['accuracy']:.1%}", f"{s['balanced_accuracy']:.1%}", f"{s['macro_f1']:.3f}", s["images"]]
                 for name, s in preds["scores"].items()]
         parts += [f"<h3>Against the true labels ({preds['labelled']} rows labelled, {preds['unlabelled']} not)</h3>",
-                  table_html(["", "accuracy", "balanced accuracy", "macro F1", "images"], rows, highlight=ENSEMBLE)]
-    if review is None:
-        parts.append("<p>No rows were flagged for review: run quorum predict with --min-agreement to flag them.</p>")
-    else:
-        parts.append(f"<h3>Flagged for review: {len(review)}</h3>")
-        if review:
-            columns = list(review[0].keys())
-            rows = [[row[c] if c != "agreement" else f"{row[c]:.0%}" for c in columns] for row in review[:MAX_ROWS]]
-            parts.append(_folded(f"the {len(review)} rows", table_html(columns, rows) + _more(len(review))))
+                  table_html(["model", "accuracy", "balanced accuracy", "macro F1", "images"], rows,
+                             highlight=best_name({name: s["accuracy"] for name, s in preds["scores"].items()}))]
+    rule = ("the CSV's review column" if preds.get("review_rule") == "review column"
+            else "every row that is not unanimous (quorum review's default)")
+    parts.append(f"<h3>Flagged for review: {len(review)}</h3><p>Flagged: {escape(rule)}.</p>")
+    if preds.get("unknown"):
+        parts.append(f"<p>{preds['unknown']} rows of this --lazy run are decided_by <code>unknown</code>: the members "
+                     "skipped there could have made them unanimous or not.</p>")
+    if review:
+        columns = list(review[0].keys())
+        rows = [[_agreement(row[c]) if c == "agreement" else row[c] for c in columns] for row in review[:MAX_ROWS]]
+        parts.append(_folded(f"the {len(review)} rows", table_html(columns, rows) + _more(len(review))))
     parts.append(f"<h3>Errors: {len(errors)}</h3>")
     if errors:
         rows = [[e["path"], e["error"]] for e in errors[:MAX_ROWS]]
         parts.append(_folded(f"the {len(errors)} files", table_html(["path", "error"], rows) + _more(len(errors))))
     return "\n".join(parts)
+
+
+def _agreement(value: float) -> str:
+    return "unknown" if math.isnan(value) else f"{value:.0%}"  # NaN: a lazy row
 
 
 def _folded(summary: str, body: str) -> str:
@@ -97,3 +105,68 @@ def _folded(summary: str, body: str) -> str:
 
 def _more(count: int) -> str:
     return f"<p>... and {count - MAX_ROWS} more (see the CSV).</p>" if count > MAX_ROWS else ""
+
+
+def trust_section(report: Report) -> str:
+    """The vote's accuracy and coverage per agreement level and per decided_by, where labels are known."""
+    if report.trust is None:
+        return ""
+    rows = [[row.group, row.level, row.images, f"{row.coverage:.1%}", "-" if not row.images else f"{row.accuracy:.1%}"]
+            for row in report.trust.itertuples()]
+    return "\n".join([
+        "<h2>How far to trust the vote</h2>",
+        f"<p>On {escape(report.source)}: for each level of agreement among the members and each way a row "
+        "was decided, the share of images (coverage) and how many of them the vote got right. <b>at least k of n</b> "
+        "is what you get by accepting every row at that agreement or higher and checking the rest by hand "
+        "(<code>quorum review</code>; <code>quorum finetune --pseudo-labels</code> takes the unanimous rows).</p>",
+        table_html(["group", "level", "images", "coverage", "vote accuracy"], rows),
+    ])
+
+
+def gallery_section(title: str, intro: str, tiles: list[dict], note: str | None) -> str:
+    """Thumbnails with a caption each; nothing when there are none to show and nothing to say."""
+    if not tiles and not note:
+        return ""
+    parts = [f"<h3>{escape(title)}</h3><p>{escape(intro)}</p>"]
+    if note:
+        parts.append(f'<p class="note">{escape(note)}</p>')
+    parts.append('<div class="gallery">' + "".join(_tile(tile) for tile in tiles) + "</div>")
+    return "\n".join(parts)
+
+
+def review_gallery_section(groups: dict[str, list[dict]], note: str | None) -> str:
+    if not groups and not note:
+        return ""
+    parts = ["<h3>Flagged for review, by predicted class</h3>",
+             "<p>Each image with every member's vote; <code>quorum review</code> puts them all in folders.</p>"]
+    if note:
+        parts.append(f'<p class="note">{escape(note)}</p>')
+    for label, tiles in sorted(groups.items(), key=lambda item: -len(item[1])):
+        parts.append(f"<h4>predicted {escape(label)}</h4>")
+        parts.append('<div class="gallery">' + "".join(_tile(tile) for tile in tiles) + "</div>")
+    return "\n".join(parts)
+
+
+def _tile(tile: dict) -> str:
+    picture = (f'<img src="{tile["src"]}" alt="{escape(tile["title"])}">' if tile["src"]
+               else '<div class="missing">unreadable now</div>')
+    lines = "".join(f"<span>{escape(line)}</span>" for line in tile["lines"])
+    return f'<figure title="{escape(tile["title"])}">{picture}<figcaption>{lines}</figcaption></figure>'
+
+
+def pseudo_section(report: Report) -> str:
+    """Which models trained on pseudo-labels, how many and from which CSV (model.json's record)."""
+    rows = []
+    for info in report.infos:
+        pseudo = info.raw.get("pseudo_labels")
+        if pseudo:
+            rows.append([info.path.name, pseudo["added"], pseudo["rows"], f"{pseudo['min_agreement']:g}",
+                         pseudo["file"], pseudo["digest"]])
+    if not rows:
+        return ""
+    return "\n".join([
+        "<h2>Pseudo-labels</h2>",
+        "<p>Unlabelled images the vote agreed on, added to these models' training share with the vote's label "
+        "(never to validation: the scores above are on labelled images only).</p>",
+        table_html(["model", "images added", "rows in the CSV", "agreement at least", "CSV", "CSV digest"], rows),
+    ])

@@ -15,7 +15,12 @@ import pandas as pd
 from quorum.data.split import scan_labelled
 from quorum.errors import QuorumError
 from quorum.models.bundle import VAL_PREDICTIONS, ModelInfo
-from quorum.predict.table import STATUS_COLUMNS, VOTE_COLUMNS
+from quorum.predict.table import (
+    STATUS_COLUMNS,
+    VOTE_COLUMNS,
+    members_of,
+    read_predictions,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Labelled:
     y_true: np.ndarray  # (images,) class index
     probs: np.ndarray  # (members, images, classes)
     skipped: int = 0  # unreadable files left out
+    root: Path | None = None  # the folder `paths` are relative to, where known (for thumbnails)
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,9 @@ def stack_validation(infos: list[ModelInfo], runs: list[OwnValidation]) -> Label
         position = {path: i for i, path in enumerate(run.paths)}
         probs.append(run.probs[[position[path] for path in order]])
     source = f"the shared validation split ({len(order)} images)"
-    return Labelled(source, order, runs[0].y_true, np.stack(probs))
+    split = infos[0].raw.get("split", {})
+    root = split.get("root") or infos[0].raw.get("recipe", {}).get("data")  # older bundles: as given to finetune
+    return Labelled(source, order, runs[0].y_true, np.stack(probs), root=Path(root) if root else None)
 
 
 def run_on_folder(folder: Path, infos: list[ModelInfo], tie_breaker: int, device: str = "auto",
@@ -103,26 +111,26 @@ def run_on_folder(folder: Path, infos: list[ModelInfo], tie_breaker: int, device
     index = {name: i for i, name in enumerate(classes)}
     y_true = np.array([index[label] for label in table["label"]])[ok]
     source = f"the labelled folder {folder} ({int(ok.sum())} images)"
-    return Labelled(source, list(table["path"][ok]), y_true, outputs.probs[:, ok], skipped=int((~ok).sum()))
+    return Labelled(source, list(table["path"][ok]), y_true, outputs.probs[:, ok], skipped=int((~ok).sum()),
+                    root=folder)
 
 
 def read_preds(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """A `quorum predict` CSV and its member names (the columns that have a `<name>_p` partner)."""
+    """A `quorum predict` CSV and its member names (from the `<name>_prediction` columns)."""
     path = Path(path)
     if not path.is_file():
         raise QuorumError(f"--preds {path} does not exist: write one with quorum predict FOLDER --out {path}")
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"path": str, "error": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise QuorumError(f"--preds {path} is not a CSV ({type(exc).__name__}): give a quorum predict CSV") from None
-    missing = [column for column in VOTE_COLUMNS + STATUS_COLUMNS if column not in frame.columns]
+        header = pd.read_csv(path, nrows=0).columns
+        missing = [column for column in VOTE_COLUMNS + STATUS_COLUMNS if column not in header]
+        frame = None if missing else read_predictions(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, ValueError, TypeError) as exc:
+        raise QuorumError(f"--preds {path} is not a quorum predict CSV ({type(exc).__name__}): "
+                          f"write one with quorum predict FOLDER --out {path}") from None
     if missing:
         raise QuorumError(f"--preds {path} is not a quorum predict CSV (no column {', '.join(missing)}): "
                           f"write one with quorum predict FOLDER --out {path}")
-    frame["error"] = frame["error"].fillna("").astype(str)
-    names = [column for column in frame.columns[len(VOTE_COLUMNS):]
-             if f"{column}_p" in frame.columns and column not in STATUS_COLUMNS]
-    return frame, names
+    return frame, members_of(frame.columns)
 
 
 def read_labels(path: Path) -> pd.Series:

@@ -31,8 +31,10 @@ class FeatureCache:
     def __init__(self, start: int, train_views: list[TensorDataset], val: TensorDataset):
         self.start, self.train_views, self.val = start, train_views, val
 
-    def train_loader(self, epoch: int, batch_size: int, seed: int) -> DataLoader:
+    def train_loader(self, epoch: int, batch_size: int, seed: int) -> DataLoader | list:
         view = self.train_views[epoch % len(self.train_views)]
+        if not len(view):  # nothing readable in this process's share: it takes empty steps (see train_one_epoch)
+            return []
         return DataLoader(view, batch_size=batch_size, shuffle=True,
                           generator=torch.Generator().manual_seed(seed))
 
@@ -62,6 +64,8 @@ def _features(model: Classifier, normalize: nn.Module, dataset: LabelledImages, 
         parts[0].append(model.prefix(normalize(batch[0].to(device, non_blocking=True)), start).float().cpu())
         parts[1].append(batch[1])
         parts[2].append(batch[2])
+    if not parts[0]:  # every image unreadable (a process's whole share, under torchrun): an empty set
+        return TensorDataset(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
     return TensorDataset(*(torch.cat(p) for p in parts))
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from quorum.errors import QuorumError
-from quorum.files import atomic_path
+from quorum.files import atomic_path, fsync
+from quorum.train.recipe import Recipe
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -29,3 +31,28 @@ def load(work_dir: Path) -> dict:
 
 def remove(work_dir: Path) -> None:
     (Path(work_dir) / CHECKPOINT).unlink(missing_ok=True)
+    fsync(Path(work_dir))
+
+
+def resumed_recipe(saved: dict, asked: Recipe, done: int) -> Recipe:
+    """The interrupted run's recipe, with what may change on --resume: where it runs (device,
+    workers) and the number of epochs, not below the `done` ones. Any other change is refused by
+    name: the result would be neither the first run nor the new one."""
+    then = Recipe(**saved)
+    free = {"device", "workers", "epochs"}
+    if not then.cache_features:  # the run turned its cache off (too big): that stands
+        free.add("cache_features")
+    changed = [(f.name, getattr(then, f.name), getattr(asked, f.name)) for f in dataclasses.fields(Recipe)
+               if f.name not in free and getattr(then, f.name) != getattr(asked, f.name)]
+    if changed:
+        listed = ", ".join(f"{_option(name)} ({a} then, {b} now)" for name, a, b in changed)
+        raise QuorumError(f"--resume cannot change {listed}: resume with the interrupted run's options, "
+                          "or leave out --resume to start over")
+    if asked.epochs < done:
+        raise QuorumError(f"--resume cannot undo epochs already run: --epochs {asked.epochs} now, {done} of "
+                          f"{then.epochs} done; give --epochs {done} or more")
+    return dataclasses.replace(then, device=asked.device, workers=asked.workers, epochs=asked.epochs)
+
+
+def _option(field_name: str) -> str:
+    return "--no-cache" if field_name == "cache_features" else "--" + field_name.replace("_", "-")

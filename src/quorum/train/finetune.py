@@ -12,19 +12,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable
 
 import torch
+from rich.markup import escape
 
-from quorum import distributed
+from quorum import distributed, files
 from quorum.console import say
-from quorum.data.split import Split, load_or_make_split
+from quorum.data.split import SPLIT_FILE, Split, load_or_make_split
+from quorum.data.unlabelled import PseudoLabels, read_pseudo_labels
 from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
-from quorum.models import weights
+from quorum.models import bundle, weights
 from quorum.models.registry import get_backbone
 from quorum.train import checkpoint
 from quorum.train.recipe import Recipe
@@ -34,17 +36,24 @@ from quorum.train.run import TrainingRun
 def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet: bool = False,
              on_epoch_end: Callable[[int], None] | None = None) -> Path:
     """Run the recipe and return the finished model's folder (under torchrun: on every process)."""
-    world = distributed.current()
+    world = distributed.current(recipe.device)
     quiet = quiet or not world.is_main
     backbone = get_backbone(recipe.backbone)
     recipe = recipe.resolve(backbone.native_size, backbone.pretrained_available)
     models_dir = Path(recipe.models_dir)
     work_dir, final_dir = models_dir / f".{recipe.name}.partial", models_dir / recipe.name
+    if resume and distributed.broadcast(world, (work_dir / bundle.MODEL_JSON).is_file()):  # killed after training
+        if world.is_main:
+            say(f"Finishing {recipe.name}: it had finished training; moving it into place", quiet)
+            _replace_dir(work_dir, final_dir)
+        distributed.barrier(world)
+        return final_dir
     state = checkpoint.load(work_dir) if resume else None
     if resume:
-        # The interrupted run's recipe wins, except where it ran: that may differ now.
-        recipe = dataclasses.replace(Recipe(**state["recipe"]), device=recipe.device, workers=recipe.workers)
-        say(f"Resuming {recipe.name} after epoch {state['epoch'] + 1} of {recipe.epochs}", quiet)
+        before = state["recipe"]["epochs"]
+        recipe = checkpoint.resumed_recipe(state["recipe"], recipe, done=state["epoch"] + 1)
+        longer = f" (was {before})" if recipe.epochs != before else ""
+        say(f"Resuming {recipe.name} after epoch {state['epoch'] + 1} of {recipe.epochs}{longer}", quiet)
     if recipe.weights == "none" and recipe.frozen_epochs > 0:
         say(f"[yellow]Warning: {backbone.name} starts from random weights, yet --unfreeze-after {recipe.unfreeze_after} "
             f"keeps it frozen for {recipe.frozen_epochs} epoch(s): a random backbone's features carry no knowledge "
@@ -53,16 +62,17 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
         raise QuorumError(f"{backbone.name} only takes {backbone.native_size} px images: use --image-size {backbone.native_size}")
 
     device = pick_device(distributed.device_for(world, recipe.device))
-    split = shared_split(recipe, models_dir, resplit, world, quiet)
+    split, split_is_new = shared_split(recipe, models_dir, resplit, world, quiet)
+    with _forget_new_split(split_is_new and world.is_main, models_dir):  # e.g. offline: no weights
+        torch.manual_seed(recipe.seed)  # a random-init head (and --weights none) is the same every run
+        model = weights.build(backbone, len(split.classes), "none" if resume else recipe.weights)
+        if recipe.train_blocks > len(model.blocks):
+            raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s {len(model.blocks)} blocks")
+        model.to(device)
+        pseudo = pseudo_labels(recipe, split, quiet)
+        run = TrainingRun(recipe, split, model, device, work_dir, world, quiet, pseudo)
     if not resume and world.is_main and work_dir.exists():
-        shutil.rmtree(work_dir)  # an interrupted run the user chose not to resume
-    torch.manual_seed(recipe.seed)  # a random-init head (and --weights none) is the same every run
-    model = weights.build(backbone, len(split.classes), "none" if resume else recipe.weights)
-    if recipe.train_blocks > len(model.blocks):
-        raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s {len(model.blocks)} blocks")
-    model.to(device)
-
-    run = TrainingRun(recipe, split, model, device, work_dir, world, quiet)
+        _discard(work_dir)  # an interrupted run the user chose not to resume
     if state is not None:
         run.restore(state)
     with threads_for(recipe.workers if device.type == "cpu" else 0):
@@ -78,18 +88,59 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     return final_dir
 
 
-def shared_split(recipe: Recipe, models_dir: Path, resplit: bool, world: distributed.World, quiet: bool) -> Split:
-    """Rank 0 makes or checks the split; the other processes then read the same file."""
-    def make_or_check() -> Split:
+def shared_split(recipe: Recipe, models_dir: Path, resplit: bool, world: distributed.World,
+                 quiet: bool) -> tuple[Split, bool]:
+    """Rank 0 makes or checks the split; the other processes then read the same file. (split, is_new)"""
+    def make_or_check() -> tuple[Split, bool]:
         split, is_new = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed,
                                            resplit=resplit, workers=recipe.workers)
         report_split(split, is_new, models_dir, quiet)
-        return split
+        return split, is_new
 
-    split = distributed.run_on_main(world, make_or_check)
+    made = distributed.run_on_main(world, make_or_check)
     if not world.is_main:
-        split, _ = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed)
-    return split
+        made = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed)[0], False
+    return made
+
+
+@contextmanager
+def _forget_new_split(is_new: bool, models_dir: Path):
+    """A split made by a run that fails before it trains is removed: the next run makes it afresh
+    (perhaps with other options) instead of tripping over a split no model uses."""
+    try:
+        yield
+    except BaseException:
+        if is_new:
+            (models_dir / SPLIT_FILE).unlink(missing_ok=True)
+            with suppress(OSError):
+                models_dir.rmdir()  # only if the split was all it held
+        raise
+
+
+def pseudo_labels(recipe: Recipe, split: Split, quiet: bool) -> PseudoLabels | None:
+    """The agreed rows of `recipe.pseudo_labels`, for the training share only: never validation, so the
+    scores stay honest, and never a file that is already labelled."""
+    if recipe.pseudo_labels is None:
+        return None
+    pseudo = read_pseudo_labels(Path(recipe.pseudo_labels), split.classes, recipe.pseudo_min_agreement)
+    # By inode as well as by path: `quorum review` hard-links the images it hands a person to sort.
+    labelled = {_identity(split.root / path) for path in split.table.path}
+    overlap = [path for path, _ in pseudo.items if _identity(Path(path)) in labelled]
+    if overlap:
+        raise QuorumError(f"--pseudo-labels {recipe.pseudo_labels} has {len(overlap)} file(s) of the labelled folder "
+                          f"{split.root} (e.g. {overlap[0]}): predict on a folder outside it")
+    say(f"Pseudo-labels: {len(pseudo.items)} of {pseudo.rows} rows of {recipe.pseudo_labels} (agreement at least "
+        f"{recipe.pseudo_min_agreement:g}) join the {len(split.items('train'))} training images; validation "
+        "is unchanged", quiet)
+    return pseudo
+
+
+def _identity(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+        return stat.st_dev, stat.st_ino
+    except OSError:  # gone since the split was checked: it can only match by path
+        return None, str(path.resolve())
 
 
 def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> None:
@@ -97,6 +148,8 @@ def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> N
     verb = "Made" if is_new else "Reusing"
     say(f"{verb} the split {models_dir / 'split.csv'}: {counts.get('train', 0)} train, {counts.get('val', 0)} val "
         f"images, {len(split.classes)} classes", quiet)
+    if split.skipped:
+        say(escape(f"Not images, so left out: {split.skipped} under {split.root}"), quiet)
     unreadable = split.unreadable
     if len(unreadable) and is_new:
         say(f"[yellow]Left out {len(unreadable)} unreadable file(s):[/yellow]")
@@ -106,13 +159,28 @@ def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> N
         say(f"[yellow]{len(unreadable)} unreadable file(s) left out (listed in {models_dir / 'split.csv'})[/yellow]", quiet)
 
 
+def _discard(work_dir: Path) -> None:
+    """Remove an interrupted run, saying so: it may be hours of training."""
+    try:
+        state = checkpoint.load(work_dir)
+        done = f"{state['epoch'] + 1} of {state['recipe']['epochs']} epochs done"
+    except QuorumError:
+        done = "finished, not yet moved into place" if (work_dir / bundle.MODEL_JSON).is_file() else "no finished epoch"
+    say(escape(f"Discarding the interrupted run in {work_dir} ({done}): add --resume to continue such a run instead"))
+    shutil.rmtree(work_dir)
+
+
 def _replace_dir(new: Path, target: Path) -> None:
-    """Swap the finished run into place; the previous model stays whole until the last moment."""
+    """Swap the finished run into place; the previous model stays whole until the last moment.
+
+    Killed between the two renames, no model folder exists for an instant: `new` is still
+    complete, and `--resume` finishes the swap."""
     old = target.with_name(f".{target.name}.old")
-    if old.exists():
+    if old.exists() and target.exists():  # a swap that finished, but not its clean-up
         shutil.rmtree(old)
     if target.exists():
         target.rename(old)
     new.rename(target)
+    files.fsync(target.parent)  # both renames reach the disk before the old model goes
     if old.exists():
         shutil.rmtree(old)

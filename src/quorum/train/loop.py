@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quorum import distributed
 from quorum.console import track
 from quorum.device import autocast
 from quorum.models.classifier import Classifier, set_train_mode
@@ -46,9 +48,14 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
     set_train_mode(getattr(model, "module", model), train_blocks, keep_norm_stats)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     loss_sum, correct, seen, began = 0.0, 0, 0, time.perf_counter()
-    lr_sum, steps = 0.0, 0
-    for batch in track(loader, len(loader), description, quiet):
-        if batch is None:  # every image of this batch was unreadable
+    lr_sum, trained = 0.0, 0
+    # Under torchrun, every process takes the same number of steps and skips the same ones: a process
+    # without images for a step (all unreadable, or a shorter share of cached features) would otherwise
+    # skip its backward pass while the others wait for it in all-reduce.
+    steps = distributed.most(len(loader))
+    for batch in track(itertools.islice(itertools.chain(loader, itertools.repeat(None)), steps), steps,
+                       description, quiet):
+        if not distributed.everyone(batch is not None):  # every image of this batch was unreadable
             continue
         inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if start == 0:
@@ -56,7 +63,7 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
         with autocast(device):
             logits = model(inputs, start=start)
             loss = loss_fn(logits, labels)
-        lr_sum, steps = lr_sum + optimizer.param_groups[0]["lr"], steps + 1  # the rate this step trains with
+        lr_sum, trained = lr_sum + optimizer.param_groups[0]["lr"], trained + 1  # the rate this step trains with
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -66,7 +73,7 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
         correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
-            "lr": lr_sum / max(steps, 1), "seconds": time.perf_counter() - began}
+            "lr": lr_sum / max(trained, 1), "seconds": time.perf_counter() - began}
 
 
 def evaluate(inference: TorchInference, loader, quiet: bool = False, description: str = "validate",

@@ -31,6 +31,8 @@ class Recipe:
     workers: int = 2
     cache_features: bool = True  # phase 1 trains on cached frozen features when they fit in memory
     cache_views: int = 2  # augmented views of each training image in that cache, cycled across epochs
+    pseudo_labels: str | None = None  # a quorum predict CSV: rows the vote agreed on join the training share
+    pseudo_min_agreement: float = 1.0  # the agreement a row needs to be taken (1.0: unanimous)
     # BatchNorm in phase 2: keep (running statistics, as phase 1 saw them) | update (batch statistics).
     # None: keep for pretrained weights, update for a backbone that starts from random ones.
     norm_stats: str | None = None

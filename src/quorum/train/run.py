@@ -22,6 +22,7 @@ from quorum import distributed, files
 from quorum.console import say
 from quorum.data.datasets import LabelledImages, make_loader
 from quorum.data.split import Split
+from quorum.data.unlabelled import PseudoLabels
 from quorum.errors import QuorumError
 from quorum.metrics import classification_metrics
 from quorum.models import bundle
@@ -44,12 +45,14 @@ class TrainingRun:
     """The state of one fine-tuning run: model, current phase's optimizer, history, best epoch."""
 
     def __init__(self, recipe: Recipe, split: Split, model, device: torch.device, work_dir: Path,
-                 world: distributed.World, quiet: bool):
+                 world: distributed.World, quiet: bool, pseudo: PseudoLabels | None = None):
         self.recipe, self.split, self.model, self.device = recipe, split, model, device
-        self.work_dir, self.world, self.quiet = work_dir, world, quiet
+        self.work_dir, self.world, self.quiet, self.pseudo = work_dir, world, quiet, pseudo
         self.preprocessing = get_backbone(recipe.backbone).preprocessing(recipe.image_size)
         self.inference = TorchInference(model, self.preprocessing, device)  # validation runs as predict does
-        self.train_set = LabelledImages(split.root, split.items("train"), self.preprocessing.train_pixels())
+        # Pseudo-labelled images (absolute paths) join the training share only: validation stays the split's.
+        train_items = split.items("train") + (pseudo.items if pseudo is not None else [])
+        self.train_set = LabelledImages(split.root, train_items, self.preprocessing.train_pixels())
         self.val_set = LabelledImages(split.root, split.items("val"), self.preprocessing.eval_pixels())
         if len(self.val_set) == 0:
             raise QuorumError(f"no validation images: give each class in {split.root} at least 2 images, or a val/ folder")
@@ -59,6 +62,8 @@ class TrainingRun:
         self.phase, self.optimizer, self.scheduler, self.next_epoch = 0, None, None, 0
         self.trainer: nn.Module = model  # the model, or its DistributedDataParallel wrapper
         self.cache: cache.FeatureCache | None = None
+        self.best_model: dict[str, torch.Tensor] = {}  # the best epoch's weights and val_predictions.csv (rank 0)
+        self.best_predictions = ""
 
     def phase_of(self, epoch: int) -> int:
         return 1 if epoch < self.recipe.frozen_epochs else 2
@@ -86,8 +91,10 @@ class TrainingRun:
         """(first block to run, train loader, val loader) for this epoch, each over this process's share."""
         recipe, world = self.recipe, self.world
         seed = recipe.seed + epoch + 100_003 * world.rank  # augmentation differs across processes
-        torch.manual_seed(seed)  # augmentation and dropout: the same with or without --resume
+        # Built first (at the first frozen epoch, or the first after a resume), since building seeds its own
+        # views: then augmentation and dropout draw from this epoch's seed, with or without --resume.
         feature_cache = self.feature_cache() if phase == 1 else None
+        torch.manual_seed(seed)
         if feature_cache:
             return (feature_cache.start, feature_cache.train_loader(epoch, recipe.batch_size, seed),
                     feature_cache.val_loader(recipe.batch_size))
@@ -164,18 +171,22 @@ class TrainingRun:
                               "predicted_label": [classes[i] for i in probs.argmax(1)]})
         for k, name in enumerate(classes):
             frame[f"p_{name}"] = probs[:, k].round(6)
-        bundle.save_weights(self.model, self.work_dir)
-        files.write_csv(self.work_dir / bundle.VAL_PREDICTIONS, frame)
+        # Kept for the checkpoint, not written: the checkpoint is the one file that commits an epoch,
+        # so a crash can never pair one epoch's weights with another's metrics.
+        self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.best_predictions = frame.to_csv(index=False)
 
     def state(self, epoch: int) -> dict:
         return {"epoch": epoch, "phase": self.phase, "recipe": self.recipe.as_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history),
-                "best": json.dumps(self.best)}
+                "best": json.dumps(self.best), "best_model": self.best_model,
+                "best_predictions": self.best_predictions}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.history, self.best = json.loads(state["history"]), json.loads(state["best"])
+        self.best_model, self.best_predictions = state["best_model"], state["best_predictions"]
         self.next_epoch = state["epoch"] + 1
         if self.next_epoch < self.recipe.epochs and self.phase_of(self.next_epoch) == state["phase"]:
             self.start_phase(state["phase"])
@@ -183,16 +194,22 @@ class TrainingRun:
             self.scheduler.load_state_dict(state["scheduler"])
 
     def finish(self) -> None:
-        """Write history and model.json, drop the checkpoint: the work folder is now a complete bundle."""
+        """Write the bundle, model.json last, then drop the checkpoint: the work folder is now a complete
+        bundle. Killed before that, --resume runs no epoch and writes it all again."""
         recipe, best = self.recipe, self.best
+        self.model.load_state_dict(self.best_model)
+        bundle.save_weights(self.model, self.work_dir)
+        files.write_text(self.work_dir / bundle.VAL_PREDICTIONS, self.best_predictions)
         files.write_csv(self.work_dir / bundle.HISTORY, pd.DataFrame(self.history))
         bundle.write_model_json(self.work_dir, {
             "name": recipe.name, "backbone": recipe.backbone, **self.preprocessing.as_dict(),
             "classes": list(self.split.classes), "num_params": count_parameters(self.model),
             "weights_source": recipe.weights, "best_epoch": best["epoch"], "epochs_run": len(self.history),
             "metrics": best["metrics"], "split": {"file": "split.csv", "digest": self.split.digest,
-                                                  "val_images": len(self.val_set)},
+                                                  "val_images": len(self.val_set),
+                                                  "root": str(Path(self.split.root).resolve())},
             "recipe": recipe.as_dict(), "processes": self.world.size, "versions": provenance(),
+            **({"pseudo_labels": self.pseudo.as_dict(self.split.classes)} if self.pseudo is not None else {}),
         })
         checkpoint.remove(self.work_dir)
 

@@ -1,0 +1,124 @@
+"""A predictions CSV as data: which folder its rows came from, whether the files are unchanged, and
+which rows the vote agreed on enough to train on as pseudo-labels.
+
+`quorum predict` writes `<csv>.json` beside the CSV: the folder, each file's fingerprint (size and
+mtime), and the run. A reader needs it because the CSV's paths are relative to that folder, and a
+label is only worth something for the file it was given to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from quorum import files
+from quorum.errors import QuorumError
+
+SIDECAR_SUFFIX = ".json"
+# As quorum.predict.trust compares levels: to two decimals, so 0.67 means 2 of 3.
+AGREEMENT_TOLERANCE = 0.005
+
+
+def sidecar(csv: Path) -> Path:
+    return Path(csv).with_name(Path(csv).name + SIDECAR_SUFFIX)
+
+
+def paths_digest(paths: list[str]) -> str:
+    """A short hash of a list of paths: enough to tell two file lists apart."""
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+
+
+def read_sidecar(csv: Path, paths: list[str]) -> dict:
+    """`<csv>.json`, checked to describe the CSV whose `paths` were read, or a QuorumError naming the fix."""
+    path = sidecar(csv)
+    try:
+        info = json.loads(path.read_text())
+        folder, fingerprints = Path(info["folder"]), list(info["fingerprints"])
+    except FileNotFoundError:
+        raise QuorumError(f"{csv} has no {path.name} beside it (quorum predict writes one): without it the "
+                          "images' folder is unknown; run quorum predict again") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise QuorumError(f"{path} is broken: run quorum predict again") from None
+    if info.get("paths") != paths_digest(list(paths)) or len(fingerprints) != len(paths):
+        raise QuorumError(f"{csv} is not the CSV its {path.name} describes (edited or replaced?): "
+                          "run quorum predict again")
+    return {**info, "folder": folder}
+
+
+def changed_files(folder: Path, paths: list[str], fingerprints: list[str]) -> list[str]:
+    """The paths whose file is gone or differs from its fingerprint."""
+    changed = []
+    for path, expected in zip(paths, fingerprints):
+        try:
+            now = files.fingerprint(Path(folder) / path)
+        except OSError:
+            now = None
+        if now != expected:
+            changed.append(path)
+    return changed
+
+
+def file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """The unlabelled images the vote agreed on, with the vote's label, ready to join a training share."""
+
+    csv: Path
+    folder: Path
+    items: list[tuple[str, int]]  # (absolute path, class index)
+    digest: str  # of the CSV
+    min_agreement: float
+    rows: int  # rows in the CSV
+
+    def as_dict(self, classes: tuple[str, ...]) -> dict:
+        counts = pd.Series([classes[label] for _, label in self.items], dtype=object).value_counts()
+        return {"file": str(self.csv), "digest": self.digest, "folder": str(self.folder), "rows": self.rows,
+                "min_agreement": self.min_agreement, "added": len(self.items),
+                "per_class": {label: int(counts.get(label, 0)) for label in classes}}
+
+
+def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float = 1.0) -> PseudoLabels:
+    """The rows of a predictions CSV whose agreement reaches `min_agreement` (to two decimals).
+
+    Refused: a CSV without its sidecar, labels the model does not have, and files changed since the
+    CSV was written (named). Rows of a lazy run whose agreement is unknown are not taken.
+    """
+    csv = Path(csv)
+    if not 0 < min_agreement <= 1:
+        raise QuorumError(f"--pseudo-min-agreement must be above 0 and at most 1 (got {min_agreement})")
+    try:
+        frame = pd.read_csv(csv, dtype={"path": object, "prediction": object, "status": object},
+                            keep_default_na=False, na_values={"agreement": [""]})
+        frame = frame[["path", "prediction", "agreement", "status"]]
+    except FileNotFoundError:
+        raise QuorumError(f"--pseudo-labels {csv} does not exist: give a CSV written by quorum predict") from None
+    except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        raise QuorumError(f"--pseudo-labels {csv} is not a quorum predict CSV (it needs path, prediction, "
+                          "agreement and status columns)") from None
+    info = read_sidecar(csv, frame["path"].tolist())
+    agreed = (frame["status"] == "ok") & (frame["agreement"].astype(float) >= min_agreement - AGREEMENT_TOLERANCE)
+    chosen = frame[agreed]
+    unknown = sorted(set(chosen["prediction"]) - set(classes))
+    if unknown:
+        raise QuorumError(f"--pseudo-labels {csv} predicts classes this model does not have ({', '.join(unknown)}): "
+                          f"its classes are {', '.join(classes)}")
+    fingerprints = [info["fingerprints"][i] for i in chosen.index]
+    changed = changed_files(info["folder"], chosen["path"].tolist(), fingerprints)
+    if changed:
+        listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise QuorumError(f"{len(changed)} file(s) in {info['folder']} changed since {csv} was written ({listed}): "
+                          "their labels may no longer fit; run quorum predict again")
+    index = {name: i for i, name in enumerate(classes)}
+    items = [(str(info["folder"] / path), index[label]) for path, label in zip(chosen["path"], chosen["prediction"])]
+    return PseudoLabels(csv, info["folder"], items, file_digest(csv), min_agreement, len(frame))

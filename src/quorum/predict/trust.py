@@ -1,0 +1,81 @@
+"""How far to trust the vote at each level of agreement, measured where the truth is known.
+
+On the shared validation split every member's prediction is stored, so the vote can be replayed
+there and counted: for each agreement level (3 of 3, 2 of 3, ...) and each `decided_by`, the share
+of images it covers and how many of them the vote got right. Those counts are what a person
+needs to decide which predictions on an unlabelled folder to check and which to accept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# Agreement levels are fractions like 2/3; a level typed as 0.67 means "2 of 3", so levels are
+# compared to two decimals rather than exactly (2/3 < 0.67 would otherwise flag every 2-of-3 row).
+from quorum.data.unlabelled import AGREEMENT_TOLERANCE
+from quorum.predict.vote import DECIDED_BY, Votes
+
+TRUST_COLUMNS = ["group", "level", "images", "coverage", "correct", "accuracy"]
+
+
+def below(agreement, level: float):
+    """True where `agreement` is under `level`, to two decimals (NaN, unknown, is never below)."""
+    return np.asarray(agreement, dtype=float) < level - AGREEMENT_TOLERANCE
+
+
+def at_least(agreement, level: float):
+    """True where `agreement` reaches `level`, to two decimals (NaN, unknown, never does)."""
+    return np.asarray(agreement, dtype=float) >= level - AGREEMENT_TOLERANCE
+
+
+def trust_table(y_true: np.ndarray, result: Votes) -> pd.DataFrame:
+    """One row per agreement level (`k of n`), per `decided_by`, and per 'at least k of n' threshold.
+
+    coverage: the share of all images in the row's group; accuracy: the vote's, on those images.
+    """
+    y_true = np.asarray(y_true)
+    right = result.label == y_true
+    n = len(y_true)
+    rows = []
+
+    def add(group: str, level: str, mask: np.ndarray) -> None:
+        count = int(mask.sum())
+        rows.append({"group": group, "level": level, "images": count, "coverage": count / n if n else np.nan,
+                     "correct": int(right[mask].sum()), "accuracy": right[mask].mean() if count else np.nan})
+
+    members = int(result.members.max()) if n else 0
+    for votes in range(members, 0, -1):
+        add("agreement", f"{votes} of {members}", result.votes == votes)
+    for kind in DECIDED_BY:
+        add("decided_by", kind, result.decided_by == kind)
+    for votes in range(members, 0, -1):
+        add("at least", f"{votes} of {members}", result.votes >= votes)
+    return pd.DataFrame(rows, columns=TRUST_COLUMNS)
+
+
+def coverage_curve(y_true: np.ndarray, result: Votes) -> pd.DataFrame:
+    """Accept images from the most agreed (then most confident) down: coverage and accuracy at each step."""
+    order = np.lexsort((-result.confidence, -result.votes))  # last key sorts first
+    right = (result.label == np.asarray(y_true))[order]
+    accepted = np.arange(1, len(order) + 1)
+    return pd.DataFrame({"coverage": accepted / max(len(order), 1), "accuracy": np.cumsum(right) / accepted,
+                         "votes": result.votes[order]})
+
+
+def decided_by_lines(shares: dict[str, float], table: pd.DataFrame | None) -> list[str]:
+    """'78% unanimous; on validation these were 97% right', one part per decided_by seen."""
+    accuracy = {}
+    if table is not None:
+        rows = table[table["group"] == "decided_by"]
+        accuracy = {row.level: (row.accuracy, row.images) for row in rows.itertuples()}
+    parts = []
+    for kind, share in shares.items():
+        part = f"{share:.0%} {kind}"
+        right, images = accuracy.get(kind, (np.nan, 0))
+        if images:
+            part += f" (on validation {right:.0%} right, {images} images)"
+        elif table is not None and kind in DECIDED_BY:
+            part += " (none on validation)"
+        parts.append(part)
+    return parts

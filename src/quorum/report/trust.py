@@ -1,0 +1,35 @@
+"""The vote's trust table where the truth is known: each model's stored validation predictions,
+stacked (the same images for every member), replayed through the vote `quorum predict` uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from quorum.errors import QuorumError
+from quorum.predict.members import read_members, tie_breaker_index
+from quorum.predict.trust import coverage_curve, trust_table
+from quorum.predict.vote import vote
+from quorum.report.sources import Labelled, mismatch, read_validation, stack_validation
+
+
+def trust(labelled: Labelled, tie_breaker: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trust table, coverage-accuracy curve) of the vote on `labelled`."""
+    result = vote(labelled.probs, tie_breaker)
+    return trust_table(labelled.y_true, result), coverage_curve(labelled.y_true, result)
+
+
+def validation_trust(model_dirs: list[Path], tie_breaker: str | None = None) -> pd.DataFrame | None:
+    """The trust table on the shared validation split, or None where there is none to replay
+    (one member, members validated on different images, or stored predictions missing)."""
+    try:
+        infos = read_members(sorted(model_dirs, key=lambda path: Path(path).name))
+        if len(infos) < 2:
+            return None
+        runs = [read_validation(info) for info in infos]
+        if mismatch(infos, runs) is not None:
+            return None
+        return trust(stack_validation(infos, runs), tie_breaker_index(infos, tie_breaker))[0]
+    except QuorumError:  # a summary line is not worth failing a finished predict over
+        return None

@@ -1,0 +1,43 @@
+"""A mistake on the command line costs well under a second: options are checked before torch is imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CHECK = """
+import sys
+from click.testing import CliRunner
+from quorum.cli import main
+result = CliRunner().invoke(main, sys.argv[1:])
+print(result.exit_code, "torch" in sys.modules)
+print(result.output, end="")
+"""
+
+
+def quorum_without_torch(*args: str) -> tuple[str, str]:
+    """(exit code and whether torch was imported, the output) of `quorum ARGS` in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", CHECK, *args], capture_output=True, text=True, timeout=60)
+    first, _, output = done.stdout.partition("\n")
+    return first, output
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--epochs", "0", "--epochs must be at least 1 (got 0)"),
+    ("--batch-size", "0", "--batch-size must be at least 1 (got 0)"),
+    ("--val-fraction", "1.5", "--val-fraction must be between 0 and 1 (got 1.5)"),
+    ("--image-size", "8", "--image-size must be at least 16 (got 8)"),
+    ("--train-blocks", "-1", "--train-blocks must be 0 or more (got -1)"),
+    ("--lr", "0", "--lr and --finetune-lr must be positive"),
+    ("--name", "a/b", "--name 'a/b' must be a plain folder name (no '/', not starting with '.')"),
+])
+def test_a_bad_finetune_option_fails_before_torch_is_imported(option, value, message):
+    status, output = quorum_without_torch("finetune", "tinyvgg", option, value)
+    assert (status, output) == ("1 False", f"Error: {message}\n")
+
+
+def test_bad_workers_fail_before_torch_is_imported():
+    status, output = quorum_without_torch("finetune", "tinyvgg", "--workers", "-1")
+    assert status == "2 False" and "'--workers': -1 is not in the range x>=0" in output

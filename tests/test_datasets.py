@@ -1,0 +1,45 @@
+"""A file that decodes but fails its transform: dropped from its batch with a word, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+from image_factory import write_good_images
+from torchvision import transforms as T
+
+from quorum.data.datasets import LabelledImages, make_loader
+from quorum.data.preprocess import Preprocessing
+from quorum.predict.pipeline import _Images
+
+# A real torchvision transform that a real image can fail: RandomCrop without padding refuses
+# images smaller than the crop.
+CROP_40 = T.Compose([T.RandomCrop(40), T.PILToTensor()])
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_good_images(tmp_path, 3, size=(64, 48))
+    write_good_images(tmp_path, 1, size=(30, 20), seed=1)  # good_01_000.png: decodes, cannot be cropped to 40
+    return tmp_path
+
+
+def test_training_drops_an_image_its_transform_refuses_and_says_so(folder, capsys):
+    items = [(path.name, 0) for path in sorted(folder.glob("*.*"))]
+    loader = make_loader(LabelledImages(folder, items, CROP_40), batch_size=4, shuffle=False, workers=0)
+    [batch] = list(loader)
+    assert batch[0].shape == (3, 3, 40, 40) and batch[2].tolist() == [0, 1, 2]
+    said = " ".join(capsys.readouterr().err.split())
+    assert "[yellow]" not in said and "left out good_01_000.png: cannot preprocess (ValueError: Required crop size (40, 40) is larger" in said
+
+
+class _Crop40(Preprocessing):
+    def eval_pixels(self):
+        return CROP_40
+
+
+def test_predict_gives_an_image_its_transform_refuses_an_error_row(folder):
+    paths = sorted(folder.glob("*.*"))
+    images = _Images(paths, [_Crop40(size=40, mean=(0.5,) * 3, std=(0.5,) * 3)])
+    index, pixels, reason = images[paths.index(folder / "good_01_000.png")]
+    assert pixels is None
+    assert reason.startswith("cannot preprocess (ValueError: Required crop size (40, 40) is larger than input image size")
+    assert images[0][2] is None and images[0][1][(40, 0.875, "bilinear")].shape == (3, 40, 40)
