@@ -24,6 +24,12 @@ def user_errors(command):
     return wrapper
 
 
+ENGINE_OPTION = click.option(
+    "--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+    help="What runs the models: onnx (ONNX Runtime, CPU only; a model without model.onnx gets one on first use) "
+    "or torch. auto: onnx on the CPU, torch on CUDA and MPS. Probabilities agree within 1e-4.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="quorum")
 def main():
@@ -119,6 +125,7 @@ def backbones():
               help="Add a review column, true where agreement (votes / members) is below F, compared to 2 "
               "decimals: 1 flags every row that is not unanimous, 0.67 those where fewer than 2 of 3 agree.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@ENGINE_OPTION
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Image-decoding worker processes (0: decode in the main process).")
@@ -128,8 +135,8 @@ def backbones():
               "OUT.partial/ and do the rest. Without it, an unfinished run there is started over.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
 @user_errors
-def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, device, batch_size, workers,
-            shard, resume, quiet):
+def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, device, engine, batch_size,
+            workers, shard, resume, quiet):
     """Let the models vote on every image under FOLDER and write one CSV row per file.
 
     \b
@@ -150,6 +157,9 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     Under `torchrun --nproc_per_node K -m quorum predict ...` the K processes share
     the files and rank 0 writes the one CSV, the same as a single process writes.
     """
+    from quorum.models.engine import check_engine
+
+    check_engine(engine, device)  # before torch loads: a wrong combination fails in a second
     from quorum.predict import partial_rows, shards
     from quorum.predict.members import select_models
     from quorum.predict.pipeline import predict as run_predict
@@ -160,7 +170,7 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     progress = partial_rows.progress_dir(out)
     try:
         frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
-                            batch_size=batch_size, workers=workers, lazy=lazy, probs=probs,
+                            engine=engine, batch_size=batch_size, workers=workers, lazy=lazy, probs=probs,
                             min_agreement=min_agreement, quiet=quiet, shard=part, progress=progress, resume=resume)
     except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
         partial_rows.remove_if_empty(progress)
@@ -192,6 +202,23 @@ def merge(parts, out):
     frame = shards.merge(parts)
     write_predictions(frame, out)
     _print_closing_lines(frame, out)
+
+
+@main.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
+@click.option("--force", is_flag=True, help="Export again even where model.onnx is current.")
+@user_errors
+def export(names, models_dir, force):
+    """Add model.onnx (for --engine onnx) to the models NAME... in --models-dir [default: every model there].
+
+    quorum finetune writes it already; this is for models made before, or copied without it. Each
+    graph is checked against torch before it is kept, and skipped where it is current.
+    """
+    from quorum.models.onnx_export import export_models
+    from quorum.predict.members import select_models
+
+    export_models(select_models(models_dir, names), force=force)
 
 
 def _print_closing_lines(frame, out, model_dirs=None) -> None:
@@ -255,12 +282,13 @@ def review(csv, out, min_agreement):
 @click.option("--labels", type=click.Path(dir_okay=False), metavar="CSV",
               help="True labels of the --preds rows (columns path,label): scores the vote and each member on them.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@ENGINE_OPTION
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Image-decoding worker processes for --data.")
 @click.option("--no-timing", is_flag=True, help="Do not measure each model's time per image (a few seconds each).")
 @click.option("--quiet", "-q", is_flag=True, help="No table or progress; only where the report is.")
 @user_errors
-def report(models_dir, out, models, tie_breaker, data, preds, labels, device, workers, no_timing, quiet):
+def report(models_dir, out, models, tie_breaker, data, preds, labels, device, engine, workers, no_timing, quiet):
     """Score every model and their vote; write OUT/index.html with the tables and pictures.
 
     \b
@@ -270,12 +298,15 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, wo
     on this machine. Also: what the vote adds (the any-member-right ceiling, pairwise
     agreement, tie-breaker decisions, each member left out) and training curves.
     """
+    from quorum.models.engine import check_engine
+
+    check_engine(engine, device)
     from quorum.console import say
     from quorum.report.build import build_report, print_table
     from quorum.report.html import write_report
 
     result = build_report(models_dir, models, tie_breaker=tie_breaker, data=data, preds=preds, labels=labels,
-                          device=device, timing=not no_timing, workers=workers, quiet=quiet)
+                          device=device, engine=engine, timing=not no_timing, workers=workers, quiet=quiet)
     print_table(result, quiet)
     say(f"Drawing the pictures and writing {out}", quiet)
     written = write_report(result, out)

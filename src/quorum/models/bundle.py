@@ -1,6 +1,7 @@
 """A model bundle, `models/<name>/`: weights plus a `model.json` that says how to rebuild and feed them.
 
     model.safetensors     weights of the best epoch (no pickle: loading never runs code)
+    model.onnx            the same network as an ONNX graph, for `quorum predict --engine onnx` (onnx_export.py)
     model.json            backbone, image size, mean/std, classes in order, recipe, metrics, split hash
     history.csv           one row per epoch
     val_predictions.csv   path, true label, predicted label, one probability per class
@@ -23,6 +24,7 @@ from quorum.models.registry import get_backbone
 
 MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
+ONNX = "model.onnx"
 HISTORY = "history.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
 FORMAT_VERSION = 1

@@ -1,11 +1,19 @@
 """One inference path: a member's uint8 pixels in, its class probabilities out.
 
 Validation during training, `quorum predict`, the report's `--data` scoring and its timing all
-call a model through `TorchInference`, so the pixels a model sees and the arithmetic it runs on
-them are written once.
+call a model through one of these, so the pixels a model sees and the arithmetic it runs on them
+are written once. Two engines behind the same call:
+- `TorchInference`: the model in torch, on any device (training's validation always uses it);
+- `OnnxInference`: the bundle's model.onnx under ONNX Runtime, on the CPU, where it ran these
+  backbones 1.5-4x faster than torch (benchmarks/RESULTS.md). Both normalise with the same
+  `Normalizer` and take the same softmax, so only the network's own arithmetic differs.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -43,3 +51,53 @@ class TorchInference:
         with autocast(self.device):
             logits = self.model(x, start=start)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+class Inference(Protocol):
+    def __call__(self, inputs: torch.Tensor, start: int = 0) -> np.ndarray: ...
+
+
+class OnnxInference:
+    """model.onnx under ONNX Runtime on the CPU: uint8 pixels (n, 3, size, size) -> softmax probabilities."""
+
+    def __init__(self, session, preprocessing: Preprocessing):
+        self.session, self.preprocessing = session, preprocessing
+        self.normalize = preprocessing.normalizer()
+        self.input = session.get_inputs()[0].name
+
+    @torch.inference_mode()
+    def __call__(self, inputs: torch.Tensor, start: int = 0) -> np.ndarray:
+        if start:
+            raise ValueError("OnnxInference runs the whole network: cached features need TorchInference")
+        x = self.normalize(inputs.cpu()).numpy()
+        logits = self.session.run(None, {self.input: x})[0]
+        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def onnx_session(path: Path, threads: int):
+    """An ONNX Runtime session that shares the machine politely: `threads` threads that sleep, not spin,
+    while they wait (a spinning thread on a shared 2-core machine steals the core its peer needs)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to a user
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def cpu_cores() -> int:
+    """Cores this process may use (a container or taskset may allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def engine_threads(processes: int = 1) -> int:
+    """ONNX Runtime's threads per process: the cores, shared by the processes on this machine. The decoding
+    workers are not subtracted: they sleep once their batches are ready, and idle engine threads sleep too
+    (no spinning), so the two take turns (measured in benchmarks/RESULTS.md)."""
+    return max(1, cpu_cores() // max(1, processes))

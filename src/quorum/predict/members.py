@@ -6,15 +6,31 @@ take and what the CSV's member columns are called.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from quorum.console import say
 from quorum.errors import QuorumError
-from quorum.models.bundle import ModelInfo, find_models, load_model, read_info
-from quorum.models.classifier import count_parameters
-from quorum.models.inference import TorchInference
+from quorum.models import onnx_export
+from quorum.models.bundle import (
+    ONNX,
+    WEIGHTS,
+    ModelInfo,
+    find_models,
+    load_model,
+    read_info,
+)
+from quorum.models.engine import resolve_engine
+from quorum.models.inference import (
+    Inference,
+    OnnxInference,
+    TorchInference,
+    cpu_cores,
+    onnx_session,
+)
 from quorum.predict.vote import default_tie_breaker
 
 
@@ -22,8 +38,9 @@ from quorum.predict.vote import default_tie_breaker
 class Member:
     name: str
     info: ModelInfo
-    run: TorchInference  # uint8 pixels -> probabilities
-    cost: float  # parameters x input pixels: a cheap stand-in for FLOPs, to run cheap members first
+    run: Inference  # uint8 pixels -> probabilities
+    cost: float  # weights x input pixels: a cheap stand-in for FLOPs, to run cheap members first
+    engine: str = "torch"  # "onnx" or "torch"
 
 
 def select_models(models_dir: Path, names: tuple[str, ...] | list[str] = ()) -> list[Path]:
@@ -79,11 +96,67 @@ def tie_breaker_index(infos: list[ModelInfo], name: str | None = None) -> int:
     return names.index(name)
 
 
-def load_members(infos: list[ModelInfo], device: torch.device) -> list[Member]:
-    members = []
+def member_engines(infos: list[ModelInfo], engine: str, device_type: str, quiet: bool = False) -> list[str]:
+    """Each member's engine, "onnx" or "torch", for `--engine` `engine` on a `device_type` device.
+
+    auto: ONNX Runtime on the CPU for every member whose model.onnx is current (finetune writes it),
+    torch for the rest (an export takes 5-40 s: predict does not spend that, or write into a model's
+    folder, unasked). onnx: a member without a current model.onnx is exported now, once, or runs on
+    torch if its folder is read-only or the export fails.
+    """
+    resolved = resolve_engine(engine, device_type)
+    if resolved == "torch":
+        return ["torch"] * len(infos)
+    engines = []
     for info in infos:
-        model, _ = load_model(info.path, device)
-        cost = float(count_parameters(model)) * info.image_size**2
-        members.append(Member(info.path.name, info, TorchInference(model, info.preprocessing, device, channels_last=True),
-                              cost))
+        current = onnx_export.is_current(info.path)
+        if not current and engine == "auto":
+            say(f"[yellow]{info.path.name} runs on torch: it has no current {ONNX} "
+                f"(`quorum export {info.path.name}` adds it, for ONNX Runtime's speed)[/yellow]", quiet)
+        elif not current:
+            try:
+                say(f"Exporting {info.path / ONNX} (once; `quorum export` does it ahead of time)", quiet)
+                onnx_export.export_onnx(info.path)
+                current = True
+            except onnx_export.OnnxUnavailable as exc:
+                say(f"[yellow]{info.path.name} runs on torch: {exc}[/yellow]", quiet)
+        engines.append("onnx" if current else "torch")
+    return engines
+
+
+def load_members(infos: list[ModelInfo], device: torch.device, engines: list[str] | None = None,
+                 threads: int | None = None) -> list[Member]:
+    """Each member ready to run on its engine (`member_engines`; torch for all by default). `threads`:
+    ONNX Runtime's threads per member (they run one after another), default all cores."""
+    engines = engines or ["torch"] * len(infos)
+    members = []
+    for info, engine in zip(infos, engines):
+        if engine == "onnx":
+            run = OnnxInference(onnx_session(info.path / ONNX, threads or cpu_cores()), info.preprocessing)
+        else:
+            model, _ = load_model(info.path, device)
+            run = TorchInference(model, info.preprocessing, device, channels_last=True)
+        members.append(Member(info.path.name, info, run, cost(info), engine))
     return members
+
+
+def cost(info: ModelInfo) -> float:
+    """Numbers in the weights file x input pixels, read from the file's header: the same for every engine,
+    so members run in the same order (and --lazy skips the same runs) whichever engine runs them."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(info.path / WEIGHTS), framework="pt") as weights:
+            numbers = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
+    except Exception as exc:  # worded as bundle.load_model words it
+        raise QuorumError(f"cannot load the weights of {info.path} ({str(exc).splitlines()[0]}): "
+                          "fine-tune it again") from None
+    return float(numbers) * info.image_size**2
+
+
+def describe_engines(engines: list[str]) -> str:
+    """"engine onnx" or "engines onnx, torch (per member)", for the line that starts a run."""
+    labels = {"onnx": "onnx (ONNX Runtime)", "torch": "torch"}
+    if len(set(engines)) == 1:
+        return f"engine {labels[engines[0]]}"
+    return f"engines {', '.join(labels[engine] for engine in engines)} (one per member)"

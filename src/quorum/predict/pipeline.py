@@ -32,8 +32,17 @@ from quorum.data.images import UnreadableImage, load_rgb, scan_images
 from quorum.data.preprocess import Preprocessing
 from quorum.device import pick_device
 from quorum.errors import QuorumError
+from quorum.models.engine import check_engine, device_for_engine
+from quorum.models.inference import engine_threads
 from quorum.predict import partial_rows, run_identity
-from quorum.predict.members import Member, load_members, read_members, tie_breaker_index
+from quorum.predict.members import (
+    Member,
+    describe_engines,
+    load_members,
+    member_engines,
+    read_members,
+    tie_breaker_index,
+)
 from quorum.predict.shards import WHOLE, Shard
 from quorum.predict.table import (
     MemberOutputs,
@@ -46,7 +55,7 @@ from quorum.predict.vote import settled
 
 
 def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = None, device: str = "auto",
-            batch_size: int = 32, workers: int = 2, lazy: bool = False, probs: bool = False,
+            engine: str = "auto", batch_size: int = 32, workers: int = 2, lazy: bool = False, probs: bool = False,
             min_agreement: float | None = None, quiet: bool = False, shard: Shard = WHOLE,
             progress: Path | None = None, resume: bool = False) -> pd.DataFrame | None:
     """One row per image file under `folder` (or its `shard`): the vote, each member's label, status and error.
@@ -61,6 +70,8 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         raise QuorumError(f"--batch-size must be at least 1 (got {batch_size})")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise QuorumError(f"--min-agreement must be between 0 and 1 (got {min_agreement})")
+    check_engine(engine, device)
+    device = device_for_engine(engine, device)
     world = distributed.current(device)
     quiet = quiet or not world.is_main
     torch_device = pick_device(distributed.device_for(world, device))  # before any collective: nccl needs it
@@ -84,10 +95,14 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         frame = to_frame([relative[i] for i in positions], names, classes, outputs, tie, probs, min_agreement)
         return frame.set_axis(pd.Index(positions, dtype="int64"))
 
+    # Rank 0 exports any missing model.onnx (once), so every process runs each member on the same engine.
+    engines = distributed.broadcast(world, distributed.run_on_main(
+        world, lambda: member_engines(infos, engine, torch_device.type, quiet)))
     identity = None
     if world.is_main and (progress is not None or not shard.is_whole):  # hashes the weights: only when needed
         identity = run_identity.identity(folder, relative, infos, names[tie], lazy=lazy, probs=probs,
-                                         min_agreement=min_agreement, shard=str(shard))
+                                         min_agreement=min_agreement, shard=str(shard),
+                                         engines=dict(zip(names, engines)))
     header = columns(names, classes, probs, min_agreement is not None)
     finished = distributed.run_on_main(world, lambda: partial_rows.start(progress, identity, header, resume, quiet)
                                        if progress is not None else pd.DataFrame(columns=header))
@@ -96,10 +111,10 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     todo = [i for i in chosen if i not in done]
     mine = [todo[k] for k in world.share(len(todo))]
 
-    members = load_members(infos, torch_device)
+    members = load_members(infos, torch_device, engines, threads=engine_threads(world.size))
     scope = (f" of shard {shard}" if not shard.is_whole else "") + (f" in {world.size} processes" if world.active else "")
     say(escape(f"Voting on {len(todo)} images{scope} with {', '.join(names)} (tie-breaker {names[tie]}) "
-               f"on {torch_device}"), quiet)
+               f"on {torch_device}, {describe_engines(engines)}"), quiet)
     with partial_rows.RowWriter(progress, world.rank) if progress is not None else nullcontext() as writer:
         def keep(indices: list[int], outputs: MemberOutputs) -> None:  # each batch's rows, once voted on
             writer.append(rows([mine[k] for k in indices], outputs.take(indices)))

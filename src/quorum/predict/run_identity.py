@@ -2,7 +2,9 @@
 
 Resumed progress and merged shards must come from the same run: the same files of the same folder,
 the same members (the same weights, not just the same names) and the options that change a row.
-Batch size, device, workers and the number of processes may differ: they do not change a row.
+Batch size, device, workers and the number of processes may differ: they do not change a row. The
+engine that ran each member may not: ONNX Runtime and torch agree within 1e-4 in probability, so a
+near tie can fall the other way (README: "Engines").
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ from quorum.models.bundle import MODEL_JSON, WEIGHTS, ModelInfo
 # Each key, as a person would name it in a message.
 LABELS = {"folder": "folder", "files": "number of files", "listing": "file names", "members": "members",
           "classes": "classes", "tie_breaker": "tie-breaker", "lazy": "--lazy", "probs": "--probs",
-          "min_agreement": "--min-agreement", "shard": "--shard"}
+          "min_agreement": "--min-agreement", "shard": "--shard", "engines": "engine"}
 
 
 def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], tie_breaker: str, *, lazy: bool,
-             probs: bool, min_agreement: float | None, shard: str) -> dict:
+             probs: bool, min_agreement: float | None, shard: str, engines: dict[str, str] | None = None) -> dict:
     """A plain-JSON description of the run; equal dicts mean interchangeable rows."""
     return {"folder": str(Path(folder).resolve()), "files": len(relative_paths), "listing": digest(relative_paths),
             "members": {info.path.name: member_digest(info.path) for info in infos},
             "classes": list(infos[0].classes), "tie_breaker": tie_breaker, "lazy": lazy, "probs": probs,
-            "min_agreement": min_agreement, "shard": shard}
+            "min_agreement": min_agreement, "shard": shard, "engines": engines or {}}
 
 
 def digest(lines: list[str]) -> str:
@@ -58,7 +60,14 @@ def difference(one: dict, other: dict, where: tuple[str, str] = ("then", "now"),
         if key == "members" and isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b):
             changed = next(name for name in a if a[name] != b[name])
             return f"member {changed} has different weights {where[0]} and {where[1]} (fine-tuned again?)"
+        if key == "engines" and isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b):
+            changed = next(name for name in a if a[name] != b[name])
+            return (f"member {changed} ran on {a[changed]} {where[0]} but on {b[changed]} {where[1]} "
+                    "(give the same --engine)")
         if key == "members":
             a, b = ", ".join(a or []), ", ".join(b or [])
+        if key == "engines":  # a run from before engines were recorded, or other members
+            a, b = (", ".join(f"{name} {e}" for name, e in x.items()) if isinstance(x, dict) else "unrecorded"
+                    for x in (a, b))
         return f"{label} {a} {where[0]} but {b} {where[1]}"
     return None

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from quorum.console import console, say, track
+from quorum.console import console, say
 from quorum.errors import QuorumError
 from quorum.models.bundle import HISTORY, WEIGHTS, ModelInfo
 from quorum.predict.members import read_members, select_models, tie_breaker_index
@@ -75,7 +75,8 @@ class Report:
 
 def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (), tie_breaker: str | None = None,
                  data: Path | None = None, preds: Path | None = None, labels: Path | None = None,
-                 device: str = "auto", timing: bool = True, workers: int = 2, quiet: bool = False) -> Report:
+                 device: str = "auto", engine: str = "auto", timing: bool = True, workers: int = 2,
+                 quiet: bool = False) -> Report:
     """Everything `quorum report` shows, computed; nothing is written."""
     if labels is not None and preds is None:
         raise QuorumError("--labels holds the true labels of a --preds CSV: add --preds PREDICTIONS.csv")
@@ -89,9 +90,10 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     say(escape(f"Reporting on {len(infos)} model{'s' * (len(infos) != 1)} in {models_dir}: {', '.join(member_names)} "
                f"(tie-breaker {member_names[tie]})"), quiet)
 
+    members = _Members(infos, device, engine, quiet)  # loaded once, for --data and timing alike
     if data is not None:
         say(escape(f"Running every model on every image of {data}"), quiet)
-        labelled = run_on_folder(Path(data), infos, tie, device, workers=workers, quiet=quiet)
+        labelled = run_on_folder(Path(data), members.get(), tie, members.device, workers=workers, quiet=quiet)
         source, metrics = labelled.source, member_scores(labelled, member_names, infos[0].classes)
         if labelled.skipped:
             notes.append(f"{labelled.skipped} unreadable file(s) in {data} were left out of every score")
@@ -122,7 +124,7 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
                          + "), so its accuracy there is not comparable with the others'")
     if timing:
         say("Timing each model on this machine (a few seconds each; --no-timing skips this)", quiet)
-    seconds = measure_times(infos, device, quiet, notes) if timing else {}
+    seconds = measure_times(members.get(), members.device.type == "cpu", quiet, notes) if timing else {}
     if not timing:
         notes.append("time per image was not measured (--no-timing)")
     report.table = summary_table(report, seconds)
@@ -152,19 +154,37 @@ def read_histories(infos: list[ModelInfo]) -> dict[str, pd.DataFrame]:
     return {info.path.name: pd.read_csv(info.path / HISTORY) for info in infos if (info.path / HISTORY).is_file()}
 
 
-def measure_times(infos: list[ModelInfo], device: str, quiet: bool, notes: list[str]) -> dict[str, float]:
-    from quorum.device import pick_device
-    from quorum.predict.members import load_members
+class _Members:
+    """The members on their engine, loaded on first use: a report from stored predictions with --no-timing
+    loads no model at all."""
+
+    def __init__(self, infos: list[ModelInfo], device: str, engine: str, quiet: bool):
+        self.infos, self.requested, self.engine, self.quiet = infos, device, engine, quiet
+        self.members, self.device = None, None
+
+    def get(self):
+        if self.members is None:
+            from quorum.device import pick_device
+            from quorum.models.engine import device_for_engine
+            from quorum.models.inference import engine_threads
+            from quorum.predict.members import load_members, member_engines
+
+            self.device = pick_device(device_for_engine(self.engine, self.requested))
+            engines = member_engines(self.infos, self.engine, self.device.type, self.quiet)
+            self.members = load_members(self.infos, self.device, engines, threads=engine_threads())
+        return self.members
+
+
+def measure_times(members: list, on_cpu: bool, quiet: bool, notes: list[str]) -> dict[str, float]:
+    """Seconds per image of each member, on the engine predict runs it on; a note when the machine was busy."""
     from quorum.report.timing import busy_cpu, seconds_per_image
 
-    torch_device = pick_device(device)
-    seconds = {member.name: seconds_per_image(member)
-               for member in track(load_members(infos, torch_device), len(infos), "Timing", quiet, unit="models")}
-    busy = busy_cpu() if torch_device.type == "cpu" else None
+    timings = seconds_per_image(members)
+    busy = busy_cpu(timings) if on_cpu else None
     if busy:
-        notes.append(f"{busy} while the models were timed: their times per image are inflated; "
+        notes.append(f"{busy} while the models were timed: their times per image may be inflated; "
                      "run quorum report again when the machine is idle")
-    return seconds
+    return timings.seconds
 
 
 def summary_table(report: Report, seconds: dict[str, float]) -> pd.DataFrame:

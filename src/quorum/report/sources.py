@@ -85,25 +85,19 @@ def stack_validation(infos: list[ModelInfo], runs: list[OwnValidation]) -> Label
     return Labelled(source, order, runs[0].y_true, np.stack(probs), root=Path(root) if root else None)
 
 
-def run_on_folder(folder: Path, infos: list[ModelInfo], tie_breaker: int, device: str = "auto",
-                  batch_size: int = 32, workers: int = 2, quiet: bool = False) -> Labelled:
-    """Every member on every image of a labelled folder (one sub-folder per class)."""
-    from quorum.device import (
-        pick_device,  # torch work only here: the other sources read CSVs
-    )
-    from quorum.predict.members import load_members
-    from quorum.predict.pipeline import predict_arrays
+def run_on_folder(folder: Path, members: list, tie_breaker: int, device, batch_size: int = 32, workers: int = 2,
+                  quiet: bool = False) -> Labelled:
+    """Every member (`predict.members.load_members`) on every image of a labelled folder (one sub-folder per class)."""
+    from quorum.predict.pipeline import predict_arrays  # torch work only here: the other sources read CSVs
 
     folder = Path(folder)
     table = scan_labelled(folder)
-    classes = infos[0].classes
+    classes = members[0].info.classes
     unknown = sorted(set(table["label"]) - set(classes))
     if unknown:
         raise QuorumError(f"--data {folder} has classes the models do not know ({', '.join(unknown)}): "
                           f"the models know {', '.join(classes)}")
-    torch_device = pick_device(device)
-    members = load_members(infos, torch_device)
-    outputs = predict_arrays([folder / path for path in table["path"]], members, tie_breaker, torch_device,
+    outputs = predict_arrays([folder / path for path in table["path"]], members, tie_breaker, device,
                              batch_size=batch_size, workers=workers, quiet=quiet)
     ok = np.array([error is None for error in outputs.errors])
     if not ok.any():

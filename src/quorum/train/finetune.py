@@ -26,7 +26,7 @@ from quorum.data.split import SPLIT_FILE, Split, load_or_make_split
 from quorum.data.unlabelled import PseudoLabels, read_pseudo_labels
 from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
-from quorum.models import bundle, weights
+from quorum.models import bundle, onnx_export, weights
 from quorum.models.registry import get_backbone
 from quorum.train import checkpoint
 from quorum.train.recipe import Recipe
@@ -45,6 +45,8 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     if resume and distributed.broadcast(world, (work_dir / bundle.MODEL_JSON).is_file()):  # killed after training
         if world.is_main:
             say(f"Finishing {recipe.name}: it had finished training; moving it into place", quiet)
+            if not onnx_export.is_current(work_dir):  # killed while exporting
+                _export_onnx(work_dir, quiet)
             _replace_dir(work_dir, final_dir)
         distributed.barrier(world)
         return final_dir
@@ -82,6 +84,7 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
                 on_epoch_end(epoch)
     if world.is_main:
         run.finish()
+        _export_onnx(work_dir, quiet)
         _replace_dir(work_dir, final_dir)
         run.print_finished_model(final_dir)
     distributed.barrier(world)  # no process reports success before the model is in place
@@ -168,6 +171,15 @@ def _discard(work_dir: Path) -> None:
         done = "finished, not yet moved into place" if (work_dir / bundle.MODEL_JSON).is_file() else "no finished epoch"
     say(escape(f"Discarding the interrupted run in {work_dir} ({done}): add --resume to continue such a run instead"))
     shutil.rmtree(work_dir)
+
+
+def _export_onnx(work_dir: Path, quiet: bool) -> None:
+    """model.onnx beside the weights, for ONNX Runtime; a model it cannot export still runs on torch."""
+    say("Exporting model.onnx for quorum predict's ONNX Runtime engine", quiet)
+    try:
+        onnx_export.export_onnx(work_dir)
+    except onnx_export.OnnxUnavailable as exc:
+        say(f"[yellow]No model.onnx ({exc}): quorum predict will run this model on torch[/yellow]")
 
 
 def _replace_dir(new: Path, target: Path) -> None:
