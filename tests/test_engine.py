@@ -233,3 +233,25 @@ def test_report_never_shows_the_smaller_model_slower(tmp_path, make_model, engin
     busy = [note for note in report.notes if "busy" in note or "unsteady" in note]
     assert ms["small"] < ms["large"], (ms.to_dict(), busy)
     assert time.perf_counter() - began < 60
+
+
+@pytest.mark.slow
+def test_predict_sees_the_pixels_validation_saw_on_large_jpegs(tmp_path):
+    """Issue 13, item 10: a 32-px member and 400x300 JPEGs, where predict used to decode at 1/8 scale and
+    validation at full scale. Now both derive the same pixels, so predict repeats val_predictions.csv."""
+    import pandas as pd
+
+    from quorum.train.finetune import finetune
+    from quorum.train.recipe import Recipe
+
+    for seed, (name, tint) in enumerate(list(COLOUR_CLASSES.items())[:3]):
+        write_good_images(tmp_path / "data" / name, 6, size=(400, 300), tint=tint, seed=seed)
+    model_dir = finetune(Recipe(backbone="tinyvgg", data=str(tmp_path / "data"), models_dir=str(tmp_path / "models"),
+                                image_size=32, epochs=1, unfreeze_after=1, batch_size=8, workers=0, weights="none",
+                                val_fraction=0.5), quiet=True)
+    validation = pd.read_csv(model_dir / bundle.VAL_PREDICTIONS).set_index("path")
+    columns = [c for c in validation.columns if c.startswith("p_")]
+    for engine, tolerance in (("torch", 2e-6), ("onnx", 1e-4)):
+        rows = predict(tmp_path / "data", [model_dir], engine=engine, probs=True, workers=0, quiet=True)
+        rows = rows.set_index("path").loc[validation.index]
+        assert np.abs(rows[columns].to_numpy() - validation[columns].to_numpy()).max() <= tolerance, engine

@@ -101,8 +101,8 @@ def member_engines(infos: list[ModelInfo], engine: str, device_type: str, quiet:
 
     auto: ONNX Runtime on the CPU for every member whose model.onnx is current (finetune writes it),
     torch for the rest (an export takes 5-40 s: predict does not spend that, or write into a model's
-    folder, unasked). onnx: a member without a current model.onnx is exported now, once, or runs on
-    torch if its folder is read-only or the export fails.
+    folder, unasked; `describe_engines` names them). onnx: a member without a current model.onnx is
+    exported now, once, or runs on torch if its folder is read-only or the export fails.
     """
     resolved = resolve_engine(engine, device_type)
     if resolved == "torch":
@@ -110,10 +110,7 @@ def member_engines(infos: list[ModelInfo], engine: str, device_type: str, quiet:
     engines = []
     for info in infos:
         current = onnx_export.is_current(info.path)
-        if not current and engine == "auto":
-            say(f"[yellow]{info.path.name} runs on torch: it has no current {ONNX} "
-                f"(`quorum export {info.path.name}` adds it, for ONNX Runtime's speed)[/yellow]", quiet)
-        elif not current:
+        if not current and engine == "onnx":
             try:
                 say(f"Exporting {info.path / ONNX} (once; `quorum export` does it ahead of time)", quiet)
                 onnx_export.export_onnx(info.path)
@@ -154,9 +151,13 @@ def cost(info: ModelInfo) -> float:
     return float(numbers) * info.image_size**2
 
 
-def describe_engines(engines: list[str]) -> str:
-    """"engine onnx" or "engines onnx, torch (per member)", for the line that starts a run."""
-    labels = {"onnx": "onnx (ONNX Runtime)", "torch": "torch"}
+def describe_engines(names: list[str], engines: list[str], requested: str, device_type: str) -> str:
+    """For the line that starts a run: "engine onnx (ONNX Runtime)", or which members run on which."""
     if len(set(engines)) == 1:
-        return f"engine {labels[engines[0]]}"
-    return f"engines {', '.join(labels[engine] for engine in engines)} (one per member)"
+        hint = ("; `quorum export` adds the model.onnx that ONNX Runtime runs faster"
+                if engines[0] == "torch" and requested != "torch" and resolve_engine(requested, device_type) == "onnx"
+                else "")
+        return f"engine {'onnx (ONNX Runtime)' if engines[0] == 'onnx' else 'torch'}{hint}"
+    on_torch = [name for name, engine in zip(names, engines) if engine == "torch"]
+    return (f"engine onnx (ONNX Runtime), but torch for {', '.join(on_torch)} (no current model.onnx: "
+            "`quorum export` adds it)")

@@ -114,7 +114,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     members = load_members(infos, torch_device, engines, threads=engine_threads(world.size))
     scope = (f" of shard {shard}" if not shard.is_whole else "") + (f" in {world.size} processes" if world.active else "")
     say(escape(f"Voting on {len(todo)} images{scope} with {', '.join(names)} (tie-breaker {names[tie]}) "
-               f"on {torch_device}, {describe_engines(engines)}"), quiet)
+               f"on {torch_device}, {describe_engines(names, engines, engine, torch_device.type)}"), quiet)
     with partial_rows.RowWriter(progress, world.rank) if progress is not None else nullcontext() as writer:
         def keep(indices: list[int], outputs: MemberOutputs) -> None:  # each batch's rows, once voted on
             writer.append(rows([mine[k] for k in indices], outputs.take(indices)))
