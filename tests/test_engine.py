@@ -255,3 +255,12 @@ def test_predict_sees_the_pixels_validation_saw_on_large_jpegs(tmp_path):
         rows = predict(tmp_path / "data", [model_dir], engine=engine, probs=True, workers=0, quiet=True)
         rows = rows.set_index("path").loc[validation.index]
         assert np.abs(rows[columns].to_numpy() - validation[columns].to_numpy()).max() <= tolerance, engine
+
+
+def test_a_wrong_engine_fails_before_torch_loads(tmp_path):
+    script = ("import sys\nfrom quorum.cli import main\n"
+              "try:\n    main(['predict', sys.argv[1], '--out', sys.argv[1] + '/p.csv', '--engine', 'onnx', "
+              "'--device', 'mps'])\nexcept SystemExit as exit:\n    print(exit.code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "1 False\n"
+    assert done.stderr == "Error: --engine onnx runs on the CPU, not mps: use --device cpu, or --engine torch\n"
