@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from quorum.data.images import find_images
+from quorum.data.preprocess import INTERPOLATIONS
 from quorum.models.bundle import load_model, read_info
 from quorum.predict.members import load_members
 from quorum.predict.pipeline import predict, predict_arrays
@@ -46,9 +47,12 @@ def naive_predict(paths: list[Path], model_dirs: list[Path], tie_breaker: int, b
     probs = []
     for model_dir in model_dirs:
         model, info = load_model(model_dir, "cpu")
-        # What a user writes by hand: torchvision's float transforms, the ImageNet resize-then-crop.
-        transform = T.Compose([T.Resize(round(info.image_size / 0.875), antialias=True), T.CenterCrop(info.image_size),
-                               T.ToTensor(), T.Normalize(info.mean, info.std)])
+        # What a user writes by hand: torchvision's float transforms, the resize-then-crop model.json gives
+        # (timm's crop and interpolation for timm models, as quorum validates them).
+        p = info.preprocessing
+        transform = T.Compose([T.Resize(round(p.size / p.crop_fraction), interpolation=INTERPOLATIONS[p.interpolation],
+                                        antialias=True),
+                               T.CenterCrop(p.size), T.ToTensor(), T.Normalize(p.mean, p.std)])
         dataset = _Files(paths, transform)
         outputs = []
         with torch.no_grad():
