@@ -84,14 +84,14 @@ def bench_trio(name: str, folder: Path, model_dirs: list[Path], tie_breaker: str
     naive = classes[np.concatenate(naive_labels)]
     names = [path.name for path in model_dirs]
     torch_rows, onnx_rows = frames["torch"], frames["onnx"]
-    numbers = [c for c in torch_rows.columns if c.startswith("p_") or c.endswith("_p")]
+    numbers = [c for c in torch_rows.columns if c.startswith("p_") or c.endswith("_confidence")]
     return TrioResult(
         name, names, len(paths), seconds,
         {way: int((frame.prediction.to_numpy() != naive).sum()) for way, frame in frames.items()},
         engine_labels=int((torch_rows.prediction != onnx_rows.prediction).sum()),
-        member_labels=int(sum((torch_rows[n] != onnx_rows[n]).sum() for n in names)),
+        member_labels=int(sum((torch_rows[f"{n}_prediction"] != onnx_rows[f"{n}_prediction"]).sum() for n in names)),
         max_prob_diff=float(np.abs(torch_rows[numbers].to_numpy() - onnx_rows[numbers].to_numpy()).max()),
-        lazy_tie_ran=float(frames["onnx --lazy"][tie_breaker].notna().mean()))
+        lazy_tie_ran=float(frames["onnx --lazy"][f"{tie_breaker}_prediction"].notna().mean()))
 
 
 @dataclass
