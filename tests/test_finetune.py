@@ -67,7 +67,7 @@ def test_finetune_writes_a_complete_bundle(labelled, tmp_path):
     model_dir = finetune(tiny_recipe(labelled, tmp_path / "models"), quiet=True)
     assert model_dir == tmp_path / "models" / "tinyvgg-32"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "history.csv", "model.json", "model.safetensors", "val_predictions.csv"]
+        "history.csv", "model.json", "model.onnx", "model.safetensors", "val_predictions.csv"]
     info = json.loads((model_dir / "model.json").read_text())
     assert info["classes"] == ["blue", "green", "red"]
     assert info["image_size"] == 32 and info["backbone"] == "tinyvgg"
