@@ -26,6 +26,7 @@ from quorum.data.preprocess import INTERPOLATIONS
 from quorum.models.bundle import load_model, read_info
 from quorum.predict.members import load_members
 from quorum.predict.pipeline import predict, predict_arrays
+from quorum.predict.table import member_columns
 from quorum.predict.vote import vote
 
 
@@ -93,14 +94,15 @@ def bench_predict(trio: str, folder: Path, labels_csv: Path, model_dirs: list[Pa
     full, lazy = frames["quorum"], frames["lazy"]
     cheap = run_order[:2]  # --lazy runs these two first: where they agree, the third is skipped
     truth = pd.read_csv(labels_csv).set_index("path").label.reindex(full.path).to_numpy()
-    accuracy = {name: float((full[name].to_numpy() == truth).mean()) for name in names}
+    label = {name: member_columns(name)[0] for name in names}  # each member's label column
+    accuracy = {name: float((full[label[name]].to_numpy() == truth).mean()) for name in names}
     accuracy["vote"] = float((full.prediction.to_numpy() == truth).mean())
     return PredictResult(trio, names, len(paths), seconds, mismatches,
-                         cheap_agree=float((full[cheap[0]] == full[cheap[1]]).mean()),
-                         expensive_ran=float(lazy[tie_breaker].notna().mean()),
-                         lazy_ran={name: float(lazy[name].notna().mean()) for name in names},
+                         cheap_agree=float((full[label[cheap[0]]] == full[label[cheap[1]]]).mean()),
+                         expensive_ran=float(lazy[label[tie_breaker]].notna().mean()),
+                         lazy_ran={name: float(lazy[label[name]].notna().mean()) for name in names},
                          channels_last=channels_last,
-                         top_class_share=max(float(full[name].value_counts(normalize=True).iloc[0]) for name in cheap),
+                         top_class_share=max(float(full[label[name]].value_counts(normalize=True).iloc[0]) for name in cheap),
                          accuracy=accuracy)
 
 

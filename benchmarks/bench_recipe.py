@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from fashion_mnist import DATA, ROOT, make_slice
 from recipe_report import render, replace_section
 

@@ -25,7 +25,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_sample_data import CLASS_NAMES, DEBIAN_SOURCE, SampleDataError, read_split, write_numbered  # noqa: E402
+from make_sample_data import (  # noqa: E402
+    CLASS_NAMES,
+    DEBIAN_SOURCE,
+    SampleDataError,
+    read_split,
+    write_numbered,
+)
 
 DATA = ROOT / "benchmarks" / "data"
 SEED = 2017  # as scripts/make_sample_data.py; the slices differ through their own generator streams

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
 from fashion_mnist import ROOT
 
 WEIGHTS_DIR = ROOT.parent / "shared" / "weights"
@@ -81,8 +80,19 @@ def run_quorum(lite: int, frozen: int, unfrozen: int, data: Path, test_root: Pat
 
 def run_fastai(lite: int, frozen: int, unfrozen: int, data: Path, test_root: Path, split_csv: Path, out: Path,
                fields: dict) -> dict:
-    from fastai.vision.all import (Callback, CategoryBlock, ColReader, ColSplitter, DataBlock, ImageBlock, Recorder,
-                                   Resize, accuracy, aug_transforms, vision_learner)
+    from fastai.vision.all import (
+        Callback,
+        CategoryBlock,
+        ColReader,
+        ColSplitter,
+        DataBlock,
+        ImageBlock,
+        Recorder,
+        Resize,
+        accuracy,
+        aug_transforms,
+        vision_learner,
+    )
 
     torch.manual_seed(0)
     split = pd.read_csv(split_csv)

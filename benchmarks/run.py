@@ -45,8 +45,6 @@ class Settings:
 
 
 # The smoke run: the same steps on few images, small inputs and few epochs, with its own models.
-# Its largest member is 168 px, not less: quorum decodes a JPEG at 1/2 scale when every member is
-# under ~165 px on these photos, and its labels may then differ from the naive full-scale decode.
 QUICK = Settings(images=32, batch_size=16, sizes={"reference": (32, 168, 64), "pretrained": (32, 168, 64)},
                  member_epochs=1, finetune_size=64, finetune_epochs=2, flops_batch=8, rounds=2,
                  models_dir=DATA / "models-quick")

@@ -20,7 +20,12 @@ from quorum.data.images import find_images, load_rgb
 from quorum.errors import QuorumError
 from quorum.models import bundle, onnx_export
 from quorum.models.engine import check_engine, resolve_engine
-from quorum.predict.members import load_members, member_engines, read_members, select_models
+from quorum.predict.members import (
+    load_members,
+    member_engines,
+    read_members,
+    select_models,
+)
 from quorum.predict.pipeline import predict, predict_arrays
 from quorum.report.build import build_report
 

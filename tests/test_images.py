@@ -4,17 +4,22 @@ import numpy as np
 import pytest
 from image_factory import (
     AWKWARD_SIZE,
-    UNREADABLE,
     NOT_IMAGES,
+    UNREADABLE,
     write_awkward_images,
     write_corrupt_exif_jpeg,
     write_good_images,
     write_not_images,
 )
-
 from PIL import Image
 
-from quorum.data.images import UnreadableImage, find_images, image_extensions, load_rgb, scan_images
+from quorum.data.images import (
+    UnreadableImage,
+    find_images,
+    image_extensions,
+    load_rgb,
+    scan_images,
+)
 from quorum.errors import QuorumError
 
 AWKWARD_NAMES = [

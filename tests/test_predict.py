@@ -8,7 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import CLASSES
-from image_factory import UNREADABLE, write_awkward_images, write_good_images, write_not_images
+from image_factory import (
+    UNREADABLE,
+    write_awkward_images,
+    write_good_images,
+    write_not_images,
+)
 from torchvision import transforms as T
 
 from quorum.cli import main

@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from quorum import files
 from quorum.console import say
-from quorum.data.images import HIDDEN_FOLDER, Scan, UnreadableImage, load_rgb, scan_images
+from quorum.data.images import (
+    HIDDEN_FOLDER,
+    Scan,
+    UnreadableImage,
+    load_rgb,
+    scan_images,
+)
 from quorum.errors import QuorumError
 
 SPLIT_FILE = "split.csv"

@@ -19,7 +19,13 @@ import pandas as pd
 
 from quorum.errors import QuorumError
 from quorum.predict import run_identity
-from quorum.predict.table import assemble, columns, read_predictions, sidecar, write_predictions
+from quorum.predict.table import (
+    assemble,
+    columns,
+    read_predictions,
+    sidecar,
+    write_predictions,
+)
 
 
 @dataclass(frozen=True)

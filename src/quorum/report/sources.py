@@ -88,7 +88,9 @@ def stack_validation(infos: list[ModelInfo], runs: list[OwnValidation]) -> Label
 def run_on_folder(folder: Path, members: list, tie_breaker: int, device, batch_size: int = 32, workers: int = 2,
                   quiet: bool = False) -> Labelled:
     """Every member (`predict.members.load_members`) on every image of a labelled folder (one sub-folder per class)."""
-    from quorum.predict.pipeline import predict_arrays  # torch work only here: the other sources read CSVs
+    from quorum.predict.pipeline import (
+        predict_arrays,  # torch work only here: the other sources read CSVs
+    )
 
     folder = Path(folder)
     table = scan_labelled(folder)
