@@ -143,14 +143,15 @@ def _round_folders(folder: Path, paths: list[Path], rounds: int) -> list[Path]:
 def _warm_up(paths: list[Path], model_dirs: list[Path], tie: int, batch_size: int,
              workers: int) -> tuple[list[str], bool]:
     """One small pass of each way (kernels chosen, imports done). Returns the members in --lazy's
-    run order, and whether quorum runs them in channels_last."""
+    run order, and whether quorum runs them on torch in channels_last."""
     naive_predict(paths, model_dirs, tie, batch_size, workers)
     members = load_members([read_info(path) for path in model_dirs], torch.device("cpu"))
     for lazy in (False, True):
         predict_arrays(paths, members, tie, torch.device("cpu"), batch_size=batch_size, workers=workers, lazy=lazy,
                        quiet=True)
     order = [member.name for member in sorted(members, key=lambda member: member.cost)]
-    return order, _channels_last(members[0].model)
+    torch_run = members[0].run if members[0].engine == "torch" else None  # ONNX Runtime picks its own layout
+    return order, torch_run is not None and _channels_last(torch_run.model)
 
 
 def _channels_last(model: torch.nn.Module) -> bool:
