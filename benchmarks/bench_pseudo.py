@@ -31,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_sample_data import CLASS_NAMES, DEBIAN_SOURCE, read_split
 
-from quorum.predict.members import read_members, tie_breaker_index
+from quorum.predict.members import load_members, read_members, tie_breaker_index
 from quorum.predict.trust import trust_table
 from quorum.predict.vote import vote
 from quorum.report.sources import read_validation, run_on_folder, stack_validation
@@ -110,7 +111,8 @@ def score(models_dir: Path) -> dict:
     infos = read_members(sorted(models_dir / name for name in os.listdir(models_dir)
                                 if (models_dir / name / "model.json").is_file()))
     tie = tie_breaker_index(infos)
-    test = run_on_folder(DATA / "test", infos, tie, "cpu", workers=0, quiet=True)
+    cpu = torch.device("cpu")
+    test = run_on_folder(DATA / "test", load_members(infos, cpu), tie, cpu, workers=0, quiet=True)
     test_vote = vote(test.probs, tie)
     val = stack_validation(infos, [read_validation(info) for info in infos])
     val_vote = vote(val.probs, tie)
