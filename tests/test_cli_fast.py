@@ -41,3 +41,8 @@ def test_a_bad_finetune_option_fails_before_torch_is_imported(option, value, mes
 def test_bad_workers_fail_before_torch_is_imported():
     status, output = quorum_without_torch("finetune", "tinyvgg", "--workers", "-1")
     assert status == "2 False" and "'--workers': -1 is not in the range x>=0" in output
+
+
+def test_a_missing_predict_folder_fails_before_torch_is_imported(tmp_path):
+    status, output = quorum_without_torch("predict", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.csv"))
+    assert (status, output) == ("1 False", f"Error: image folder not found: {tmp_path / 'nowhere'}\n")

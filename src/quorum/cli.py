@@ -157,9 +157,11 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     Under `torchrun --nproc_per_node K -m quorum predict ...` the K processes share
     the files and rank 0 writes the one CSV, the same as a single process writes.
     """
+    from quorum.data.images import check_folder
     from quorum.models.engine import check_engine
 
-    check_engine(engine, device)  # before torch loads: a wrong combination fails in a second
+    check_folder(folder)  # before torch loads: a mistake costs a second, not a model load
+    check_engine(engine, device)
     from quorum.predict import partial_rows, shards
     from quorum.predict.members import select_models
     from quorum.predict.pipeline import predict as run_predict

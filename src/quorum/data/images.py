@@ -66,6 +66,14 @@ class Scan:
         return "skipped " + " and ".join(parts) if parts else ""
 
 
+def check_folder(folder: Path) -> Path:
+    """`folder` as a Path, or the error a missing one gets (cheap: the CLI calls it before torch loads)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QuorumError(f"image folder not found: {folder}")
+    return folder
+
+
 def scan_images(folder: Path) -> Scan:
     """Every image under `folder`, recursively, and a count of the files that are not.
 
@@ -73,9 +81,7 @@ def scan_images(folder: Path) -> Scan:
     are followed, as if the folder were there, once each: a link back up is a counted loop.
     Sorted by relative POSIX path so the order is the same on every OS and every run.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise QuorumError(f"image folder not found: {folder}")
+    folder = check_folder(folder)
     extensions, found, skipped = image_extensions(), [], Counter()
     on_path: list[tuple[int, int]] = []  # (device, inode) of the folders from `folder` down to here
 
