@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from quorum.models import bundle, weights
 from quorum.models.registry import get_backbone
@@ -64,3 +66,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def assert_same_model(actual_dir, expected_dir) -> None:
+    expected, actual = (load_file(str(d / "model.safetensors")) for d in (expected_dir, actual_dir))
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    columns = ["epoch", "phase", "lr", "train_loss", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(pd.read_csv(actual_dir / "history.csv")[columns],
+                                  pd.read_csv(expected_dir / "history.csv")[columns], rtol=1e-5)

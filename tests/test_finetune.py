@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
+from conftest import assert_same_model
 from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
-from safetensors.torch import load_file
 from torch import nn
 
 from quorum.models import bundle, weights
@@ -133,13 +132,7 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(labelled, tmp_path)
     assert not (tmp_path / "b" / "tinyvgg-32").exists(), "an interrupted run leaves no model folder"
     resumed = finetune(recipe, resume=True, quiet=True)
 
-    expected, actual = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
-    columns = ["epoch", "phase", "lr", "train_loss", "val_loss", "val_accuracy"]
-    pd.testing.assert_frame_equal(pd.read_csv(resumed / "history.csv")[columns],
-                                  pd.read_csv(whole / "history.csv")[columns], rtol=1e-5)
+    assert_same_model(resumed, whole)
 
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "tf_efficientnet_lite0.safetensors"

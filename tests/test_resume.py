@@ -7,9 +7,8 @@ import json
 
 import pandas as pd
 import pytest
-import torch
+from conftest import assert_same_model
 from image_factory import write_labelled_folder
-from safetensors.torch import load_file
 
 from quorum.errors import QuorumError
 from quorum.train.finetune import finetune
@@ -37,16 +36,6 @@ def interrupted(run: Recipe, after_epoch: int) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         finetune(run, quiet=True, on_epoch_end=stop)
-
-
-def assert_same_model(actual_dir, expected_dir) -> None:
-    expected, actual = (load_file(str(d / "model.safetensors")) for d in (expected_dir, actual_dir))
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
-    columns = ["epoch", "phase", "lr", "train_loss", "val_loss", "val_accuracy"]
-    pd.testing.assert_frame_equal(pd.read_csv(actual_dir / "history.csv")[columns],
-                                  pd.read_csv(expected_dir / "history.csv")[columns], rtol=1e-5)
 
 
 def test_a_new_run_says_which_interrupted_run_it_discards(labelled, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -55,3 +56,9 @@ def fingerprint(path: Path) -> str:
     rewritten, which is what a later reader of a predictions CSV needs to know."""
     stat = Path(path).stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256 as hex, read in blocks (a weights file may be large)."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

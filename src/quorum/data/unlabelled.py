@@ -62,14 +62,6 @@ def changed_files(folder: Path, paths: list[str], fingerprints: list[str]) -> li
     return changed
 
 
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class PseudoLabels:
     """The unlabelled images the vote agreed on, with the vote's label, ready to join a training share."""
@@ -121,4 +113,4 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
                           "their labels may no longer fit; run quorum predict again")
     index = {name: i for i, name in enumerate(classes)}
     items = [(str(info["folder"] / path), index[label]) for path, label in zip(chosen["path"], chosen["prediction"])]
-    return PseudoLabels(csv, info["folder"], items, file_digest(csv), min_agreement, len(frame))
+    return PseudoLabels(csv, info["folder"], items, files.sha256(csv)[:16], min_agreement, len(frame))

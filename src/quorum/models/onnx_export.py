@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
@@ -37,11 +36,7 @@ class OnnxUnavailable(QuorumError):
 
 
 def weights_digest(model_dir: Path) -> str:
-    sha = hashlib.sha256()
-    with open(Path(model_dir) / WEIGHTS, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
+    return files.sha256(Path(model_dir) / WEIGHTS)
 
 
 def is_current(model_dir: Path, digest: str | None = None) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from quorum import files
 from quorum.errors import QuorumError
 from quorum.models.bundle import MODEL_JSON, WEIGHTS, ModelInfo
 
@@ -40,8 +41,7 @@ def member_digest(model_dir: Path) -> str:
     sha = hashlib.sha256()
     for name in (MODEL_JSON, WEIGHTS):
         try:
-            with open(Path(model_dir) / name, "rb") as file:
-                sha.update(hashlib.file_digest(file, "sha256").digest())
+            sha.update(bytes.fromhex(files.sha256(Path(model_dir) / name)))
         except OSError as exc:  # worded as bundle.load_model words it, which would fail next
             raise QuorumError(f"cannot load the weights of {model_dir} ({exc.strerror or exc}): "
                               "fine-tune it again") from None
