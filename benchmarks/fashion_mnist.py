@@ -47,8 +47,8 @@ class Slice:
     unlabelled_labels: Path | None
 
 
-def default_out(train_per_class: int, test_per_class: int, unlabelled_per_class: int) -> Path:
-    suffix = f"-u{unlabelled_per_class}" if unlabelled_per_class else ""
+def default_out(train_per_class: int, test_per_class: int, unlabelled_per_class: int, draw: int = 0) -> Path:
+    suffix = (f"-u{unlabelled_per_class}" if unlabelled_per_class else "") + (f"-draw{draw}" if draw else "")
     return DATA / f"fashion-mnist-{train_per_class}-{test_per_class}{suffix}"
 
 
@@ -69,9 +69,10 @@ def _write_classes(folder: Path, images: np.ndarray, picked: list[np.ndarray]) -
 
 
 def make_slice(train_per_class: int = 100, test_per_class: int = 200, unlabelled_per_class: int = 0,
-               source: Path = DEBIAN_SOURCE, out: Path | None = None) -> Slice:
-    """Write (or reuse) the slice and return where its parts are."""
-    root = out or default_out(train_per_class, test_per_class, unlabelled_per_class)
+               source: Path = DEBIAN_SOURCE, out: Path | None = None, draw: int = 0) -> Slice:
+    """Write (or reuse) the slice and return where its parts are. Another `draw` picks other images
+    (draw 0 is the slice every earlier run used)."""
+    root = out or default_out(train_per_class, test_per_class, unlabelled_per_class, draw)
     has_unlabelled = unlabelled_per_class > 0
     result = Slice(root, root / "train", root / "test", root / "unlabelled" if has_unlabelled else None,
                    root / "unlabelled_labels.csv" if has_unlabelled else None)
@@ -81,11 +82,13 @@ def make_slice(train_per_class: int = 100, test_per_class: int = 200, unlabelled
     test_images, test_labels = read_split(source, "t10k")
     shutil.rmtree(root, ignore_errors=True)
     # One generator per slice, so asking for unlabelled images never changes train/ or test/.
-    labelled = _pick(train_labels, train_per_class, np.random.default_rng([SEED, 10]), set())
+    streams = [SEED] + ([draw] if draw else [])
+    labelled = _pick(train_labels, train_per_class, np.random.default_rng([*streams, 10]), set())
     _write_classes(result.train, train_images, labelled)
-    _write_classes(result.test, test_images, _pick(test_labels, test_per_class, np.random.default_rng([SEED, 11]), set()))
+    test = _pick(test_labels, test_per_class, np.random.default_rng([*streams, 11]), set())
+    _write_classes(result.test, test_images, test)
     if has_unlabelled:
-        rng = np.random.default_rng([SEED, 12])
+        rng = np.random.default_rng([*streams, 12])
         taken = set(np.concatenate(labelled).tolist())
         # Shuffled before numbering, so neither a name nor the order gives the class away.
         chosen = rng.permutation(np.concatenate(_pick(train_labels, unlabelled_per_class, rng, taken)))

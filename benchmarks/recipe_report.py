@@ -95,11 +95,14 @@ def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], co
 
 
 def replace_section(path: Path, section: str) -> None:
-    """Put `section` in place of the previous one in `path`, or at its end; the rest stays as it is."""
+    """Put `section` in place of the previous one in `path`, or at its end; the rest stays as it is.
+    A section is known by its first line, its start marker (e.g. <!-- bench_demo: start -->)."""
+    start = section.split("\n", 1)[0]
+    end = start.replace(": start -->", ": end -->")
     text = path.read_text() if path.is_file() else ""
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        text = before + section.rstrip("\n") + rest.split(END, 1)[1]
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section
     path.write_text(text)

@@ -36,9 +36,12 @@ def test_items(test_root: Path, classes: list[str]) -> list[tuple[str, int]]:
 
 def run_quorum(lite: int, frozen: int, unfrozen: int, data: Path, test_root: Path, split_csv: Path, out: Path,
                fields: dict) -> dict:
+    from safetensors.torch import save_file
+
     from quorum.data.datasets import LabelledImages, make_loader
     from quorum.models.bundle import load_model
     from quorum.models.inference import TorchInference
+    from quorum.train import checkpoint
     from quorum.train.finetune import finetune
     from quorum.train.loop import evaluate
     from quorum.train.recipe import Recipe
@@ -46,18 +49,18 @@ def run_quorum(lite: int, frozen: int, unfrozen: int, data: Path, test_root: Pat
     models = out / "models"
     models.mkdir(parents=True)
     shutil.copy(split_csv, models / "split.csv")  # the same split as every other run
-    recipe = Recipe(backbone=f"timm/tf_efficientnet_lite{lite}", data=str(data), image_size=SIZE, batch_size=BATCH,
+    settings = dict(backbone=f"timm/tf_efficientnet_lite{lite}", data=str(data), image_size=SIZE, batch_size=BATCH,
                     epochs=frozen + unfrozen, unfreeze_after=frozen, models_dir=str(models), name=f"lite{lite}",
-                    weights=str(WEIGHTS_DIR / f"tf_efficientnet_lite{lite}.safetensors"), workers=0, device="cpu",
-                    **fields)
+                    weights=str(WEIGHTS_DIR / f"tf_efficientnet_lite{lite}.safetensors"), workers=0, device="cpu")
+    recipe = Recipe(**{**settings, **fields})  # --set may change any of them (bench_demo.py: size, batch, seed)
     work_dir, head_dir = models / f".lite{lite}.partial", out / "head-only"
 
     def keep_head_only(epoch: int) -> None:
-        """After the last frozen epoch the work folder holds phase 1's best weights: the head-only
+        """After the last frozen epoch the checkpoint holds phase 1's best weights: the head-only
         model, exactly what a run of `frozen` epochs alone would keep (same seed, same phase 1)."""
         if epoch == frozen - 1 and unfrozen > 0:
             head_dir.mkdir()
-            shutil.copy(work_dir / "model.safetensors", head_dir / "model.safetensors")
+            save_file(checkpoint.load(work_dir)["best_model"], str(head_dir / "model.safetensors"))
 
     began = time.perf_counter()
     model_dir = finetune(recipe, quiet=True, on_epoch_end=keep_head_only)

@@ -42,10 +42,10 @@ def test_quick_demo_runs_start_to_finish(tmp_path, one_thread):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
 
     predictions = pd.read_csv(out / "predictions.csv")
-    assert len(predictions) == 100 and (predictions["status"] == "ok").all()
+    assert len(predictions) == 1000 and (predictions["status"] == "ok").all()
     scores = json.loads((out / "scores.json").read_text())
     assert scores["ensemble"]["members"] == QUICK_MODELS
-    assert scores["preds"]["labelled"] == 100  # every unlabelled image has its true label in the sample
+    assert scores["preds"]["labelled"] == 1000  # every unlabelled image has its true label in the sample
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["model"]) == [*QUICK_MODELS, "ensemble"]
     assert summary["preds_accuracy"].notna().all() and (summary["ms_per_image"] > 0).all()

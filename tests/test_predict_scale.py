@@ -229,7 +229,7 @@ def test_two_processes_predict_the_single_process_csv(tiny_models, tmp_path):
     predict_cli(SAMPLE, tiny_models, single, *OPTIONS)
     result = torchrun("predict", SAMPLE, "--models-dir", tiny_models, "--out", shared, "--workers", 0,
                       "--batch-size", 8, "--device", "cpu", *OPTIONS, cwd=tmp_path)
-    assert "Voting on 100 images in 2 processes" in result.stderr
+    assert "Voting on 1000 images in 2 processes" in result.stderr
     assert_same_csv(shared, single)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.csv", "shared.csv.json", "single.csv",
                                                           "single.csv.json"]  # progress removed

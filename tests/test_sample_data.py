@@ -33,12 +33,12 @@ def test_labelled_has_30_grayscale_pngs_in_each_of_10_classes():
                 assert (image.format, image.mode, image.size) == ("PNG", "L", (28, 28)), file
 
 
-def test_labels_csv_covers_exactly_the_unlabelled_images_10_per_class():
+def test_labels_csv_covers_exactly_the_unlabelled_images_100_per_class():
     files = {p.name for p in (SAMPLE / "unlabelled").iterdir()}
     rows = read_labels(SAMPLE / "unlabelled_labels.csv")
-    assert len(files) == 100 and all(name.endswith(".png") for name in files)
+    assert len(files) == 1000 and all(name.endswith(".png") for name in files)
     assert [row["path"] for row in rows] == sorted(files)  # one row each, in name order
-    assert Counter(row["label"] for row in rows) == {name: 10 for name in CLASSES}
+    assert Counter(row["label"] for row in rows) == {name: 100 for name in CLASSES}
 
 
 def test_missing_source_names_the_debian_package(tmp_path):
