@@ -46,3 +46,14 @@ def test_bad_workers_fail_before_torch_is_imported():
 def test_a_missing_predict_folder_fails_before_torch_is_imported(tmp_path):
     status, output = quorum_without_torch("predict", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.csv"))
     assert (status, output) == ("1 False", f"Error: image folder not found: {tmp_path / 'nowhere'}\n")
+
+
+@pytest.mark.parametrize("command", [["report", "--preds"], ["finetune", "tinyvgg", "--pseudo-labels"], ["review"]])
+def test_a_missing_predictions_csv_fails_before_torch_is_imported(tmp_path, command):
+    missing = tmp_path / "preds.csv"
+    extra = ["--out", str(tmp_path / "review")] if command == ["review"] else ["--models-dir", str(tmp_path / "models")]
+    status, output = quorum_without_torch(*command, str(missing), *extra)
+    option = f"{command[-1]} " if command[-1].startswith("--") else ""
+    assert (status, output) == ("1 False", f"Error: {option}{missing} does not exist: write one with quorum predict "
+                                           f"FOLDER --out {missing}\n")
+    assert not (tmp_path / "models").exists()

@@ -23,6 +23,16 @@ SIDECAR_SUFFIX = ".json"
 AGREEMENT_TOLERANCE = 0.005
 
 
+def check_predictions_csv(csv: Path | str, option: str = "") -> Path:
+    """A predict CSV given to review, report --preds or finetune --pseudo-labels is there; if not,
+    one line that says how to make it (checked before torch loads: a mistake costs a second)."""
+    csv = Path(csv)
+    if not csv.is_file():
+        named = f"{option} {csv}" if option else str(csv)
+        raise QuorumError(f"{named} does not exist: write one with quorum predict FOLDER --out {csv}")
+    return csv
+
+
 def sidecar(csv: Path) -> Path:
     return Path(csv).with_name(Path(csv).name + SIDECAR_SUFFIX)
 
@@ -86,15 +96,13 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     Refused: a CSV without its sidecar, labels the model does not have, and files changed since the
     CSV was written (named). Rows of a lazy run whose agreement is unknown are not taken.
     """
-    csv = Path(csv)
+    csv = check_predictions_csv(csv, "--pseudo-labels")
     if not 0 < min_agreement <= 1:
         raise QuorumError(f"--pseudo-min-agreement must be above 0 and at most 1 (got {min_agreement})")
     try:
         frame = pd.read_csv(csv, dtype={"path": object, "prediction": object, "status": object},
                             keep_default_na=False, na_values={"agreement": [""]})
         frame = frame[["path", "prediction", "agreement", "status"]]
-    except FileNotFoundError:
-        raise QuorumError(f"--pseudo-labels {csv} does not exist: give a CSV written by quorum predict") from None
     except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         raise QuorumError(f"--pseudo-labels {csv} is not a quorum predict CSV (it needs path, prediction, "
                           "agreement and status columns)") from None

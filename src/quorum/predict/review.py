@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from quorum import files
-from quorum.data.unlabelled import changed_files, read_sidecar
+from quorum.data.unlabelled import changed_files, check_predictions_csv, read_sidecar
 from quorum.errors import QuorumError
 from quorum.predict.table import OK, member_columns, members_of, read_predictions
 from quorum.predict.trust import below
@@ -71,8 +71,7 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0) -> ReviewResult:
         raise QuorumError(f"--out {out} already exists: give a new folder (a review folder is written whole)")
     if not out.parent.is_dir():
         raise QuorumError(f"cannot write {out}: {out.parent} does not exist; create it or choose another --out")
-    if not csv.is_file():
-        raise QuorumError(f"{csv} does not exist: give a CSV written by quorum predict")
+    check_predictions_csv(csv)
     frame = read_predictions(csv)
     info = read_sidecar(csv, frame["path"].tolist())
     folder = info["folder"]

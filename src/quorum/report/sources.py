@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from quorum.data.split import scan_labelled
+from quorum.data.unlabelled import check_predictions_csv
 from quorum.errors import QuorumError
 from quorum.models.bundle import VAL_PREDICTIONS, ModelInfo
 from quorum.predict.table import (
@@ -113,9 +114,7 @@ def run_on_folder(folder: Path, members: list, tie_breaker: int, device, batch_s
 
 def read_preds(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """A `quorum predict` CSV and its member names (from the `<name>_prediction` columns)."""
-    path = Path(path)
-    if not path.is_file():
-        raise QuorumError(f"--preds {path} does not exist: write one with quorum predict FOLDER --out {path}")
+    path = check_predictions_csv(path, "--preds")
     try:
         header = pd.read_csv(path, nrows=0).columns
         missing = [column for column in VOTE_COLUMNS + STATUS_COLUMNS if column not in header]
