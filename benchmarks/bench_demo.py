@@ -111,7 +111,7 @@ def render(scores: dict, variants: list[str], draws: list[int], command: str) ->
         wins = sum(scores[variant][d]["margin"] > 0 for d in draws)
         lines.append(f"| **{variant}** | mean | " + " | ".join(f"{a:.1%}" for a in members)
                      + f" | {mean['vote']:.1%} | **{mean['margin'] * 100:+.1f}** (above on {wins} of {len(draws)}) | | | |")
-    return "\n".join(lines + ["<!-- bench_demo: end -->"])
+    return "\n".join(lines + ["<!-- bench_demo: end -->"]) + "\n"
 
 
 def _step(message: str) -> None:
