@@ -67,8 +67,8 @@ def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], co
     lines = [START, "## Recipe: quorum's two phases against fastai's fine_tune (Fashion-MNIST, real weights)", "",
              (f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.0f} min (runs finished "
               "earlier are reused, not timed again); "
-              f"load average {os.getloadavg()[0]:.1f} at the end (the 2 cores were shared with other work, so "
-              "seconds are only comparable within a row). Data: 100 Fashion-MNIST train images per class, "
+              f"load average {os.getloadavg()[0]:.1f} at the end (seconds compare only between runs made at a "
+              "similar load; each run's is in its result.json, and the note below says when they ran). Data: 100 Fashion-MNIST train images per class, "
               "quorum's 80/20 split (800 train, 200 val) used by both systems, a disjoint test set of 2,000; "
               "EfficientNet-Lite0/1/2 ImageNet weights from ../shared/weights at 96 px, batch 32, one thread "
               "per run. quorum keeps its best epoch by val accuracy; fastai keeps its last. Test = accuracy on "
