@@ -1,7 +1,7 @@
 """Deterministic Fashion-MNIST slices as PNG class folders, for benchmarks on real data.
 
     python benchmarks/fashion_mnist.py [--train-per-class 100] [--test-per-class 200]
-                                       [--unlabelled-per-class 0] [--source DIR] [--out DIR]
+                                       [--unlabelled-per-class 0] [--draw 0] [--source DIR] [--out DIR]
 
 Writes under --out (default benchmarks/data/fashion-mnist-<train>-<test>[-u<unlabelled>]/):
     train/<class>/<index>.png       N images per class from Fashion-MNIST's train split
@@ -103,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--unlabelled-per-class", type=int, default=0)
     parser.add_argument("--source", type=Path, default=DEBIAN_SOURCE, help=f"default {DEBIAN_SOURCE}")
-    parser.add_argument("--out", type=Path, help="default benchmarks/data/fashion-mnist-<train>-<test>[-u<K>]")
+    parser.add_argument("--out", type=Path, help="default benchmarks/data/fashion-mnist-<train>-<test>[-u<K>][-drawN]")
+    parser.add_argument("--draw", type=int, default=0, help="another N picks other images (0: the usual slice)")
     args = parser.parse_args(argv)
     try:
-        made = make_slice(args.train_per_class, args.test_per_class, args.unlabelled_per_class, args.source, args.out)
+        made = make_slice(args.train_per_class, args.test_per_class, args.unlabelled_per_class, args.source, args.out,
+                          args.draw)
     except SampleDataError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
