@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from fashion_mnist import DATA, ROOT, make_slice
+from bench_recipe import train_in_process
+from fashion_mnist import DATA, make_slice
 from recipe_report import replace_section
 
 RUNS = DATA / "demo"
@@ -55,25 +54,11 @@ def demo_plans() -> list[dict]:
 
 def run_member(draw: Path, split: Path, variant: str, lite: int, fields: dict) -> dict:
     out = RUNS / draw.name / variant / f"lite{lite}"
-    if (out / "result.json").is_file():  # reuse: delete the folder to train again
-        return _loaded(out)
     frozen = fields["unfreeze_after"]
     unfrozen = fields["epochs"] - frozen
     sets = [f"--set={key}={json.dumps(value)}" for key, value in fields.items() if key not in ("epochs", "unfreeze_after")]
-    command = [sys.executable, str(HERE / "recipe_runs.py"), "quorum", str(lite), str(frozen), str(unfrozen), str(out),
-               "--data", str(draw), "--split", str(split), *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])}
-    _step(f"start {draw.name}/{variant}/lite{lite}")
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{out} failed:\n{done.stderr[-3000:]}")
-    _step(f"done  {draw.name}/{variant}/lite{lite}")
-    return _loaded(out)
-
-
-def _loaded(out: Path) -> dict:
-    result = json.loads((out / "result.json").read_text())
+    result = train_in_process(["quorum", str(lite), str(frozen), str(unfrozen), str(out), "--data", str(draw),
+                               "--split", str(split), *sets], out, f"{draw.name}/{variant}/lite{lite}")
     result["probs"] = np.load(out / "test_probs.npy")
     result["labels"] = np.load(out / "test_labels.npy")
     return result
@@ -112,10 +97,6 @@ def render(scores: dict, variants: list[str], draws: list[int], command: str) ->
         lines.append(f"| **{variant}** | mean | " + " | ".join(f"{a:.1%}" for a in members)
                      + f" | {mean['vote']:.1%} | **{mean['margin'] * 100:+.1f}** (above on {wins} of {len(draws)}) | | | |")
     return "\n".join(lines + ["<!-- bench_demo: end -->"]) + "\n"
-
-
-def _step(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def main() -> int:

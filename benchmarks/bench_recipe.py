@@ -51,18 +51,22 @@ def make_split(train: Path) -> Path:
 
 
 def run_one(job: dict, data: Path, split: Path) -> dict:
-    out = RUNS / job["name"]
-    if (out / "result.json").is_file():  # reuse: delete the folder to measure again
-        return json.loads((out / "result.json").read_text())
-    command = [sys.executable, str(HERE / "recipe_runs.py"), job["system"], str(job["lite"]), str(job["frozen"]),
-               str(job["unfrozen"]), str(out), "--data", str(data), "--split", str(split)]
-    command += [f"--set={item}" for item in job.get("set", [])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": _pythonpath()}
-    _step(f"start {job['name']}")
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{job['name']} failed:\n{done.stderr[-3000:]}")
-    _step(f"done  {job['name']}")
+    arguments = [job["system"], str(job["lite"]), str(job["frozen"]), str(job["unfrozen"]), str(RUNS / job["name"]),
+                 "--data", str(data), "--split", str(split), *[f"--set={item}" for item in job.get("set", [])]]
+    return train_in_process(arguments, RUNS / job["name"], job["name"])
+
+
+def train_in_process(arguments: list[str], out: Path, label: str) -> dict:
+    """`recipe_runs.py ARGUMENTS` (which writes to `out`) in a process of its own on one thread; its
+    result.json. A finished run is reused: delete its folder to measure it again."""
+    if not (out / "result.json").is_file():
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": _pythonpath()}
+        _step(f"start {label}")
+        done = subprocess.run([sys.executable, str(HERE / "recipe_runs.py"), *arguments], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{label} failed:\n{done.stderr[-3000:]}")
+        _step(f"done  {label}")
     return json.loads((out / "result.json").read_text())
 
 
@@ -122,11 +126,11 @@ def loaded_runs(data: Path, split: Path) -> dict:
 
 def vote_accuracy(results: list[dict]) -> dict:
     """quorum's vote over the members' test probabilities; ties go to the best member by val accuracy."""
-    from quorum.predict.vote import vote
+    from quorum.predict.vote import default_tie_breaker, vote
 
     probs = np.stack([np.load(r["probs_path"]) for r in results])
     labels = np.load(results[0]["labels_path"])
-    tie = int(np.argmax([max(r["val_accuracy"]) for r in results]))
+    tie = default_tie_breaker([max(r["val_accuracy"]) for r in results])
     return _scores(vote(probs, tie).label, labels)
 
 
