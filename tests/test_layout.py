@@ -8,7 +8,7 @@ import quorum
 SRC = Path(quorum.__file__).parent
 # Lower numbers are lower layers. train and predict share a layer and never import each other.
 LAYERS = {
-    "__init__": 0, "errors": 0, "console": 1, "files": 1, "device": 1, "distributed": 1, "metrics": 1,
+    "__init__": 0, "errors": 0, "console": 1, "files": 1, "device": 1, "distributed": 1, "metrics": 1, "calibration": 1,
     "data": 2, "models": 3, "train": 4, "predict": 4, "report": 5, "demo": 6, "cli": 7, "__main__": 8,
 }
 
