@@ -247,8 +247,14 @@ def _print_closing_lines(frame, out, model_dirs=None) -> None:
 @click.option("--min-agreement", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               metavar="F", help="Review rows whose agreement is below F, to 2 decimals (1: every row that is "
               "not unanimous; 0.67: fewer than 2 of 3 agree).")
+@click.option("--budget", type=click.IntRange(min=1), metavar="N", help="Instead: the N rows most worth a person's "
+              "label, in the order to label them (review.csv gets rank and score). Rows flagged unknown are left out.")
+@click.option("--rank", type=click.Choice(["disagreement", "margin", "random"]), default="disagreement",
+              show_default=True, help="With --budget: disagreement (the members' vote entropy, ties to the thinner "
+              "margin), margin (of the mean probabilities: needs predict --probs) or random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --rank random: the draw.")
 @user_errors
-def review(csv, out, min_agreement):
+def review(csv, out, min_agreement, budget, rank, seed):
     """Put the rows of a quorum predict CSV that a person should check into OUT/<predicted class>/.
 
     \b
@@ -262,13 +268,15 @@ def review(csv, out, min_agreement):
     from quorum.console import say
     from quorum.predict.review import review as run_review
 
-    result = run_review(csv, out, min_agreement)
+    result = run_review(csv, out, min_agreement, budget=budget, rank=rank, seed=seed)
     per_class = ", ".join(f"{label} {count}" for label, count in result.per_class.items()) or "none"
     say(escape(f"Wrote {result.out}: {result.flagged} of {result.rows} rows to review ({per_class}), as "
                f"{result.how}; read {result.out / 'README.txt'}"))
     if result.unknown:
         say(escape(f"  {result.unknown} rows of a --lazy run were left out: unanimous or not is unknown there "
                    "(predict without --lazy to review them)"))
+    if result.kept_apart:
+        say(escape(f"  {result.kept_apart} rows flagged unknown (of no known class) were kept apart, not ranked"))
 
 
 @main.command()

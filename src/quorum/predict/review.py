@@ -3,7 +3,9 @@
 The rows below an agreement level (default 1.0: every row that is not unanimous) go into
 `OUT/<predicted class>/`, as hard links where the file system allows (moving one moves nothing of
 the original), else symbolic links, else copies. `OUT/README.txt` says what to do, and
-`OUT/review.csv` lists each file with its source and every member's vote.
+`OUT/review.csv` lists each file with its source and every member's vote. With a budget, the
+folder holds the N rows most worth a label instead (`ranking`), and review.csv lists them in the
+order to label them, with their rank and score.
 
 The folder is built as `.OUT.partial` beside OUT and renamed into place at the end, so a failed
 run leaves nothing half-written; an existing OUT is never written into.
@@ -21,12 +23,13 @@ import pandas as pd
 from quorum import files
 from quorum.data.unlabelled import changed_files, check_predictions_csv, read_sidecar
 from quorum.errors import QuorumError
+from quorum.predict import ranking
 from quorum.predict.table import OK, member_columns, members_of, read_predictions
 from quorum.predict.trust import below
 from quorum.predict.vote import MAJORITY, TIE_BREAKER, UNKNOWN
 
 README = """Images to review: {count} of {rows} rows of {csv}
-(agreement below {level:g}: {meaning}). Each sits in the folder of the class the vote
+({why}). Each sits in the folder of the class the vote
 predicted; review.csv lists where each came from and what every member voted.
 
 What to do:
@@ -52,6 +55,7 @@ class ReviewResult:
     unknown: int  # lazy rows whose agreement is unknown: not placed
     per_class: dict[str, int]
     how: str  # hard links, symbolic links or copies
+    kept_apart: int = 0  # with a budget: rows flagged `unknown` (no known class), left out of the ranking
 
 
 def flagged_rows(frame: pd.DataFrame, min_agreement: float = 1.0) -> tuple[pd.DataFrame, int]:
@@ -63,7 +67,9 @@ def flagged_rows(frame: pd.DataFrame, min_agreement: float = 1.0) -> tuple[pd.Da
     return ok[below(agreement, min_agreement)], int(agreement.isna().sum())
 
 
-def review(csv: Path, out: Path, min_agreement: float = 1.0) -> ReviewResult:
+def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None = None, rank: str = "disagreement",
+           seed: int = 0) -> ReviewResult:
+    """Place the rows below `min_agreement`; with `budget`, the `budget` rows `rank` puts first instead."""
     csv, out = Path(csv), Path(out)
     if not 0 < min_agreement <= 1:
         raise QuorumError(f"--min-agreement must be above 0 and at most 1 (got {min_agreement})")
@@ -75,7 +81,11 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0) -> ReviewResult:
     frame = read_predictions(csv)
     info = read_sidecar(csv, frame["path"].tolist())
     folder = info["folder"]
-    flagged, unknown = flagged_rows(frame, min_agreement)
+    unknown = kept_apart = 0
+    if budget is None:
+        flagged, unknown = flagged_rows(frame, min_agreement)
+    else:
+        flagged, kept_apart = ranking.select(frame, budget, rank, seed)
     fingerprints = [info["fingerprints"][i] for i in flagged.index]
     changed = changed_files(folder, flagged["path"].tolist(), fingerprints)
     if changed:
@@ -100,17 +110,22 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0) -> ReviewResult:
                                 "prediction": flagged["prediction"].tolist(),
                                 "agreement": flagged["agreement"].tolist(),
                                 **{name: flagged[member_columns(name)[0]].tolist() for name in names}})
+        if budget is not None:
+            listing = listing.assign(rank=flagged["rank"].tolist(), score=flagged["score"].round(6).tolist())
         files.write_csv(work / "review.csv", listing)
         meaning = "every row that is not unanimous" if min_agreement >= 1.0 else "fewer members agree than that"
+        why = (f"agreement below {min_agreement:g}: {meaning}" if budget is None else
+               f"the {budget} rows most worth a label, by {rank}: label them in review.csv's order")
         files.write_text(work / "README.txt", README.format(count=len(flagged), rows=len(frame), csv=csv,
-                                                             level=min_agreement, meaning=meaning, out=out,
+                                                             why=why, out=out,
                                                              how=how, folder=folder))
         work.rename(out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     per_class = flagged["prediction"].value_counts().to_dict()
-    return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how)
+    return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how,
+                        kept_apart)
 
 
 def _place(source: Path, target: Path) -> str:
