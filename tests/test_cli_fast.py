@@ -57,3 +57,24 @@ def test_a_missing_predictions_csv_fails_before_torch_is_imported(tmp_path, comm
     assert (status, output) == ("1 False", f"Error: {option}{missing} does not exist: write one with quorum predict "
                                            f"FOLDER --out {missing}\n")
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(("problem", "message"), [
+    ("no data", "DATA {data} is not a folder: give the labelled folder (one sub-folder per class)"),
+    ("no unlabelled", "--unlabelled {tmp}/nowhere is not a folder: give the folder of unlabelled images"),
+    ("out exists", "--out {out} already exists: give a new folder (a check folder is written whole)"),
+    ("out inside data", "--out {data}/check is inside DATA {data}: check never writes there; choose a folder outside it"),
+])
+def test_a_bad_check_option_fails_before_torch_is_imported(tmp_path, problem, message):
+    data, out = tmp_path / "data", tmp_path / "check"
+    if problem != "no data":
+        (data / "cat").mkdir(parents=True)
+    if problem == "out exists":
+        out.mkdir()
+    if problem == "out inside data":
+        out = data / "check"
+    extra = ["--unlabelled", str(tmp_path / "nowhere")] if problem == "no unlabelled" else []
+    before = sorted(tmp_path.rglob("*"))
+    status, output = quorum_without_torch("check", str(data), "--out", str(out), *extra)
+    assert (status, output) == ("1 False", "Error: " + message.format(data=data, out=out, tmp=tmp_path) + "\n")
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written anywhere

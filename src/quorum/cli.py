@@ -280,6 +280,50 @@ def review(csv, out, min_agreement, budget, rank, seed):
 
 
 @main.command()
+@click.argument("data", type=click.Path(), default="sample_data/labelled", required=False)
+@click.option("--unlabelled", type=click.Path(), metavar="DIR",
+              help="Also look for copies of labelled images in this folder, and for odd images there.")
+@click.option("--out", "-o", type=click.Path(), required=True,
+              help="A new folder for check.csv and index.html; written whole or not at all.")
+@click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True,
+              help="Where the shared split (split.csv) is, if there is one: copies across its shares are leaks.")
+@click.option("--image-size", type=click.IntRange(min=32), default=96, show_default=True,
+              help="Input size of the feature backbone (EfficientNet-Lite0, ImageNet weights from the demo extra).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Folds of the logistic-regression heads whose out-of-sample probabilities grade each label.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Image-decoding worker processes.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@user_errors
+def check(data, unlabelled, out, models_dir, image_size, folds, seed, workers, quiet):
+    """Look over a labelled folder DATA for labels to doubt, copies, leaks and odd images; change nothing.
+
+    \b
+    - label: likely wrong labels (cleanlab's find_label_issues on out-of-sample
+      probabilities of K-fold heads on frozen EfficientNet-Lite0 features);
+    - conflict / leak / duplicate: exact (SHA-256) or near (cosine of the features)
+      copies with different labels, across the shared split's training and
+      validation shares, or neither; unlabelled copy: also in --unlabelled;
+    - unreadable, tiny, aspect (extreme), blank images; imbalance: small classes.
+    Writes OUT/check.csv (path, issue, score, suggested_label, other_path, detail)
+    and OUT/index.html with thumbnails. DATA is never changed.
+    """
+    from rich.markup import escape
+
+    from quorum.data.check import check_options
+
+    check_options(data, unlabelled, out)  # before torch loads
+    from quorum.console import say
+    from quorum.report.check import run_check, summary
+
+    result = run_check(data, out, unlabelled, models_dir, image_size, folds, seed, workers, quiet)
+    for note in result.notes:
+        say(f"[yellow]{escape(note)}[/yellow]")
+    say(escape(summary(result)))
+
+
+@main.command()
 @click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="Folder for index.html, summary.csv, scores.json and the pictures.")
