@@ -1,5 +1,5 @@
-"""`quorum check` on real tiny images: a mislabelled file, planted copies (a conflict, a leak, one in the
-unlabelled folder), odd images; and DATA the same, byte for byte, afterwards."""
+"""`quorum check` on real images (sample_data's Fashion-MNIST): a mislabelled file, planted copies (a conflict,
+a leak, a near duplicate, one in the unlabelled folder), odd images; and DATA the same, byte for byte, afterwards."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from image_factory import write_good_images
 from PIL import Image
 
 from quorum.cli import main
 from quorum.data import check as look
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
-TINTS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "labelled"
+CLASSES = ("Bag", "Sneaker", "Trouser")
+PER_CLASS = 12
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -26,33 +27,50 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def sample(data: Path) -> dict[str, list[str]]:
+    """12 real Fashion-MNIST images (28 px) of each of three classes copied into DATA; their names per class."""
+    names = {}
+    for label in CLASSES:
+        names[label] = sorted(p.name for p in (SAMPLE / label).iterdir())[:PER_CLASS]
+        (data / label).mkdir(parents=True)
+        for name in names[label]:
+            shutil.copy2(SAMPLE / label / name, data / label / name)
+    return names
+
+
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory):
-    """DATA with 10 images per colour class plus: a red image filed under blue (mislabelled), a copy of
-    a green image filed under red (a conflict), a copy within blue split across train and val (a leak),
-    a tiny and a blank image; an unlabelled folder holding a copy of a labelled image."""
+    """DATA of real images plus: a trouser filed under Bag (mislabelled), a copy of a sneaker filed under
+    Trouser (a conflict), a copy within Bag split across train and val (a leak), a brightened JPEG of a
+    bag beside it (a near duplicate), a tiny and a blank image; an unlabelled folder holding a copy of a
+    labelled image."""
     root = tmp_path_factory.mktemp("check")
     data = root / "data"
-    for index, (label, tint) in enumerate(TINTS.items()):
-        write_good_images(data / label, 10, size=(48, 40), tint=tint, seed=index)
-    write_good_images(root / "stray", 1, size=(48, 40), tint=TINTS["red"], seed=7)[0].rename(data / "blue" / "odd.png")
-    shutil.copy(data / "green" / "good_01_000.png", data / "red" / "copied.png")
-    shutil.copy(data / "blue" / "good_02_002.png", data / "blue" / "again.png")
-    Image.new("RGB", (10, 12), (200, 30, 30)).save(data / "red" / "tiny.png")
-    Image.fromarray(np.full((40, 48, 3), 30, np.uint8)).save(data / "green" / "blank.png")
+    names = sample(data)
+    trouser, sneaker, bag, other_bag, seen = (names["Trouser"][0], names["Sneaker"][0], names["Bag"][1],
+                                              names["Bag"][2], names["Sneaker"][3])
+    (data / "Trouser" / trouser).rename(data / "Bag" / trouser)
+    shutil.copy(data / "Sneaker" / sneaker, data / "Trouser" / "copied.png")
+    shutil.copy(data / "Bag" / bag, data / "Bag" / "again.png")
+    brighter = np.asarray(Image.open(data / "Bag" / other_bag), dtype=np.int16) + 4
+    Image.fromarray(np.clip(brighter, 0, 255).astype(np.uint8)).save(data / "Bag" / "near.jpg", quality=90)
+    Image.new("RGB", (10, 12), (200, 30, 30)).save(data / "Trouser" / "tiny.png")
+    Image.fromarray(np.full((40, 48, 3), 30, np.uint8)).save(data / "Sneaker" / "blank.png")
     models = root / "models"
     models.mkdir()
-    pd.DataFrame({"path": ["blue/good_02_002.png", "blue/again.png"], "label": ["blue", "blue"],
+    pd.DataFrame({"path": [f"Bag/{bag}", "Bag/again.png"], "label": ["Bag", "Bag"],
                   "subset": ["train", "val"], "reason": ["", ""]}).to_csv(models / "split.csv", index=False)
     unlabelled = root / "unlabelled"
     unlabelled.mkdir()
-    shutil.copy(data / "red" / "good_00_004.png", unlabelled / "seen.png")
+    shutil.copy(data / "Sneaker" / seen, unlabelled / "seen.png")
     before = snapshot(data)
     out = root / "out"
     result = CliRunner().invoke(main, ["check", str(data), "--unlabelled", str(unlabelled), "--out", str(out),
                                        "--models-dir", str(models), "--image-size", "64", "--folds", "3", "--quiet"])
     assert result.exit_code == 0, result.output
-    return data, before, out, result
+    planted = {"trouser": f"Bag/{trouser}", "sneaker": f"Sneaker/{sneaker}", "bag": f"Bag/{bag}",
+               "other_bag": f"Bag/{other_bag}", "seen": f"Sneaker/{seen}"}
+    return data, before, out, result, planted
 
 
 def rows(out: Path, issue: str) -> pd.DataFrame:
@@ -61,48 +79,50 @@ def rows(out: Path, issue: str) -> pd.DataFrame:
     return table[table.issue == issue]
 
 
-def test_the_mislabelled_files_are_among_the_first_label_issues_with_their_true_class(checked):
-    _, _, out, _ = checked
-    top = rows(out, "label").head(4)  # also doubted: the green original of the copy filed under red, and tiny.png
-    suggested = dict(zip(top.path, top.suggested_label))
-    assert suggested["blue/odd.png"] == "red" and suggested["red/copied.png"] == "green"
+def test_the_mislabelled_file_is_the_first_label_issue_with_its_true_class_and_no_clean_one_is(checked):
+    *_, out, _, planted = checked
+    labels = rows(out, "label")
+    assert labels.iloc[0][["path", "suggested_label"]].tolist() == [planted["trouser"], "Trouser"]
+    assert set(labels.path) <= {planted["trouser"], "Trouser/copied.png"}  # the sneaker copy is mislabelled too
 
 
-def test_planted_copies_are_a_conflict_a_leak_and_an_unlabelled_copy(checked):
-    _, _, out, _ = checked
+def test_planted_copies_are_a_conflict_a_leak_a_duplicate_and_an_unlabelled_copy(checked):
+    *_, out, _, planted = checked
     conflict = rows(out, "conflict")
     assert conflict[["path", "other_path", "suggested_label"]].values.tolist() == [
-        ["red/copied.png", "green/good_01_000.png", "green"]]
+        ["Trouser/copied.png", planted["sneaker"], "Sneaker"]]
     assert conflict.score.astype(float).tolist() == [1.0] and "exact copy" in conflict.detail.iloc[0]
     leak = rows(out, "leak")
-    assert sorted([*leak[["path", "other_path"]].values[0]]) == ["blue/again.png", "blue/good_02_002.png"]
-    assert rows(out, "duplicate").empty  # the leak is not also counted as a plain duplicate
+    assert leak[["path", "other_path"]].values.tolist() == [["Bag/again.png", planted["bag"]]]
+    duplicate = rows(out, "duplicate")  # the leak is not also counted as a plain duplicate
+    assert duplicate[["path", "other_path"]].values.tolist() == [["Bag/near.jpg", planted["other_bag"]]]
+    assert "near copy (pixels" in duplicate.detail.iloc[0]
     copy = rows(out, "unlabelled copy")
-    assert copy[["path", "other_path"]].values.tolist() == [["red/good_00_004.png", str(out.parent / "unlabelled" / "seen.png")]]
+    assert copy[["path", "other_path"]].values.tolist() == [[planted["seen"], str(out.parent / "unlabelled" / "seen.png")]]
 
 
 def test_odd_images_and_the_page(checked):
-    _, _, out, result = checked
-    assert rows(out, "tiny").path.tolist() == ["red/tiny.png"]
-    assert rows(out, "blank").path.tolist() == ["green/blank.png"]
+    *_, out, result, _ = checked
+    assert rows(out, "tiny").path.tolist() == ["Trouser/tiny.png"]
+    assert rows(out, "blank").path.tolist() == ["Sneaker/blank.png"]
     page = (out / "index.html").read_text()
-    assert page.count("data:image/jpeg;base64,") >= 6 and "<h2>Images per class</h2>" in page
+    assert page.count("data:image/jpeg;base64,") >= 8 and "<h2>Images per class</h2>" in page
     assert f"Wrote {out}:" in result.stderr and "1 conflict" in result.stderr
 
 
 def test_data_is_unchanged_byte_for_byte(checked):
-    data, before, out, _ = checked
+    data, before, out, *_ = checked
     assert snapshot(data) == before
-    assert sorted(p.name for p in out.parent.iterdir()) == ["data", "models", "out", "stray", "unlabelled"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["data", "models", "out", "unlabelled"]
 
 
 def test_a_clean_folder_has_no_copies_or_odd_images(tmp_path):
     data = tmp_path / "data"
-    for index, (label, tint) in enumerate(TINTS.items()):
-        write_good_images(data / label, 6, size=(48, 40), tint=tint, seed=index)
+    sample(data)
     paths = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.*"))
-    assert look.odd_images(data, paths) == []
+    odd, thumbs = look.look_at(data, paths)
+    assert odd == []
     digests = look.hashes(data, paths)
-    assert look.copies(digests, np.eye(len(paths))) == []  # distinct files, orthogonal features
+    assert look.copies(look.Prints(digests, thumbs, np.eye(len(paths)))) == []  # distinct pictures and features
     os.utime(data / paths[0], ns=(0, 0))  # the hash reads content, not metadata
     assert look.hashes(data, paths) == digests

@@ -6,16 +6,19 @@ other_path, detail). A pair of copies gives one row for each thing wrong with it
 - `leak`: one is in the shared split's training share, the other in its validation share;
 - `duplicate`: neither, a copy all the same (it counts twice in training);
 - `unlabelled copy`: a labelled image is also in the unlabelled folder.
-Copies are exact (the same SHA-256) or near (cosine similarity of frozen features at least
-NEAR_COSINE). Nothing here writes: the folder is only read.
+Copies are exact (the same SHA-256) or near: the same picture re-encoded, resized or brightened
+(cosine of grey thumbnails) or the same content (cosine of a backbone's frozen features). Nothing
+here writes: the folder is only read.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from quorum import files
 from quorum.data.images import UnreadableImage, load_rgb
@@ -27,9 +30,12 @@ EXTREME_ASPECT = 4.0  # longer side over shorter: a centre crop keeps a quarter 
 BLANK_SHARE = 0.98  # of the pixels within BLANK_LEVELS grey levels of the median: nothing to see
 BLANK_LEVELS = 8
 IMBALANCE = 0.5  # a class with under half the images of the largest one
-# Measured on Fashion-MNIST (benchmarks/bench_loop.py): distinct images of one class reached 0.97 with
-# EfficientNet-Lite0's features, a re-encoded, resized copy stays above 0.985.
-NEAR_COSINE = 0.985
+# Near copies, measured on 1,010 Fashion-MNIST images (benchmarks/bench_loop.py): JPEG re-encoded and
+# brightened copies kept a thumbnail cosine of 0.9996 or more, distinct images reached 0.9885; their
+# features (EfficientNet-Lite0, 96 px) fell to 0.84 for such copies, while distinct images reached 0.934.
+THUMB_PIXELS = 32
+NEAR_PIXELS = 0.995
+NEAR_FEATURES = 0.98  # the same content another way (a crop, another photo of it): features only
 
 
 def check_options(data: Path, unlabelled: Path | None, out: Path) -> None:
@@ -53,12 +59,18 @@ def finding(path: str, issue: str, score: float = float("nan"), suggested_label:
             "other_path": other_path, "detail": detail}
 
 
-def odd_image(path: Path) -> tuple[str, str] | None:
-    """(issue, detail) for an unreadable, tiny, extremely long or blank image; None for an ordinary one."""
-    try:
-        image = load_rgb(path)
-    except UnreadableImage as exc:
-        return "unreadable", exc.reason
+@dataclass(frozen=True)
+class Prints:
+    """What copies are found by, per image: the SHA-256 of the file, a 32-px grey thumbnail with its mean
+    removed (the same picture re-encoded, resized or brightened keeps it), and the backbone's features."""
+
+    digests: list[str]
+    thumbs: np.ndarray  # (images, 1024); NaN for an unreadable image
+    features: np.ndarray  # (images, features); NaN for an unreadable image
+
+
+def odd_image(image: Image.Image) -> tuple[str, str] | None:
+    """(issue, detail) for a tiny, extremely long or blank image; None for an ordinary one."""
     short, long = sorted(image.size)
     if short < TINY_PIXELS:
         return "tiny", f"{image.width}x{image.height} px"
@@ -71,52 +83,65 @@ def odd_image(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def odd_images(root: Path, paths: list[str]) -> list[dict]:
-    return [finding(path, issue, detail=detail) for path in paths if (found := odd_image(Path(root) / path))
-            for issue, detail in [found]]
+def look_at(root: Path, paths: list[str]) -> tuple[list[dict], np.ndarray]:
+    """One decode per image: findings for the unreadable and odd ones, and every image's thumbnail."""
+    rows, thumbs = [], np.full((len(paths), THUMB_PIXELS**2), np.nan)
+    for i, path in enumerate(paths):
+        try:
+            image = load_rgb(Path(root) / path)
+        except UnreadableImage as exc:
+            rows.append(finding(path, "unreadable", detail=exc.reason))
+            continue
+        if found := odd_image(image):
+            rows.append(finding(path, found[0], detail=found[1]))
+        grey = np.asarray(image.convert("L").resize((THUMB_PIXELS, THUMB_PIXELS), Image.BILINEAR), dtype=np.float64)
+        thumbs[i] = (grey - grey.mean()).ravel()
+    return rows, thumbs
 
 
 def hashes(root: Path, paths: list[str]) -> list[str]:
     return [files.sha256(Path(root) / path) for path in paths]
 
 
-def copies(hashes_a: list[str], features_a: np.ndarray, hashes_b: list[str] | None = None,
-           features_b: np.ndarray | None = None) -> list[tuple[int, int, float, bool]]:
-    """(i, j, similarity, exact) for every copy: within A (i < j), or between A and B when B is given."""
-    within = hashes_b is None
-    hashes_b = hashes_a if within else hashes_b
-    features_b = features_a if within else features_b
-    found = {}
+def copies(a: Prints, b: Prints | None = None) -> list[tuple[int, int, float, str]]:
+    """(i, j, similarity, how) for every copy: within A (i < j), or between A and B when B is given."""
+    within = b is None
+    b = a if within else b
+    found: dict[tuple[int, int], tuple[float, str]] = {}
     by_hash: dict[str, list[int]] = {}
-    for j, digest in enumerate(hashes_b):
+    for j, digest in enumerate(b.digests):
         by_hash.setdefault(digest, []).append(j)
-    for i, digest in enumerate(hashes_a):
+    for i, digest in enumerate(a.digests):
         for j in by_hash.get(digest, []):
             if not within or i < j:
-                found[(i, j)] = (1.0, True)
-    similarity = cosine(features_a, features_b)
-    if within:
-        similarity = np.triu(similarity, k=1)
-    for i, j in zip(*np.nonzero(similarity >= NEAR_COSINE)):
-        found.setdefault((int(i), int(j)), (float(similarity[i, j]), False))
-    return sorted((i, j, score, exact) for (i, j), (score, exact) in found.items())
+                found[(i, j)] = (1.0, "exact copy (same SHA-256)")
+    for what, level, x, y in (("pixels", NEAR_PIXELS, a.thumbs, b.thumbs),
+                              ("features", NEAR_FEATURES, a.features, b.features)):
+        for i, j, similarity in similar(x, y, level, within):
+            found.setdefault((i, j), (similarity, f"near copy ({what}: cosine {similarity:.4f})"))
+    return sorted((i, j, score, how) for (i, j), (score, how) in found.items())
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every row of `a` with every row of `b`; 0 where a row is missing (NaN)."""
+def similar(a: np.ndarray, b: np.ndarray, level: float, within: bool, block: int = 1024):
+    """(i, j, cosine) of every row pair at or above `level`; rows with NaN (unreadable) never match.
+    In blocks of rows, so the similarity matrix of a large folder is never whole in memory."""
     def unit(x):
         x = np.nan_to_num(np.asarray(x, dtype=np.float64))
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-    return unit(a) @ unit(b).T
+    a, b = unit(a), unit(b)
+    for start in range(0, len(a), block):
+        similarity = a[start:start + block] @ b.T
+        for i, j in zip(*np.nonzero(similarity >= level)):
+            if not within or start + i < j:
+                yield int(start + i), int(j), float(similarity[i, j])
 
 
-def pair_findings(table: pd.DataFrame, pairs: list[tuple[int, int, float, bool]]) -> list[dict]:
+def pair_findings(table: pd.DataFrame, pairs: list[tuple[int, int, float, str]]) -> list[dict]:
     """The rows for copies within the labelled table (path, label, subset)."""
     rows = []
-    for i, j, score, exact in pairs:
+    for i, j, score, how in pairs:
         a, b = table.iloc[i], table.iloc[j]
-        how = "exact copy (same SHA-256)" if exact else f"near copy (cosine {score:.3f})"
         kinds = []
         if a.label != b.label:
             kinds.append(("conflict", f"{how}; labelled {b.label} here, {a.label} there"))
@@ -129,10 +154,9 @@ def pair_findings(table: pd.DataFrame, pairs: list[tuple[int, int, float, bool]]
 
 
 def unlabelled_findings(table: pd.DataFrame, unlabelled: list[str], folder: Path,
-                        pairs: list[tuple[int, int, float, bool]]) -> list[dict]:
+                        pairs: list[tuple[int, int, float, str]]) -> list[dict]:
     rows = []
-    for i, j, score, exact in pairs:
-        how = "exact copy (same SHA-256)" if exact else f"near copy (cosine {score:.3f})"
+    for i, j, score, how in pairs:
         rows.append(finding(table.path.iloc[i], "unlabelled copy", score, other_path=str(Path(folder) / unlabelled[j]),
                             detail=f"{how}; already labelled {table.label.iloc[i]}"))
     return rows

@@ -19,6 +19,11 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 
 from quorum.errors import QuorumError
 
+# cleanlab flags an image whose given label is unlikely *for its class*; a label the heads still give
+# 10% or more is left alone. On Fashion-MNIST with 5% of labels flipped (benchmarks/bench_loop.py,
+# 4 draws) this cut the clean images flagged from 9.8% to 6.7% and the flipped ones found from 81% to 79%.
+MAX_GIVEN_PROBABILITY = 0.1
+
 
 def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, folds: int = 5,
                                 seed: int = 0) -> np.ndarray:
@@ -40,4 +45,5 @@ def label_issues(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndar
     quality = get_label_quality_scores(labels, probabilities)
     # "both": an image must fail both of cleanlab's tests (per-class threshold and noise-rate pruning).
     flagged = find_label_issues(labels, probabilities, filter_by="both", return_indices_ranked_by="self_confidence")
-    return np.asarray(flagged, dtype=int), quality
+    flagged = np.asarray(flagged, dtype=int)
+    return flagged[probabilities[flagged, labels[flagged]] < MAX_GIVEN_PROBABILITY], quality

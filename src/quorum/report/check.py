@@ -81,19 +81,20 @@ def run_check(data: Path, out: Path, unlabelled: Path | None = None, models_dir:
     table = scan_labelled(data)
     table = table.assign(subset=shares(data, table, models_dir))
     paths = table.path.tolist()
-    rows = look.odd_images(data, paths)
-    features = frozen_features(data, paths, image_size, workers=workers, quiet=quiet)
-    digests = look.hashes(data, paths)
-    rows += look.pair_findings(table, look.copies(digests, features))
-    found, notes = label_findings(table, features, folds, seed)
+    rows, thumbs = look.look_at(data, paths)
+    prints = look.Prints(look.hashes(data, paths), thumbs, frozen_features(data, paths, image_size, workers=workers,
+                                                                            quiet=quiet))
+    rows += look.pair_findings(table, look.copies(prints))
+    found, notes = label_findings(table, prints.features, folds, seed)
     rows += found
     if unlabelled is not None:
+        unlabelled = Path(unlabelled)
         others = [path.relative_to(unlabelled).as_posix() for path in find_images(unlabelled)]
-        rows += [{**row, "path": str(Path(unlabelled) / row["path"]), "file": Path(unlabelled) / row["path"]}
-                 for row in look.odd_images(unlabelled, others)]
-        other_features = frozen_features(Path(unlabelled), others, image_size, workers=workers, quiet=quiet)
-        pairs = look.copies(digests, features, look.hashes(unlabelled, others), other_features)
-        rows += look.unlabelled_findings(table, others, Path(unlabelled), pairs)
+        odd, other_thumbs = look.look_at(unlabelled, others)
+        rows += [{**row, "path": str(unlabelled / row["path"]), "file": unlabelled / row["path"]} for row in odd]
+        other_prints = look.Prints(look.hashes(unlabelled, others), other_thumbs,
+                                   frozen_features(unlabelled, others, image_size, workers=workers, quiet=quiet))
+        rows += look.unlabelled_findings(table, others, unlabelled, look.copies(prints, other_prints))
     counts, imbalance = look.class_counts(table)
     rows += imbalance
     findings = pd.DataFrame(rows, columns=[*look.COLUMNS, "file"])  # file: where the thumbnail comes from
