@@ -15,6 +15,7 @@ from PIL import Image
 
 from quorum.cli import main
 from quorum.data import check as look
+from quorum.report.check import run_check
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "labelled"
@@ -42,7 +43,7 @@ def sample(data: Path) -> dict[str, list[str]]:
 def checked(tmp_path_factory):
     """DATA of real images plus: a trouser filed under Bag (mislabelled), a copy of a sneaker filed under
     Trouser (a conflict), a copy within Bag split across train and val (a leak), a brightened JPEG of a
-    bag beside it (a near duplicate), a tiny and a blank image; an unlabelled folder holding a copy of a
+    bag beside it (a near duplicate), a tiny, a blank and an unreadable image; an unlabelled folder holding a copy of a
     labelled image."""
     root = tmp_path_factory.mktemp("check")
     data = root / "data"
@@ -55,6 +56,7 @@ def checked(tmp_path_factory):
     brighter = np.asarray(Image.open(data / "Bag" / other_bag), dtype=np.int16) + 4
     Image.fromarray(np.clip(brighter, 0, 255).astype(np.uint8)).save(data / "Bag" / "near.jpg", quality=90)
     Image.new("RGB", (10, 12), (200, 30, 30)).save(data / "Trouser" / "tiny.png")
+    (data / "Bag" / "broken.png").write_bytes(b"not a picture")
     Image.fromarray(np.full((40, 48, 3), 30, np.uint8)).save(data / "Sneaker" / "blank.png")
     models = root / "models"
     models.mkdir()
@@ -105,6 +107,8 @@ def test_odd_images_and_the_page(checked):
     *_, out, result, _ = checked
     assert rows(out, "tiny").path.tolist() == ["Trouser/tiny.png"]
     assert rows(out, "blank").path.tolist() == ["Sneaker/blank.png"]
+    assert rows(out, "unreadable")[["path", "detail"]].values.tolist() == [
+        ["Bag/broken.png", "not an image (cannot identify image file)"]]
     page = (out / "index.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 8 and "<h2>Images per class</h2>" in page
     assert f"Wrote {out}:" in result.stderr and "1 conflict" in result.stderr
@@ -126,3 +130,13 @@ def test_a_clean_folder_has_no_copies_or_odd_images(tmp_path):
     assert look.copies(look.Prints(digests, thumbs, np.eye(len(paths)))) == []  # distinct pictures and features
     os.utime(data / paths[0], ns=(0, 0))  # the hash reads content, not metadata
     assert look.hashes(data, paths) == digests
+
+
+def test_a_class_of_one_image_gets_a_note_instead_of_label_issues(tmp_path):
+    data = tmp_path / "data"
+    names = sample(data)
+    for name in names["Bag"][1:]:
+        (data / "Bag" / name).unlink()
+    result = run_check(data, tmp_path / "out", models_dir=tmp_path / "models", image_size=32, quiet=True)
+    assert result.notes == ["no label issues: a class has a single readable image: label issues need at least 2 per class"]
+    assert result.findings.issue.tolist() == ["imbalance"] and result.findings.path.tolist() == ["Bag/"]

@@ -100,7 +100,13 @@ def look_at(root: Path, paths: list[str]) -> tuple[list[dict], np.ndarray]:
 
 
 def hashes(root: Path, paths: list[str]) -> list[str]:
-    return [files.sha256(Path(root) / path) for path in paths]
+    """SHA-256 per file; a file that cannot be read gets a digest of its own name (it matches nothing)."""
+    def digest(path: str) -> str:
+        try:
+            return files.sha256(Path(root) / path)
+        except OSError:
+            return f"unreadable:{root}/{path}"
+    return [digest(path) for path in paths]
 
 
 def copies(a: Prints, b: Prints | None = None) -> list[tuple[int, int, float, str]]:

@@ -43,7 +43,7 @@ class CheckResult:
     notes: list[str] = field(default_factory=list)
 
 
-def shares(data: Path, table: pd.DataFrame, models_dir: Path) -> pd.Series:
+def shares(table: pd.DataFrame, models_dir: Path) -> pd.Series:
     """train / val per labelled image: the shared split's (models_dir/split.csv) where it lists the image,
     else DATA's own train/ and val/ folders, else unknown (None)."""
     subset = table.given_subset.copy()
@@ -79,7 +79,7 @@ def run_check(data: Path, out: Path, unlabelled: Path | None = None, models_dir:
     data, out = Path(data), Path(out)
     look.check_options(data, unlabelled, out)
     table = scan_labelled(data)
-    table = table.assign(subset=shares(data, table, models_dir))
+    table = table.assign(subset=shares(table, models_dir))
     paths = table.path.tolist()
     rows, thumbs = look.look_at(data, paths)
     prints = look.Prints(look.hashes(data, paths), thumbs, frozen_features(data, paths, image_size, workers=workers,
