@@ -14,7 +14,7 @@ For each draw, on a Fashion-MNIST slice (benchmarks/fashion_mnist.py, 100 train 
      are flagged at all, the precision of the rows, and the share of clean images flagged;
    - conflict and leak: of the 10 planted pairs, how many are found; the share of rows that are planted.
 Prints a Markdown table; `--write` replaces the "Check" section of benchmarks/RESULTS.md.
-(Part a, active-learning rounds with retraining, is not in this script: see RESULTS.md.)
+(Part a, active-learning rounds with retraining, is benchmarks/bench_active.py.)
 """
 
 from __future__ import annotations
@@ -130,13 +130,14 @@ def table(runs: list[dict], seconds: list[float]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, section: str = SECTION) -> None:
+    """Replace `section` (its heading to the next) in RESULTS.md with `text`, or add it at the end."""
     results = RESULTS.read_text()
-    start = results.find(SECTION)
+    start = results.find(section)
     if start < 0:
         results = results.rstrip("\n") + "\n\n" + text + "\n"
     else:
-        end = results.find("\n## ", start + len(SECTION))
+        end = results.find("\n## ", start + len(section))
         results = results[:start] + text + ("\n" + results[end:] if end >= 0 else "\n")
     RESULTS.write_text(results)
 
