@@ -163,10 +163,10 @@ def test_review_puts_exactly_the_flagged_rows_in_their_predicted_class(predicted
     result = cli("review", predicted, "--out", out)
     assert result.exit_code == 0, result.output
     placed = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.parent != out)
-    expected = sorted(f"{label}/{path.replace('/', '__')}" for path, label in zip(flagged["path"], flagged["prediction"]))
+    expected = sorted(f"{label}/{path}" for path, label in zip(flagged["path"], flagged["prediction"]))
     assert placed == expected
     for name in placed:  # the same bytes as the original (a link or a copy of it)
-        original = tmp_path / "unlabelled" / name.split("/", 1)[1].replace("__", "/")
+        original = tmp_path / "unlabelled" / name.split("/", 1)[1]
         assert (out / name).read_bytes() == original.read_bytes()
     assert "move it into the folder of its true class" in (out / "README.txt").read_text()
     listing = pd.read_csv(out / "review.csv")

@@ -1,4 +1,5 @@
-"""Atomic writes: a file is either its old self or complete, never half-written."""
+"""Atomic writes (a file is either its old self or complete, never half-written), locks for what two
+runs could share, and the check that a path stays inside a folder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import filelock
+
+from quorum.errors import QuorumError
 
 
 @contextmanager
@@ -62,3 +67,20 @@ def sha256(path: Path) -> str:
     """The file's SHA-256 as hex, read in blocks (a weights file may be large)."""
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+@contextmanager
+def exclusive(lock: Path, busy: str, wait: bool = False) -> Iterator[None]:
+    """Hold the lock file `lock` for the block: an OS lock (flock), so a killed holder never leaves it
+    stuck. Held by another process: wait for it, or raise QuorumError(`busy`) at once."""
+    Path(lock).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with filelock.FileLock(lock, timeout=-1 if wait else 0):
+            yield
+    except filelock.Timeout:
+        raise QuorumError(busy) from None
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, with every link followed, is `folder` or lies under it (`folder`'s links followed too)."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -57,6 +57,22 @@ def read_sidecar(csv: Path, paths: list[str]) -> dict:
         raise QuorumError(f"{csv} is not the CSV its {path.name} describes (edited or replaced?): "
                           "run quorum predict again")
     return {**info, "folder": folder}
+
+
+def check_inside(csv: Path, folder: Path, paths: list[str]) -> None:
+    """Every path of the rows about to be used names a file under `folder`, as predict writes them: relative,
+    no `..` or `.`, and inside `folder` once links are followed. The sidecar is an unkeyed hash anyone can
+    redo, so an edited CSV must not lead review or --pseudo-labels to /etc/passwd or ../photos."""
+    outside = [path for path in paths if not _plain(path) or not files.inside(Path(folder) / path, folder)]
+    if outside:
+        listed = ", ".join(map(repr, outside[:3])) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+        raise QuorumError(f"{csv} has {len(outside)} path(s) that lead outside its folder {folder} ({listed}): "
+                          "only the files quorum predict found there are used; run quorum predict again")
+
+
+def _plain(path: str) -> bool:
+    pure = PurePosixPath(path)
+    return path not in ("", ".") and pure.as_posix() == path and not pure.is_absolute() and ".." not in pure.parts
 
 
 def changed_files(folder: Path, paths: list[str], fingerprints: list[str]) -> list[str]:
@@ -113,6 +129,7 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     if unknown:
         raise QuorumError(f"--pseudo-labels {csv} predicts classes this model does not have ({', '.join(unknown)}): "
                           f"its classes are {', '.join(classes)}")
+    check_inside(csv, info["folder"], chosen["path"].tolist())
     fingerprints = [info["fingerprints"][i] for i in chosen.index]
     changed = changed_files(info["folder"], chosen["path"].tolist(), fingerprints)
     if changed:

@@ -1,14 +1,17 @@
 """`quorum review`: the rows a person should look at, laid out as folders they can sort by hand.
 
 The rows below an agreement level (default 1.0: every row that is not unanimous) go into
-`OUT/<predicted class>/`, as hard links where the file system allows (moving one moves nothing of
+`OUT/<predicted class>/<path in the folder>`, as hard links where the file system allows (moving one moves nothing of
 the original), else symbolic links, else copies. `OUT/README.txt` says what to do, and
 `OUT/review.csv` lists each file with its source and every member's vote. With a budget, the
 folder holds the N rows most worth a label instead (`ranking`), and review.csv lists them in the
 order to label them, with their rank and score.
 
-The folder is built as `.OUT.partial` beside OUT and renamed into place at the end, so a failed
-run leaves nothing half-written; an existing OUT is never written into.
+The folder is built as `.OUT.partial` beside OUT (marked as review's own) and renamed into place at
+the end, so a failed run leaves nothing half-written; an existing OUT is never written into, and
+`.OUT.lock` keeps a second review of the same OUT out meanwhile. Every label must be a class of the
+run and every path a file under the run's folder: an edited CSV cannot make review write or read
+outside those.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from quorum import files
-from quorum.data.unlabelled import changed_files, check_predictions_csv, read_sidecar
+from quorum.data.unlabelled import changed_files, check_inside, check_predictions_csv, read_sidecar
 from quorum.errors import QuorumError
 from quorum.predict import ranking
 from quorum.predict.table import OK, member_columns, members_of, read_predictions
@@ -58,6 +61,10 @@ class ReviewResult:
     kept_apart: int = 0  # with a budget: rows flagged `unknown` (no known class), left out of the ranking
 
 
+PARTIAL_MARK = ".quorum-review-partial"  # in `.OUT.partial` while review builds it: the folder is ours to replace
+RESERVED = ("review.csv", "README.txt")  # review's own files beside the class folders
+
+
 def flagged_rows(frame: pd.DataFrame, min_agreement: float = 1.0) -> tuple[pd.DataFrame, int]:
     """(rows below `min_agreement`, count of lazy rows whose agreement is unknown) of a predictions table."""
     ok = frame[frame["status"] == OK]
@@ -73,10 +80,7 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     csv, out = Path(csv), Path(out)
     if not 0 < min_agreement <= 1:
         raise QuorumError(f"--min-agreement must be above 0 and at most 1 (got {min_agreement})")
-    if out.exists():
-        raise QuorumError(f"--out {out} already exists: give a new folder (a review folder is written whole)")
-    if not out.parent.is_dir():
-        raise QuorumError(f"cannot write {out}: {out.parent} does not exist; create it or choose another --out")
+    _check_new_folder(out)
     check_predictions_csv(csv)
     frame = read_predictions(csv)
     info = read_sidecar(csv, frame["path"].tolist())
@@ -86,6 +90,8 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
         flagged, unknown = flagged_rows(frame, min_agreement)
     else:
         flagged, kept_apart = ranking.select(frame, budget, rank, seed)
+    _check_labels(csv, flagged["prediction"], (info.get("run") or {}).get("classes"))
+    check_inside(csv, folder, flagged["path"].tolist())
     fingerprints = [info["fingerprints"][i] for i in flagged.index]
     changed = changed_files(folder, flagged["path"].tolist(), fingerprints)
     if changed:
@@ -93,51 +99,105 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
         raise QuorumError(f"{len(changed)} file(s) in {folder} changed or went missing since {csv} was written "
                           f"({listed}): run quorum predict again")
 
-    work = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        work.mkdir()
-        kinds = set()
-        targets = []
-        for path, label in zip(flagged["path"], flagged["prediction"]):
-            target = work / label / path.replace("/", "__")  # one folder level: sub-folders flattened
-            target.parent.mkdir(exist_ok=True)
-            kinds.add(_place(folder / path, target))
-            targets.append(target.relative_to(work).as_posix())
-        how = " and ".join(sorted(kinds)) or "links"
-        names = members_of(frame.columns)
-        listing = pd.DataFrame({"file": targets, "source": [str(folder / path) for path in flagged["path"]],
-                                "prediction": flagged["prediction"].tolist(),
-                                "agreement": flagged["agreement"].tolist(),
-                                **{name: flagged[member_columns(name)[0]].tolist() for name in names}})
-        if budget is not None:
-            listing = listing.assign(rank=flagged["rank"].tolist(), score=flagged["score"].round(6).tolist())
-        files.write_csv(work / "review.csv", listing)
-        meaning = "every row that is not unanimous" if min_agreement >= 1.0 else "fewer members agree than that"
-        why = (f"agreement below {min_agreement:g}: {meaning}" if budget is None else
-               f"the {budget} rows most worth a label, by {rank}: label them in review.csv's order")
-        files.write_text(work / "README.txt", README.format(count=len(flagged), rows=len(frame), csv=csv,
-                                                             why=why, out=out,
-                                                             how=how, folder=folder))
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    meaning = "every row that is not unanimous" if min_agreement >= 1.0 else "fewer members agree than that"
+    why = (f"agreement below {min_agreement:g}: {meaning}" if budget is None else
+           f"the {budget} rows most worth a label, by {rank}: label them in review.csv's order")
+    lock = out.with_name(f".{out.name}.lock")
+    with files.exclusive(lock, f"another quorum review is writing {out} now: wait for it, or choose another --out"):
+        _check_new_folder(out)  # again, now that no other review can be making it
+        work = _fresh_partial(out)
+        try:
+            how = _build(work, csv, out, frame, flagged, folder, why, ranked=budget is not None)
+            (work / PARTIAL_MARK).unlink()
+            work.rename(out)
+        except OSError as exc:  # a read-only or full disk, a name too long for it: one line, no traceback
+            raise QuorumError(f"cannot write {out}: {(exc.strerror or str(exc)).lower()} ({exc.filename}); "
+                              "choose another --out") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # gone already when renamed into place
+            lock.unlink(missing_ok=True)  # still held: a review that opens it now finds OUT made or unlocked
     per_class = flagged["prediction"].value_counts().to_dict()
     return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how,
                         kept_apart)
 
 
+def _check_new_folder(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        raise QuorumError(f"--out {out} already exists: give a new folder (a review folder is written whole)")
+    if not out.parent.is_dir():
+        raise QuorumError(f"cannot write {out}: {out.parent} does not exist; create it or choose another --out")
+
+
+def _check_labels(csv: Path, labels: pd.Series, classes: list[str] | None) -> None:
+    """Each label becomes a folder name: one of the run's classes (a class folder's name), never `..`,
+    a path, or the name of a file review writes itself."""
+    def fits(label) -> bool:
+        plain = isinstance(label, str) and label not in ("", ".", "..", *RESERVED) and not set(label) & set("/\\\0")
+        return plain and (classes is None or label in classes)
+
+    wrong = sorted({str(label) for label in labels if not fits(label)})
+    if wrong:
+        known = f" (its classes: {', '.join(classes)})" if classes is not None else ""
+        raise QuorumError(f"{csv} predicts label(s) its run does not have: {', '.join(map(repr, wrong[:3]))}{known}; "
+                          "run quorum predict again")
+
+
+def _fresh_partial(out: Path) -> Path:
+    """`.OUT.partial`, new and marked as ours. One left by a review that was killed is marked and
+    replaced; anything else of that name is the user's and is left alone."""
+    work = out.with_name(f".{out.name}.partial")
+    if work.is_dir() and not work.is_symlink() and (work / PARTIAL_MARK).is_file():
+        shutil.rmtree(work)
+    elif work.exists() or work.is_symlink():
+        raise QuorumError(f"{work} exists and is not a review quorum left unfinished: move it away, "
+                          "or choose another --out")
+    work.mkdir()
+    (work / PARTIAL_MARK).write_text("quorum review's unfinished folder: safe to delete\n")
+    return work
+
+
+def _build(work: Path, csv: Path, out: Path, frame: pd.DataFrame, flagged: pd.DataFrame, folder: Path, why: str,
+           ranked: bool) -> str:
+    """Place the flagged files, review.csv and README.txt in `work`; returns how the files were placed."""
+    kinds, targets = set(), []
+    for path, label in zip(flagged["path"], flagged["prediction"]):
+        # Sub-folders kept, not flattened: a/b.png and a__b.png must never meet at one name.
+        target = work / label / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        kinds.add(_place(folder / path, target))
+        targets.append(target.relative_to(work).as_posix())
+    how = " and ".join(sorted(kinds)) or "links"
+    names = members_of(frame.columns)
+    listing = pd.DataFrame({"file": targets, "source": [str(folder / path) for path in flagged["path"]],
+                            "prediction": flagged["prediction"].tolist(),
+                            "agreement": flagged["agreement"].tolist(),
+                            **{name: flagged[member_columns(name)[0]].tolist() for name in names}})
+    if ranked:
+        listing = listing.assign(rank=flagged["rank"].tolist(), score=flagged["score"].round(6).tolist())
+    files.write_csv(work / "review.csv", listing)
+    files.write_text(work / "README.txt", README.format(count=len(flagged), rows=len(frame), csv=csv, why=why,
+                                                         out=out, how=how, folder=folder))
+    return how
+
+
 def _place(source: Path, target: Path) -> str:
-    """A hard link, else an absolute symbolic link, else a copy; returns which."""
+    """A hard link, else an absolute symbolic link, else a copy; returns which. Each makes `target` anew:
+    an existing name there is an error, never a file to write through."""
     try:
         os.link(source, target)
         return "hard links"
+    except FileExistsError:
+        raise
     except OSError:
         pass
     try:
         os.symlink(source.resolve(), target)
         return "symbolic links"
+    except FileExistsError:
+        raise
     except OSError:
-        shutil.copy2(source, target)
-        return "copies"
+        pass
+    with open(source, "rb") as original, open(target, "xb") as copy:
+        shutil.copyfileobj(original, copy)
+    shutil.copystat(source, target)
+    return "copies"

@@ -1,0 +1,168 @@
+"""Writes stay inside the command's output and reads inside its folder (issue 17): review's folder,
+edited predict CSVs, predict --out over a user's file, locks between two runs, links out of a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
+
+from quorum import files
+from quorum.cli import main
+from quorum.data.unlabelled import paths_digest, read_pseudo_labels, sidecar
+from quorum.errors import QuorumError
+from quorum.predict.table import read_predictions
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+COLOURS = tuple(sorted(COLOUR_CLASSES))
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [*map(str, args)])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def tree(root: Path) -> dict[str, bytes | str]:
+    """Every entry under `root`: a file's bytes, a link's target, a folder as 'dir'."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        key = path.relative_to(root).as_posix()
+        found[key] = os.readlink(path) if path.is_symlink() else "dir" if path.is_dir() else path.read_bytes()
+    return found
+
+
+@pytest.fixture(scope="module")
+def red_models(tmp_path_factory, one_thread):
+    """Two members that always say red and one that always says green: every row is a 2-of-3 majority."""
+    from conftest import save_model
+
+    root = tmp_path_factory.mktemp("red_models")
+    for name, colour in (("r1", "red"), ("r2", "red"), ("g", "green")):
+        save_model(root, name, "tinyvgg", 32, classes=COLOURS, constant=COLOURS.index(colour))
+    return root
+
+
+@pytest.fixture
+def voted(tmp_path, red_models) -> tuple[Path, Path]:
+    """(folder, predict CSV) of real images, among them a/b.png and a__b.png, which review once mixed up."""
+    folder = tmp_path / "U"
+    for index, path in enumerate(write_good_images(tmp_path / "staging", 4, seed=3)):
+        name = ["a/b.png", "a__b.png", "c.jpg", "d/e/f.jpg"][index]
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        path.rename(folder / name)
+    (tmp_path / "staging").rmdir()
+    csv = tmp_path / "preds.csv"
+    result = cli("predict", folder, "--out", csv, "--models-dir", red_models, "--workers", 0, "--quiet")
+    assert result.exit_code == 0, result.output
+    return folder, csv
+
+
+def forge(csv: Path, edit) -> None:
+    """Edit the CSV as an attacker would, then redo its sidecar's hashes (they are unkeyed)."""
+    frame = edit(read_predictions(csv))
+    frame.to_csv(csv, index=False)
+    info = json.loads(sidecar(csv).read_text())
+    folder = Path(info["folder"])
+
+    def fingerprint(path: str) -> str:
+        try:
+            return files.fingerprint(folder / path)
+        except OSError:
+            return ""
+
+    info.update(rows=len(frame), paths=paths_digest(frame["path"].tolist()),
+                fingerprints=[fingerprint(path) for path in frame["path"]])
+    sidecar(csv).write_text(json.dumps(info))
+
+
+def add_row(frame: pd.DataFrame, path: str) -> pd.DataFrame:
+    return pd.concat([frame, frame.iloc[[0]].assign(path=path)], ignore_index=True)
+
+
+# --- review: where it writes --------------------------------------------------------------------
+
+
+def test_review_keeps_sub_folders_so_two_files_never_share_a_name(voted, tmp_path):
+    folder, csv = voted
+    before = tree(folder)
+    result = cli("review", csv, "--out", tmp_path / "R")
+    assert result.exit_code == 0, result.output
+    assert tree(folder) == before  # a/b.png was once rewritten with a__b.png's bytes
+    placed = {p.relative_to(tmp_path / "R").as_posix() for p in (tmp_path / "R").rglob("*") if p.is_file()}
+    assert placed == {"red/a/b.png", "red/a__b.png", "red/c.jpg", "red/d/e/f.jpg", "review.csv", "README.txt"}
+    for name in ("a/b.png", "a__b.png", "d/e/f.jpg"):
+        assert (tmp_path / "R" / "red" / name).read_bytes() == (folder / name).read_bytes()
+    assert sorted(pd.read_csv(tmp_path / "R" / "review.csv")["file"]) == sorted(f"red/{p}" for p in before
+                                                                                 if "." in p)
+
+
+@pytest.mark.parametrize("label", ["..", "../escape", "ABSOLUTE", "purple", "review.csv"])
+def test_review_refuses_a_label_the_run_does_not_have(voted, tmp_path, label):
+    _, csv = voted
+    label = str(tmp_path / "escape") if label == "ABSOLUTE" else label
+    forge(csv, lambda frame: frame.assign(prediction=label))
+    before = tree(tmp_path)
+    result = cli("review", csv, "--out", tmp_path / "R")
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {csv} predicts label(s) its run does not have: {label!r} (its classes: "
+                             f"{', '.join(COLOURS)}); run quorum predict again\n")
+    assert tree(tmp_path) == before
+
+
+def outside_paths(folder: Path) -> list[str]:
+    """Three ways out of `folder`: `..`, an absolute path and a link, each to a real image beside it."""
+    secret = write_good_images(folder.parent / "private", 1, seed=8)[0]
+    (folder / "link.png").symlink_to(secret)
+    return [f"../private/{secret.name}", str(secret), "link.png"]
+
+
+@pytest.mark.parametrize("way", range(3))
+def test_review_and_pseudo_labels_refuse_a_path_outside_the_folder(voted, tmp_path, way):
+    folder, csv = voted
+    path = outside_paths(folder)[way]
+    forge(csv, lambda frame: add_row(frame, path))
+    before = tree(tmp_path)
+    result = cli("review", csv, "--out", tmp_path / "R")
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {csv} has 1 path(s) that lead outside its folder {folder.resolve()} "
+                             f"({path!r}): only the files quorum predict found there are used; run quorum predict "
+                             "again\n")
+    assert tree(tmp_path) == before
+    with pytest.raises(QuorumError, match="1 path\\(s\\) that lead outside its folder"):
+        read_pseudo_labels(csv, COLOURS, min_agreement=0.6)
+
+
+def test_review_refuses_while_another_review_writes_the_same_folder(voted, tmp_path):
+    _, csv = voted
+    with files.exclusive(tmp_path / ".R.lock", "held by the test"):  # what a running review holds
+        result = cli("review", csv, "--out", tmp_path / "R")
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: another quorum review is writing {tmp_path / 'R'} now: wait for it, "
+                             "or choose another --out\n")
+    assert not (tmp_path / "R").exists()
+    assert cli("review", csv, "--out", tmp_path / "R").exit_code == 0  # free again, and no lock left behind
+    assert not (tmp_path / ".R.lock").exists()
+
+
+def test_review_never_deletes_a_partial_folder_it_did_not_make(voted, tmp_path):
+    _, csv = voted
+    users = tmp_path / ".R.partial"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    result = cli("review", csv, "--out", tmp_path / "R")
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {users} exists and is not a review quorum left unfinished: move it away, "
+                             "or choose another --out\n")
+    assert (users / "notes.txt").read_text() == "mine" and not (tmp_path / "R").exists()
+    # One a killed review left (it carries review's mark) is replaced.
+    (users / "notes.txt").unlink()
+    (users / ".quorum-review-partial").write_text("")
+    assert cli("review", csv, "--out", tmp_path / "R").exit_code == 0
+    assert not users.exists() and not (tmp_path / "R" / ".quorum-review-partial").exists()
