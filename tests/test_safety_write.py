@@ -166,3 +166,18 @@ def test_review_never_deletes_a_partial_folder_it_did_not_make(voted, tmp_path):
     (users / ".quorum-review-partial").write_text("")
     assert cli("review", csv, "--out", tmp_path / "R").exit_code == 0
     assert not users.exists() and not (tmp_path / "R" / ".quorum-review-partial").exists()
+
+
+def test_pseudo_labels_count_only_the_images_that_train(voted, tmp_path):
+    folder, csv = voted
+    (folder / "notes.png").write_text("not pixels")  # a row an edited CSV calls readable
+    forge(csv, lambda frame: add_row(frame, "notes.png"))
+    data = write_labelled_folder(tmp_path / "labelled", per_class=4)
+    result = cli("finetune", "tinyvgg", "--data", data, "--models-dir", tmp_path / "models", "--image-size", 32,
+                 "--epochs", 1, "--weights", "none", "--workers", 0, "--name", "p", "--quiet",
+                 "--pseudo-labels", csv, "--pseudo-min-agreement", 0.6)
+    assert result.exit_code == 0, result.output
+    assert f"Left out 1 --pseudo-labels file(s) that cannot be read (e.g. {folder.resolve() / 'notes.png'}: " \
+           in result.stderr
+    info = json.loads((tmp_path / "models" / "p" / "model.json").read_text())["pseudo_labels"]
+    assert info["added"] == 4 and info["per_class"]["red"] == 4 and info["rows"] == 5

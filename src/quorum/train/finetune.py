@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -22,7 +23,7 @@ from rich.markup import escape
 
 from quorum import distributed, files
 from quorum.console import say
-from quorum.data.split import SPLIT_FILE, Split, load_or_make_split
+from quorum.data.split import SPLIT_FILE, Split, find_unreadable, load_or_make_split
 from quorum.data.unlabelled import PseudoLabels, read_pseudo_labels
 from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
@@ -132,6 +133,13 @@ def pseudo_labels(recipe: Recipe, split: Split, quiet: bool) -> PseudoLabels | N
     if overlap:
         raise QuorumError(f"--pseudo-labels {recipe.pseudo_labels} has {len(overlap)} file(s) of the labelled folder "
                           f"{split.root} (e.g. {overlap[0]}): predict on a folder outside it")
+    # Decoded once now, as the split's files are: training would drop an unreadable one silently, and
+    # model.json must count only the images that really joined.
+    reasons = find_unreadable(Path(), [path for path, _ in pseudo.items], recipe.workers)
+    unreadable = [f"{path}: {reason}" for (path, _), reason in zip(pseudo.items, reasons) if reason]
+    if unreadable:
+        say(escape(f"Left out {len(unreadable)} --pseudo-labels file(s) that cannot be read (e.g. {unreadable[0]})"))
+        pseudo = dataclasses.replace(pseudo, items=[item for item, reason in zip(pseudo.items, reasons) if not reason])
     say(f"Pseudo-labels: {len(pseudo.items)} of {pseudo.rows} rows of {recipe.pseudo_labels} (agreement at least "
         f"{recipe.pseudo_min_agreement:g}) join the {len(split.items('train'))} training images; validation "
         "is unchanged", quiet)
