@@ -181,3 +181,44 @@ def test_pseudo_labels_count_only_the_images_that_train(voted, tmp_path):
            in result.stderr
     info = json.loads((tmp_path / "models" / "p" / "model.json").read_text())["pseudo_labels"]
     assert info["added"] == 4 and info["per_class"]["red"] == 4 and info["rows"] == 5
+
+
+# --- predict --out and merge --out: never over a user's file ------------------------------------
+
+
+def test_predict_refuses_to_replace_an_image_a_model_or_a_users_file(voted, red_models, tmp_path):
+    folder, csv = voted
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {**tree(folder), **{f"models/{k}": v for k, v in tree(red_models).items()}}
+    cases = {
+        folder / "c.jpg": f"would replace {folder / 'c.jpg'}, inside the image folder {folder}",
+        red_models / "r1" / "model.json": f"would replace {red_models / 'r1' / 'model.json'}, inside --models-dir "
+                                          f"{red_models}",
+        red_models / "r1" / "model": f"would replace {red_models / 'r1' / 'model.json'}, inside --models-dir "
+                                     f"{red_models}",  # its sidecar would be model.json
+        tmp_path / "notes.txt": f"would replace {tmp_path / 'notes.txt'}, which is not a quorum predictions CSV "
+                                "(with notes.txt.json beside it)",
+    }
+    for out, problem in cases.items():
+        result = cli("predict", folder, "--out", out, "--models-dir", red_models, "--workers", 0)
+        assert result.exit_code == 1, out
+        assert result.stderr == f"Error: --out {out} {problem}: choose another --out, or add --force to replace it\n"
+    assert {**tree(folder), **{f"models/{k}": v for k, v in tree(red_models).items()}} == before
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # An earlier predictions CSV is replaced, as is anything with --force.
+    assert cli("predict", folder, "--out", csv, "--models-dir", red_models, "--workers", 0, "-q").exit_code == 0
+    result = cli("predict", folder, "--out", tmp_path / "notes.txt", "--models-dir", red_models, "--workers", 0,
+                 "-q", "--force")
+    assert result.exit_code == 0 and read_predictions(tmp_path / "notes.txt").equals(read_predictions(csv))
+
+
+def test_merge_refuses_to_replace_a_users_file(voted, red_models, tmp_path):
+    folder, _ = voted
+    for index in range(2):
+        result = cli("predict", folder, "--out", tmp_path / f"part{index}.csv", "--models-dir", red_models,
+                     "--workers", 0, "-q", "--shard", f"{index}/2")
+        assert result.exit_code == 0, result.output
+    (tmp_path / "notes.txt").write_text("mine")
+    result = cli("merge", tmp_path / "part0.csv", tmp_path / "part1.csv", "--out", tmp_path / "notes.txt")
+    assert result.exit_code == 1 and "add --force to replace it" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -29,6 +29,10 @@ ENGINE_OPTION = click.option(
     help="What runs the models: onnx (ONNX Runtime, CPU only; a model without model.onnx gets one on first use) "
     "or torch. auto: onnx on the CPU, torch on CUDA and MPS. Probabilities agree within 1e-4.")
 
+FORCE_OPTION = click.option(
+    "--force", is_flag=True, help="Replace --out even if it is not a quorum predictions CSV (with its .json), or "
+    "lies in --models-dir or the image folder.")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="quorum")
@@ -137,9 +141,10 @@ def backbones():
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of this command: keep the rows in "
               "OUT.partial/ and do the rest. Without it, an unfinished run there is started over.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
+@FORCE_OPTION
 @user_errors
 def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, device, engine, batch_size,
-            workers, shard, resume, quiet):
+            workers, shard, resume, quiet, force):
     """Let the models vote on every image under FOLDER and write one CSV row per file.
 
     \b
@@ -171,7 +176,7 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     from quorum.predict.table import check_writable, write_predictions
 
     part = shards.parse_shard(shard) if shard else shards.WHOLE
-    check_writable(out)  # before any model loads or image decodes
+    check_writable(out, force, {"--models-dir": models_dir, "the image folder": folder})  # before any model loads
     progress = partial_rows.progress_dir(out)
     try:
         frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
@@ -193,8 +198,9 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
 @main.command()
 @click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "-o", type=click.Path(), required=True, help="The joined CSV.")
+@FORCE_OPTION
 @user_errors
-def merge(parts, out):
+def merge(parts, out, force):
     """Join the CSVs of `quorum predict --shard I/N` into the CSV one run over the whole folder writes.
 
     Refuses parts of different runs (folder, files, members, options) and names a shard that is
@@ -203,7 +209,7 @@ def merge(parts, out):
     from quorum.predict import shards
     from quorum.predict.table import check_writable, write_predictions
 
-    check_writable(out)
+    check_writable(out, force)
     frame = shards.merge(parts)
     write_predictions(frame, out)
     _print_closing_lines(frame, out)

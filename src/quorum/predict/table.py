@@ -154,8 +154,10 @@ def read_predictions(path: Path, names: list[str] | None = None) -> pd.DataFrame
     return typed(frame, names)
 
 
-def check_writable(out: Path) -> None:
-    """Fail now, before models load and images decode, if `out` cannot be written."""
+def check_writable(out: Path, force: bool = False, protected: dict[str, Path] | None = None) -> None:
+    """Fail now, before models load and images decode, if `out` cannot be written, or (without `force`)
+    if it would replace a file that is not a quorum predictions CSV, or any file inside a `protected`
+    folder ({what to call it: folder}: the models, the images)."""
     out = Path(out)
     if out.is_dir():
         raise QuorumError(f"--out {out} is a folder: give a file name, e.g. {out / 'predictions.csv'}")
@@ -163,12 +165,39 @@ def check_writable(out: Path) -> None:
     if not parent.is_dir():
         problem = "is a file, not a folder" if parent.exists() else "does not exist"
         raise QuorumError(f"cannot write {out}: {parent} {problem}; create the folder or choose another --out")
+    if not force:
+        _check_replaceable(out, protected or {})
     try:  # the CSV is written beside `out` and moved into place, so the folder must take new files
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".check"):
             pass
     except OSError as exc:
         reason = (exc.strerror or type(exc).__name__).lower()
         raise QuorumError(f"cannot write {out}: {reason}; choose another --out") from None
+
+
+def _check_replaceable(out: Path, protected: dict[str, Path]) -> None:
+    """`out` and its sidecar replace only an earlier predictions CSV, never a user's file (an image, a model.json)."""
+    existing = [path for path in (out, sidecar(out)) if path.exists() or path.is_symlink()]
+    for path in existing:
+        where = path.parent.resolve() / path.name  # the name that would be replaced, not what a link points at
+        for what, folder in protected.items():
+            if where.is_relative_to(Path(folder).resolve()):
+                raise QuorumError(f"--out {out} would replace {path}, inside {what} {folder}: choose another --out, "
+                                  "or add --force to replace it")
+    if existing and not is_predictions_csv(out):
+        raise QuorumError(f"--out {out} would replace {existing[0]}, which is not a quorum predictions CSV (with "
+                          f"{sidecar(out).name} beside it): choose another --out, or add --force to replace it")
+
+
+def is_predictions_csv(path: Path) -> bool:
+    """A file with a predictions table's header and its sidecar beside it: what predict may write over."""
+    if not (Path(path).is_file() and sidecar(path).is_file()):
+        return False
+    try:
+        header = pd.read_csv(path, nrows=0).columns.tolist()
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return False
+    return header[: len(VOTE_COLUMNS)] == VOTE_COLUMNS and header[-len(STATUS_COLUMNS):] == STATUS_COLUMNS
 
 
 def write_predictions(frame: pd.DataFrame, out: Path) -> None:
