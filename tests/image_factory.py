@@ -187,8 +187,9 @@ NOT_IMAGES = {".txt": 2, ".json": 1, "hidden": 1}
 
 
 def write_not_images(folder: Path, linked: Path) -> None:
-    """Files that are not images (two .txt, one .json, one dot-file) and a symlink to the folder `linked`,
-    whose images count as the folder's own, plus a link back up that would loop forever if followed blindly."""
+    """Files that are not images (two .txt, one .json, one dot-file) and a symlink to the folder `linked`
+    (inside `folder`, its images count twice; outside, it is never followed), plus a link back up that
+    would loop forever if followed blindly."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "notes.txt").write_text("not pixels\n")

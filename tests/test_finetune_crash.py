@@ -90,8 +90,8 @@ def test_killed_between_the_renames_resumes_to_the_new_model(labelled, whole, tm
     first = finetune(recipe(labelled, tmp_path / "models", epochs=1, unfreeze_after=0), quiet=True)
     run = recipe(labelled, tmp_path / "models")
     killed_at("between-renames", run)
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
-        ".tinyvgg-32.old", ".tinyvgg-32.partial", "split.csv"]  # no model folder at this instant
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [  # no model folder at this instant;
+        ".tinyvgg-32.lock", ".tinyvgg-32.old", ".tinyvgg-32.partial", "split.csv"]  # the lock freed by the kill
     assert_same_model(finetune(run, resume=True, quiet=True), whole)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["split.csv", "tinyvgg-32"]
     load_model(first)  # and it loads

@@ -74,14 +74,17 @@ def test_every_extension_pillow_opens_is_an_image_and_nothing_else():
 
 
 def test_links_to_folders_are_followed_once_and_every_other_file_is_counted(tmp_path):
-    write_good_images(tmp_path / "elsewhere", 2)
+    write_good_images(tmp_path / "photos" / "elsewhere", 2)
     write_good_images(tmp_path / "photos", 3)
-    write_not_images(tmp_path / "photos", linked=tmp_path / "elsewhere")
+    write_not_images(tmp_path / "photos", linked=tmp_path / "photos" / "elsewhere")
+    (tmp_path / "photos" / "out").symlink_to(tmp_path, target_is_directory=True)  # up and out: never followed
     scan = scan_images(tmp_path / "photos")
     assert [p.relative_to(tmp_path / "photos").as_posix() for p in scan.images] == [
-        "good_00_000.png", "good_00_001.jpg", "good_00_002.png", "linked/good_00_000.png", "linked/good_00_001.jpg"]
-    assert scan.skipped == {**NOT_IMAGES, "folder link loop": 1}
-    assert scan.summary() == "skipped 4 files (1 .json, 2 .txt, 1 hidden) and 1 folder link loop"
+        "elsewhere/good_00_000.png", "elsewhere/good_00_001.jpg", "good_00_000.png", "good_00_001.jpg",
+        "good_00_002.png", "linked/good_00_000.png", "linked/good_00_001.jpg"]
+    assert scan.skipped == {**NOT_IMAGES, "folder link loop": 2, "link out of the folder": 1}
+    assert scan.summary() == ("skipped 4 files (1 .json, 2 .txt, 1 hidden) and 2 folder link loops and "
+                              "1 link out of the folder")
 
 
 def test_find_images_on_a_missing_folder_names_it(tmp_path):

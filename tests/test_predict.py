@@ -96,16 +96,17 @@ def test_every_image_file_gets_a_row_and_everything_else_is_named(tmp_path, tiny
     """The awkward kinds (.tga, .ppm, .jfif included), a dot-file, text files, a linked folder with a loop."""
     folder = tmp_path / "images"
     awkward = write_awkward_images(folder)
-    write_good_images(tmp_path / "elsewhere", 2)
-    write_not_images(folder, linked=tmp_path / "elsewhere")
+    write_good_images(folder / "elsewhere", 2)
+    write_not_images(folder, linked=folder / "elsewhere")
     out = tmp_path / "preds.csv"
     result = cli(folder, "--models-dir", tiny_models, "--out", out, "--workers", 0)
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out, keep_default_na=False)
-    expected = sorted([p.name for p in awkward.values()] + ["linked/good_00_000.png", "linked/good_00_001.jpg"])
+    expected = sorted([p.name for p in awkward.values()] + ["linked/good_00_000.png", "linked/good_00_001.jpg",
+                                                            "elsewhere/good_00_000.png", "elsewhere/good_00_001.jpg"])
     assert rows["path"].tolist() == expected
     assert (rows["status"] == "error").sum() == len(UNREADABLE)
-    assert f"Not images, so no rows: skipped 4 files (1 .json, 2 .txt, 1 hidden) and 1 folder link loop under {folder}" \
+    assert f"Not images, so no rows: skipped 4 files (1 .json, 2 .txt, 1 hidden) and 2 folder link loops under {folder}" \
         in " ".join(result.output.split())
 
 

@@ -222,3 +222,114 @@ def test_merge_refuses_to_replace_a_users_file(voted, red_models, tmp_path):
     result = cli("merge", tmp_path / "part0.csv", tmp_path / "part1.csv", "--out", tmp_path / "notes.txt")
     assert result.exit_code == 1 and "add --force to replace it" in result.stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# --- two runs at once ----------------------------------------------------------------------------
+
+
+def finetune_args(data: Path, models: Path, name: str = "m", epochs: int = 2) -> list:
+    return ["finetune", "tinyvgg", "--data", data, "--models-dir", models, "--image-size", 32, "--epochs", epochs,
+            "--unfreeze-after", 1, "--weights", "none", "--workers", 0, "--name", name, "--quiet"]
+
+
+def test_a_second_finetune_of_the_same_name_is_refused_while_the_first_runs(tmp_path):
+    from quorum.train.finetune import finetune
+    from quorum.train.recipe import Recipe
+
+    data, models = write_labelled_folder(tmp_path / "data", per_class=4), tmp_path / "models"
+    second = []
+
+    def start_another(epoch: int) -> None:  # the first run is mid-training: its partial folder is live
+        if epoch == 0:
+            second.append(cli(*finetune_args(data, models)))
+
+    recipe = Recipe(backbone="tinyvgg", data=str(data), models_dir=str(models), image_size=32, epochs=2,
+                    unfreeze_after=1, workers=0, weights="none", name="m")
+    finetune(recipe, quiet=True, on_epoch_end=start_another)
+    assert second[0].exit_code == 1
+    assert second[0].stderr == (f"Error: another quorum finetune is making {models / 'm'} now: wait for it to "
+                                "finish, or give another --name\n")
+    assert {"model.json", "model.safetensors", "model.onnx"} <= {p.name for p in (models / "m").iterdir()}
+    assert json.loads((models / "m" / "model.json").read_text())["epochs_run"] == 2
+    assert sorted(p.name for p in models.iterdir()) == ["m", "split.csv"]  # no lock file left behind
+
+
+def test_two_finetunes_starting_at_once_share_one_split(tmp_path, monkeypatch):
+    from quorum.data import split as split_module
+
+    data, models = write_labelled_folder(tmp_path / "data", per_class=6), tmp_path / "models"
+    both_checked = threading.Barrier(2, timeout=2)
+    real = split_module.find_unreadable
+
+    def meet_then_decode(*args, **kwargs):  # hold each maker here until the other has looked for split.csv
+        try:
+            both_checked.wait()
+        except threading.BrokenBarrierError:
+            pass  # the other one is waiting for the lock, as it should
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(split_module, "find_unreadable", meet_then_decode)
+    made = {}
+
+    def make(seed: int, fraction: float) -> None:
+        made[seed] = split_module.load_or_make_split(data, models, fraction, seed)
+
+    threads = [threading.Thread(target=make, args=args) for args in ((0, 0.2), (1, 0.5))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (first, first_new), (second, second_new) = made[0], made[1]
+    assert first.digest == second.digest and first_new != second_new
+    assert split_module._digest(pd.read_csv(models / "split.csv", keep_default_na=False, dtype=str)) == first.digest
+
+
+# --- a member fewer ------------------------------------------------------------------------------
+
+
+def test_predict_names_a_model_folder_it_leaves_out(voted, red_models, tmp_path):
+    import shutil
+
+    folder, _ = voted
+    models = tmp_path / "models"
+    shutil.copytree(red_models, models)
+    (models / "g" / "model.json").unlink()  # weights there, model.json lost: once dropped without a word
+    result = cli("predict", folder, "--out", tmp_path / "p.csv", "--models-dir", models, "--workers", 0, "-q")
+    assert result.exit_code == 0, result.output
+    assert (f"Warning: left out {models / 'g'}: no model.json (an unfinished or damaged model; fine-tune it again); "
+            "using the 2 other model(s)") in result.stderr
+    assert list(read_predictions(tmp_path / "p.csv").filter(like="_prediction").columns) == [
+        "r1_prediction", "r2_prediction"]
+
+
+# --- nothing from outside the folder -------------------------------------------------------------
+
+
+def test_a_scan_never_follows_a_link_out_of_its_folder(tmp_path):
+    from quorum.data.images import scan_images
+
+    folder = tmp_path / "U"
+    write_good_images(folder / "inside", 2)
+    write_good_images(tmp_path / "private", 2, seed=5)  # beside FOLDER: must never become a row
+    (folder / "up").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "photo.png").symlink_to(tmp_path / "private" / "good_05_000.png")
+    (folder / "inside" / "again").symlink_to(folder / "inside", target_is_directory=True)  # inside: a loop
+    scan = scan_images(folder)
+    assert [p.relative_to(folder).as_posix() for p in scan.images] == ["inside/good_00_000.png",
+                                                                        "inside/good_00_001.jpg"]
+    assert scan.summary() == "skipped 1 folder link loop and 2 links out of the folder"
+
+
+def test_merge_refuses_a_part_with_a_label_the_members_do_not_have(voted, red_models, tmp_path):
+    folder, _ = voted
+    for index in range(2):
+        result = cli("predict", folder, "--out", tmp_path / f"part{index}.csv", "--models-dir", red_models,
+                     "--workers", 0, "-q", "--shard", f"{index}/2")
+        assert result.exit_code == 0, result.output
+    part = tmp_path / "part1.csv"
+    read_predictions(part).assign(prediction="purple").to_csv(part, index=False)  # the sidecar still matches
+    result = cli("merge", tmp_path / "part0.csv", part, "--out", tmp_path / "all.csv")
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {part} has label(s) the members do not have ('purple'; their classes: "
+                             f"{', '.join(COLOURS)}): edited? predict shard 1/2 again\n")
+    assert not (tmp_path / "all.csv").exists()

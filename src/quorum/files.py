@@ -72,11 +72,15 @@ def sha256(path: Path) -> str:
 @contextmanager
 def exclusive(lock: Path, busy: str, wait: bool = False) -> Iterator[None]:
     """Hold the lock file `lock` for the block: an OS lock (flock), so a killed holder never leaves it
-    stuck. Held by another process: wait for it, or raise QuorumError(`busy`) at once."""
+    stuck. Held by another process: wait for it, or raise QuorumError(`busy`) at once. The file is
+    removed while still held (filelock retries on a removed one), so none is left behind."""
     Path(lock).parent.mkdir(parents=True, exist_ok=True)
     try:
         with filelock.FileLock(lock, timeout=-1 if wait else 0):
-            yield
+            try:
+                yield
+            finally:
+                Path(lock).unlink(missing_ok=True)
     except filelock.Timeout:
         raise QuorumError(busy) from None
 

@@ -38,9 +38,9 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-# Kinds of skipped folders, in the order the summary names them.
-HIDDEN_FOLDER, LINK_LOOP = "hidden folder", "folder link loop"
-_FOLDER_KINDS = (HIDDEN_FOLDER, LINK_LOOP)
+# Kinds of skipped folders and links, in the order the summary names them.
+HIDDEN_FOLDER, LINK_LOOP, LINK_OUTSIDE = "hidden folder", "folder link loop", "link out of the folder"
+_FOLDER_KINDS = {HIDDEN_FOLDER: "hidden folders", LINK_LOOP: "folder link loops", LINK_OUTSIDE: "links out of the folder"}
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,9 @@ class Scan:
         if kinds:
             n = sum(self.skipped[k] for k in kinds)
             parts.append(f"{n} file{'s' * (n != 1)} ({', '.join(count(k, self.skipped[k]) for k in kinds)})")
-        for kind in _FOLDER_KINDS:
+        for kind, plural in _FOLDER_KINDS.items():
             if self.skipped[kind]:
-                parts.append(f"{self.skipped[kind]} {kind}{'s' * (self.skipped[kind] != 1)}")
+                parts.append(f"{self.skipped[kind]} {kind if self.skipped[kind] == 1 else plural}")
         return "skipped " + " and ".join(parts) if parts else ""
 
 
@@ -78,10 +78,13 @@ def scan_images(folder: Path) -> Scan:
     """Every image under `folder`, recursively, and a count of the files that are not.
 
     Hidden files and folders (`.DS_Store`, `.git/`) are skipped and counted. Links to folders
-    are followed, as if the folder were there, once each: a link back up is a counted loop.
+    are followed, as if the folder were there, once each: a link back up is a counted loop. A link
+    that leads outside `folder` (to its parent, elsewhere) is skipped and counted: a scan never
+    reads outside its folder, so no row of predict's CSV can name a file there.
     Sorted by relative POSIX path so the order is the same on every OS and every run.
     """
     folder = check_folder(folder)
+    root = folder.resolve()
     extensions, found, skipped = image_extensions(), [], Counter()
     on_path: list[tuple[int, int]] = []  # (device, inode) of the folders from `folder` down to here
 
@@ -93,13 +96,12 @@ def scan_images(folder: Path) -> Scan:
         on_path.append((stat.st_dev, stat.st_ino))
         with os.scandir(directory) as entries:
             for entry in entries:
-                if entry.is_dir():  # follows links
-                    if entry.name.startswith("."):
-                        skipped[HIDDEN_FOLDER] += 1
-                    else:
-                        walk(Path(entry.path))
-                elif entry.name.startswith("."):
-                    skipped["hidden"] += 1
+                if entry.name.startswith("."):
+                    skipped[HIDDEN_FOLDER if entry.is_dir() else "hidden"] += 1
+                elif entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
+                    skipped[LINK_OUTSIDE] += 1
+                elif entry.is_dir():  # follows links
+                    walk(Path(entry.path))
                 elif (suffix := Path(entry.name).suffix.lower()) in extensions:
                     found.append(Path(entry.path))
                 else:

@@ -156,6 +156,16 @@ def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: 
     """The saved split if the files still match it, else a new one (saved). Returns (split, is_new)."""
     split_path = Path(models_dir) / SPLIT_FILE
     current, scan = scan_labelled_counting(root)
+    # Two finetunes starting at once in a fresh models dir: the second waits and then reuses the first's
+    # split, instead of making another one that validates on the other's training images.
+    with files.exclusive(split_path.with_name(f".{SPLIT_FILE}.lock"), "", wait=True):
+        table, is_new = _read_or_make(root, split_path, current, val_fraction, seed, resplit, workers)
+    classes = tuple(sorted(table.label.unique()))
+    return Split(Path(root), classes, table.reset_index(drop=True), _digest(table), scan.summary()), is_new
+
+
+def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fraction: float, seed: int,
+                  resplit: bool, workers: int) -> tuple[pd.DataFrame, bool]:
     if split_path.is_file() and not resplit:
         table = pd.read_csv(split_path, keep_default_na=False, dtype=str)
         saved_files = set(zip(table.path, table.label))
@@ -179,5 +189,4 @@ def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: 
                 "did not have); models fine-tuned before do not know them: fine-tune every model again[/yellow]")
         files.write_csv(split_path, table)
         is_new = True
-    classes = tuple(sorted(table.label.unique()))
-    return Split(Path(root), classes, table.reset_index(drop=True), _digest(table), scan.summary()), is_new
+    return table, is_new

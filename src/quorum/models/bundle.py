@@ -61,6 +61,16 @@ def find_models(models_dir: Path) -> list[Path]:
     return sorted(p for p in models_dir.iterdir() if (p / MODEL_JSON).is_file() and not p.name.startswith("."))
 
 
+def find_unfinished(models_dir: Path) -> list[Path]:
+    """Folders under `models_dir` that hold a model's files but no model.json: a copy cut short, a damaged
+    model. find_models leaves them out; whoever uses its list must say so."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    return sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and not (p / MODEL_JSON).is_file() and any((p / name).exists() for name in (WEIGHTS, ONNX, HISTORY)))
+
+
 def read_info(model_dir: Path) -> ModelInfo:
     model_dir = Path(model_dir)
     try:

@@ -16,10 +16,12 @@ from quorum.console import say
 from quorum.errors import QuorumError
 from quorum.models import onnx_export
 from quorum.models.bundle import (
+    MODEL_JSON,
     ONNX,
     WEIGHTS,
     ModelInfo,
     find_models,
+    find_unfinished,
     load_model,
     read_info,
 )
@@ -48,9 +50,13 @@ def select_models(models_dir: Path, names: tuple[str, ...] | list[str] = ()) -> 
     models_dir = Path(models_dir)
     available = {path.name: path for path in find_models(models_dir)}
     if not names:
+        unfinished = find_unfinished(models_dir)
         if not available:
             raise QuorumError(f"no models in {models_dir}: fine-tune one with `quorum finetune BACKBONE` "
                               "or point --models-dir at a folder of models")
+        if unfinished:  # never a member fewer without a word
+            say(f"[yellow]Warning: left out {', '.join(str(path) for path in unfinished)}: no {MODEL_JSON} (an unfinished "
+                f"or damaged model; fine-tune it again); using the {len(available)} other model(s)[/yellow]")
         return list(available.values())
     repeated = sorted({name for name in names if list(names).count(name) > 1})
     if repeated:

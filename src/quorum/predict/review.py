@@ -102,8 +102,7 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     meaning = "every row that is not unanimous" if min_agreement >= 1.0 else "fewer members agree than that"
     why = (f"agreement below {min_agreement:g}: {meaning}" if budget is None else
            f"the {budget} rows most worth a label, by {rank}: label them in review.csv's order")
-    lock = out.with_name(f".{out.name}.lock")
-    with files.exclusive(lock, f"another quorum review is writing {out} now: wait for it, or choose another --out"):
+    with files.exclusive(out.with_name(f".{out.name}.lock"), f"another quorum review is writing {out} now: wait for it, or choose another --out"):
         _check_new_folder(out)  # again, now that no other review can be making it
         work = _fresh_partial(out)
         try:
@@ -115,7 +114,6 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
                               "choose another --out") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)  # gone already when renamed into place
-            lock.unlink(missing_ok=True)  # still held: a review that opens it now finds OUT made or unlocked
     per_class = flagged["prediction"].value_counts().to_dict()
     return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how,
                         kept_apart)

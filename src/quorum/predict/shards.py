@@ -22,6 +22,7 @@ from quorum.predict import run_identity
 from quorum.predict.table import (
     assemble,
     columns,
+    member_columns,
     read_predictions,
     sidecar,
     write_predictions,
@@ -118,5 +119,10 @@ def _read_part(part: Path, shard: Shard, info: dict, run: dict) -> pd.DataFrame:
             or run_identity.digest(table["path"].tolist()) != info["paths"]):
         raise QuorumError(f"{part} is not the CSV its {sidecar(part).name} describes (edited or replaced?): "
                           f"predict shard {shard} again")
+    labels = table[["prediction", *(member_columns(name)[0] for name in names)]].to_numpy().ravel()
+    unknown = sorted({label for label in labels if label is not None} - set(run["classes"]))
+    if unknown:
+        raise QuorumError(f"{part} has label(s) the members do not have ({', '.join(map(repr, unknown[:3]))}; their "
+                          f"classes: {', '.join(run['classes'])}): edited? predict shard {shard} again")
     table.index = positions
     return table

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Callable
 
@@ -36,11 +36,28 @@ from quorum.train.run import TrainingRun
 
 def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet: bool = False,
              on_epoch_end: Callable[[int], None] | None = None) -> Path:
-    """Run the recipe and return the finished model's folder (under torchrun: on every process)."""
+    """Run the recipe and return the finished model's folder (under torchrun: on every process).
+
+    Rank 0 holds `<models_dir>/.<name>.lock` throughout: a second run of the same name would take this
+    one's folder for an interrupted run and discard it, so it stops with one Error line instead."""
     world = distributed.current(recipe.device)
-    quiet = quiet or not world.is_main
     backbone = get_backbone(recipe.backbone)
     recipe = recipe.resolve(backbone.native_size, backbone.pretrained_available)
+    models_dir = Path(recipe.models_dir)
+    fresh = not models_dir.exists()
+    busy = f"another quorum finetune is making {models_dir / recipe.name} now: wait for it to finish, or give another --name"
+    try:
+        with files.exclusive(models_dir / f".{recipe.name}.lock", busy) if world.is_main else nullcontext():
+            return _finetune(recipe, world, resume, resplit, quiet or not world.is_main, on_epoch_end)
+    finally:
+        if fresh:  # the lock made it: a run that failed leaves no empty models dir behind
+            with suppress(OSError):
+                models_dir.rmdir()
+
+
+def _finetune(recipe: Recipe, world: distributed.World, resume: bool, resplit: bool, quiet: bool,
+              on_epoch_end: Callable[[int], None] | None) -> Path:
+    backbone = get_backbone(recipe.backbone)
     models_dir = Path(recipe.models_dir)
     work_dir, final_dir = models_dir / f".{recipe.name}.partial", models_dir / recipe.name
     if resume and distributed.broadcast(world, (work_dir / bundle.MODEL_JSON).is_file()):  # killed after training
