@@ -229,7 +229,7 @@ def test_merge_refuses_to_replace_a_users_file(voted, red_models, tmp_path):
 
 def finetune_args(data: Path, models: Path, name: str = "m", epochs: int = 2) -> list:
     return ["finetune", "tinyvgg", "--data", data, "--models-dir", models, "--image-size", 32, "--epochs", epochs,
-            "--unfreeze-after", 1, "--weights", "none", "--workers", 0, "--name", name, "--quiet"]
+            "--unfreeze-after", 0, "--weights", "none", "--workers", 0, "--name", name, "--quiet"]
 
 
 def test_a_second_finetune_of_the_same_name_is_refused_while_the_first_runs(tmp_path):
@@ -333,3 +333,76 @@ def test_merge_refuses_a_part_with_a_label_the_members_do_not_have(voted, red_mo
     assert result.stderr == (f"Error: {part} has label(s) the members do not have ('purple'; their classes: "
                              f"{', '.join(COLOURS)}): edited? predict shard 1/2 again\n")
     assert not (tmp_path / "all.csv").exists()
+
+
+# --- the whole workflow --------------------------------------------------------------------------
+
+
+def freeze(*roots: Path) -> None:
+    """Read-only, files and folders: what a careful user's data looks like (root ignores it: bytes are compared too)."""
+    for root in roots:
+        for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+            if not path.is_symlink():
+                path.chmod(0o555 if path.is_dir() else 0o444)
+
+
+def snapshot(root: Path, skip: Path) -> dict:
+    """Every entry under `root` but `skip`: bytes, link targets, folders, and each file's mtime."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path == skip or skip in path.parents:
+            continue
+        key = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            found[key] = os.readlink(path)
+        elif path.is_dir():
+            found[key] = "dir"
+        else:
+            found[key] = (path.read_bytes(), path.stat().st_mtime_ns)
+    return found
+
+
+@pytest.mark.slow  # about 40 s: two fine-tunings and a report
+def test_the_whole_workflow_writes_only_its_own_outputs(tmp_path):
+    """finetune -> predict -> review -> finetune --pseudo-labels -> report, on real images, in a tree where
+    everything but each command's output is read-only: afterwards every other file is byte-identical."""
+    from conftest import save_model
+
+    labelled = write_labelled_folder(tmp_path / "labelled", per_class=4)
+    unlabelled = tmp_path / "unlabelled"
+    names = ["a/b.png", "a__b.png", "c/d.png", "e.png"]  # a/b.png and a__b.png: review once mixed them up
+    for name, path in zip(names, write_good_images(tmp_path / "staging", len(names), seed=20)):
+        (unlabelled / name).parent.mkdir(parents=True, exist_ok=True)
+        path.rename(unlabelled / name)
+    (tmp_path / "staging").rmdir()
+    (unlabelled / "f.png").symlink_to(unlabelled / "c" / "d.png")  # a link inside the folder: a row as any
+    (tmp_path / "notes.txt").write_text("the user's own file beside everything\n")
+    work, models = tmp_path / "work", tmp_path / "work" / "models"
+    models.mkdir(parents=True)
+    freeze(labelled, unlabelled, tmp_path / "notes.txt")
+    users = snapshot(tmp_path, skip=work)
+
+    def run(*args) -> None:
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+
+    run(*finetune_args(labelled, models, "a"))
+    for name in ("red", "green"):  # with them every row is a majority or a tie: all go to review
+        save_model(models, name, "tinyvgg", 32, classes=COLOURS, constant=COLOURS.index(name))
+    freeze(*models.iterdir())
+    before = {**snapshot(tmp_path, skip=work), **{f"models/{k}": v for k, v in snapshot(models, skip=work).items()}}
+    run("predict", unlabelled, "--out", work / "preds.csv", "--models-dir", models, "--workers", 0, "-q")
+    freeze(work / "preds.csv", work / "preds.csv.json")
+    before |= {name: snapshot(work, skip=models)[name] for name in ("preds.csv", "preds.csv.json")}
+    run("review", work / "preds.csv", "--out", work / "review")
+    assert len(pd.read_csv(work / "review" / "review.csv")) == len(names) + 1
+    run(*finetune_args(labelled, models, "b"), "--pseudo-labels", work / "preds.csv", "--pseudo-min-agreement", 0.01)
+    run("report", "--models-dir", models, "--model", "a", "--model", "b", "--out", work / "reports",
+        "--preds", work / "preds.csv", "--no-timing", "--workers", 0, "-q")
+
+    after = {**snapshot(tmp_path, skip=work), **{f"models/{k}": v for k, v in snapshot(models, skip=work).items()}}
+    after |= {name: snapshot(work, skip=models)[name] for name in ("preds.csv", "preds.csv.json")}
+    assert snapshot(tmp_path, skip=work) == users
+    assert {name: value for name, value in after.items() if not name.startswith("models/b")} == before
+    assert sorted(p.name for p in work.iterdir()) == ["models", "preds.csv", "preds.csv.json", "reports", "review"]
+    assert sorted(p.name for p in models.iterdir()) == ["a", "b", "green", "red", "split.csv"]  # no lock, no partial
