@@ -103,6 +103,17 @@ def test_review_keeps_sub_folders_so_two_files_never_share_a_name(voted, tmp_pat
                                                                                  if "." in p)
 
 
+def test_review_takes_names_that_flattened_would_pass_255_bytes(red_models, tmp_path):
+    deep = tmp_path / "U" / ("d" * 150) / ("e" * 150 + ".png")  # a__b-style flattening: 306 bytes, too long
+    deep.parent.mkdir(parents=True)
+    write_good_images(tmp_path / "staging", 1)[0].rename(deep)
+    csv = tmp_path / "preds.csv"
+    assert cli("predict", tmp_path / "U", "--out", csv, "--models-dir", red_models, "--workers", 0, "-q").exit_code == 0
+    result = cli("review", csv, "--out", tmp_path / "R")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "R" / "red" / deep.relative_to(tmp_path / "U")).read_bytes() == deep.read_bytes()
+
+
 @pytest.mark.parametrize("label", ["..", "../escape", "ABSOLUTE", "purple", "review.csv"])
 def test_review_refuses_a_label_the_run_does_not_have(voted, tmp_path, label):
     _, csv = voted
@@ -406,3 +417,16 @@ def test_the_whole_workflow_writes_only_its_own_outputs(tmp_path):
     assert {name: value for name, value in after.items() if not name.startswith("models/b")} == before
     assert sorted(p.name for p in work.iterdir()) == ["models", "preds.csv", "preds.csv.json", "reports", "review"]
     assert sorted(p.name for p in models.iterdir()) == ["a", "b", "green", "red", "split.csv"]  # no lock, no partial
+
+
+def test_the_reports_review_gallery_shows_no_image_from_outside_the_folder(voted, tmp_path):
+    from quorum.report.gallery import review_gallery
+
+    folder, csv = voted
+    path = outside_paths(folder)[0]
+    forge(csv, lambda frame: add_row(frame, path))
+    frame = read_predictions(csv)
+    rows = frame[["path", "prediction"]].assign(agreement=2 / 3, r1="red", r2="red", g="green").to_dict("records")
+    groups, _ = review_gallery(csv, frame, rows, ["r1", "r2", "g"])
+    sources = {tile["title"]: tile["src"] for tile in groups["red"]}
+    assert sources[path] is None and all(sources[name] for name in sources if name != path)

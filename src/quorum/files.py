@@ -74,15 +74,20 @@ def exclusive(lock: Path, busy: str, wait: bool = False) -> Iterator[None]:
     """Hold the lock file `lock` for the block: an OS lock (flock), so a killed holder never leaves it
     stuck. Held by another process: wait for it, or raise QuorumError(`busy`) at once. The file is
     removed while still held (filelock retries on a removed one), so none is left behind."""
-    Path(lock).parent.mkdir(parents=True, exist_ok=True)
+    lock = Path(lock)
+    held = filelock.FileLock(lock, timeout=-1 if wait else 0)
     try:
-        with filelock.FileLock(lock, timeout=-1 if wait else 0):
-            try:
-                yield
-            finally:
-                Path(lock).unlink(missing_ok=True)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        held.acquire()
     except filelock.Timeout:
         raise QuorumError(busy) from None
+    except OSError as exc:  # a read-only or missing folder: nothing can be written there either
+        raise QuorumError(f"cannot write in {lock.parent}: {(exc.strerror or str(exc)).lower()}") from None
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        held.release()
 
 
 def inside(path: Path, folder: Path) -> bool:

@@ -102,18 +102,20 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     meaning = "every row that is not unanimous" if min_agreement >= 1.0 else "fewer members agree than that"
     why = (f"agreement below {min_agreement:g}: {meaning}" if budget is None else
            f"the {budget} rows most worth a label, by {rank}: label them in review.csv's order")
-    with files.exclusive(out.with_name(f".{out.name}.lock"), f"another quorum review is writing {out} now: wait for it, or choose another --out"):
-        _check_new_folder(out)  # again, now that no other review can be making it
-        work = _fresh_partial(out)
-        try:
-            how = _build(work, csv, out, frame, flagged, folder, why, ranked=budget is not None)
-            (work / PARTIAL_MARK).unlink()
-            work.rename(out)
-        except OSError as exc:  # a read-only or full disk, a name too long for it: one line, no traceback
-            raise QuorumError(f"cannot write {out}: {(exc.strerror or str(exc)).lower()} ({exc.filename}); "
-                              "choose another --out") from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)  # gone already when renamed into place
+    busy = f"another quorum review is writing {out} now: wait for it, or choose another --out"
+    try:
+        with files.exclusive(out.with_name(f".{out.name}.lock"), busy):
+            _check_new_folder(out)  # again, now that no other review can be making it
+            work = _fresh_partial(out)
+            try:
+                how = _build(work, csv, out, frame, flagged, folder, why, ranked=budget is not None)
+                (work / PARTIAL_MARK).unlink()
+                work.rename(out)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)  # gone already when renamed into place
+    except OSError as exc:  # a read-only or full disk, a name too long for it: one line, no traceback
+        raise QuorumError(f"cannot write {out}: {(exc.strerror or str(exc)).lower()} ({exc.filename}); "
+                          "choose another --out") from None
     per_class = flagged["prediction"].value_counts().to_dict()
     return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how,
                         kept_apart)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quorum import files
 from quorum.data.images import UnreadableImage, load_rgb
 from quorum.data.unlabelled import read_sidecar
 from quorum.errors import QuorumError
@@ -58,7 +59,9 @@ def review_gallery(csv: Path, frame: pd.DataFrame, flagged: list[dict], names: l
             continue
         votes = [f"{name}: {row[name] or '(skipped)'}" for name in names]
         agreement = "agreement unknown (--lazy)" if math.isnan(row["agreement"]) else f"agreement {row['agreement']:.0%}"
-        group.append({"src": thumbnail(folder / row["path"]), "title": row["path"], "lines": [agreement, *votes]})
+        inside = files.inside(folder / row["path"], folder)  # an edited CSV must not put ../photos in the report
+        group.append({"src": thumbnail(folder / row["path"]) if inside else None, "title": row["path"],
+                      "lines": [agreement, *votes]})
         shown += 1
     note = None
     if shown < len(flagged):
