@@ -40,7 +40,8 @@ def image_extensions() -> frozenset[str]:
 
 # Kinds of skipped folders and links, in the order the summary names them.
 HIDDEN_FOLDER, LINK_LOOP, LINK_OUTSIDE = "hidden folder", "folder link loop", "link out of the folder"
-_FOLDER_KINDS = {HIDDEN_FOLDER: "hidden folders", LINK_LOOP: "folder link loops", LINK_OUTSIDE: "links out of the folder"}
+_FOLDER_KINDS = {HIDDEN_FOLDER: "hidden folders", LINK_LOOP: "folder link loops",  # kind: its plural
+                 LINK_OUTSIDE: "links out of the folder"}
 
 
 @dataclass(frozen=True)

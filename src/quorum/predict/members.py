@@ -55,8 +55,9 @@ def select_models(models_dir: Path, names: tuple[str, ...] | list[str] = ()) -> 
             raise QuorumError(f"no models in {models_dir}: fine-tune one with `quorum finetune BACKBONE` "
                               "or point --models-dir at a folder of models")
         if unfinished:  # never a member fewer without a word
-            say(f"[yellow]Warning: left out {', '.join(str(path) for path in unfinished)}: no {MODEL_JSON} (an unfinished "
-                f"or damaged model; fine-tune it again); using the {len(available)} other model(s)[/yellow]")
+            listed = ", ".join(str(path) for path in unfinished)
+            say(f"[yellow]Warning: left out {listed}: no {MODEL_JSON} (an unfinished or damaged model; fine-tune it "
+                f"again); using the {len(available)} other model(s)[/yellow]")
         return list(available.values())
     repeated = sorted({name for name in names if list(names).count(name) > 1})
     if repeated:

@@ -163,6 +163,8 @@ def _build(work: Path, csv: Path, out: Path, frame: pd.DataFrame, flagged: pd.Da
     for path, label in zip(flagged["path"], flagged["prediction"]):
         # Sub-folders kept, not flattened: a/b.png and a__b.png must never meet at one name.
         target = work / label / path
+        if not files.inside(target, work):  # label and path were checked one by one: this checks them together
+            raise QuorumError(f"{csv}: the row of {path!r} would be placed outside {out}: run quorum predict again")
         target.parent.mkdir(parents=True, exist_ok=True)
         kinds.add(_place(folder / path, target))
         targets.append(target.relative_to(work).as_posix())

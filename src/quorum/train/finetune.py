@@ -45,7 +45,8 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     recipe = recipe.resolve(backbone.native_size, backbone.pretrained_available)
     models_dir = Path(recipe.models_dir)
     fresh = not models_dir.exists()
-    busy = f"another quorum finetune is making {models_dir / recipe.name} now: wait for it to finish, or give another --name"
+    busy = (f"another quorum finetune is making {models_dir / recipe.name} now: wait for it to finish, "
+            "or give another --name")
     try:
         with files.exclusive(models_dir / f".{recipe.name}.lock", busy) if world.is_main else nullcontext():
             return _finetune(recipe, world, resume, resplit, quiet or not world.is_main, on_epoch_end)
