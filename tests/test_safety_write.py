@@ -223,14 +223,19 @@ def test_predict_refuses_to_replace_an_image_a_model_or_a_users_file(voted, red_
     assert result.exit_code == 0 and read_predictions(tmp_path / "notes.txt").equals(read_predictions(csv))
 
 
-def test_merge_refuses_to_replace_a_users_file(voted, red_models, tmp_path):
-    folder, _ = voted
+@pytest.fixture
+def parts(voted, red_models, tmp_path) -> list[Path]:
+    """The two shards of a predict run over `voted`'s folder."""
     for index in range(2):
-        result = cli("predict", folder, "--out", tmp_path / f"part{index}.csv", "--models-dir", red_models,
+        result = cli("predict", voted[0], "--out", tmp_path / f"part{index}.csv", "--models-dir", red_models,
                      "--workers", 0, "-q", "--shard", f"{index}/2")
         assert result.exit_code == 0, result.output
+    return [tmp_path / "part0.csv", tmp_path / "part1.csv"]
+
+
+def test_merge_refuses_to_replace_a_users_file(parts, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    result = cli("merge", tmp_path / "part0.csv", tmp_path / "part1.csv", "--out", tmp_path / "notes.txt")
+    result = cli("merge", *parts, "--out", tmp_path / "notes.txt")
     assert result.exit_code == 1 and "add --force to replace it" in result.stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -331,15 +336,10 @@ def test_a_scan_never_follows_a_link_out_of_its_folder(tmp_path):
     assert scan.summary() == "skipped 1 folder link loop and 2 links out of the folder"
 
 
-def test_merge_refuses_a_part_with_a_label_the_members_do_not_have(voted, red_models, tmp_path):
-    folder, _ = voted
-    for index in range(2):
-        result = cli("predict", folder, "--out", tmp_path / f"part{index}.csv", "--models-dir", red_models,
-                     "--workers", 0, "-q", "--shard", f"{index}/2")
-        assert result.exit_code == 0, result.output
-    part = tmp_path / "part1.csv"
+def test_merge_refuses_a_part_with_a_label_the_members_do_not_have(parts, tmp_path):
+    part = parts[1]
     read_predictions(part).assign(prediction="purple").to_csv(part, index=False)  # the sidecar still matches
-    result = cli("merge", tmp_path / "part0.csv", part, "--out", tmp_path / "all.csv")
+    result = cli("merge", *parts, "--out", tmp_path / "all.csv")
     assert result.exit_code == 1
     assert result.stderr == (f"Error: {part} has label(s) the members do not have ('purple'; their classes: "
                              f"{', '.join(COLOURS)}): edited? predict shard 1/2 again\n")
