@@ -70,12 +70,12 @@ def sha256(path: Path) -> str:
 
 
 @contextmanager
-def exclusive(lock: Path, busy: str, wait: bool = False) -> Iterator[None]:
+def exclusive(lock: Path, busy: str | None = None) -> Iterator[None]:
     """Hold the lock file `lock` for the block: an OS lock (flock), so a killed holder never leaves it
-    stuck. Held by another process: wait for it, or raise QuorumError(`busy`) at once. The file is
-    removed while still held (filelock retries on a removed one), so none is left behind."""
+    stuck. Held by another process: raise QuorumError(`busy`) at once, or without `busy` wait for it.
+    The file is removed while still held (filelock retries on a removed one), so none is left behind."""
     lock = Path(lock)
-    held = filelock.FileLock(lock, timeout=-1 if wait else 0)
+    held = filelock.FileLock(lock, timeout=-1 if busy is None else 0)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         held.acquire()

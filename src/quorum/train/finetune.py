@@ -28,6 +28,7 @@ from quorum.data.unlabelled import PseudoLabels, read_pseudo_labels
 from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
 from quorum.models import bundle, onnx_export, weights
+from quorum.models.backbone import Backbone
 from quorum.models.registry import get_backbone
 from quorum.train import checkpoint
 from quorum.train.recipe import Recipe
@@ -49,16 +50,15 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
             "or give another --name")
     try:
         with files.exclusive(models_dir / f".{recipe.name}.lock", busy) if world.is_main else nullcontext():
-            return _finetune(recipe, world, resume, resplit, quiet or not world.is_main, on_epoch_end)
+            return _finetune(recipe, backbone, world, resume, resplit, quiet or not world.is_main, on_epoch_end)
     finally:
         if fresh:  # the lock made it: a run that failed leaves no empty models dir behind
             with suppress(OSError):
                 models_dir.rmdir()
 
 
-def _finetune(recipe: Recipe, world: distributed.World, resume: bool, resplit: bool, quiet: bool,
-              on_epoch_end: Callable[[int], None] | None) -> Path:
-    backbone = get_backbone(recipe.backbone)
+def _finetune(recipe: Recipe, backbone: Backbone, world: distributed.World, resume: bool, resplit: bool,
+              quiet: bool, on_epoch_end: Callable[[int], None] | None) -> Path:
     models_dir = Path(recipe.models_dir)
     work_dir, final_dir = models_dir / f".{recipe.name}.partial", models_dir / recipe.name
     if resume and distributed.broadcast(world, (work_dir / bundle.MODEL_JSON).is_file()):  # killed after training
