@@ -316,6 +316,9 @@ def test_predict_names_a_model_folder_it_leaves_out(voted, red_models, tmp_path)
             "using the 2 other model(s)") in result.stderr
     assert list(read_predictions(tmp_path / "p.csv").filter(like="_prediction").columns) == [
         "r1_prediction", "r2_prediction"]
+    (models / "r2" / "model.safetensors").unlink()  # model.json there, weights gone: an error naming it
+    result = cli("predict", folder, "--out", tmp_path / "q.csv", "--models-dir", models, "--workers", 0, "-q")
+    assert result.exit_code == 1 and f"\nError: cannot load the weights of {models / 'r2'} (" in result.stderr
 
 
 # --- nothing from outside the folder -------------------------------------------------------------
