@@ -109,8 +109,8 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
             work = _fresh_partial(out)
             try:
                 how = _build(work, csv, out, frame, flagged, folder, why, ranked=budget is not None)
-                (work / PARTIAL_MARK).unlink()
                 work.rename(out)
+                (out / PARTIAL_MARK).unlink()  # after: a kill between the two leaves OUT whole, not an unmarked partial
             finally:
                 shutil.rmtree(work, ignore_errors=True)  # gone already when renamed into place
     except OSError as exc:  # a read-only or full disk, a name too long for it: one line, no traceback
