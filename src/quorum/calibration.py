@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
-from torchmetrics.functional.classification import multiclass_calibration_error
+from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
 ECE_BINS = 15  # as Guo et al. and torchmetrics' examples
 TINY = 1e-12  # a stored probability of 0 (rounded, or float32 underflow) still has a finite log
@@ -49,3 +49,23 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         return float("nan")
     labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     return float(multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=bins, norm="l1"))
+
+
+def confidence_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of one confidence per row against whether that row's label was right: the vote's `confidence`
+    (mean probability of the voted label, which need not be the top of the mean) is scored this way."""
+    confidence = torch.as_tensor(np.asarray(confidence, dtype=np.float32))
+    if len(confidence) == 0:
+        return float("nan")
+    correct = torch.as_tensor(np.asarray(correct, dtype=np.int64))
+    return float(binary_calibration_error(confidence, correct, n_bins=bins, norm="l1"))
+
+
+def fit_calibration(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """model.json's "calibration" block: the temperature fitted on these validation predictions and the
+    ECE before and after it. Rounded as stored, so the ECE after is that of the stored temperature."""
+    temperature = round(fit_temperature(probs, labels), 6)
+    return {"temperature": temperature,
+            "ece_before": round(expected_calibration_error(probs, labels), 6),
+            "ece_after": round(expected_calibration_error(calibrate(probs, temperature), labels), 6),
+            "fitted_on": "validation", "images": int(len(labels))}

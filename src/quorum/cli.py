@@ -232,6 +232,23 @@ def export(names, models_dir, force):
     export_models(select_models(models_dir, names), force=force)
 
 
+@main.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
+@user_errors
+def calibrate(names, models_dir):
+    """Fit the temperature that calibrates the models NAME... in --models-dir [default: every model there]
+    on their validation predictions, and store it in each model.json.
+
+    quorum finetune does it already; this is for models made before. Without it such a model is
+    calibrated when loaded, each time; a label never changes, only how sure it reads.
+    """
+    from quorum.models.temperature import calibrate_models
+    from quorum.predict.members import select_models
+
+    calibrate_models(select_models(models_dir, names))
+
+
 def _print_closing_lines(frame, out, model_dirs=None) -> None:
     from rich.markup import escape
 

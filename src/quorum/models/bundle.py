@@ -2,9 +2,11 @@
 
     model.safetensors     weights of the best epoch (no pickle: loading never runs code)
     model.onnx            the same network as an ONNX graph, for `quorum predict --engine onnx` (onnx_export.py)
-    model.json            backbone, image size, mean/std, classes in order, recipe, metrics, split hash
+    model.json            backbone, image size, mean/std, classes in order, recipe, metrics, split hash,
+                          and the temperature that calibrates its probabilities (models/temperature.py)
     history.csv           one row per epoch
-    val_predictions.csv   path, true label, predicted label, one probability per class
+    val_predictions.csv   path, true label, predicted label, one probability per class: the raw ones
+                          (before the temperature), which the temperature was fitted on
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -106,3 +110,19 @@ def save_weights(model: Classifier, model_dir: Path) -> None:
 
 def write_model_json(model_dir: Path, info: dict) -> None:
     files.write_json(Path(model_dir) / MODEL_JSON, {"format_version": FORMAT_VERSION, **info})
+
+
+def read_val_predictions(model_dir: Path, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A bundle's val_predictions.csv: (paths, true class indices, raw probabilities (images, classes))."""
+    model_dir = Path(model_dir)
+    path = model_dir / VAL_PREDICTIONS
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+        index = {name: i for i, name in enumerate(classes)}
+        y_true = np.array([index[label] for label in frame["true_label"]], dtype=int)
+        probs = frame[[f"p_{name}" for name in classes]].to_numpy(float)
+    except FileNotFoundError:
+        raise QuorumError(f"{model_dir} has no {VAL_PREDICTIONS}: fine-tune it again with quorum finetune") from None
+    except (KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise QuorumError(f"{path} is broken ({exc!r}): fine-tune {model_dir.name} again") from None
+    return list(frame["path"].astype(str)), y_true, probs

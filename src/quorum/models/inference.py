@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from quorum.calibration import calibrate
 from quorum.data.preprocess import Preprocessing
 from quorum.device import autocast
 from quorum.models.classifier import Classifier
@@ -72,6 +73,19 @@ class OnnxInference:
         x = self.normalize(inputs.cpu()).numpy()
         logits = self.session.run(None, {self.input: x})[0]
         return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+class Calibrated:
+    """An inference whose probabilities are temperature-scaled (`calibration.calibrate`): every label is
+    unchanged, the probabilities become calibrated ones. Wraps either engine, so both calibrate alike."""
+
+    def __init__(self, run: Inference, temperature: float):
+        self.run, self.temperature = run, float(temperature)
+        self.preprocessing = run.preprocessing
+
+    def __call__(self, inputs: torch.Tensor, start: int = 0) -> np.ndarray:
+        probs = self.run(inputs, start)
+        return probs if self.temperature == 1.0 else calibrate(probs, self.temperature)
 
 
 def onnx_session(path: Path, threads: int):

@@ -26,7 +26,9 @@ from quorum.models.bundle import (
     read_info,
 )
 from quorum.models.engine import resolve_engine
+from quorum.models.temperature import temperature
 from quorum.models.inference import (
+    Calibrated,
     Inference,
     OnnxInference,
     TorchInference,
@@ -40,7 +42,7 @@ from quorum.predict.vote import default_tie_breaker
 class Member:
     name: str
     info: ModelInfo
-    run: Inference  # uint8 pixels -> probabilities
+    run: Inference  # uint8 pixels -> calibrated probabilities
     cost: float  # weights x input pixels: a cheap stand-in for FLOPs, to run cheap members first
     engine: str = "torch"  # "onnx" or "torch"
 
@@ -129,9 +131,10 @@ def member_engines(infos: list[ModelInfo], engine: str, device_type: str, quiet:
 
 
 def load_members(infos: list[ModelInfo], device: torch.device, engines: list[str] | None = None,
-                 threads: int | None = None) -> list[Member]:
-    """Each member ready to run on its engine (`member_engines`; torch for all by default). `threads`:
-    ONNX Runtime's threads per member (they run one after another), default all cores."""
+                 threads: int | None = None, quiet: bool = False) -> list[Member]:
+    """Each member ready to run on its engine (`member_engines`; torch for all by default), its probabilities
+    calibrated by its temperature (models/temperature.py). `threads`: ONNX Runtime's threads per member
+    (they run one after another), default all cores."""
     engines = engines or ["torch"] * len(infos)
     members = []
     for info, engine in zip(infos, engines):
@@ -140,6 +143,7 @@ def load_members(infos: list[ModelInfo], device: torch.device, engines: list[str
         else:
             model, _ = load_model(info.path, device)
             run = TorchInference(model, info.preprocessing, device, channels_last=True)
+        run = Calibrated(run, temperature(info, quiet))
         members.append(Member(info.path.name, info, run, cost(info), engine))
     return members
 

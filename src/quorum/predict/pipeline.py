@@ -111,7 +111,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     todo = [i for i in chosen if i not in done]
     mine = [todo[k] for k in world.share(len(todo))]
 
-    members = load_members(infos, torch_device, engines, threads=engine_threads(world.size))
+    members = load_members(infos, torch_device, engines, threads=engine_threads(world.size), quiet=quiet)
     scope = (f" of shard {shard}" if not shard.is_whole else "") + (f" in {world.size} processes" if world.active else "")
     say(escape(f"Voting on {len(todo)} images{scope} with {', '.join(names)} (tie-breaker {names[tie]}) "
                f"on {torch_device}, {describe_engines(names, engines, engine, torch_device.type)}"), quiet)

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quorum.calibration import calibrate
 from quorum.data.split import scan_labelled
 from quorum.data.unlabelled import check_predictions_csv
 from quorum.errors import QuorumError
-from quorum.models.bundle import VAL_PREDICTIONS, ModelInfo
+from quorum.models.bundle import ModelInfo, read_val_predictions
+from quorum.models.temperature import temperature
 from quorum.predict.table import (
     STATUS_COLUMNS,
     VOTE_COLUMNS,
@@ -42,21 +44,13 @@ class OwnValidation:
 
     paths: list[str]
     y_true: np.ndarray
-    probs: np.ndarray  # (images, classes)
+    probs: np.ndarray  # (images, classes), calibrated
 
 
 def read_validation(info: ModelInfo) -> OwnValidation:
-    path = info.path / VAL_PREDICTIONS
-    try:
-        frame = pd.read_csv(path, keep_default_na=False)
-        index = {name: i for i, name in enumerate(info.classes)}
-        y_true = np.array([index[label] for label in frame["true_label"]], dtype=int)
-        probs = frame[[f"p_{name}" for name in info.classes]].to_numpy(float)
-    except FileNotFoundError:
-        raise QuorumError(f"{info.path} has no {VAL_PREDICTIONS}: fine-tune it again with quorum finetune") from None
-    except (KeyError, ValueError, pd.errors.ParserError) as exc:
-        raise QuorumError(f"{path} is broken ({exc!r}): fine-tune {info.path.name} again") from None
-    return OwnValidation(list(frame["path"].astype(str)), y_true, probs)
+    """The stored validation predictions, calibrated as predict calibrates (the CSV keeps the raw ones)."""
+    paths, y_true, probs = read_val_predictions(info.path, info.classes)
+    return OwnValidation(paths, y_true, calibrate(probs, temperature(info)))
 
 
 def mismatch(infos: list[ModelInfo], runs: list[OwnValidation]) -> str | None:

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Subset
 
 from quorum import distributed, files
+from quorum.calibration import fit_calibration
 from quorum.console import say
 from quorum.data.datasets import LabelledImages, make_loader
 from quorum.data.split import Split
@@ -201,11 +202,14 @@ class TrainingRun:
         bundle.save_weights(self.model, self.work_dir)
         files.write_text(self.work_dir / bundle.VAL_PREDICTIONS, self.best_predictions)
         files.write_csv(self.work_dir / bundle.HISTORY, pd.DataFrame(self.history))
+        # One temperature, fitted on the raw probabilities just written: `quorum calibrate` refits the same one.
+        _, labels, probs = bundle.read_val_predictions(self.work_dir, self.split.classes)
+        best["calibration"] = fit_calibration(probs, labels)
         bundle.write_model_json(self.work_dir, {
             "name": recipe.name, "backbone": recipe.backbone, **self.preprocessing.as_dict(),
             "classes": list(self.split.classes), "num_params": count_parameters(self.model),
             "weights_source": recipe.weights, "best_epoch": best["epoch"], "epochs_run": len(self.history),
-            "metrics": best["metrics"], "split": {"file": "split.csv", "digest": self.split.digest,
+            "metrics": best["metrics"], "calibration": best["calibration"], "split": {"file": "split.csv", "digest": self.split.digest,
                                                   "val_images": len(self.val_set),
                                                   "root": str(Path(self.split.root).resolve())},
             "recipe": recipe.as_dict(), "processes": self.world.size, "versions": provenance(),

@@ -1,0 +1,126 @@
+"""Calibration in the product: finetune stores a temperature, older bundles get one, every probability
+quorum writes (both engines, the stored validation predictions) is calibrate(raw, T), labels unchanged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from image_factory import write_good_images, write_labelled_folder
+
+from quorum.calibration import calibrate, expected_calibration_error, fit_temperature
+from quorum.cli import main
+from quorum.data.images import load_rgb
+from quorum.models import bundle, temperature
+from quorum.models.inference import TorchInference
+from quorum.predict.members import select_models
+from quorum.predict.pipeline import predict
+from quorum.report.sources import read_validation
+from quorum.train.finetune import finetune
+from quorum.train.recipe import Recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tinyvgg-32 fine-tuned for one epoch on three colour classes: a real bundle with model.onnx."""
+    root = tmp_path_factory.mktemp("calibrated")
+    recipe = Recipe(backbone="tinyvgg", data=str(write_labelled_folder(root / "data")), models_dir=str(root / "models"),
+                    image_size=32, epochs=1, unfreeze_after=0, batch_size=8, workers=0, weights="none", lr=3e-3)
+    return finetune(recipe, quiet=True)
+
+
+def copy_bundle(model_dir: Path, models_dir: Path, name: str, **changes) -> Path:
+    """A copy of the bundle under another name; `changes` replace model.json keys (None removes one)."""
+    copy = Path(shutil.copytree(model_dir, models_dir / name))
+    raw = {**json.loads((copy / bundle.MODEL_JSON).read_text()), **changes, "name": name}
+    (copy / bundle.MODEL_JSON).write_text(json.dumps({k: v for k, v in raw.items() if v is not None}))
+    return copy
+
+
+def raw_probs(model_dir: Path, paths: list[Path]) -> np.ndarray:
+    """The network's own softmax, before any temperature."""
+    model, info = bundle.load_model(model_dir)
+    run = TorchInference(model, info.preprocessing, torch.device("cpu"))
+    crop = info.preprocessing.eval_pixels()
+    return run(torch.stack([crop(load_rgb(path)) for path in paths]))
+
+
+def test_finetune_stores_the_temperature_fitted_on_its_validation_predictions(trained):
+    block = json.loads((trained / bundle.MODEL_JSON).read_text())["calibration"]
+    _, labels, probs = bundle.read_val_predictions(trained, ("blue", "green", "red"))
+    assert block["fitted_on"] == "validation" and block["images"] == len(labels) == 6
+    assert block["temperature"] == pytest.approx(fit_temperature(probs, labels), abs=1e-5)
+    assert block["ece_before"] == pytest.approx(expected_calibration_error(probs, labels), abs=1e-6)
+    assert block["ece_after"] == pytest.approx(
+        expected_calibration_error(calibrate(probs, block["temperature"]), labels), abs=1e-6)
+    # val_predictions.csv keeps the raw probabilities: fitting again gives the stored block back.
+    assert temperature.fit_bundle(bundle.read_info(trained)) == block
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_predict_writes_calibrated_probabilities_with_unchanged_labels(trained, tmp_path, engine):
+    models = tmp_path / "models"
+    # Two members with the same weights and chosen temperatures, so calibrated and raw cannot coincide.
+    for name, t in (("hot", 2.5), ("cold", 0.4)):
+        copy_bundle(trained, models, name, calibration={"temperature": t, "fitted_on": "validation"})
+    folder = tmp_path / "unlabelled"
+    paths = write_good_images(folder, 6, size=(40, 30), tint=(0, 0, 200))
+    frame = predict(folder, select_models(models), engine=engine, probs=True, workers=0, quiet=True).set_index("path")
+    raw = raw_probs(trained, paths)
+    rows = [path.name for path in paths]
+    for name, t in (("hot", 2.5), ("cold", 0.4)):
+        expected = calibrate(raw, t)
+        np.testing.assert_allclose(frame.loc[rows, f"{name}_confidence"], expected.max(axis=1), atol=2e-4)
+        assert list(frame.loc[rows, f"{name}_prediction"]) == [("blue", "green", "red")[k] for k in raw.argmax(1)]
+    mean = (calibrate(raw, 2.5) + calibrate(raw, 0.4)) / 2
+    np.testing.assert_allclose(frame.loc[rows, ["p_blue", "p_green", "p_red"]], mean, atol=2e-4)
+    np.testing.assert_allclose(frame.loc[rows, "confidence"], mean.max(axis=1), atol=2e-4)
+
+
+def test_an_older_bundle_is_calibrated_from_its_val_predictions_and_quorum_calibrate_stores_it(trained, tmp_path,
+                                                                                              capsys):
+    stored = json.loads((trained / bundle.MODEL_JSON).read_text())["calibration"]
+    old = copy_bundle(trained, tmp_path / "models", "old", calibration=None)
+    info = bundle.read_info(old)
+    assert temperature.stored(info) is None
+    assert temperature.temperature(info) == temperature.temperature(info) == stored["temperature"]
+    said = capsys.readouterr().err
+    assert said.count("old has no calibration in its model.json") == 1  # fitted once, said once
+    _, labels, probs = bundle.read_val_predictions(old, info.classes)
+    np.testing.assert_allclose(read_validation(info).probs, calibrate(probs, stored["temperature"]))
+
+    result = CliRunner().invoke(main, ["calibrate", "old", "--models-dir", str(tmp_path / "models")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((old / bundle.MODEL_JSON).read_text())["calibration"] == stored
+
+
+def test_calibrate_without_val_predictions_is_one_error_line_and_writes_nothing(trained, tmp_path):
+    models = tmp_path / "models"
+    good = copy_bundle(trained, models, "good", calibration=None)
+    bare = copy_bundle(trained, models, "bare", calibration=None)
+    (bare / bundle.VAL_PREDICTIONS).unlink()
+    before = {path: (path / bundle.MODEL_JSON).read_bytes() for path in (good, bare)}
+    result = CliRunner().invoke(main, ["calibrate", "--models-dir", str(models)])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: cannot calibrate bare: {bare} has no val_predictions.csv: "
+                             "fine-tune it again with quorum finetune\n")
+    assert {path: (path / bundle.MODEL_JSON).read_bytes() for path in (good, bare)} == before
+
+
+def test_predict_with_a_bundle_that_cannot_be_calibrated_warns_by_name_and_keeps_raw_probabilities(trained, tmp_path,
+                                                                                                  capsys):
+    bare = copy_bundle(trained, tmp_path / "models", "bare", calibration=None)
+    (bare / bundle.VAL_PREDICTIONS).unlink()
+    folder = tmp_path / "unlabelled"
+    paths = write_good_images(folder, 3, size=(40, 30))
+    frame = predict(folder, [bare], engine="torch", probs=True, workers=0, quiet=True).set_index("path")
+    assert "Warning: bare's probabilities are not calibrated (temperature 1)" in capsys.readouterr().err
+    np.testing.assert_allclose(frame.loc[[p.name for p in paths], "bare_confidence"],
+                               raw_probs(trained, paths).max(axis=1), atol=1e-5)
