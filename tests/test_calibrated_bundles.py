@@ -93,7 +93,7 @@ def test_an_older_bundle_is_calibrated_from_its_val_predictions_and_quorum_calib
     assert temperature.temperature(info) == temperature.temperature(info) == stored["temperature"]
     said = capsys.readouterr().err
     assert said.count("old has no calibration in its model.json") == 1  # fitted once, said once
-    _, labels, probs = bundle.read_val_predictions(old, info.classes)
+    _, _, probs = bundle.read_val_predictions(old, info.classes)
     np.testing.assert_allclose(read_validation(info).probs, calibrate(probs, stored["temperature"]))
 
     result = CliRunner().invoke(main, ["calibrate", "old", "--models-dir", str(tmp_path / "models")])

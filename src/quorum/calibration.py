@@ -68,4 +68,4 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray) -> dict:
     return {"temperature": temperature,
             "ece_before": round(expected_calibration_error(probs, labels), 6),
             "ece_after": round(expected_calibration_error(calibrate(probs, temperature), labels), 6),
-            "fitted_on": "validation", "images": int(len(labels))}
+            "fitted_on": "validation", "images": len(labels)}

@@ -22,7 +22,14 @@ from quorum import files
 from quorum.calibration import fit_calibration
 from quorum.console import say
 from quorum.errors import QuorumError
-from quorum.models.bundle import MODEL_JSON, VAL_PREDICTIONS, ModelInfo, read_info, read_val_predictions, write_model_json
+from quorum.models.bundle import (
+    MODEL_JSON,
+    VAL_PREDICTIONS,
+    ModelInfo,
+    read_info,
+    read_val_predictions,
+    write_model_json,
+)
 
 CALIBRATION = "calibration"  # the model.json key
 _fitted: dict[tuple, dict | None] = {}  # per process: an older bundle is fitted, and said so, once

@@ -26,7 +26,6 @@ from quorum.models.bundle import (
     read_info,
 )
 from quorum.models.engine import resolve_engine
-from quorum.models.temperature import temperature
 from quorum.models.inference import (
     Calibrated,
     Inference,
@@ -35,6 +34,7 @@ from quorum.models.inference import (
     cpu_cores,
     onnx_session,
 )
+from quorum.models.temperature import temperature
 from quorum.predict.vote import default_tie_breaker
 
 
