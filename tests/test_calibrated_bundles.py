@@ -124,3 +124,23 @@ def test_predict_with_a_bundle_that_cannot_be_calibrated_warns_by_name_and_keeps
     assert "Warning: bare's probabilities are not calibrated (temperature 1)" in capsys.readouterr().err
     np.testing.assert_allclose(frame.loc[[p.name for p in paths], "bare_confidence"],
                                raw_probs(trained, paths).max(axis=1), atol=1e-5)
+
+
+def test_report_shows_ece_before_and_after_and_a_reliability_diagram(trained, tmp_path):
+    from quorum.report.build import build_report
+    from quorum.report.html import write_report
+
+    models = tmp_path / "models"
+    copy_bundle(trained, models, "fitted")
+    copy_bundle(trained, models, "hot", calibration={"temperature": 2.5})
+    report = build_report(models, timing=False, quiet=True)
+    _, labels, raw = bundle.read_val_predictions(trained, ("blue", "green", "red"))
+    fitted = json.loads((trained / bundle.MODEL_JSON).read_text())["calibration"]["temperature"]
+    table = report.table.set_index("model")
+    for name, t in (("fitted", fitted), ("hot", 2.5)):
+        assert table.loc[name, "ece_raw"] == pytest.approx(expected_calibration_error(raw, labels), abs=1e-5)
+        assert table.loc[name, "ece"] == pytest.approx(expected_calibration_error(calibrate(raw, t), labels), abs=1e-5)
+    assert np.isfinite(table.loc["ensemble", ["ece_raw", "ece"]].astype(float)).all()
+    written = write_report(report, tmp_path / "report")
+    assert (tmp_path / "report" / "reliability.png") in written
+    assert "<h2>Calibration</h2>" in (tmp_path / "report" / "index.html").read_text()

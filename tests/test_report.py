@@ -200,7 +200,8 @@ def test_writes_every_file_and_the_page_links_only_files_that_exist(trio, tmp_pa
     out = tmp_path / "reports"
     written = write_report(report, out)
     names = ["summary.csv", "scores.json", "confusion_matrices.png", "best_vs_ensemble.png",
-             "training_curves.png", "accuracy_vs_time.png", "coverage_accuracy.png", "index.html"]
+             "training_curves.png", "accuracy_vs_time.png", "coverage_accuracy.png", "reliability.png",
+             "index.html"]
     assert [path.name for path in written] == names
     assert all(path.is_file() and path.stat().st_size > 0 for path in written)
     assert (report.table["ms_per_image"] > 0).all()
@@ -315,7 +316,7 @@ def test_cli_writes_the_report(trio, tmp_path):
     lines = result.output.splitlines()
     # Said at once, before anything slow, even when stderr is a log file rather than a terminal.
     assert lines[0] == f"Reporting on 3 models in {trio}: a, b, c (tie-breaker a)"
-    assert "Drawing the pictures" in lines[-2] and lines[-1] == f"Wrote {out / 'index.html'} and 6 more files in {out}"  # coverage_accuracy.png among them
+    assert "Drawing the pictures" in lines[-2] and lines[-1] == f"Wrote {out / 'index.html'} and 7 more files in {out}"  # coverage_accuracy.png, reliability.png among them
     # The table's rows: each model's accuracy and macro F1 (worked by hand above), the ensemble last.
     rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")] for line in lines if line.startswith("│"))}
     assert [rows[name][6] for name in ("a", "b", "c", "ensemble")] == ["77.8%", "44.4%", "33.3%", "66.7%"]

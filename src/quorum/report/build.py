@@ -23,6 +23,7 @@ from quorum.errors import QuorumError
 from quorum.models.bundle import HISTORY, WEIGHTS, ModelInfo
 from quorum.predict.members import read_members, select_models, tie_breaker_index
 from quorum.report.gallery import review_gallery, wrong_gallery
+from quorum.report.reliability import Reliability, reliability
 from quorum.report.scores import (
     describe_predictions,
     ensemble_scores,
@@ -56,6 +57,7 @@ class Report:
     trust: pd.DataFrame | None = None  # predict.trust.trust_table of the vote where labels are known
     curve: pd.DataFrame | None = None  # predict.trust.coverage_curve of the same
     galleries: dict = field(default_factory=dict)  # gallery tiles: "review" and "wrong", with "*_note"
+    reliability: dict[str, Reliability] = field(default_factory=dict)  # per model and `ensemble`: ECE, curves
 
     @property
     def names(self) -> list[str]:
@@ -109,6 +111,11 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         ensemble = ensemble_scores(labelled, member_names, infos[0].classes, tie, accuracies)
 
     report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos), preds_part)
+    if labelled is not None:  # the probabilities are calibrated ones: ECE with and without the temperatures
+        from quorum.models.temperature import temperature
+
+        report.reliability = reliability(labelled, member_names, [temperature(info, quiet) for info in infos],
+                                         tie if ensemble is not None else None)
     if ensemble is not None:
         report.trust, report.curve = trust(labelled, tie)
         report.galleries["wrong"], report.galleries["wrong_note"] = wrong_gallery(labelled, member_names,
@@ -197,14 +204,14 @@ def summary_table(report: Report, seconds: dict[str, float]) -> pd.DataFrame:
         rows.append({"model": name, "backbone": info.backbone, "image_size": info.image_size,
                      "parameters": info.raw.get("num_params"),
                      "size_mb": weights.stat().st_size / 1e6 if weights.is_file() else None,
-                     **_headline(metrics), "ms_per_image": _ms(seconds.get(name)),
+                     **_headline(metrics), **_ece(report, name), "ms_per_image": _ms(seconds.get(name)),
                      "preds_accuracy": preds_scores.get(name, {}).get("accuracy")})
     if report.ensemble is not None:
         members = pd.DataFrame(rows)
         total = lambda column: members[column].sum(min_count=len(members))  # noqa: E731 (None if any is missing)
         rows.append({"model": ENSEMBLE, "backbone": f"vote of {len(rows)}", "image_size": None,
                      "parameters": total("parameters"), "size_mb": total("size_mb"),
-                     **_headline(report.ensemble["metrics"]),
+                     **_headline(report.ensemble["metrics"]), **_ece(report, ENSEMBLE),
                      "ms_per_image": total("ms_per_image") if seconds else None,
                      "preds_accuracy": preds_scores.get(ENSEMBLE, {}).get("accuracy")})
     table = pd.DataFrame(rows).astype({"image_size": "Int64", "parameters": "Int64", "images": "Int64"})
@@ -221,6 +228,11 @@ def _headline(metrics: dict) -> dict:
     return {key: metrics[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "images")}
 
 
+def _ece(report: Report, name: str) -> dict:
+    found = report.reliability.get(name)
+    return {"ece_raw": found.ece_raw if found else None, "ece": found.ece if found else None}
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
 
@@ -232,7 +244,7 @@ def print_table(report: Report, quiet: bool = False) -> None:
     table = Table(title=escape(f"Scored on {report.source}"), title_justify="left")
     headers = {"model": "model", "backbone": "backbone", "image_size": "size", "parameters": "params",
                "size_mb": "MB", "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro F1",
-               "ms_per_image": "ms/image", "preds_accuracy": "acc. on --preds"}
+               "ece_raw": "ECE raw", "ece": "ECE", "ms_per_image": "ms/image", "preds_accuracy": "acc. on --preds"}
     columns = [column for column in headers if column in report.table.columns]
     for column in columns:
         table.add_column(headers[column], justify="left" if column in ("model", "backbone") else "right")
@@ -253,6 +265,6 @@ def format_cell(column: str, value) -> str:
         return "-"
     if column in ("accuracy", "balanced_accuracy", "preds_accuracy"):
         return f"{value:.1%}"
-    formats = {"macro_f1": "{:.3f}", "parameters": "{:,.0f}", "size_mb": "{:.1f}", "ms_per_image": "{:.1f}",
+    formats = {"macro_f1": "{:.3f}", "ece_raw": "{:.3f}", "ece": "{:.3f}", "parameters": "{:,.0f}", "size_mb": "{:.1f}", "ms_per_image": "{:.1f}",
                "image_size": "{:.0f}"}
     return formats[column].format(value) if column in formats else str(value)

@@ -37,7 +37,8 @@ figure img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;m
 .wide{overflow-x:auto}summary{cursor:pointer;margin:.3em 0}h2{margin-top:1.6em;border-bottom:1px solid #ddd}code{background:#f3f3f3;padding:0 .2em}"""
 SUMMARY_HEADERS = {"model": "model", "backbone": "backbone", "image_size": "image size", "parameters": "parameters",
                    "size_mb": "size on disk (MB)", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
-                   "macro_f1": "macro F1", "ms_per_image": "time per image (ms)", "images": "images",
+                   "macro_f1": "macro F1", "ece_raw": "ECE before calibration", "ece": "ECE (calibrated)",
+                   "ms_per_image": "time per image (ms)", "images": "images",
                    "preds_accuracy": "accuracy on --preds (true labels)"}
 
 
@@ -57,6 +58,8 @@ def figures(report: Report) -> dict[str, object]:
     if report.curve is not None and len(report.curve):
         levels = report.trust[report.trust["group"] == "at least"]
         out["coverage_accuracy.png"] = plots.coverage_accuracy(report.curve, levels)
+    if report.reliability:
+        out["reliability.png"] = plots.reliability_diagrams(report.reliability)
     preds = report.preds
     if preds and preds["agreement"]:
         agreement = {level if level == "unknown" else f"{float(level):.0%}": count
@@ -95,6 +98,16 @@ def _image(images: dict[str, bytes], name: str, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}" title="{escape(name)}">'
 
 
+def calibration_section(images: dict[str, bytes]) -> str:
+    if "reliability.png" not in images:
+        return ""
+    return ("<h2>Calibration</h2><p>Every probability quorum writes is divided, in log space, by the model's "
+            "temperature, fitted on its validation predictions (model.json's <code>calibration</code>); no label "
+            "changes. On the diagonal a confidence of 80% is right 80% of the time. ECE: the mean gap, weighted by "
+            "images (15 bins); the vote is scored on its <code>confidence</code>.</p>"
+            + _image(images, "reliability.png", "reliability diagrams"))
+
+
 def render_html(report: Report, images: dict[str, bytes], file_names: list[str]) -> str:
     """The whole page as one string: text escaped, pictures inlined."""
     rows = [[format_cell(column, value) for column, value in row.items()]
@@ -117,6 +130,7 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
         ensemble_section(report),
         trust_section(report),
         _image(images, "coverage_accuracy.png", "coverage against accuracy"),
+        calibration_section(images),
         gallery_section("Validation images the vote got wrong, most confident first",
                         "True label, the vote's label with its confidence and how it was decided, every member's "
                         "vote.", report.galleries.get("wrong", []), report.galleries.get("wrong_note")),

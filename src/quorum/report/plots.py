@@ -206,3 +206,33 @@ def coverage_accuracy(curve: pd.DataFrame, levels: pd.DataFrame) -> Figure:
     ax.set_title("coverage against accuracy; dots: accept every row with at least k of n agreeing", fontsize=9)
     ax.grid(alpha=0.3)
     return figure
+
+
+def reliability_diagrams(reliabilities: dict) -> Figure:
+    """Per member and for the vote (report.reliability): accuracy against confidence, before and after the
+    temperatures, on the diagonal where a probability means what it says; dot area ~ images in the bin."""
+    n = len(reliabilities)
+    cols, rows = min(n, PANEL_COLUMNS), -(-n // PANEL_COLUMNS)
+    fig = Figure(figsize=(3.3 * cols, 3.3 * rows + 0.3), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for k, (ax, (name, result)) in enumerate(zip(axes, reliabilities.items())):
+        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls=":")
+        for curve, ece, label, colour in ((result.curve_raw, result.ece_raw, "raw", "tab:orange"),
+                                          (result.curve, result.ece, "calibrated", "tab:blue")):
+            size = 200 * curve["images"] / max(curve["images"].sum(), 1)
+            ax.plot(curve["confidence"], curve["accuracy"], "-", color=colour, lw=1.2,
+                    label=f"{label}, ECE {ece:.3f}")
+            ax.scatter(curve["confidence"], curve["accuracy"], s=size + 4, color=colour, zorder=3)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("confidence")
+        if k % cols == 0:
+            ax.set_ylabel("share right")
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig
