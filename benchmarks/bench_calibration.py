@@ -128,7 +128,6 @@ def render(result: dict, engines: list[str], command: str) -> str:
              f"{result['images']:,} disjoint Fashion-MNIST test images. ECE: 15 equal-width bins (torchmetrics), of "
              "each member's top probability and of the vote's `confidence`; *before* = the network's own softmax, "
              f"*after* = the column `quorum predict --probs` wrote ({', '.join(engines)} engine). Labels changed: rows "
-             "whose label differs from the one the raw probabilities give. "
              "whose label differs from the one the raw probabilities give. Last column, for reference only: the ECE "
              "had the temperatures been fitted on the test images themselves (the floor a validation fit can "
              "approach).", "",
