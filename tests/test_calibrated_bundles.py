@@ -144,3 +144,17 @@ def test_report_shows_ece_before_and_after_and_a_reliability_diagram(trained, tm
     written = write_report(report, tmp_path / "report")
     assert (tmp_path / "report" / "reliability.png") in written
     assert "<h2>Calibration</h2>" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_calibrate_refuses_a_model_a_finetune_is_making(trained, tmp_path):
+    """finetune holds the model's lock while it makes and swaps the folder: calibrate must not write meanwhile."""
+    from quorum import files
+
+    old = copy_bundle(trained, tmp_path / "models", "old", calibration=None)
+    before = (old / bundle.MODEL_JSON).read_bytes()
+    with files.exclusive(bundle.lock_path(old)):
+        result = CliRunner().invoke(main, ["calibrate", "old", "--models-dir", str(tmp_path / "models")])
+    assert result.exit_code == 1
+    assert result.output == (f"Error: another quorum run is making or calibrating {old} now: "
+                             "calibrate it when that run has finished\n")
+    assert (old / bundle.MODEL_JSON).read_bytes() == before

@@ -57,6 +57,13 @@ class ModelInfo:
         return float(self.metrics.get("accuracy", 0.0))
 
 
+def lock_path(model_dir: Path) -> Path:
+    """The lock a run holds while it makes or changes `model_dir` (finetune, calibrate): beside the folder,
+    since finetune replaces the folder itself."""
+    model_dir = Path(model_dir)
+    return model_dir.parent / f".{model_dir.name}.lock"
+
+
 def find_models(models_dir: Path) -> list[Path]:
     """Every finished model under `models_dir`, sorted by name (in-progress runs are hidden `.name`)."""
     models_dir = Path(models_dir)

@@ -16,6 +16,7 @@ stored validation predictions.
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from pathlib import Path
 
 from quorum import files
@@ -26,6 +27,7 @@ from quorum.models.bundle import (
     MODEL_JSON,
     VAL_PREDICTIONS,
     ModelInfo,
+    lock_path,
     read_info,
     read_val_predictions,
     write_model_json,
@@ -84,16 +86,24 @@ def temperature(info: ModelInfo, quiet: bool = False) -> float:
 
 def calibrate_models(model_dirs: list[Path], quiet: bool = False) -> dict[str, dict]:
     """`quorum calibrate`: fit each bundle's temperature on its val_predictions.csv and store it in its model.json.
-    Every bundle is fitted before any is written, so a bundle that cannot be leaves every model.json as it was."""
-    fitted = {}
-    for model_dir in model_dirs:
-        info = read_info(model_dir)
-        try:
-            fitted[info.path] = (info, fit_bundle(info))
-        except QuorumError as exc:
-            raise QuorumError(f"cannot calibrate {info.path.name}: {exc}") from None
+    Every bundle is fitted before any is written, so a bundle that cannot be leaves every model.json as it was;
+    each is locked as finetune locks it, so a run replacing the model meanwhile cannot be overwritten."""
+    with ExitStack() as locks:
+        fitted = {}
+        for model_dir in map(Path, model_dirs):
+            locks.enter_context(files.exclusive(lock_path(model_dir), f"another quorum run is making or calibrating "
+                                                f"{model_dir} now: calibrate it when that run has finished"))
+            info = read_info(model_dir)
+            try:
+                fitted[info.path] = (info, fit_bundle(info))
+            except QuorumError as exc:
+                raise QuorumError(f"cannot calibrate {info.path.name}: {exc}") from None
+        _store(fitted, quiet)
+    return {path.name: block for path, (_, block) in fitted.items()}
+
+
+def _store(fitted: dict[Path, tuple[ModelInfo, dict]], quiet: bool) -> None:
     for path, (info, block) in fitted.items():
         write_model_json(path, {**info.raw, CALIBRATION: block})
         say(f"{path.name}: temperature {block['temperature']:.3f}, ECE on its {block['images']} validation images "
             f"{block['ece_before']:.3f} -> {block['ece_after']:.3f}; written to {path / MODEL_JSON}", quiet)
-    return {path.name: block for path, (_, block) in fitted.items()}

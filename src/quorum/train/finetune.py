@@ -49,7 +49,7 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     busy = (f"another quorum finetune is making {models_dir / recipe.name} now: wait for it to finish, "
             "or give another --name")
     try:
-        with files.exclusive(models_dir / f".{recipe.name}.lock", busy) if world.is_main else nullcontext():
+        with files.exclusive(bundle.lock_path(models_dir / recipe.name), busy) if world.is_main else nullcontext():
             return _finetune(recipe, backbone, world, resume, resplit, quiet or not world.is_main, on_epoch_end)
     finally:
         if fresh:  # the lock made it: a run that failed leaves no empty models dir behind
