@@ -177,7 +177,7 @@ def cli(*args):
 @pytest.mark.parametrize(("args", "message"), [
     (["--engine", "onnx", "--device", "cuda"], "Error: --engine onnx runs on the CPU, not cuda: use --device cpu, "
                                                "or --engine torch\n"),
-    (["--engine", "tensorrt"], "Error: Invalid value for '--engine': 'tensorrt' is not one of 'auto', 'onnx', 'torch'.\n"),
+    (["--engine", "tensorrt"], "Error: Invalid value for '--engine': 'tensorrt' is not one of 'auto', 'onnx', 'int8', 'torch'.\n"),
 ])
 def test_cli_engine_errors_are_one_exact_line(images, tmp_path, args, message):
     result = cli("predict", images, "--out", tmp_path / "p.csv", "--models-dir", tmp_path, *args)

@@ -2,6 +2,7 @@
 
     model.safetensors     weights of the best epoch (no pickle: loading never runs code)
     model.onnx            the same network as an ONNX graph, for `quorum predict --engine onnx` (onnx_export.py)
+    model.int8.onnx       that graph quantized to int8, for `--engine int8` (quantize.py; `quorum export --int8`)
     model.json            backbone, image size, mean/std, classes in order, recipe, metrics, split hash,
                           and the temperature that calibrates its probabilities (models/temperature.py)
     history.csv           one row per epoch
@@ -29,6 +30,7 @@ from quorum.models.registry import get_backbone
 MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
+INT8_ONNX = "model.int8.onnx"  # models/quantize.py
 HISTORY = "history.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
 FORMAT_VERSION = 1

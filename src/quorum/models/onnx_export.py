@@ -39,9 +39,9 @@ def weights_digest(model_dir: Path) -> str:
     return files.sha256(Path(model_dir) / WEIGHTS)
 
 
-def is_current(model_dir: Path, digest: str | None = None) -> bool:
-    """Whether model_dir/model.onnx exists and was exported from the weights there now."""
-    path = Path(model_dir) / ONNX
+def is_current(model_dir: Path, digest: str | None = None, graph: str = ONNX) -> bool:
+    """Whether model_dir/`graph` (model.onnx, or model.int8.onnx) exists and came from the weights there now."""
+    path = Path(model_dir) / graph
     if not path.is_file():
         return False
     try:
@@ -81,6 +81,15 @@ def export_onnx(model_dir: Path) -> Path:
         program.save(tmp, external_data=False)
         _check_against_torch(tmp, model, x)
     return model_dir / ONNX
+
+
+def tag_weights(path: Path, digest: str) -> None:
+    """Record in the graph at `path` the SHA-256 of the weights it came from (see `is_current`)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props}, WEIGHTS_KEY: digest})
+    onnx.save(graph, str(path))
 
 
 def _normalised_pixels(info, n: int) -> torch.Tensor:

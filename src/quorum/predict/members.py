@@ -16,6 +16,7 @@ from quorum.console import say
 from quorum.errors import QuorumError
 from quorum.models import onnx_export
 from quorum.models.bundle import (
+    INT8_ONNX,
     MODEL_JSON,
     ONNX,
     WEIGHTS,
@@ -25,7 +26,7 @@ from quorum.models.bundle import (
     load_model,
     read_info,
 )
-from quorum.models.engine import resolve_engine
+from quorum.models.engine import ONNX_RUNTIME, resolve_engine
 from quorum.models.inference import (
     Calibrated,
     Inference,
@@ -44,7 +45,7 @@ class Member:
     info: ModelInfo
     run: Inference  # uint8 pixels -> calibrated probabilities
     cost: float  # weights x input pixels: a cheap stand-in for FLOPs, to run cheap members first
-    engine: str = "torch"  # "onnx" or "torch"
+    engine: str = "torch"  # "onnx", "int8" or "torch"
 
 
 def select_models(models_dir: Path, names: tuple[str, ...] | list[str] = ()) -> list[Path]:
@@ -106,20 +107,24 @@ def tie_breaker_index(infos: list[ModelInfo], name: str | None = None) -> int:
 
 
 def member_engines(infos: list[ModelInfo], engine: str, device_type: str, quiet: bool = False) -> list[str]:
-    """Each member's engine, "onnx" or "torch", for `--engine` `engine` on a `device_type` device.
+    """Each member's engine, "onnx", "int8" or "torch", for `--engine` `engine` on a `device_type` device.
 
     auto: ONNX Runtime on the CPU for every member whose model.onnx is current (finetune writes it),
     torch for the rest (an export takes 5-40 s: predict does not spend that, or write into a model's
     folder, unasked; `describe_engines` names them). onnx: a member without a current model.onnx is
-    exported now, once, or runs on torch if its folder is read-only or the export fails.
+    exported now, once, or runs on torch if its folder is read-only or the export fails. int8: each
+    member's model.int8.onnx where it is current (`quorum export --int8` writes it), else as onnx.
     """
     resolved = resolve_engine(engine, device_type)
     if resolved == "torch":
         return ["torch"] * len(infos)
     engines = []
     for info in infos:
+        if resolved == "int8" and onnx_export.is_current(info.path, graph=INT8_ONNX):
+            engines.append("int8")
+            continue
         current = onnx_export.is_current(info.path)
-        if not current and engine == "onnx":
+        if not current and engine in ONNX_RUNTIME:
             try:
                 say(f"Exporting {info.path / ONNX} (once; `quorum export` does it ahead of time)", quiet)
                 onnx_export.export_onnx(info.path)
@@ -127,6 +132,10 @@ def member_engines(infos: list[ModelInfo], engine: str, device_type: str, quiet:
             except onnx_export.OnnxUnavailable as exc:
                 say(f"[yellow]{info.path.name} runs on torch: {exc}[/yellow]", quiet)
         engines.append("onnx" if current else "torch")
+    float_graphs = [info.path.name for info, e in zip(infos, engines) if resolved == "int8" and e != "int8"]
+    if float_graphs:  # said once, for all of them
+        say(f"[yellow]No current model.int8.onnx for {', '.join(float_graphs)}: float32 there "
+            "(`quorum export --int8` adds it)[/yellow]", quiet)
     return engines
 
 
@@ -138,8 +147,9 @@ def load_members(infos: list[ModelInfo], device: torch.device, engines: list[str
     engines = engines or ["torch"] * len(infos)
     members = []
     for info, engine in zip(infos, engines):
-        if engine == "onnx":
-            run = OnnxInference(onnx_session(info.path / ONNX, threads or cpu_cores()), info.preprocessing)
+        if engine in ONNX_RUNTIME:
+            graph = info.path / (INT8_ONNX if engine == "int8" else ONNX)
+            run = OnnxInference(onnx_session(graph, threads or cpu_cores()), info.preprocessing)
         else:
             model, _ = load_model(info.path, device)
             run = TorchInference(model, info.preprocessing, device, channels_last=True)
@@ -162,13 +172,18 @@ def cost(info: ModelInfo) -> float:
     return float(numbers) * info.image_size**2
 
 
+ENGINE_NAMES = {"onnx": "onnx (ONNX Runtime)", "int8": "int8 (ONNX Runtime, int8 graphs)", "torch": "torch"}
+
+
 def describe_engines(names: list[str], engines: list[str], requested: str, device_type: str) -> str:
     """For the line that starts a run: "engine onnx (ONNX Runtime)", or which members run on which."""
     if len(set(engines)) == 1:
         hint = ("; `quorum export` adds the model.onnx that ONNX Runtime runs faster"
-                if engines[0] == "torch" and requested != "torch" and resolve_engine(requested, device_type) == "onnx"
+                if engines[0] == "torch" and requested != "torch" and resolve_engine(requested, device_type) != "torch"
                 else "")
-        return f"engine {'onnx (ONNX Runtime)' if engines[0] == 'onnx' else 'torch'}{hint}"
-    on_torch = [name for name, engine in zip(names, engines) if engine == "torch"]
-    return (f"engine onnx (ONNX Runtime), but torch for {', '.join(on_torch)} (no current model.onnx: "
-            "`quorum export` adds it)")
+        return f"engine {ENGINE_NAMES[engines[0]]}{hint}"
+    main = max(set(engines), key=engines.count)
+    others = [f"{engine} for {', '.join(n for n, e in zip(names, engines) if e == engine)}"
+              for engine in ENGINE_NAMES if engine in engines and engine != main]
+    hint = " (no current model.onnx: `quorum export` adds it)" if "torch" in engines and main != "torch" else ""
+    return f"engine {ENGINE_NAMES[main]}, but {'; '.join(others)}{hint}"

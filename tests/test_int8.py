@@ -1,0 +1,124 @@
+"""int8: `quorum export --int8` writes model.int8.onnx from training images, records what it costs, and
+`--engine int8` runs it; rows of int8 and float32 runs are never mixed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from image_factory import write_good_images, write_labelled_folder
+
+from quorum.cli import main
+from quorum.errors import QuorumError
+from quorum.models import bundle, onnx_export
+from quorum.predict.members import member_engines, read_members, select_models
+from quorum.predict.pipeline import predict
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A real fine-tuned bundle (tinyvgg, 1 epoch) in a models dir with its split.csv, and its int8 graph."""
+    from quorum.train.finetune import finetune
+    from quorum.train.recipe import Recipe
+
+    root = tmp_path_factory.mktemp("int8")
+    data = write_labelled_folder(root / "data", per_class=6)
+    finetune(Recipe(backbone="tinyvgg", data=str(data), models_dir=str(root / "models"), image_size=32, epochs=1,
+                    unfreeze_after=0, batch_size=8, workers=0, weights="none"), quiet=True)
+    result = cli("export", "--int8", "--models-dir", root / "models")
+    assert result.exit_code == 0, result.output
+    return root / "models"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    write_good_images(folder, 12, size=(64, 48))
+    return folder
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [*map(str, args)])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_export_int8_records_both_accuracies_and_the_weights(trained):
+    model_dir = select_models(trained)[0]
+    scores = json.loads((model_dir / bundle.MODEL_JSON).read_text())["int8"]
+    assert 0 <= scores["val_accuracy_int8"] <= 1 and 0 <= scores["val_accuracy_fp32"] <= 1
+    assert scores["calibration_images"] > 0
+    assert onnx_export.is_current(model_dir, graph=bundle.INT8_ONNX)
+    assert "is current" in cli("export", "--int8", "--models-dir", trained).output
+
+
+def test_int8_graph_holds_int8_weights_and_runs_with_onnxruntime_numpy_and_pillow_only(trained, images):
+    model_dir = select_models(trained)[0]
+    script = textwrap.dedent("""
+        import json, sys
+        sys.modules["torch"] = None  # importing torch would fail: the graph must not need it
+        from pathlib import Path
+        import numpy as np, onnx, onnxruntime
+        from PIL import Image
+        model_dir, image = Path(sys.argv[1]), sys.argv[2]
+        graph = onnx.load(str(model_dir / "model.int8.onnx"))
+        assert any(node.op_type == "DequantizeLinear" for node in graph.graph.node)
+        assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.graph.initializer)
+        info = json.loads((model_dir / "model.json").read_text())
+        size = info["image_size"]
+        pixels = np.asarray(Image.open(image).convert("RGB").resize((size, size)), np.float32) / 255
+        x = ((pixels - info["mean"]) / info["std"]).transpose(2, 0, 1)[None].astype(np.float32)
+        session = onnxruntime.InferenceSession(str(model_dir / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+        print(logits.shape)
+    """)
+    image = sorted(images.iterdir())[0]
+    done = subprocess.run([sys.executable, "-c", script, str(model_dir), str(image)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"(1, {len(bundle.read_info(model_dir).classes)})"
+
+
+def test_engine_int8_runs_the_int8_graph_and_auto_never_picks_it(trained, images):
+    infos = read_members(select_models(trained))
+    assert member_engines(infos, "int8", "cpu", quiet=True) == ["int8"]
+    assert member_engines(infos, "auto", "cpu", quiet=True) == ["onnx"]
+    frame = predict(images, select_models(trained), engine="int8", workers=0, quiet=True)
+    assert (frame["status"] == "ok").all() and len(frame) == 12
+
+
+def test_resume_and_merge_refuse_to_mix_int8_and_float32_rows(trained, images, tmp_path):
+    progress = tmp_path / "p.csv.partial"
+    predict(images, select_models(trained), engine="int8", workers=0, quiet=True, progress=progress)
+    with pytest.raises(QuorumError, match="ran on int8 then but on onnx now"):
+        predict(images, select_models(trained), engine="onnx", workers=0, quiet=True, progress=progress, resume=True)
+    parts = []
+    for index, engine in enumerate(["int8", "onnx"]):
+        parts.append(tmp_path / f"part{index}.csv")
+        result = cli("predict", images, "--out", parts[-1], "--models-dir", trained, "--engine", engine,
+                     "--shard", f"{index}/2", "--workers", "0", "-q")
+        assert result.exit_code == 0, result.output
+    result = cli("merge", *parts, "--out", tmp_path / "all.csv")
+    assert result.exit_code == 1 and "int8" in result.output and "onnx" in result.output
+    assert not (tmp_path / "all.csv").exists()
+
+
+def test_engine_int8_on_a_gpu_is_one_error_line(images, tmp_path):
+    result = cli("predict", images, "--out", tmp_path / "p.csv", "--models-dir", tmp_path, "--engine", "int8",
+                 "--device", "cuda")
+    assert result.exit_code != 0
+    assert result.output.endswith("Error: --engine int8 runs on the CPU, not cuda: use --device cpu, or --engine torch\n")
+
+
+def test_a_model_without_int8_graph_runs_float32_and_says_so(tmp_path, make_model, capsys):
+    make_model(tmp_path, "m", "tinyvgg", 32)
+    onnx_export.export_onnx(tmp_path / "m")
+    assert member_engines(read_members([tmp_path / "m"]), "int8", "cpu") == ["onnx"]
+    captured = capsys.readouterr()
+    assert "No current model.int8.onnx for m: float32 there" in captured.out + captured.err
