@@ -53,20 +53,13 @@ def quantize_models(model_dirs: list[Path], force: bool = False, quiet: bool = F
 
 def quantize(model_dir: Path) -> dict:
     """Write model_dir/model.int8.onnx from its (current) model.onnx; record both graphs' val accuracy."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     model_dir = Path(model_dir)
     info = read_info(model_dir)
     if not onnx_export.is_current(model_dir):
         onnx_export.export_onnx(model_dir)
-    reader = _CalibrationReader(info, training_images(info))
-    with tempfile.TemporaryDirectory() as scratch, files.atomic_path(model_dir / INT8_ONNX) as tmp:
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(model_dir / ONNX), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+    reader = CalibrationReader(info, training_images(info))
+    with files.atomic_path(model_dir / INT8_ONNX) as tmp:
+        quantize_graph(model_dir / ONNX, tmp, reader)
         onnx_export.tag_weights(tmp, onnx_export.weights_digest(model_dir))
         scores = {"val_accuracy_fp32": validation_accuracy(info, model_dir / ONNX),
                   "val_accuracy_int8": validation_accuracy(info, tmp),
@@ -74,6 +67,19 @@ def quantize(model_dir: Path) -> dict:
     raw = dict(info.raw, int8=scores)
     files.write_json(model_dir / MODEL_JSON, raw)
     return scores
+
+
+def quantize_graph(source: Path, target: Path, reader) -> None:
+    """ONNX Runtime's static int8 quantization of the graph at `source`, calibrated on `reader`'s batches."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
 
 
 def training_images(info: ModelInfo, limit: int = CALIBRATION_IMAGES) -> list[Path]:
@@ -90,7 +96,7 @@ def training_images(info: ModelInfo, limit: int = CALIBRATION_IMAGES) -> list[Pa
     return [Path(split["root"]) / path for path in train.path[:limit]]
 
 
-class _CalibrationReader:
+class CalibrationReader:
     """ONNX Runtime's CalibrationDataReader: batches of normalised pixels, each image decoded once."""
 
     def __init__(self, info: ModelInfo, paths: list[Path]):
