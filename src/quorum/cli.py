@@ -75,29 +75,35 @@ def main():
               "share (never validation) with the vote's label. Needs the CSV's .json beside it.")
 @click.option("--pseudo-min-agreement", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               metavar="F", help="Agreement a --pseudo-labels row needs (to 2 decimals: 1 = unanimous, 0.67 = 2 of 3).")
+@click.option("--distill", type=click.Path(dir_okay=False), metavar="CSV",
+              help="A quorum predict --probs CSV: every readable row joins the training share (never validation) with "
+              "the ensemble's probabilities as soft targets, and every training image gets strong augmentation "
+              "(RandAugment): one model that learns what the ensemble knows. Needs the CSV's .json beside it.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines.")
 @user_errors
 def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, lr, finetune_lr, batch_size, weights,
              name, models_dir, val_fraction, seed, resplit, device, workers, no_cache, norm_stats, pseudo_labels,
-             pseudo_min_agreement, resume, quiet):
+             pseudo_min_agreement, distill, resume, quiet):
     """Fine-tune BACKBONE on a labelled image folder and save it under MODELS_DIR/<name>/.
 
     Phase 1 trains the new head (and the last --train-blocks blocks) with the rest of the backbone
     frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The best epoch by
     validation accuracy is kept. Run `quorum backbones` for the choices of BACKBONE.
     """
-    from quorum.data.unlabelled import check_predictions_csv
+    from quorum.data.unlabelled import check_distill_csv, check_predictions_csv
     from quorum.train.recipe import Recipe
 
     recipe = Recipe(backbone=backbone, data=data, image_size=image_size, epochs=epochs, unfreeze_after=unfreeze_after,
                     train_blocks=train_blocks, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, weights=weights,
                     name=name, models_dir=models_dir, val_fraction=val_fraction, seed=seed, device=device,
                     workers=workers, cache_features=not no_cache, norm_stats=norm_stats, pseudo_labels=pseudo_labels,
-                    pseudo_min_agreement=pseudo_min_agreement)
+                    pseudo_min_agreement=pseudo_min_agreement, distill=distill)
     recipe.check()  # a mistake costs well under a second: importing torch takes several
     if pseudo_labels is not None:
         check_predictions_csv(pseudo_labels, "--pseudo-labels")
+    if distill is not None:
+        check_distill_csv(distill)
 
     from quorum.train.finetune import finetune as run_finetune
 

@@ -54,10 +54,12 @@ class Preprocessing:
         return T.Compose([T.Resize(round(self.size / self.crop_fraction), interpolation=mode, antialias=True),
                           T.CenterCrop(self.size), T.PILToTensor()])
 
-    def train_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
-        """Mild, label-preserving augmentation: uint8 (3, size, size)."""
-        return T.Compose([T.RandomResizedCrop(self.size, scale=(0.6, 1.0), antialias=True),
-                          T.RandomHorizontalFlip(), T.RandomRotation(10), T.PILToTensor()])
+    def train_pixels(self, strong: bool = False) -> Callable[[Image.Image], torch.Tensor]:
+        """Mild, label-preserving augmentation: uint8 (3, size, size). `strong` adds RandAugment (2 ops,
+        magnitude 9), the noise Noisy Student puts on a student so it learns more than its teachers' answers."""
+        steps = [T.RandomResizedCrop(self.size, scale=(0.6, 1.0), antialias=True), T.RandomHorizontalFlip(),
+                 T.RandomRotation(10)]
+        return T.Compose([*steps, *([T.RandAugment(num_ops=2, magnitude=9)] if strong else []), T.PILToTensor()])
 
     def normalizer(self) -> "Normalizer":
         return Normalizer(self.mean, self.std)

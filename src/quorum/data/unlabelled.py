@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 
 from quorum import files
@@ -139,3 +140,65 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     index = {name: i for i, name in enumerate(classes)}
     items = [(str(info["folder"] / path), index[label]) for path, label in zip(chosen["path"], chosen["prediction"])]
     return PseudoLabels(csv, info["folder"], items, files.sha256(csv)[:16], min_agreement, len(frame))
+
+
+@dataclass(frozen=True)
+class SoftTargets:
+    """Every readable row of a `predict --probs` CSV with the ensemble's probabilities: a student's soft targets."""
+
+    csv: Path
+    folder: Path
+    items: list[tuple[str, np.ndarray]]  # (absolute path, float32 probability of each class)
+    digest: str  # of the CSV
+    rows: int  # rows in the CSV
+    teachers: list[str]  # the members that voted, from the CSV's <member>_prediction columns
+    left_out: dict[str, int]  # why rows did not join: unreadable, flagged unknown
+
+    def as_dict(self) -> dict:
+        return {"file": str(self.csv), "digest": self.digest, "folder": str(self.folder), "rows": self.rows,
+                "teachers": self.teachers, "added": len(self.items), "left_out": self.left_out}
+
+
+def check_distill_csv(csv: Path | str) -> Path:
+    """A --distill CSV is there and has probabilities (its header alone: checked before torch loads)."""
+    csv = check_predictions_csv(csv, "--distill")
+    try:
+        header = pd.read_csv(csv, nrows=0).columns
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        header = pd.Index([])
+    if not {"path", "status"} <= set(header):
+        raise QuorumError(f"--distill {csv} is not a quorum predict CSV (it needs path and status columns)")
+    if not any(column.startswith("p_") for column in header):
+        raise QuorumError(f"--distill {csv} has no p_<class> columns: write it with quorum predict FOLDER --out {csv} "
+                          "--probs")
+    return csv
+
+
+def read_soft_targets(csv: Path, classes: tuple[str, ...]) -> SoftTargets:
+    """The rows of a predictions CSV a student can learn from, with their `p_<class>` probabilities.
+
+    Refused, as `read_pseudo_labels` refuses: a CSV without its sidecar, classes the model does not have, files
+    changed since; and a CSV written without --probs. Left out and counted: unreadable rows, rows flagged unknown.
+    """
+    csv = check_distill_csv(csv)
+    frame = pd.read_csv(csv, dtype={"path": object, "status": object}, keep_default_na=False, na_values=[""])
+    given = [column.removeprefix("p_") for column in frame.columns if column.startswith("p_")]
+    if set(given) != set(classes):
+        raise QuorumError(f"--distill {csv} gives probabilities of other classes ({', '.join(sorted(given))}) than "
+                          f"this model's ({', '.join(classes)})")
+    info = read_sidecar(csv, frame["path"].tolist())
+    readable = frame["status"] == "ok"
+    flagged = readable & frame.get("unknown", pd.Series(False, index=frame.index)).astype(str).str.lower().eq("true")
+    chosen = frame[readable & ~flagged]
+    changed = changed_files(info["folder"], chosen["path"].tolist(), [info["fingerprints"][i] for i in chosen.index])
+    if changed:
+        listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise QuorumError(f"{len(changed)} file(s) in {info['folder']} changed since {csv} was written ({listed}): "
+                          "their probabilities may no longer fit; run quorum predict again")
+    probs = chosen[[f"p_{name}" for name in classes]].to_numpy(np.float32)
+    probs /= probs.sum(axis=1, keepdims=True)  # the CSV rounds to 6 decimals
+    items = [(str(info["folder"] / path), p) for path, p in zip(chosen["path"], probs)]
+    teachers = [column.removesuffix("_prediction") for column in frame.columns
+                if column.endswith("_prediction") and f"{column.removesuffix('_prediction')}_confidence" in frame]
+    return SoftTargets(csv, info["folder"], items, files.sha256(csv)[:16], len(frame), teachers,
+                       {"unreadable": int((~readable).sum()), "unknown": int(flagged.sum())})

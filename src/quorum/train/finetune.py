@@ -24,7 +24,7 @@ from rich.markup import escape
 from quorum import distributed, files
 from quorum.console import say
 from quorum.data.split import SPLIT_FILE, Split, find_unreadable, load_or_make_split
-from quorum.data.unlabelled import PseudoLabels, read_pseudo_labels
+from quorum.data.unlabelled import PseudoLabels, SoftTargets, read_pseudo_labels, read_soft_targets
 from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
 from quorum.models import bundle, onnx_export, weights
@@ -90,8 +90,8 @@ def _finetune(recipe: Recipe, backbone: Backbone, world: distributed.World, resu
         if recipe.train_blocks > len(model.blocks):
             raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s {len(model.blocks)} blocks")
         model.to(device)
-        pseudo = pseudo_labels(recipe, split, quiet)
-        run = TrainingRun(recipe, split, model, device, work_dir, world, quiet, pseudo)
+        pseudo, soft = pseudo_labels(recipe, split, quiet), soft_targets(recipe, split, quiet)
+        run = TrainingRun(recipe, split, model, device, work_dir, world, quiet, pseudo, soft)
     if not resume and world.is_main and work_dir.exists():
         _discard(work_dir)  # an interrupted run the user chose not to resume
     if state is not None:
@@ -145,23 +145,48 @@ def pseudo_labels(recipe: Recipe, split: Split, quiet: bool) -> PseudoLabels | N
     if recipe.pseudo_labels is None:
         return None
     pseudo = read_pseudo_labels(Path(recipe.pseudo_labels), split.classes, recipe.pseudo_min_agreement)
-    # By inode as well as by path: `quorum review` hard-links the images it hands a person to sort.
-    labelled = {_identity(split.root / path) for path in split.table.path}
-    overlap = [path for path, _ in pseudo.items if _identity(Path(path)) in labelled]
-    if overlap:
-        raise QuorumError(f"--pseudo-labels {recipe.pseudo_labels} has {len(overlap)} file(s) of the labelled folder "
-                          f"{split.root} (e.g. {overlap[0]}): predict on a folder outside it")
-    # Decoded once now, as the split's files are: training would drop an unreadable one silently, and
-    # model.json must count only the images that really joined.
-    reasons = find_unreadable(Path(), [path for path, _ in pseudo.items], recipe.workers)
-    unreadable = [f"{path}: {reason}" for (path, _), reason in zip(pseudo.items, reasons) if reason]
-    if unreadable:
-        say(escape(f"Left out {len(unreadable)} --pseudo-labels file(s) that cannot be read (e.g. {unreadable[0]})"))
-        pseudo = dataclasses.replace(pseudo, items=[item for item, reason in zip(pseudo.items, reasons) if not reason])
+    _refuse_labelled_files([path for path, _ in pseudo.items], split, f"--pseudo-labels {recipe.pseudo_labels}")
+    pseudo = dataclasses.replace(pseudo, items=_readable(pseudo.items, recipe.workers, "--pseudo-labels"))
     say(f"Pseudo-labels: {len(pseudo.items)} of {pseudo.rows} rows of {recipe.pseudo_labels} (agreement at least "
         f"{recipe.pseudo_min_agreement:g}) join the {len(split.items('train'))} training images; validation "
         "is unchanged", quiet)
     return pseudo
+
+
+def soft_targets(recipe: Recipe, split: Split, quiet: bool) -> SoftTargets | None:
+    """Every readable row of `recipe.distill` with the ensemble's probabilities, for the training share only."""
+    if recipe.distill is None:
+        return None
+    soft = read_soft_targets(Path(recipe.distill), split.classes)
+    _refuse_labelled_files([path for path, _ in soft.items], split, f"--distill {recipe.distill}")
+    readable = _readable(soft.items, recipe.workers, "--distill")
+    soft = dataclasses.replace(soft, items=readable, left_out={
+        **soft.left_out, "unreadable": soft.left_out["unreadable"] + len(soft.items) - len(readable)})
+    left = ", ".join(f"{count} {why}" for why, count in soft.left_out.items() if count)
+    say(f"Distilling {', '.join(soft.teachers) or 'the ensemble'}: {len(soft.items)} of {soft.rows} rows of "
+        f"{recipe.distill} join the {len(split.items('train'))} training images with the ensemble's probabilities"
+        f"{f' (left out: {left})' if left else ''}; validation is unchanged", quiet)
+    return soft
+
+
+def _readable(items: list[tuple], workers: int, option: str) -> list[tuple]:
+    """The items whose file decodes. Checked once now, as the split's files are: training would drop an
+    unreadable one silently, and model.json must count only the images that really joined."""
+    reasons = find_unreadable(Path(), [path for path, _ in items], workers)
+    unreadable = [f"{path}: {reason}" for (path, _), reason in zip(items, reasons) if reason]
+    if unreadable:
+        say(escape(f"Left out {len(unreadable)} {option} file(s) that cannot be read (e.g. {unreadable[0]})"))
+    return [item for item, reason in zip(items, reasons) if not reason]
+
+
+def _refuse_labelled_files(paths: list[str], split: Split, source: str) -> None:
+    """Unlabelled rows must not be labelled files: by inode as well as by path, since `quorum review` hard-links
+    the images it hands a person to sort."""
+    labelled = {_identity(split.root / path) for path in split.table.path}
+    overlap = [path for path in paths if _identity(Path(path)) in labelled]
+    if overlap:
+        raise QuorumError(f"{source} has {len(overlap)} file(s) of the labelled folder {split.root} "
+                          f"(e.g. {overlap[0]}): predict on a folder outside it")
 
 
 def _identity(path: Path) -> tuple:

@@ -64,13 +64,14 @@ def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn
             logits = model(inputs, start=start)
             loss = loss_fn(logits, labels)
         lr_sum, trained = lr_sum + optimizer.param_groups[0]["lr"], trained + 1  # the rate this step trains with
+        hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (distillation): their top class
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        correct += (logits.argmax(1) == hard).sum().item()
         seen += len(labels)
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
             "lr": lr_sum / max(trained, 1), "seconds": time.perf_counter() - began}

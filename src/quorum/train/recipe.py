@@ -33,6 +33,7 @@ class Recipe:
     cache_views: int = 2  # augmented views of each training image in that cache, cycled across epochs
     pseudo_labels: str | None = None  # a quorum predict CSV: rows the vote agreed on join the training share
     pseudo_min_agreement: float = 1.0  # the agreement a row needs to be taken (1.0: unanimous)
+    distill: str | None = None  # a `predict --probs` CSV: every readable row joins with the ensemble's probabilities
     # BatchNorm in phase 2: keep (running statistics, as phase 1 saw them) | update (batch statistics).
     # None: keep for pretrained weights, update for a backbone that starts from random ones.
     norm_stats: str | None = None
@@ -67,6 +68,8 @@ class Recipe:
             (self.lr > 0 and self.finetune_lr > 0, "--lr and --finetune-lr must be positive"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
             (self.image_size is None or self.image_size >= 16, f"--image-size must be at least 16 (got {self.image_size})"),
+            (self.distill is None or self.pseudo_labels is None,
+             "--distill and --pseudo-labels both add the unlabelled images: give one of them"),
             (self.name is None or ("/" not in self.name and not self.name.startswith(".")),
              f"--name '{self.name}' must be a plain folder name (no '/', not starting with '.')"),
         ]

@@ -23,7 +23,7 @@ from quorum.calibration import fit_calibration
 from quorum.console import say
 from quorum.data.datasets import LabelledImages, make_loader
 from quorum.data.split import Split
-from quorum.data.unlabelled import PseudoLabels
+from quorum.data.unlabelled import PseudoLabels, SoftTargets
 from quorum.errors import QuorumError
 from quorum.metrics import classification_metrics
 from quorum.models import bundle
@@ -46,18 +46,25 @@ class TrainingRun:
     """The state of one fine-tuning run: model, current phase's optimizer, history, best epoch."""
 
     def __init__(self, recipe: Recipe, split: Split, model, device: torch.device, work_dir: Path,
-                 world: distributed.World, quiet: bool, pseudo: PseudoLabels | None = None):
+                 world: distributed.World, quiet: bool, pseudo: PseudoLabels | None = None,
+                 soft: SoftTargets | None = None):
         self.recipe, self.split, self.model, self.device = recipe, split, model, device
-        self.work_dir, self.world, self.quiet, self.pseudo = work_dir, world, quiet, pseudo
+        self.work_dir, self.world, self.quiet, self.pseudo, self.soft = work_dir, world, quiet, pseudo, soft
         self.preprocessing = get_backbone(recipe.backbone).preprocessing(recipe.image_size)
         self.inference = TorchInference(model, self.preprocessing, device)  # validation runs as predict does
         # Pseudo-labelled images (absolute paths) join the training share only: validation stays the split's.
         train_items = split.items("train") + (pseudo.items if pseudo is not None else [])
-        self.train_set = LabelledImages(split.root, train_items, self.preprocessing.train_pixels())
+        smoothing = recipe.label_smoothing
+        if soft is not None:  # every target a probability vector, so one loss serves labelled and unlabelled rows
+            train_items = [(path, smoothed(label, len(split.classes), smoothing)) for path, label in train_items]
+            train_items += soft.items
+            smoothing = 0.0  # already in the labelled rows' targets; the teachers' probabilities stay as given
+        self.train_set = LabelledImages(split.root, train_items, self.preprocessing.train_pixels(strong=soft is not None))
         self.val_set = LabelledImages(split.root, split.items("val"), self.preprocessing.eval_pixels())
         if len(self.val_set) == 0:
             raise QuorumError(f"no validation images: give each class in {split.root} at least 2 images, or a val/ folder")
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        # With probability targets this is KL(target || student) plus the targets' own entropy: the same gradient.
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
         self.history: list[dict] = []
         self.best = {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}
         self.phase, self.optimizer, self.scheduler, self.next_epoch = 0, None, None, 0
@@ -214,8 +221,16 @@ class TrainingRun:
                                                   "root": str(Path(self.split.root).resolve())},
             "recipe": recipe.as_dict(), "processes": self.world.size, "versions": provenance(),
             **({"pseudo_labels": self.pseudo.as_dict(self.split.classes)} if self.pseudo is not None else {}),
+            **({"distill": self.soft.as_dict()} if self.soft is not None else {}),
         })
         checkpoint.remove(self.work_dir)
 
     def print_finished_model(self, final_dir: Path) -> None:
         print_finished_model(final_dir, self.history, self.best, self.quiet)
+
+
+def smoothed(label: int, classes: int, smoothing: float) -> np.ndarray:
+    """A hard label as the probability vector CrossEntropyLoss(label_smoothing) trains towards."""
+    target = np.full(classes, smoothing / classes, np.float32)
+    target[label] += 1.0 - smoothing
+    return target

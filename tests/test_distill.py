@@ -1,0 +1,149 @@
+"""Distillation: `finetune --distill preds.csv` trains one model on the ensemble's probabilities; validation
+stays the shared split, and what --pseudo-labels refuses is refused here too, by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
+
+from quorum.cli import main
+from quorum.errors import QuorumError
+from quorum.train.finetune import finetune
+from quorum.train.recipe import Recipe
+from quorum.train.run import smoothed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def recipe(data: Path, models: Path, name: str, **overrides) -> Recipe:
+    settings = dict(backbone="tinyvgg", data=str(data), models_dir=str(models), image_size=32, epochs=2,
+                    unfreeze_after=1, batch_size=8, workers=0, weights="none", lr=3e-3, finetune_lr=1e-3, name=name)
+    return Recipe(**{**settings, **overrides})
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [*map(str, args)])
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Two tinyvgg teachers on three colour classes, and a `predict --probs` CSV over 12 unlabelled images."""
+    root = tmp_path_factory.mktemp("distill")
+    data = write_labelled_folder(root / "labelled")
+    models = root / "models"
+    for seed in range(2):
+        finetune(recipe(data, models, f"t{seed}", seed=seed), quiet=True)
+    for index, tint in enumerate(COLOUR_CLASSES.values()):
+        write_good_images(root / "unlabelled" / f"c{index}", 4, tint=tint, seed=20 + index)
+    preds = root / "preds.csv"
+    result = cli("predict", root / "unlabelled", "--out", preds, "--models-dir", models, "--workers", 0, "-q", "--probs")
+    assert result.exit_code == 0, result.output
+    return data, models, preds
+
+
+@pytest.fixture
+def run(teachers, tmp_path):
+    """A copy of the teachers' models folder (the student fine-tunes into it, on the same split) and the CSV."""
+    data, models, preds = teachers
+    shutil.copytree(models, tmp_path / "models")
+    return data, tmp_path / "models", preds
+
+
+def test_labelled_targets_are_what_label_smoothing_trains_towards():
+    logits = torch.randn(5, 4)
+    labels = torch.tensor([0, 3, 1, 1, 2])
+    targets = torch.from_numpy(np.stack([smoothed(int(label), 4, 0.1) for label in labels]))
+    torch.testing.assert_close(torch.nn.functional.cross_entropy(logits, targets),
+                               torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
+
+
+def test_student_trains_on_every_readable_row_with_the_ensembles_probabilities(run, monkeypatch):
+    data, models, preds = run
+    frame = pd.read_csv(preds)
+    seen = {}
+    from quorum.train import run as run_module
+
+    original = run_module.TrainingRun.__init__
+
+    def spy(self, *args, **kwargs):  # the real constructor; only remember what it made
+        original(self, *args, **kwargs)
+        seen["train"] = dict(self.train_set.items)
+        seen["val"] = [path for path, _ in self.val_set.items]
+
+    monkeypatch.setattr(run_module.TrainingRun, "__init__", spy)
+    model_dir = finetune(recipe(data, models, "student", distill=str(preds)), quiet=True)
+    classes = sorted(COLOUR_CLASSES)
+    for path, row in zip(frame["path"], frame[[f"p_{c}" for c in classes]].to_numpy()):
+        target = seen["train"][str(preds.parent / "unlabelled" / path)]
+        np.testing.assert_allclose(target, row / row.sum(), atol=1e-6)  # the CSV's probabilities, as given
+    labelled = [target for path, target in seen["train"].items() if not Path(path).is_absolute()]
+    assert labelled and all(target.max() == pytest.approx(0.9 + 0.1 / 3) for target in labelled)
+    assert not {str(preds.parent / "unlabelled" / p) for p in frame["path"]} & set(seen["val"])
+    info = json.loads((model_dir / "model.json").read_text())["distill"]
+    assert info["added"] == 12 and info["rows"] == 12 and info["teachers"] == ["t0", "t1"] and info["digest"]
+    assert info["left_out"] == {"unreadable": 0, "unknown": 0}
+    # An ordinary bundle: predict runs it alone.
+    result = cli("predict", preds.parent / "unlabelled", "--out", models.parent / "s.csv", "--models-dir", models,
+                 "--model", "student", "--workers", 0, "-q")
+    assert result.exit_code == 0, result.output
+
+
+def test_rows_flagged_unknown_and_unreadable_are_left_out_and_counted(run, tmp_path):
+    data, models, preds = run
+    frame = pd.read_csv(preds, keep_default_na=False)
+    frame["unknown"] = [index < 3 for index in range(len(frame))]
+    edited = tmp_path / "flagged.csv"
+    frame.to_csv(edited, index=False)
+    shutil.copy(preds.with_name("preds.csv.json"), edited.with_name("flagged.csv.json"))
+    model_dir = finetune(recipe(data, models, "student", epochs=1, distill=str(edited)), quiet=True)
+    info = json.loads((model_dir / "model.json").read_text())["distill"]
+    assert info["added"] == 9 and info["left_out"] == {"unreadable": 0, "unknown": 3}
+
+
+def test_a_csv_without_probabilities_is_one_error_line(run, tmp_path):
+    data, models, _ = run
+    plain = tmp_path / "plain.csv"
+    result = cli("predict", Path(run[2]).parent / "unlabelled", "--out", plain, "--models-dir", models, "--workers", 0,
+                 "-q")
+    assert result.exit_code == 0, result.output
+    result = cli("finetune", "tinyvgg", "--data", data, "--models-dir", models, "--image-size", 32, "--epochs", 1,
+                 "--weights", "none", "--workers", 0, "--name", "x", "--distill", plain)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: --distill {plain} has no p_<class> columns: write it with quorum predict FOLDER "
+                             f"--out {plain} --probs\n")
+    assert not (models / "x").exists() and not (models / ".x.partial").exists()
+
+
+def test_a_changed_file_and_the_labelled_folder_are_refused_by_name(run, tmp_path):
+    data, models, preds = run
+    changed = pd.read_csv(preds)["path"].iloc[0]
+    target = preds.parent / "unlabelled" / changed
+    original = target.read_bytes()
+    try:
+        target.write_bytes(original + b"\0")
+        with pytest.raises(QuorumError, match=f"changed since {preds} was written \\({changed}\\)"):
+            finetune(recipe(data, models, "student", distill=str(preds)), quiet=True)
+    finally:
+        target.write_bytes(original)
+    on_labelled = tmp_path / "on_labelled.csv"
+    result = cli("predict", data, "--out", on_labelled, "--models-dir", models, "--workers", 0, "-q", "--probs")
+    assert result.exit_code == 0, result.output
+    with pytest.raises(QuorumError, match=f"--distill {on_labelled} has 24 file\\(s\\) of the labelled folder {data}"):
+        finetune(recipe(data, models, "student", distill=str(on_labelled)), quiet=True)
+
+
+def test_distill_with_pseudo_labels_is_refused_before_torch_loads(tmp_path):
+    result = cli("finetune", "tinyvgg", "--data", tmp_path, "--distill", tmp_path / "a.csv", "--pseudo-labels",
+                 tmp_path / "b.csv")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: --distill and --pseudo-labels both add the unlabelled images: give one of them\n"
