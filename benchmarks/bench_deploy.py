@@ -1,0 +1,233 @@
+"""One model to ship (issue 22): students distilled from the ensemble, and int8 graphs, against the members.
+
+    python benchmarks/bench_deploy.py [--steps train predict students int8 speed] [--out FILE]
+
+1. Data: the recipe benchmark's Fashion-MNIST slice (100 labelled images per class, which quorum splits 80/20),
+   3,000 unlabelled images (300 per class, disjoint) and 2,000 test images (benchmarks/fashion_mnist.py).
+2. Teachers: the Lite trio (EfficientNet-Lite0/1/2 at 96 px, 4 frozen + 4 unfrozen epochs, offline ImageNet
+   weights), each trained by `quorum finetune` in its own process on one thread, as a user would.
+3. `quorum predict UNLABELLED --probs`, then students of two sizes, `quorum finetune timm/tf_efficientnet_lite0`
+   and `..._lite2 --distill` on that CSV (same 4+4 plan, same split).
+4. `quorum export --int8` for every model; accuracy (validation and test), agreement with the teachers' vote,
+   ms per image (graph alone, random pixels, batch 32) and MB, float32 and int8.
+5. Speed: the reference trio (mobilenet_v2 at 64 and 224 px, resnet50 at 224; random weights, heads trained as
+   benchmarks/members.py does: speed does not depend on the weights) float32 against int8 graphs, and
+   `quorum predict --engine onnx` / `--engine int8` against the naive way on the predict benchmark's photos.
+Everything made is kept under benchmarks/data/deploy/ and reused.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_predict import _round_folders, naive_predict
+from fashion_mnist import DATA, ROOT, make_slice
+from make_photos import make_labelled_set, make_predict_set
+from members import build, trios
+
+from quorum.data.images import find_images
+from quorum.models import onnx_export
+from quorum.models.bundle import INT8_ONNX, ONNX, read_info
+from quorum.models.inference import engine_threads, onnx_session
+from quorum.models.quantize import quantize_graph, quantize_models
+from quorum.predict.pipeline import predict
+
+RUNS = DATA / "deploy"
+MODELS = RUNS / "models"
+TEACHERS = ("lite0", "lite1", "lite2")
+STUDENTS = ("student-lite0", "student-lite2")
+STEPS = ("train", "predict", "students", "int8", "speed")
+
+
+def quorum(*args: str) -> None:
+    """A quorum command in its own process on one thread, as a user runs it (nice: the machine is shared)."""
+    subprocess.run(["nice", "-n", "10", sys.executable, "-m", "quorum", *args], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finetune(name: str, lite: int, train: Path, weights_dir: Path, *extra: str) -> None:
+    if (MODELS / name / "model.json").is_file():
+        return
+    quorum("finetune", f"timm/tf_efficientnet_lite{lite}", "--data", str(train), "--image-size", "96", "--epochs",
+           "8", "--unfreeze-after", "4", "--weights", str(weights_dir / f"tf_efficientnet_lite{lite}.safetensors"),
+           "--models-dir", str(MODELS), "--name", name, "--workers", "0", "--device", "cpu", "--quiet", *extra)
+
+
+def scores(test: Path, model_dirs: list[Path]) -> list[list[str]]:
+    """Per model, float32 and int8: val and test accuracy, agreement with the teachers' float32 vote."""
+    frames = {engine: predict(test, model_dirs, engine=engine, device="cpu", quiet=True, workers=2)
+              for engine in ("onnx", "int8")}
+    truth = frames["onnx"]["path"].str.split("/").str[0].to_numpy()
+    teachers = predict(test, [MODELS / name for name in TEACHERS], engine="onnx", device="cpu", quiet=True,
+                       workers=2)
+    vote = teachers["prediction"].to_numpy()
+    rows = [["vote of the 3 teachers (fp32)", "", f"{(vote == truth).mean():.2%}", "100%"]]
+    for model_dir in model_dirs:
+        info = read_info(model_dir)
+        for engine, label in (("onnx", "fp32"), ("int8", "int8")):
+            predicted = frames[engine][f"{model_dir.name}_prediction"].to_numpy()
+            val = info.raw["int8"][f"val_accuracy_{label}"]
+            rows.append([f"{model_dir.name} {label}", f"{val:.1%}", f"{(predicted == truth).mean():.2%}",
+                         f"{(predicted == vote).mean():.1%}"])
+    return rows
+
+
+class RandomBatches:
+    """Calibration for graphs whose speed alone is measured: a few batches of random normalised pixels."""
+
+    def __init__(self, size: int, batches: int = 4):
+        generator = np.random.default_rng(0)
+        self.batches = iter([{"pixels": generator.normal(size=(8, 3, size, size)).astype(np.float32)}
+                             for _ in range(batches)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantize_for_speed(model_dir: Path) -> None:
+    """model.int8.onnx for a model whose training images don't matter (random weights, speed only)."""
+    if not onnx_export.is_current(model_dir):
+        onnx_export.export_onnx(model_dir)
+    if not onnx_export.is_current(model_dir, graph=INT8_ONNX):
+        quantize_graph(model_dir / ONNX, model_dir / INT8_ONNX, RandomBatches(read_info(model_dir).image_size))
+        onnx_export.tag_weights(model_dir / INT8_ONNX, onnx_export.weights_digest(model_dir))
+
+
+def graph_speeds(model_dir: Path, repeats: int = 5, batch: int = 32) -> tuple[float, float]:
+    """images/s of model.onnx and model.int8.onnx on random pixels, interleaved, median of `repeats`."""
+    size = read_info(model_dir).image_size
+    x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+    sessions = [onnx_session(model_dir / graph, engine_threads()) for graph in (ONNX, INT8_ONNX)]
+    speeds = [[], []]
+    for session in sessions:
+        session.run(None, {"pixels": x})
+    for repeat in range(repeats):
+        for k in (0, 1) if repeat % 2 == 0 else (1, 0):
+            n, began = 0, time.perf_counter()
+            while n < 2 or time.perf_counter() - began < 1.0:
+                sessions[k].run(None, {"pixels": x})
+                n += 1
+            speeds[k].append(n * batch / (time.perf_counter() - began))
+    return statistics.median(speeds[0]), statistics.median(speeds[1])
+
+
+def speed_rows(model_dirs: list[Path]) -> list[list[str]]:
+    rows = []
+    for model_dir in model_dirs:
+        fp32, int8 = graph_speeds(model_dir)
+        size_mb = [(model_dir / graph).stat().st_size / 1e6 for graph in (ONNX, INT8_ONNX)]
+        rows.append([model_dir.name, f"{1000 / fp32:.2f}", f"{1000 / int8:.2f}", f"{int8 / fp32:.2f}x",
+                     f"{size_mb[0]:.1f}", f"{size_mb[1]:.1f}"])
+    return rows
+
+
+def predict_speeds(folder: Path, model_dirs: list[Path], tie_breaker: str, rounds: int) -> dict[str, float]:
+    """images/s for the naive way, `--engine onnx` and `--engine int8` on the same photos, in turns."""
+    paths = find_images(folder)
+    for path in paths:
+        path.read_bytes()  # every way then reads from the page cache
+    parts = _round_folders(folder, paths, rounds)
+    tie = [path.name for path in model_dirs].index(tie_breaker)
+    ways = ["naive", "onnx", "int8"]
+    for engine in ways[1:]:  # warm-up: sessions, kernels
+        predict(parts[0], model_dirs, tie_breaker=tie_breaker, device="cpu", engine=engine, quiet=True, workers=2)
+    seconds = dict.fromkeys(ways, 0.0)
+    for number, part in enumerate(parts):
+        for way in ways[number % 3:] + ways[:number % 3]:
+            began = time.perf_counter()
+            if way == "naive":
+                naive_predict(find_images(part), model_dirs, tie, 32, 2)
+            else:
+                predict(part, model_dirs, tie_breaker=tie_breaker, device="cpu", engine=way, quiet=True, workers=2)
+            seconds[way] += time.perf_counter() - began
+    return {way: len(paths) / s for way, s in seconds.items()}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(row) + " |" for row in rows], ""]
+
+
+def _step(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    began, load = time.perf_counter(), os.getloadavg()[0]
+    data = make_slice(100, 200, 300)
+    preds = RUNS / "unlabelled.csv"
+    lines = []
+    if "train" in args.steps:
+        _step("teachers")
+        for lite, name in enumerate(TEACHERS):
+            finetune(name, lite, data.train, args.weights_dir)
+    if "predict" in args.steps and not preds.is_file():
+        _step("predict --probs on the unlabelled images")
+        quorum("predict", str(data.unlabelled), "--out", str(preds), "--models-dir", str(MODELS), "--probs", "-q",
+               *[part for name in TEACHERS for part in ("--model", name)])
+    if "students" in args.steps:
+        _step("students")
+        for name in STUDENTS:
+            finetune(name, int(name[-1]), data.train, args.weights_dir, "--distill", str(preds))
+    models = [MODELS / name for name in (*TEACHERS, *STUDENTS) if (MODELS / name / "model.json").is_file()]
+    if "int8" in args.steps:
+        _step("int8 graphs and scores")
+        quantize_models(models, quiet=True)
+        lines += [f"Accuracy on the validation split ({read_info(models[0]).raw['split']['val_images']} images) and on "
+                  f"{len(find_images(data.test))} test images; agreement = share of test images where the model's "
+                  "label is the teachers' vote's:", ""]
+        lines += _table(["model", "val", "test", "agrees with the vote"], scores(data.test, models))
+    if "speed" in args.steps:
+        _step("graph speeds")
+        labelled = make_labelled_set()
+        reference = next(t for t in trios(DATA / "models", labelled, args.weights_dir,
+                                          {"reference": (64, 224, 224), "pretrained": (64, 224, 260)}, 20, 2)
+                         if t.name == "reference")
+        reference_dirs = build(reference)
+        for model_dir in reference_dirs:
+            quantize_for_speed(model_dir)
+        lines += [f"Graph speed under ONNX Runtime ({engine_threads()} threads, no spinning): ms per image on random "
+                  "pixels, batch 32, float32 and int8 interleaved, median of 5 one-second runs:", ""]
+        lines += _table(["model", "fp32 ms/image", "int8 ms/image", "int8 speed-up", "fp32 MB", "int8 MB"],
+                        speed_rows([*models, *reference_dirs]))
+        _step("predict against the naive way")
+        folder = make_predict_set(args.images)
+        speeds = predict_speeds(folder, reference_dirs, reference.tie_breaker, args.rounds)
+        lines += [f"`quorum predict` with the reference trio on {args.images} photos (500x375 JPEG) against the naive "
+                  "way (each member decodes the folder alone, torch), in turns:", ""]
+        lines += _table(["way", "images/s", "vs naive"],
+                        [[way, f"{s:.1f}", f"{s / speeds['naive']:.2f}x"] for way, s in speeds.items()])
+    command = " ".join(["python benchmarks/bench_deploy.py", *sys.argv[1:]])
+    header = ["## One model to ship: students and int8 (issue 22)", "",
+              f"`{command}`: {(time.perf_counter() - began) / 60:.0f} min on {os.cpu_count()} cores, load average "
+              f"{load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    report = "\n".join(header + lines)
+    print(report)
+    if args.out:
+        args.out.write_text(report + "\n")
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
+    parser.add_argument("--images", type=int, default=1000, help="photos in the predict set (default 1000)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--weights-dir", type=Path, default=ROOT.parent / "shared" / "weights")
+    parser.add_argument("--out", type=Path, help="write the section to this file too")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
