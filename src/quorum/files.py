@@ -1,8 +1,19 @@
 """Atomic writes (a file is either its old self or complete, never half-written), locks for what two
-runs could share, and the check that a path stays inside a folder."""
+runs could share, the check that a path stays inside a folder, and the format every quorum CSV is
+written and read in.
+
+CSV: RFC 4180, rows ended by CRLF. Python's csv writer quotes a field holding any character of the
+line terminator, so with CRLF a `\r` or `\n` in a file name is quoted and reads back as one field
+(with pandas' default "\n" a bare `\r` went out unquoted and split the row). A text cell that a
+spreadsheet would run as a formula (it starts with = + - @, tab or CR: OWASP's CSV-injection list)
+is written with a `'` in front, as OWASP advises; so is a cell that starts with `'` itself, which
+makes the prefix reversible: `read_csv` removes one leading `'` from every text cell and header, so
+quorum reads back exactly the names it wrote. Another program reading the file sees the `'`.
+"""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -51,9 +62,55 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+TEXT_PREFIX = "'"
+
+
+def spreadsheet_safe(value):
+    """A text cell a spreadsheet shows as text: `'` before a formula start (and before a `'`)."""
+    if isinstance(value, str) and value.startswith((*FORMULA_START, TEXT_PREFIX)):
+        return TEXT_PREFIX + value
+    return value
+
+
+def original_text(value):
+    """What `spreadsheet_safe` was given."""
+    return value[1:] if isinstance(value, str) and value.startswith(TEXT_PREFIX) else value
+
+
+def csv_text(frame, path: Path | None = None) -> str | None:
+    """The frame as quorum's CSV (module docstring): written to `path`, or returned as text."""
+    safe = frame.rename(columns=spreadsheet_safe)
+    for column in _text_columns(safe):
+        safe[column] = safe[column].map(spreadsheet_safe)
+    return safe.to_csv(path, index=False, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+
+
 def write_csv(path: Path, frame) -> None:
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+        csv_text(frame, tmp)
+
+
+def read_csv(path: Path, **options):
+    """A CSV `write_csv` wrote, with every text cell and header as it was given. `options` go to
+    `pandas.read_csv`; column names in `dtype` and `na_values` are the original ones."""
+    import pandas as pd
+
+    for key in ("dtype", "na_values"):
+        if isinstance(options.get(key), dict):
+            options[key] = {spreadsheet_safe(name): value for name, value in options[key].items()}
+    frame = pd.read_csv(path, **options)
+    frame.columns = [original_text(name) for name in frame.columns]
+    for column in _text_columns(frame):
+        frame[column] = frame[column].map(original_text)
+    return frame
+
+
+def _text_columns(frame) -> list:
+    """Columns that may hold text: object, or pandas' string dtype (numbers are never prefixed)."""
+    import pandas as pd
+
+    return [name for name, dtype in frame.dtypes.items() if dtype == object or isinstance(dtype, pd.StringDtype)]
 
 
 def fingerprint(path: Path) -> str:

@@ -167,7 +167,7 @@ def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: 
 def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fraction: float, seed: int,
                   resplit: bool, workers: int) -> tuple[pd.DataFrame, bool]:
     if split_path.is_file() and not resplit:
-        table = pd.read_csv(split_path, keep_default_na=False, dtype=str)
+        table = files.read_csv(split_path, keep_default_na=False, dtype=str)
         saved_files = set(zip(table.path, table.label))
         current_files = set(zip(current.path, current.label))
         if saved_files != current_files:
@@ -181,7 +181,7 @@ def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fract
             )
         is_new = False
     else:
-        before = set(pd.read_csv(split_path, keep_default_na=False, dtype=str).label) if split_path.is_file() else None
+        before = set(files.read_csv(split_path, keep_default_na=False, dtype=str).label) if split_path.is_file() else None
         table = make_split(root, val_fraction, seed, workers, scanned=current)
         new = _new_labels(before, table) if before is not None else []
         if new:  # e.g. a class folder a person made while sorting `quorum review`'s images

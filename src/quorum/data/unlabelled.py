@@ -117,8 +117,8 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     if not 0 < min_agreement <= 1:
         raise QuorumError(f"--pseudo-min-agreement must be above 0 and at most 1 (got {min_agreement})")
     try:
-        frame = pd.read_csv(csv, dtype={"path": object, "prediction": object, "status": object},
-                            keep_default_na=False, na_values={"agreement": [""]})
+        frame = files.read_csv(csv, dtype={"path": object, "prediction": object, "status": object},
+                               keep_default_na=False, na_values={"agreement": [""]})
         frame = frame[["path", "prediction", "agreement", "status"]]
     except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         raise QuorumError(f"--pseudo-labels {csv} is not a quorum predict CSV (it needs path, prediction, "

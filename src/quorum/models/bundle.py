@@ -126,7 +126,7 @@ def read_val_predictions(model_dir: Path, classes: tuple[str, ...]) -> tuple[lis
     model_dir = Path(model_dir)
     path = model_dir / VAL_PREDICTIONS
     try:
-        frame = pd.read_csv(path, keep_default_na=False)
+        frame = files.read_csv(path, keep_default_na=False)
         index = {name: i for i, name in enumerate(classes)}
         y_true = np.array([index[label] for label in frame["true_label"]], dtype=int)
         probs = frame[[f"p_{name}" for name in classes]].to_numpy(float)

@@ -147,10 +147,10 @@ def read_predictions(path: Path, names: list[str] | None = None) -> pd.DataFrame
 
     Without `names`, the members are the columns with a `<name>_prediction` and `<name>_confidence`.
     """
-    header = pd.read_csv(path, nrows=0).columns.tolist()
+    header = files.read_csv(path, nrows=0).columns.tolist()
     names = members_of(header) if names is None else names
     labels = ["path", "prediction", "decided_by", "status", "error", *(member_columns(name)[0] for name in names)]
-    frame = pd.read_csv(path, dtype={column: object for column in labels}, keep_default_na=False, na_values=[""])
+    frame = files.read_csv(path, dtype={column: object for column in labels}, keep_default_na=False, na_values=[""])
     return typed(frame, names)
 
 

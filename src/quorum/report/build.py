@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from quorum import files
 from quorum.console import console, say
 from quorum.errors import QuorumError
 from quorum.models.bundle import HISTORY, WEIGHTS, ModelInfo
@@ -158,7 +159,7 @@ def validation_scores(infos: list[ModelInfo], notes: list[str]) -> tuple[Labelle
 
 
 def read_histories(infos: list[ModelInfo]) -> dict[str, pd.DataFrame]:
-    return {info.path.name: pd.read_csv(info.path / HISTORY) for info in infos if (info.path / HISTORY).is_file()}
+    return {info.path.name: files.read_csv(info.path / HISTORY) for info in infos if (info.path / HISTORY).is_file()}
 
 
 class _Members:

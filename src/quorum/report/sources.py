@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quorum import files
 from quorum.calibration import calibrate
 from quorum.data.split import scan_labelled
 from quorum.data.unlabelled import check_predictions_csv
@@ -110,7 +111,7 @@ def read_preds(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """A `quorum predict` CSV and its member names (from the `<name>_prediction` columns)."""
     path = check_predictions_csv(path, "--preds")
     try:
-        header = pd.read_csv(path, nrows=0).columns
+        header = files.read_csv(path, nrows=0).columns
         missing = [column for column in VOTE_COLUMNS + STATUS_COLUMNS if column not in header]
         frame = None if missing else read_predictions(path)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, ValueError, TypeError) as exc:

@@ -182,7 +182,7 @@ class TrainingRun:
         # Kept for the checkpoint, not written: the checkpoint is the one file that commits an epoch,
         # so a crash can never pair one epoch's weights with another's metrics.
         self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        self.best_predictions = frame.to_csv(index=False)
+        self.best_predictions = files.csv_text(frame)
 
     def state(self, epoch: int) -> dict:
         return {"epoch": epoch, "phase": self.phase, "recipe": self.recipe.as_dict(),
