@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from quorum import files
 from quorum.errors import QuorumError
 
 
@@ -18,6 +19,10 @@ def user_errors(command):
             return command(*args, **kwargs)
         except QuorumError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a full disk or a read-only folder where no check could see it coming
+            if (error := files.no_room(exc, exc.filename)) is None:
+                raise
+            raise click.ClickException(str(error)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted: finished files are kept, nothing half-written was left.", err=True)
             sys.exit(130)
@@ -100,6 +105,7 @@ def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, l
                     workers=workers, cache_features=not no_cache, norm_stats=norm_stats, pseudo_labels=pseudo_labels,
                     pseudo_min_agreement=pseudo_min_agreement, distill=distill)
     recipe.check()  # a mistake costs well under a second: importing torch takes several
+    files.check_can_write(models_dir, "--models-dir")
     if pseudo_labels is not None:
         check_predictions_csv(pseudo_labels, "--pseudo-labels")
     if distill is not None:
@@ -403,6 +409,7 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
     if preds is not None:
         check_predictions_csv(preds, "--preds")  # before torch loads
     check_engine(engine, device)
+    files.check_can_write(out, "--out")
     from quorum.console import say
     from quorum.report.build import build_report, print_table
     from quorum.report.html import write_report

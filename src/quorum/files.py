@@ -14,9 +14,11 @@ quorum reads back exactly the names it wrote. Another program reading the file s
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -33,15 +35,56 @@ def atomic_path(path: Path) -> Iterator[Path]:
     Durable too: the data reach the disk before the rename, and the rename before we return,
     so a power cut leaves the old file or the new one, never an empty one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         fsync(tmp)
         os.replace(tmp, path)
         fsync(path.parent)
+    except OSError as exc:
+        error = no_room(exc, path)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even this: there is nothing to remove
+            pass
+
+
+# The write failures a person fixes outside quorum, and how.
+NO_ROOM = {
+    errno.ENOSPC: "free some space or write elsewhere, then run again",
+    errno.EDQUOT: "free some space or write elsewhere, then run again",
+    errno.EFBIG: "the file system (or ulimit -f) allows no file this large: write elsewhere",
+    errno.EROFS: "choose a folder you can write",
+    errno.EACCES: "choose a folder you can write",
+    errno.EPERM: "choose a folder you can write",
+}
+
+
+def no_room(exc: OSError, path: Path) -> QuorumError | None:
+    """A full disk, a quota, a read-only folder: one line naming the file and the fix; None for other errors."""
+    if exc.errno not in NO_ROOM:
+        return None
+    return QuorumError(f"cannot write {path}: {(exc.strerror or 'failed').lower()}; {NO_ROOM[exc.errno]}")
+
+
+def check_can_write(folder: Path, option: str) -> None:
+    """Fail now, before models load, if no file can be made in `folder` (or, where it does not exist
+    yet, in the folder above it that does, where it would be made)."""
+    folder = Path(folder)
+    existing = next((p for p in (folder.absolute(), *folder.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise QuorumError(f"cannot write {folder}: {existing} is a file, not a folder; choose another {option}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".quorum-", suffix=".check"):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise QuorumError(f"cannot write {folder}: {reason}; choose another {option}") from None
 
 
 def fsync(path: Path) -> None:

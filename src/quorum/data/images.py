@@ -98,10 +98,10 @@ def scan_images(folder: Path) -> Scan:
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
-                    skipped[HIDDEN_FOLDER if entry.is_dir() else "hidden"] += 1
-                elif entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
+                    skipped[HIDDEN_FOLDER if _is_folder(entry) else "hidden"] += 1
+                elif entry.is_symlink() and _leads_outside(entry, root):
                     skipped[LINK_OUTSIDE] += 1
-                elif entry.is_dir():  # follows links
+                elif _is_folder(entry):  # follows links
                     walk(Path(entry.path))
                 elif (suffix := Path(entry.name).suffix.lower()) in extensions:
                     found.append(Path(entry.path))
@@ -110,7 +110,39 @@ def scan_images(folder: Path) -> Scan:
         on_path.pop()
 
     walk(folder)
+    check_utf8_names(folder, found)
     return Scan(sorted(found, key=lambda p: p.relative_to(folder).as_posix()), skipped)
+
+
+def _leads_outside(link: os.DirEntry, root: Path) -> bool:
+    try:
+        return not Path(link.path).resolve().is_relative_to(root)
+    except RuntimeError:  # a link loop (Python 3.11 says so this way) leads nowhere: a broken link
+        return False
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """A link in a loop (ELOOP) is a broken link, as a dangling one is: not a folder. If it is named
+    like an image it gets a row that says why it cannot be read, as a dangling link does."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def check_utf8_names(folder: Path, paths: list[Path]) -> None:
+    """quorum's CSVs and JSON are UTF-8: a name that is not (bytes from another system's encoding)
+    could not be written there, nor matched again, so it is refused by name before any work."""
+    wrong = []
+    for path in paths:
+        try:
+            path.relative_to(folder).as_posix().encode("utf-8")
+        except UnicodeEncodeError:
+            wrong.append(os.fsencode(path.relative_to(folder)).decode("utf-8", "backslashreplace"))
+    if wrong:
+        listed = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise QuorumError(f"{len(wrong)} file name(s) in {folder} are not UTF-8 ({listed}): rename them, "
+                          f"e.g. convmv -f latin1 -t utf-8 -r --notest {folder}")
 
 
 def find_images(folder: Path) -> list[Path]:

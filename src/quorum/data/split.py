@@ -22,6 +22,7 @@ from quorum.data.images import (
     HIDDEN_FOLDER,
     Scan,
     UnreadableImage,
+    check_utf8_names,
     load_rgb,
     scan_images,
 )
@@ -64,6 +65,7 @@ def scan_labelled_counting(root: Path) -> tuple[pd.DataFrame, Scan]:
     for subset in (("train", "val") if has_given_split else ("",)):
         base = root / subset
         class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        check_utf8_names(base, class_dirs)  # a class name is a label in every CSV and model.json
         if not class_dirs:
             raise QuorumError(f"{base} has no class sub-folders: put each class's images in {base}/<class>/")
         # Beside the class folders: files (a README), hidden folders; counted as a scan counts them.

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from quorum import files
 from quorum.data.preprocess import Preprocessing
@@ -107,14 +108,20 @@ def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[Cla
     try:
         model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS)))
     except Exception as exc:
-        raise QuorumError(f"cannot load the weights of {model_dir} ({str(exc).splitlines()[0]}): fine-tune it again") from None
+        raise unreadable_weights(model_dir, exc) from None
     return model.to(device).eval(), info
+
+
+def unreadable_weights(model_dir: Path, exc: Exception) -> QuorumError:
+    """The one wording for weights that cannot be read, wherever they are read (loaded, sized, hashed)."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    return QuorumError(f"cannot load the weights of {model_dir} ({reason}): fine-tune it again")
 
 
 def save_weights(model: Classifier, model_dir: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with files.atomic_path(Path(model_dir) / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
+        tmp.write_bytes(safetensors_bytes(state))  # a plain write: a full disk is an OSError, not safetensors' own error
 
 
 def write_model_json(model_dir: Path, info: dict) -> None:

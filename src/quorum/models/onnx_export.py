@@ -23,7 +23,7 @@ import torch
 from quorum import files
 from quorum.console import say
 from quorum.errors import QuorumError
-from quorum.models.bundle import ONNX, WEIGHTS, load_model
+from quorum.models.bundle import ONNX, WEIGHTS, load_model, unreadable_weights
 from quorum.models.inference import onnx_session
 
 OPSET = 18
@@ -36,7 +36,10 @@ class OnnxUnavailable(QuorumError):
 
 
 def weights_digest(model_dir: Path) -> str:
-    return files.sha256(Path(model_dir) / WEIGHTS)
+    try:
+        return files.sha256(Path(model_dir) / WEIGHTS)
+    except OSError as exc:  # e.g. model.safetensors deleted after the export
+        raise unreadable_weights(model_dir, exc) from None
 
 
 def is_current(model_dir: Path, digest: str | None = None, graph: str = ONNX) -> bool:

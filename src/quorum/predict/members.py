@@ -25,6 +25,7 @@ from quorum.models.bundle import (
     find_unfinished,
     load_model,
     read_info,
+    unreadable_weights,
 )
 from quorum.models.engine import ONNX_RUNTIME, resolve_engine
 from quorum.models.inference import (
@@ -166,9 +167,8 @@ def cost(info: ModelInfo) -> float:
     try:
         with safe_open(str(info.path / WEIGHTS), framework="pt") as weights:
             numbers = sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
-    except Exception as exc:  # worded as bundle.load_model words it
-        raise QuorumError(f"cannot load the weights of {info.path} ({str(exc).splitlines()[0]}): "
-                          "fine-tune it again") from None
+    except Exception as exc:
+        raise unreadable_weights(info.path, exc) from None
     return float(numbers) * info.image_size**2
 
 

@@ -126,6 +126,7 @@ def _check_new_folder(out: Path) -> None:
         raise QuorumError(f"--out {out} already exists: give a new folder (a review folder is written whole)")
     if not out.parent.is_dir():
         raise QuorumError(f"cannot write {out}: {out.parent} does not exist; create it or choose another --out")
+    files.check_can_write(out.parent, "--out", out)  # before the CSV is read: a mistake costs a second
 
 
 def _check_labels(csv: Path, labels: pd.Series, classes: list[str] | None) -> None:

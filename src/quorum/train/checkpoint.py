@@ -15,8 +15,31 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def save(work_dir: Path, state: dict) -> None:
-    with atomic_path(Path(work_dir) / CHECKPOINT) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(Path(work_dir) / CHECKPOINT) as tmp, open(tmp, "wb") as file:
+        writer = _KeepsWriteErrors(file)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:  # torch words a full disk as "enforce fail ... unexpected pos": say what it was
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+class _KeepsWriteErrors:
+    """A file for torch.save that remembers the OSError (ENOSPC, EFBIG, ...) torch's writer swallows."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def load(work_dir: Path) -> dict:
