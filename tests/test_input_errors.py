@@ -53,7 +53,7 @@ def tmpfs(path: Path, options: str):
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=True)
+        subprocess.run(["umount", "--lazy", str(path)], check=True)  # lazy: a file a failed run left open
 
 
 @pytest.fixture

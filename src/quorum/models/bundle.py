@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from quorum import files
-from quorum.data.preprocess import Preprocessing
+from quorum.data.preprocess import INTERPOLATIONS, Preprocessing
 from quorum.errors import QuorumError
 from quorum.models.classifier import Classifier
 from quorum.models.registry import get_backbone
@@ -89,15 +90,59 @@ def read_info(model_dir: Path) -> ModelInfo:
     model_dir = Path(model_dir)
     try:
         raw = json.loads((model_dir / MODEL_JSON).read_text())
-        return ModelInfo(
-            path=model_dir, name=raw["name"], backbone=raw["backbone"], image_size=int(raw["image_size"]),
-            mean=tuple(raw["mean"]), std=tuple(raw["std"]), classes=tuple(raw["classes"]),
-            metrics=raw.get("metrics", {}), raw=raw,
-        )
     except FileNotFoundError:
         raise QuorumError(f"{model_dir} is not a quorum model (no {MODEL_JSON}): fine-tune one with quorum finetune") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise QuorumError(f"{model_dir / MODEL_JSON} is broken ({exc!r}): fine-tune the model again") from None
+    check_model_json(raw, model_dir / MODEL_JSON)
+    return ModelInfo(path=model_dir, name=raw["name"], backbone=raw["backbone"], image_size=raw["image_size"],
+                     mean=tuple(raw["mean"]), std=tuple(raw["std"]), classes=tuple(raw["classes"]),
+                     metrics=raw.get("metrics", {}), raw=raw)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rgb(values, above_zero: bool = False) -> bool:
+    return (isinstance(values, list) and len(values) == 3 and all(_number(v) for v in values)
+            and (not above_zero or all(v > 0 for v in values)))
+
+
+def _class_names(values) -> bool:
+    return (isinstance(values, list) and len(values) > 0 and all(isinstance(v, str) and v for v in values)
+            and len(set(values)) == len(values))
+
+
+# model.json's schema: key -> (required, check, what the value must be). Every value decides what
+# pixels a model sees or what its outputs mean, so an edited one would change labels silently.
+SCHEMA = {
+    "name": (True, lambda v: isinstance(v, str) and v, "a non-empty string"),
+    "backbone": (True, lambda v: isinstance(v, str) and v, "a backbone name (quorum backbones lists them)"),
+    "image_size": (True, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                   "a positive whole number of pixels"),
+    "mean": (True, _rgb, "a list of 3 numbers, one per RGB channel"),
+    "std": (True, lambda v: _rgb(v, above_zero=True), "a list of 3 numbers above 0, one per RGB channel"),
+    "crop_fraction": (False, lambda v: _number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
+    "interpolation": (False, lambda v: v in INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}"),
+    "classes": (True, _class_names, "a non-empty list of distinct class names"),
+    "metrics": (False, lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def check_model_json(raw, path: Path) -> None:
+    """One error naming the file, the key and the fix for the first value that breaks SCHEMA."""
+    fix = "restore the file or fine-tune the model again"
+    if not isinstance(raw, dict):
+        raise QuorumError(f"{path} is not a JSON object: {fix}")
+    for key, (required, valid, must_be) in SCHEMA.items():
+        if key not in raw:
+            if required:
+                raise QuorumError(f"{path} has no {key} (it must be {must_be}): {fix}")
+        elif not valid(raw[key]):
+            shown = json.dumps(raw[key])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise QuorumError(f"{path}: {key} is {shown}; it must be {must_be}: {fix}")
 
 
 def load_model(model_dir: Path, device: str | torch.device = "cpu") -> tuple[Classifier, ModelInfo]:

@@ -150,13 +150,23 @@ def load_members(infos: list[ModelInfo], device: torch.device, engines: list[str
     for info, engine in zip(infos, engines):
         if engine in ONNX_RUNTIME:
             graph = info.path / (INT8_ONNX if engine == "int8" else ONNX)
-            run = OnnxInference(onnx_session(graph, threads or cpu_cores()), info.preprocessing)
+            session = onnx_session(graph, threads or cpu_cores())
+            check_input_size(session, info, graph)
+            run = OnnxInference(session, info.preprocessing)
         else:
             model, _ = load_model(info.path, device)
             run = TorchInference(model, info.preprocessing, device, channels_last=True)
         run = Calibrated(run, temperature(info, quiet))
         members.append(Member(info.path.name, info, run, cost(info), engine))
     return members
+
+
+def check_input_size(session, info: ModelInfo, graph: Path) -> None:
+    """An ONNX graph fixes the pixels it takes; an edited image_size in model.json must not feed it others."""
+    size = tuple(session.get_inputs()[0].shape[2:])
+    if size != (info.image_size, info.image_size):
+        raise QuorumError(f"{info.path / MODEL_JSON}: image_size is {info.image_size} but {graph} takes "
+                          f"{'x'.join(map(str, size))} pixels: restore the file or fine-tune the model again")
 
 
 def cost(info: ModelInfo) -> float:
