@@ -72,19 +72,21 @@ def no_room(exc: OSError, path: Path) -> QuorumError | None:
     return QuorumError(f"cannot write {path}: {(exc.strerror or 'failed').lower()}; {NO_ROOM[exc.errno]}")
 
 
-def check_can_write(folder: Path, option: str) -> None:
+def check_can_write(folder: Path, option: str, target: Path | None = None) -> None:
     """Fail now, before models load, if no file can be made in `folder` (or, where it does not exist
-    yet, in the folder above it that does, where it would be made)."""
+    yet, in the folder above it that does, where it would be made). The error names `target`, the
+    file to be written there, if given."""
     folder = Path(folder)
-    existing = next((p for p in (folder.absolute(), *folder.absolute().parents) if p.exists()), None)
-    if existing is None or not existing.is_dir():
-        raise QuorumError(f"cannot write {folder}: {existing} is a file, not a folder; choose another {option}")
+    target = folder if target is None else target
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())  # "/" exists
+    if not existing.is_dir():
+        raise QuorumError(f"cannot write {target}: {existing} is a file, not a folder; choose another {option}")
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".quorum-", suffix=".check"):
             pass
     except OSError as exc:
         reason = (exc.strerror or type(exc).__name__).lower()
-        raise QuorumError(f"cannot write {folder}: {reason}; choose another {option}") from None
+        raise QuorumError(f"cannot write {target}: {reason}; choose another {option}") from None
 
 
 def fsync(path: Path) -> None:

@@ -18,7 +18,6 @@ tell if one changed since.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,12 +166,7 @@ def check_writable(out: Path, force: bool = False, protected: dict[str, Path] | 
         raise QuorumError(f"cannot write {out}: {parent} {problem}; create the folder or choose another --out")
     if not force:
         _check_replaceable(out, protected or {})
-    try:  # the CSV is written beside `out` and moved into place, so the folder must take new files
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".check"):
-            pass
-    except OSError as exc:
-        reason = (exc.strerror or type(exc).__name__).lower()
-        raise QuorumError(f"cannot write {out}: {reason}; choose another --out") from None
+    files.check_can_write(parent, "--out", out)  # the CSV is written beside `out` and moved into place
 
 
 def _check_replaceable(out: Path, protected: dict[str, Path]) -> None:
@@ -194,7 +188,7 @@ def is_predictions_csv(path: Path) -> bool:
     if not (Path(path).is_file() and sidecar(path).is_file()):
         return False
     try:
-        header = pd.read_csv(path, nrows=0).columns.tolist()
+        header = files.read_csv(path, nrows=0).columns.tolist()
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return False
     return header[: len(VOTE_COLUMNS)] == VOTE_COLUMNS and header[-len(STATUS_COLUMNS):] == STATUS_COLUMNS
