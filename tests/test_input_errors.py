@@ -187,3 +187,20 @@ def test_a_file_size_limit_during_finetune_is_one_error_line(tmp_path):
     checkpoint = tmp_path / "models" / ".tinyvgg-32.partial" / "checkpoint.pt"
     assert result.stderr.splitlines()[-1] == (f"Error: cannot write {checkpoint}: file too large; the file system "
                                               "(or ulimit -f) allows no file this large: write elsewhere")
+
+
+def test_a_full_disk_during_review_is_one_error_line_and_leaves_nothing(tmp_path):
+    """A file system out of inodes (a real tmpfs): review's folders fail where no write check saw it coming."""
+    from test_csv_format import disagreeing_frame, write_files
+
+    from quorum.predict.table import write_predictions
+
+    names = ["a.png", "b.png"]
+    write_files(tmp_path / "images", names)
+    write_predictions(disagreeing_frame(tmp_path / "images", names, ("cat", "dog")), tmp_path / "p.csv")
+    with tmpfs(tmp_path / "disk", "size=1m,nr_inodes=4") as disk:  # the root, the probe, .out.partial, one more
+        result = cli("review", tmp_path / "p.csv", "--out", disk / "out")
+        assert result.exit_code == 1
+        assert result.output == (f"Error: cannot write {disk / '.out.partial' / 'dog'}: no space left on device; "
+                                 "free some space or write elsewhere, then run again\n")
+        assert not list(disk.iterdir())

@@ -20,7 +20,7 @@ def user_errors(command):
         except QuorumError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:  # a full disk or a read-only folder where no check could see it coming
-            if (error := files.no_room(exc, exc.filename)) is None:
+            if (error := files.no_room(exc, exc.filename or "the output")) is None:
                 raise
             raise click.ClickException(str(error)) from None
         except KeyboardInterrupt:
