@@ -190,7 +190,7 @@ def test_a_file_size_limit_during_finetune_is_one_error_line(tmp_path):
 
 
 def test_a_full_disk_during_review_is_one_error_line_and_leaves_nothing(tmp_path):
-    """A file system out of inodes (a real tmpfs): review's folders fail where no write check saw it coming."""
+    """A file system out of inodes (a real tmpfs): review's folders fail after every check passed."""
     from test_csv_format import disagreeing_frame, write_files
 
     from quorum.predict.table import write_predictions
@@ -201,6 +201,6 @@ def test_a_full_disk_during_review_is_one_error_line_and_leaves_nothing(tmp_path
     with tmpfs(tmp_path / "disk", "size=1m,nr_inodes=4") as disk:  # the root, the probe, .out.partial, one more
         result = cli("review", tmp_path / "p.csv", "--out", disk / "out")
         assert result.exit_code == 1
-        assert result.output == (f"Error: cannot write {disk / '.out.partial' / 'dog'}: no space left on device; "
-                                 "free some space or write elsewhere, then run again\n")
+        assert result.output.startswith(f"Error: cannot write {disk / 'out'}: no space left on device (")
+        assert result.output.count("\n") == 1
         assert not list(disk.iterdir())

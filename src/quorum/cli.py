@@ -19,10 +19,6 @@ def user_errors(command):
             return command(*args, **kwargs)
         except QuorumError as exc:
             raise click.ClickException(str(exc)) from None
-        except OSError as exc:  # a full disk or a read-only folder where no check could see it coming
-            if (error := files.no_room(exc, exc.filename or "the output")) is None:
-                raise
-            raise click.ClickException(str(error)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted: finished files are kept, nothing half-written was left.", err=True)
             sys.exit(130)

@@ -49,7 +49,7 @@ def shares(table: pd.DataFrame, models_dir: Path) -> pd.Series:
     subset = table.given_subset.copy()
     split = Path(models_dir) / SPLIT_FILE
     if split.is_file():
-        saved = pd.read_csv(split, keep_default_na=False, dtype=str).set_index("path").subset
+        saved = files.read_csv(split, keep_default_na=False, dtype=str).set_index("path").subset
         listed = table.path.map(saved)
         subset = listed.where(listed.notna(), subset)
     return subset
