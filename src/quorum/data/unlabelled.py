@@ -163,7 +163,7 @@ def check_distill_csv(csv: Path | str) -> Path:
     """A --distill CSV is there and has probabilities (its header alone: checked before torch loads)."""
     csv = check_predictions_csv(csv, "--distill")
     try:
-        header = pd.read_csv(csv, nrows=0).columns
+        header = files.read_csv(csv, nrows=0).columns
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         header = pd.Index([])
     if not {"path", "status"} <= set(header):
@@ -181,7 +181,7 @@ def read_soft_targets(csv: Path, classes: tuple[str, ...]) -> SoftTargets:
     changed since; and a CSV written without --probs. Left out and counted: unreadable rows, rows flagged unknown.
     """
     csv = check_distill_csv(csv)
-    frame = pd.read_csv(csv, dtype={"path": object, "status": object}, keep_default_na=False, na_values=[""])
+    frame = files.read_csv(csv, dtype={"path": object, "status": object}, keep_default_na=False, na_values=[""])
     given = [column.removeprefix("p_") for column in frame.columns if column.startswith("p_")]
     if set(given) != set(classes):
         raise QuorumError(f"--distill {csv} gives probabilities of other classes ({', '.join(sorted(given))}) than "

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from quorum import files
@@ -89,7 +88,7 @@ def training_images(info: ModelInfo, limit: int = CALIBRATION_IMAGES) -> list[Pa
     if not split.get("root") or not split_file.is_file():
         raise onnx_export.OnnxUnavailable(f"{split_file} is missing: int8 calibrates on the model's training images "
                                           "(fine-tune it in this models dir)")
-    table = pd.read_csv(split_file, keep_default_na=False, dtype=str)
+    table = files.read_csv(split_file, keep_default_na=False, dtype=str)
     train = table[table.subset == "train"]
     # Round-robin over classes so each class's activations shape the ranges, whatever the class sizes.
     train = train.assign(turn=train.groupby("label").cumcount()).sort_values(["turn", "label"], kind="stable")
@@ -123,7 +122,7 @@ class CalibrationReader:
 
 def validation_accuracy(info: ModelInfo, graph: Path) -> float:
     """A graph's accuracy on the validation images listed in the bundle's val_predictions.csv."""
-    table = pd.read_csv(info.path / VAL_PREDICTIONS, keep_default_na=False, dtype=str)
+    table = files.read_csv(info.path / VAL_PREDICTIONS, keep_default_na=False, dtype=str)
     root = Path((info.raw.get("split") or {}).get("root", ""))
     run = OnnxInference(onnx_session(graph, threads=1), info.preprocessing)
     pixels, index = info.preprocessing.eval_pixels(), {name: i for i, name in enumerate(info.classes)}
