@@ -43,3 +43,19 @@ def test_predict_gives_an_image_its_transform_refuses_an_error_row(folder):
     assert pixels is None
     assert reason.startswith("cannot preprocess (ValueError: Required crop size (40, 40) is larger than input image size")
     assert images[0][2] is None and images[0][1][(40, 0.875, "bilinear")].shape == (3, 40, 40)
+
+
+def test_training_augmentation_resizes_with_the_models_interpolation():
+    # Issue 23 item 4: evaluation resized with the model's interpolation, training always bilinearly.
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8))
+
+    def augmented(interpolation):
+        torch.manual_seed(0)  # the same crop, flip and angle for both
+        return Preprocessing(32, (0.5,) * 3, (0.5,) * 3, interpolation=interpolation).train_pixels()(noise)
+
+    assert not torch.equal(augmented("bicubic"), augmented("bilinear"))
+    assert not torch.equal(augmented("nearest"), augmented("bilinear"))

@@ -48,17 +48,21 @@ class Preprocessing:
         """What decides the eval pixels (mean and std act later): members sharing it share one copy."""
         return self.size, self.crop_fraction, self.interpolation
 
+    @property
+    def resize_mode(self) -> T.InterpolationMode:
+        """The model's own interpolation, for training and evaluation alike."""
+        return INTERPOLATIONS.get(self.interpolation, T.InterpolationMode.BILINEAR)
+
     def eval_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
         """Resize the short side to size / crop_fraction, centre-crop: uint8 (3, size, size)."""
-        mode = INTERPOLATIONS.get(self.interpolation, T.InterpolationMode.BILINEAR)
-        return T.Compose([T.Resize(round(self.size / self.crop_fraction), interpolation=mode, antialias=True),
-                          T.CenterCrop(self.size), T.PILToTensor()])
+        resize = T.Resize(round(self.size / self.crop_fraction), interpolation=self.resize_mode, antialias=True)
+        return T.Compose([resize, T.CenterCrop(self.size), T.PILToTensor()])
 
     def train_pixels(self, strong: bool = False) -> Callable[[Image.Image], torch.Tensor]:
         """Mild, label-preserving augmentation: uint8 (3, size, size). `strong` adds RandAugment (2 ops,
         magnitude 9), the noise Noisy Student puts on a student so it learns more than its teachers' answers."""
-        steps = [T.RandomResizedCrop(self.size, scale=(0.6, 1.0), antialias=True), T.RandomHorizontalFlip(),
-                 T.RandomRotation(10)]
+        steps = [T.RandomResizedCrop(self.size, scale=(0.6, 1.0), interpolation=self.resize_mode, antialias=True),
+                 T.RandomHorizontalFlip(), T.RandomRotation(10)]
         return T.Compose([*steps, *([T.RandAugment(num_ops=2, magnitude=9)] if strong else []), T.PILToTensor()])
 
     def normalizer(self) -> "Normalizer":
