@@ -106,7 +106,7 @@ def test_no_network_names_the_offline_alternatives(workdir, monkeypatch):
     # torchvision also says what it tried to download; quorum adds exactly one error line.
     [error] = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert error.startswith("Error: could not download ImageNet weights for resnet18 (")
-    assert "use --weights none (random init) or --weights PATH" in error
+    assert "use --weights none (random init), --weights PATH" in error and "--weights efficientnet-lite0" in error
     assert "Traceback" not in result.output
     assert not (workdir / "models").exists()  # no split.csv left behind by a run that never trained
 
@@ -169,7 +169,8 @@ def test_a_pth_that_carries_code_is_refused_and_never_run(workdir):
 
 def test_missing_weights_file(workdir):
     assert_error(run("finetune", "tinyvgg", "--data", "data", "--weights", "nope.safetensors", *FAST),
-                 "weights file nope.safetensors does not exist: give --weights imagenet, none or an existing file")
+                 "weights file nope.safetensors does not exist: give --weights imagenet, none, efficientnet-lite0, "
+                 "efficientnet-lite1, efficientnet-lite2 or an existing file")
 
 
 def test_resume_with_nothing_to_resume(workdir):

