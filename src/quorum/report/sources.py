@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from quorum import files
 from quorum.calibration import calibrate
-from quorum.data.split import scan_labelled
+from quorum.console import say
+from quorum.data.split import scan_labelled_counting
 from quorum.data.unlabelled import check_predictions_csv
 from quorum.errors import QuorumError
 from quorum.models.bundle import ModelInfo, read_val_predictions
@@ -89,7 +91,9 @@ def run_on_folder(folder: Path, members: list, tie_breaker: int, device, batch_s
     )
 
     folder = Path(folder)
-    table = scan_labelled(folder)
+    table, scan = scan_labelled_counting(folder)
+    if scan.skipped:  # as predict and finetune say it
+        say(escape(f"Not images, so not scored: {scan.summary()} under {folder}"), quiet)
     classes = members[0].info.classes
     unknown = sorted(set(table["label"]) - set(classes))
     if unknown:
