@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import pytest
 from image_factory import write_good_images
 
 from quorum.report.build import build_report
+from quorum.report.html import figures, write_report
 
 
 @pytest.fixture
@@ -21,3 +24,51 @@ def test_data_says_what_it_skipped_as_predict_does(tiny_models, test_folder, one
     build_report(tiny_models, data=test_folder, timing=False, workers=0)
     said = capsys.readouterr().err
     assert f"Not images, so not scored: skipped 2 files (1 .md, 1 .txt) under {test_folder}" in said
+
+
+class _Texts(HTMLParser):
+    """The page's headings and paragraphs in order, as (tag, text)."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.open, self.texts = [], []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        self.open.append(tag)
+        if tag in ("h2", "h3", "p"):
+            self.texts.append((tag, ""))
+
+    def handle_endtag(self, tag):
+        if self.open:
+            self.open.pop()
+
+    def handle_data(self, data):
+        if self.texts and self.texts[-1][0] in self.open:
+            tag, text = self.texts[-1]
+            self.texts[-1] = (tag, text + data)
+
+
+SECTIONS_ON_SCORED = ("What the ensemble adds", "How far to trust the vote", "Calibration", "Confusion matrices",
+                      "Per class", "Accuracy against time")
+
+
+def caption_of(texts: list[tuple[str, str]], heading: str) -> str:
+    at = texts.index(("h2", heading))
+    return next(text for tag, text in texts[at + 1:] if tag == "p")
+
+
+def test_every_title_and_caption_names_the_images_scored(tiny_models, test_folder, one_thread, tmp_path):
+    report = build_report(tiny_models, data=test_folder, timing=True, workers=0, quiet=True)
+    assert report.source.startswith(f"the labelled folder {test_folder}")
+    assert report.ensemble is not None and report.galleries["wrong"], "the page should have a gallery to title"
+    written = write_report(report, tmp_path / "out")
+    texts = _Texts(written[-1].read_text()).texts
+    assert not [text for _, text in texts if "validation images" in text.lower()]
+    for heading in SECTIONS_ON_SCORED:
+        assert report.source in caption_of(texts, heading), heading
+    assert ("h3", f"The vote's mistakes on {report.source}, most confident first") in texts
+    for name, figure in figures(report).items():
+        if name != "training_curves.png":  # the runs' own validation curves, whatever the report scored
+            assert report.source in figure.get_suptitle(), name
+

@@ -27,6 +27,9 @@ from quorum.report.sections import (
 )
 
 INDEX = "index.html"
+# The pictures of scores on the report's labelled images (the training curves are the runs' own validation).
+SCORED_FIGURES = {"confusion_matrices.png", "best_vs_ensemble.png", "accuracy_vs_time.png", "coverage_accuracy.png",
+                  "reliability.png"}
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{font-weight:bold;background:#eef6ff}
@@ -67,6 +70,8 @@ def figures(report: Report) -> dict[str, object]:
         out["preds_agreement.png"] = plots.bars(agreement, "how many members agreed with the vote",
                                                 "agreement (share of members voting for the winner)")
         out["preds_classes.png"] = plots.bars(preds["predicted"], "predicted class counts", "predicted class")
+    for name in SCORED_FIGURES.intersection(out):  # a picture saved on its own still says what it scored
+        out[name].suptitle(f"on {report.source}", fontsize=9)
     return out
 
 
@@ -98,13 +103,13 @@ def _image(images: dict[str, bytes], name: str, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}" title="{escape(name)}">'
 
 
-def calibration_section(images: dict[str, bytes]) -> str:
+def calibration_section(images: dict[str, bytes], source: str) -> str:
     if "reliability.png" not in images:
         return ""
-    return ("<h2>Calibration</h2><p>Every probability quorum writes is divided, in log space, by the model's "
-            "temperature, fitted on its validation predictions (model.json's <code>calibration</code>); no label "
-            "changes. On the diagonal a confidence of 80% is right 80% of the time. ECE: the mean gap, weighted by "
-            "images (15 bins); the vote is scored on its <code>confidence</code>.</p>"
+    return (f"<h2>Calibration</h2><p>On {escape(source)}. Every probability quorum writes is divided, in log "
+            "space, by the model's temperature, fitted on its validation predictions (model.json's "
+            "<code>calibration</code>); no label changes. On the diagonal a confidence of 80% is right 80% of the time. ECE: the mean gap, "
+            "weighted by images (15 bins); the vote is scored on its <code>confidence</code>.</p>"
             + _image(images, "reliability.png", "reliability diagrams"))
 
 
@@ -130,12 +135,12 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
         ensemble_section(report),
         trust_section(report),
         _image(images, "coverage_accuracy.png", "coverage against accuracy"),
-        calibration_section(images),
-        gallery_section("Validation images the vote got wrong, most confident first",
+        calibration_section(images, report.source),
+        gallery_section(f"The vote's mistakes on {report.source}, most confident first",
                         "True label, the vote's label with its confidence and how it was decided, every member's "
                         "vote.", report.galleries.get("wrong", []), report.galleries.get("wrong_note")),
-        "<h2>Confusion matrices</h2><p>Rows are the true class, normalised to shares of it (one colour scale for "
-        "all); the numbers are counts.</p>",
+        f"<h2>Confusion matrices</h2><p>On {escape(report.source)}. Rows are the true class, normalised to shares "
+        "of it (one colour scale for all); the numbers are counts.</p>",
         _image(images, "confusion_matrices.png", "confusion matrices"),
         _image(images, "best_vs_ensemble.png", "best single model beside the ensemble"),
         "<h2>Per class</h2>", per_class_table(report),
@@ -144,7 +149,8 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
         parts += ["<h2>Training curves</h2><p>The dashed line marks where the backbone was unfrozen; the star, "
                   "the epoch that was kept.</p>", _image(images, "training_curves.png", "training curves")]
     if "accuracy_vs_time.png" in images:
-        parts += ["<h2>Accuracy against time</h2>", _image(images, "accuracy_vs_time.png", "accuracy against time")]
+        parts += ["<h2>Accuracy against time</h2>", f"<p>Accuracy on {escape(report.source)}.</p>",
+                  _image(images, "accuracy_vs_time.png", "accuracy against time")]
     if report.preds is not None:
         parts += [preds_section(report.preds),
                   review_gallery_section(report.galleries.get("review", {}), report.galleries.get("review_note")),

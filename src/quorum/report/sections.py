@@ -44,7 +44,7 @@ def ensemble_section(report: Report) -> str:
                 for name, acc in ensemble["leave_one_out"].items()]
     agreement = [[name, *(f"{value:.1%}" for value in row)] for name, row in zip(names, ensemble["pairwise_agreement"])]
     return "\n".join([
-        "<h2>What the ensemble adds</h2>", table_html(["measure", "value"], facts),
+        "<h2>What the ensemble adds</h2>", f"<p>On {escape(report.source)}.</p>", table_html(["measure", "value"], facts),
         "<h3>Accuracy with each member left out</h3>",
         table_html(["vote", "accuracy", "change against all members"], left_out),
         "<h3>How often members agree (same top-1 label), pairwise</h3>", table_html(["member", *names], agreement),
@@ -63,7 +63,7 @@ def per_class_table(report: Report) -> str:
                  for scores in scored.values()]
         rows.append([label, support, *cells])
     return (table_html(["class", "images", *scored], rows)
-            + "<p>Each cell: precision / recall / F1 of the class, over the images scored above.</p>")
+            + f"<p>Each cell: precision / recall / F1 of the class, on {escape(report.source)}.</p>")
 
 
 def preds_section(preds: dict) -> str:
