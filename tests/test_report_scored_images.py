@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from html.parser import HTMLParser
 
+import pandas as pd
 import pytest
 from image_factory import write_good_images
 
@@ -72,3 +74,17 @@ def test_every_title_and_caption_names_the_images_scored(tiny_models, test_folde
         if name != "training_curves.png":  # the runs' own validation curves, whatever the report scored
             assert report.source in figure.get_suptitle(), name
 
+
+
+def test_the_training_curves_star_the_epoch_model_json_kept(make_model, test_folder, one_thread, tmp_path):
+    # Epochs 2 and 4 tie on val accuracy; training kept 4, the lower val loss (issue 23 item 5).
+    model_dir = make_model(tmp_path / "models", "tinyvgg-32", "tinyvgg", 32)
+    info = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**info, "best_epoch": 4}))
+    pd.DataFrame({"epoch": [1, 2, 3, 4], "phase": [1, 1, 2, 2], "train_loss": [1.2, 0.9, 0.7, 0.6],
+                  "train_accuracy": [0.4, 0.6, 0.7, 0.8], "val_loss": [1.1, 0.9, 0.85, 0.8],
+                  "val_accuracy": [0.5, 0.7, 0.6, 0.7]}).to_csv(model_dir / "history.csv", index=False)
+    report = build_report(tmp_path / "models", data=test_folder, timing=False, workers=0, quiet=True)
+    figure = figures(report)["training_curves.png"]
+    [star] = [line for ax in figure.axes for line in ax.get_lines() if line.get_label() == "kept epoch"]
+    assert list(star.get_xdata()) == [4] and list(star.get_ydata()) == [0.7]

@@ -89,8 +89,9 @@ def best_vs_ensemble(best: str, best_matrix, ensemble_matrix, classes) -> Figure
     return fig
 
 
-def training_curves(histories: dict[str, pd.DataFrame]) -> Figure:
-    """Loss and accuracy per epoch, train and val, per model; a dashed line where the backbone unfroze."""
+def training_curves(histories: dict[str, pd.DataFrame], kept: dict[str, int] | None = None) -> Figure:
+    """Loss and accuracy per epoch, train and val, per model; a dashed line where the backbone unfroze,
+    a star on the epoch each model kept (`kept`: model.json's best_epoch, by name)."""
     fig = Figure(figsize=(11, 3.0 * len(histories) + 0.4), layout="constrained")
     axes = fig.subplots(len(histories), 2, squeeze=False)
     for (loss_ax, acc_ax), (name, history) in zip(axes, histories.items()):
@@ -111,8 +112,9 @@ def training_curves(histories: dict[str, pd.DataFrame]) -> Figure:
         loss_ax.legend(fontsize=8, loc="upper right")
         acc_ax.set_ylim(0, 1.02)
         acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-        best = history["val_accuracy"].idxmax()
-        acc_ax.plot(epochs[best], history["val_accuracy"][best], "*", ms=12, color="tab:red", label="kept epoch")
+        best = history.index[epochs == (kept or {}).get(name)]  # training broke accuracy ties by loss: its word
+        if len(best):
+            acc_ax.plot(epochs[best], history["val_accuracy"][best], "*", ms=12, color="tab:red", label="kept epoch")
         acc_ax.legend(fontsize=8, loc="lower right")
     return fig
 
