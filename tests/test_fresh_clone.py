@@ -39,13 +39,13 @@ def quorum(clone: Path, *args: str) -> subprocess.CompletedProcess:
     closed_port = "http://127.0.0.1:9"  # nothing listens there: every download fails at once
     env = {**os.environ, "PYTHONPATH": str(clone / "src"), "TORCH_HOME": str(clone.parent / "torch-cache"),
            "https_proxy": closed_port, "HTTPS_PROXY": closed_port, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "quorum", *args], cwd=clone, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "quorum", *args], cwd=clone, env=env, capture_output=True, check=False,
                           text=True, timeout=600)
 
 
 def offline_commands(readme: str) -> list[list[str]]:
-    section = re.search(r"### Offline pretrained weights\n(.*?)\n#", readme, re.S).group(1)
-    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    section = re.search(r"### Offline pretrained weights\n(.*?)\n#", readme, re.DOTALL).group(1)
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     return [shlex.split(line)[1:] for line in lines if line.startswith("quorum ")]
 
