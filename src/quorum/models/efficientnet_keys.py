@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quorum.errors import WeightsUnavailable
+from quorum.errors import QuorumError, WeightsUnavailable
 
 _TOP = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.", "_fc.": "classifier."}
 # Inside a block: a depthwise-separable block (no expansion) has two convs, an inverted residual three.
@@ -56,8 +56,12 @@ def packaged_weights(backbone_name: str) -> Path:
     return _package_file(n)
 
 
-def named_weights(name: str) -> Path:
-    """`--weights efficientnet-liteN`: the installed package's `.pth` file."""
+def named_weights(name: str, backbone_name: str) -> Path:
+    """`--weights efficientnet-liteN`: the installed package's `.pth` file, for the backbone it fits."""
+    fits = next(backbone for backbone, n in PACKAGED.items() if n == NAMED[name])
+    if backbone_name != fits:
+        raise QuorumError(f"--weights {name} holds {fits}'s ImageNet weights: use it with that backbone, "
+                          f"not {backbone_name}")
     return _package_file(NAMED[name])
 
 

