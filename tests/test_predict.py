@@ -28,6 +28,7 @@ TRIO = ["mobilenet_v3_small-40", "tinyvgg-32", "tinyvgg-32-copy"]  # select_mode
 FIXED = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
 MEMBER_COLUMNS = [column for name in TRIO for column in (f"{name}_prediction", f"{name}_confidence")]
 LABELS = [f"{name}_prediction" for name in TRIO]
+UNKNOWN = ["unknown_score", "unknown"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -210,7 +211,7 @@ def test_lazy_runs_exactly_the_members_that_can_change_the_winner(tmp_path, make
 def test_probs_and_min_agreement_add_their_columns(mixed, tiny_models):
     frame = run(mixed, tiny_models, probs=True, min_agreement=0.9)
     p_columns = [f"p_{name}" for name in CLASSES]
-    assert frame.columns.tolist() == FIXED + MEMBER_COLUMNS + p_columns + ["review", "status", "error"]
+    assert frame.columns.tolist() == FIXED + MEMBER_COLUMNS + p_columns + UNKNOWN + ["review", "status", "error"]
     ok = frame[frame["status"] == "ok"]
     np.testing.assert_allclose(ok[p_columns].sum(axis=1), 1.0, atol=1e-5)
     winner = [row[f"p_{row['prediction']}"] for _, row in ok.iterrows()]
@@ -225,7 +226,7 @@ def test_cli_writes_the_csv_and_a_summary(mixed, tiny_models, tmp_path):
     assert result.exit_code == 0, result.output
     with open(out, newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == FIXED + MEMBER_COLUMNS + ["status", "error"]
+    assert list(rows[0]) == FIXED + MEMBER_COLUMNS + UNKNOWN + ["status", "error"]
     assert len(rows) == 28 and sum(row["status"] == "error" for row in rows) == 5
     assert rows[0]["path"] == "awkward/UPPER.PNG" and rows[-1]["path"] == "good_00_005.jpg"
     assert f"Wrote {out}: 28 rows, 5 errors" in result.stderr

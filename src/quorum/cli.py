@@ -142,6 +142,10 @@ def backbones():
 @click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
               help="Add a review column, true where agreement (votes / members) is below F, compared to 2 "
               "decimals: 1 flags every row that is not unanimous, 0.67 those where fewer than 2 of 3 agree.")
+@click.option("--unknown-keep", type=click.FloatRange(0, 1, min_open=True), metavar="F",
+              help="Where the unknown column starts: the unknown_score that a share F of the validation images stay "
+              "under, so about F of the images of known classes pass. A member without validation predictions is an "
+              "error. [default: 0.95, or no flag where the members' validation predictions are missing]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @ENGINE_OPTION
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -154,8 +158,8 @@ def backbones():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
 @FORCE_OPTION
 @user_errors
-def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, device, engine, batch_size,
-            workers, shard, resume, quiet, force):
+def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, unknown_keep, device, engine,
+            batch_size, workers, shard, resume, quiet, force):
     """Let the models vote on every image under FOLDER and write one CSV row per file.
 
     \b
@@ -167,8 +171,10 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     \b
     Columns: path, prediction, votes, members, agreement, decided_by (unanimous,
     majority or tie-breaker), confidence (mean probability of the winner), then for each
-    member in name order <member>_prediction and <member>_confidence, then status (ok or
-    error) and error. An unreadable file gets a row with status error and the reason; it
+    member in name order <member>_prediction and <member>_confidence, then unknown_score
+    (entropy of the members' mean probability: higher = less like the labelled classes)
+    and unknown (true above the --unknown-keep line; with --lazy, scored over the members
+    that ran), then status (ok or error) and error. An unreadable file gets a row with status error and the reason; it
     never changes another row. OUT.json beside it records the folder and each file's size
     and mtime, for quorum review and finetune --pseudo-labels.
 
@@ -192,7 +198,8 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     try:
         frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
                             engine=engine, batch_size=batch_size, workers=workers, lazy=lazy, probs=probs,
-                            min_agreement=min_agreement, quiet=quiet, shard=part, progress=progress, resume=resume)
+                            min_agreement=min_agreement, quiet=quiet, shard=part, progress=progress, resume=resume,
+                            unknown_keep=unknown_keep)
     except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
         partial_rows.remove_if_empty(progress)
         raise

@@ -51,18 +51,21 @@ from quorum.predict.table import (
     columns,
     to_frame,
 )
+from quorum.predict.unknown import check_keep, threshold
 from quorum.predict.vote import settled
 
 
 def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = None, device: str = "auto",
             engine: str = "auto", batch_size: int = 32, workers: int = 2, lazy: bool = False, probs: bool = False,
             min_agreement: float | None = None, quiet: bool = False, shard: Shard = WHOLE,
-            progress: Path | None = None, resume: bool = False) -> pd.DataFrame | None:
+            progress: Path | None = None, resume: bool = False, unknown_keep: float | None = None) -> pd.DataFrame | None:
     """One row per image file under `folder` (or its `shard`): the vote, each member's label, status and error.
 
     Under torchrun each process votes on its share and rank 0 returns the table; the others return None.
     With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
-    `frame.attrs` holds `members`, `tie_breaker`, `min_agreement` and `lazy` for `table.closing_lines`,
+    `unknown_keep`: the share of validation images `unknown` lets pass (`predict.unknown.threshold`; None:
+    the default where the validation predictions allow, else no flag).
+    `frame.attrs` holds `members`, `tie_breaker`, `min_agreement`, `lazy` and `unknown` for `table.closing_lines`,
     `identity` (with `progress` or a shard) for `shards.write_part`, and `folder` for the CSV's sidecar.
     """
     # Cheap checks first: a mistake should cost seconds, not a model load or a decoded folder.
@@ -70,6 +73,8 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         raise QuorumError(f"--batch-size must be at least 1 (got {batch_size})")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise QuorumError(f"--min-agreement must be between 0 and 1 (got {min_agreement})")
+    if unknown_keep is not None:
+        check_keep(unknown_keep)
     check_engine(engine, device)
     device = device_for_engine(engine, device)
     world = distributed.current(device)
@@ -89,10 +94,12 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     tie = tie_breaker_index(infos, tie_breaker)
     names, classes = [info.path.name for info in infos], infos[0].classes
     check_columns(names, classes, probs, min_agreement is not None)
+    unknown_at = threshold(infos, unknown_keep)
     relative = [path.relative_to(folder).as_posix() for path in paths]
 
     def rows(positions: list[int], outputs: MemberOutputs) -> pd.DataFrame:  # indexed by position in `paths`
-        frame = to_frame([relative[i] for i in positions], names, classes, outputs, tie, probs, min_agreement)
+        frame = to_frame([relative[i] for i in positions], names, classes, outputs, tie, probs, min_agreement,
+                         unknown_at)
         return frame.set_axis(pd.Index(positions, dtype="int64"))
 
     # Rank 0 exports any missing model.onnx (once), so every process runs each member on the same engine.
@@ -102,7 +109,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     if world.is_main and (progress is not None or not shard.is_whole):  # hashes the weights: only when needed
         identity = run_identity.identity(folder, relative, infos, names[tie], lazy=lazy, probs=probs,
                                          min_agreement=min_agreement, shard=str(shard),
-                                         engines=dict(zip(names, engines)))
+                                         engines=dict(zip(names, engines)), unknown=unknown_at.as_dict())
     header = columns(names, classes, probs, min_agreement is not None)
     finished = distributed.run_on_main(world, lambda: partial_rows.start(progress, identity, header, resume, quiet)
                                        if progress is not None else pd.DataFrame(columns=header))
@@ -126,7 +133,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         return None
     frame = assemble([finished, *parts], chosen, names)
     frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy,
-                       identity=identity, folder=str(folder.resolve()))
+                       identity=identity, folder=str(folder.resolve()), unknown=unknown_at.as_dict())
     return frame
 
 

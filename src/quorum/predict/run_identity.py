@@ -19,16 +19,18 @@ from quorum.models.bundle import MODEL_JSON, WEIGHTS, ModelInfo
 # Each key, as a person would name it in a message.
 LABELS = {"folder": "folder", "files": "number of files", "listing": "file names", "members": "members",
           "classes": "classes", "tie_breaker": "tie-breaker", "lazy": "--lazy", "probs": "--probs",
-          "min_agreement": "--min-agreement", "shard": "--shard", "engines": "engine"}
+          "min_agreement": "--min-agreement", "shard": "--shard", "engines": "engine",
+          "unknown": "the unknown line (--unknown-keep)"}
 
 
 def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], tie_breaker: str, *, lazy: bool,
-             probs: bool, min_agreement: float | None, shard: str, engines: dict[str, str] | None = None) -> dict:
+             probs: bool, min_agreement: float | None, shard: str, engines: dict[str, str] | None = None,
+             unknown: dict | None = None) -> dict:
     """A plain-JSON description of the run; equal dicts mean interchangeable rows."""
     return {"folder": str(Path(folder).resolve()), "files": len(relative_paths), "listing": digest(relative_paths),
             "members": {info.path.name: member_digest(info.path) for info in infos},
             "classes": list(infos[0].classes), "tie_breaker": tie_breaker, "lazy": lazy, "probs": probs,
-            "min_agreement": min_agreement, "shard": shard, "engines": engines or {}}
+            "min_agreement": min_agreement, "shard": shard, "engines": engines or {}, "unknown": unknown}
 
 
 def digest(lines: list[str]) -> str:

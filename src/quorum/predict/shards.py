@@ -94,7 +94,7 @@ def merge(parts: list[Path]) -> pd.DataFrame:
                                    described[by_index[index]].get("fingerprints", [])):
             fingerprints[position] = value
     frame.attrs.update(members=names, tie_breaker=run["tie_breaker"], min_agreement=run["min_agreement"],
-                       lazy=run["lazy"], folder=run["folder"], fingerprints=fingerprints,
+                       lazy=run["lazy"], folder=run["folder"], fingerprints=fingerprints, unknown=run.get("unknown"),
                        identity={**run, "shard": str(WHOLE)})
     return frame
 

@@ -2,6 +2,7 @@
 
 Columns, in order: path, prediction, votes, members, agreement, decided_by, confidence, then per
 member (in name order) <name>_prediction and <name>_confidence, then p_<class> (with probs),
+unknown_score and unknown (`predict.unknown`: no known class; empty where no line could be drawn),
 review (with min_agreement), status, error. A member's two columns are named like the vote's own
 `prediction` and `confidence`; `p_` only ever prefixes a class, as in val_predictions.csv.
 An unreadable file's row has only path, status=error and error filled in.
@@ -29,15 +30,18 @@ from quorum import files
 from quorum.data.unlabelled import paths_digest, sidecar
 from quorum.errors import QuorumError
 from quorum.predict.trust import at_least, below, decided_by_lines
+from quorum.predict.unknown import Threshold, unknown_score
 from quorum.predict.vote import DECIDED_BY, UNKNOWN, mean_probability, vote
 
 VOTE_COLUMNS = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
+UNKNOWN_COLUMNS = ["unknown_score", "unknown"]
 STATUS_COLUMNS = ["status", "error"]
 OK, ERROR = "ok", "error"
 CSV_DECIMALS = 6
 # What each column reads back as: `read_predictions(path)` gives exactly these (README: the CSV).
 DTYPES = {"path": "str", "prediction": "str", "votes": "Int64", "members": "Int64", "agreement": "float64",
-          "decided_by": "str", "confidence": "float64", "review": "boolean", "status": "str", "error": "str"}
+          "decided_by": "str", "confidence": "float64", "unknown_score": "float64", "unknown": "boolean",
+          "review": "boolean", "status": "str", "error": "str"}
 
 
 def member_columns(name: str) -> tuple[str, str]:
@@ -67,7 +71,8 @@ class MemberOutputs:
 def columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> list[str]:
     per_member = [column for name in names for column in member_columns(name)]
     class_columns = [f"p_{name}" for name in classes] if with_probs else []
-    return VOTE_COLUMNS + per_member + class_columns + (["review"] if with_review else []) + STATUS_COLUMNS
+    return (VOTE_COLUMNS + per_member + class_columns + UNKNOWN_COLUMNS + (["review"] if with_review else [])
+            + STATUS_COLUMNS)
 
 
 def check_columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> None:
@@ -79,8 +84,10 @@ def check_columns(names: list[str], classes: tuple[str, ...], with_probs: bool, 
 
 
 def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outputs: MemberOutputs, tie_breaker: int,
-             with_probs: bool = False, min_agreement: float | None = None) -> pd.DataFrame:
-    """Vote on the readable rows and lay everything out as the CSV's table (`paths` relative, POSIX)."""
+             with_probs: bool = False, min_agreement: float | None = None,
+             unknown_at: Threshold | None = None) -> pd.DataFrame:
+    """Vote on the readable rows and lay everything out as the CSV's table (`paths` relative, POSIX).
+    `unknown_at`: where `unknown` starts (None or no value: the column stays empty)."""
     ok = np.array([error is None for error in outputs.errors])
     good = np.flatnonzero(ok)
     label_of = np.asarray(classes, dtype=object)
@@ -103,6 +110,9 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
         if with_probs:  # the mean over the members that ran, as the vote's confidence is
             mean = mean_probability(probs, ran)
             table.update({f"p_{name}": mean[:, c] for c, name in enumerate(classes)})
+        table["unknown_score"] = unknown_score(probs, ran)
+        flags = unknown_at.flag(table["unknown_score"]) if unknown_at is not None else None
+        table["unknown"] = pd.array(np.full(len(good), None) if flags is None else flags, dtype="boolean")
         if min_agreement is not None:
             # Between what the members that ran give and what every skipped one agreeing would give.
             lowest, highest = agreement, (result.votes + n_members - result.members) / n_members
@@ -127,7 +137,7 @@ def typed(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
         elif column == "error":
             frame[column] = frame[column].fillna("").astype(str)
         else:
-            kind = {"votes": "Int64", "members": "Int64", "review": "boolean"}.get(column, "float64")
+            kind = {"votes": "Int64", "members": "Int64", "review": "boolean", "unknown": "boolean"}.get(column, "float64")
             frame[column] = frame[column].astype(kind)
     return frame
 
@@ -209,7 +219,7 @@ def write_predictions(frame: pd.DataFrame, out: Path) -> None:
     fingerprints = frame.attrs.get("fingerprints") or [_fingerprint(Path(folder) / path) for path in frame["path"]]
     files.write_json(sidecar(out), {"folder": str(folder), "run": frame.attrs.get("identity"), "rows": len(frame),
                                     "paths": paths_digest(frame["path"].tolist()),
-                                    "fingerprints": fingerprints})
+                                    "fingerprints": fingerprints, "unknown": frame.attrs.get("unknown")})
 
 
 def _fingerprint(path: Path) -> str:
@@ -224,9 +234,14 @@ def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> lis
     `trust` (`trust.trust_table` on validation), how often each kind was right there."""
     ok = frame[frame["status"] == OK]
     lines = [f"{len(frame)} rows, {len(frame) - len(ok)} errors"]
+    flagged = ok["unknown"].fillna(False).astype(bool) if "unknown" in ok else pd.Series(False, index=ok.index)
+    if "unknown" in ok:
+        lines.append(unknown_line(int(flagged.sum()), len(ok), frame.attrs.get("unknown")))
+    readable, ok = ok, ok[~flagged]  # a row of no known class is never among the trusted ones
     if len(ok):
         counts = ok["prediction"].value_counts()
-        lines.append("predicted: " + ", ".join(f"{label} {count}" for label, count in counts.items()))
+        lines.append(("predicted: " if not flagged.any() else "predicted (rows not flagged unknown): ")
+                     + ", ".join(f"{label} {count}" for label, count in counts.items()))
         decided = ok["decided_by"].value_counts()
         kinds = [*DECIDED_BY, *([UNKNOWN] if decided.get(UNKNOWN, 0) else [])]
         how = ", ".join(f"{decided.get(kind, 0)} {kind}" for kind in kinds)
@@ -243,8 +258,18 @@ def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> lis
                      + (f"; {unsure} lazy rows could fall either side" if unsure else ""))
     names = frame.attrs.get("members", [])
     if frame.attrs.get("lazy") and names:
-        possible = len(ok) * len(names)
+        possible = len(readable) * len(names)
         labels = [member_columns(name)[0] for name in names]
-        skipped = int(ok[labels].isna().to_numpy().sum())  # a member's label is empty only where it did not run
+        skipped = int(readable[labels].isna().to_numpy().sum())  # a member's label is empty only where it did not run
         lines.append(f"lazy: skipped {skipped} of {possible} member runs ({skipped / max(possible, 1):.0%})")
     return lines
+
+
+def unknown_line(flagged: int, rows: int, unknown: dict | None) -> str:
+    """How many rows look like no labelled class, and where the line was drawn (`Threshold.as_dict`)."""
+    if not unknown or unknown.get("threshold") is None:
+        why = (unknown or {}).get("reason", "no line recorded")
+        return f"no known class: none flagged ({why}); unknown_score is still written"
+    return (f"no known class: {flagged} of {rows} rows flagged unknown (unknown_score above "
+            f"{unknown['threshold']:.3f}, which {unknown['keep']:.0%} of the {unknown['validation_images']} validation "
+            "images stay under): left out of the lines below, review puts them in _unknown/")

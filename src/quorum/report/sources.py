@@ -14,18 +14,22 @@ import pandas as pd
 from rich.markup import escape
 
 from quorum import files
-from quorum.calibration import calibrate
 from quorum.console import say
 from quorum.data.split import scan_labelled_counting
 from quorum.data.unlabelled import check_predictions_csv
 from quorum.errors import QuorumError
-from quorum.models.bundle import ModelInfo, read_val_predictions
-from quorum.models.temperature import temperature
+from quorum.models.bundle import ModelInfo
 from quorum.predict.table import (
     STATUS_COLUMNS,
     VOTE_COLUMNS,
     members_of,
     read_predictions,
+)
+from quorum.predict.validation import (  # noqa: F401 (read_validation, mismatch: the report's names too)
+    OwnValidation,
+    aligned_probs,
+    mismatch,
+    read_validation,
 )
 
 
@@ -41,46 +45,13 @@ class Labelled:
     root: Path | None = None  # the folder `paths` are relative to, where known (for thumbnails)
 
 
-@dataclass(frozen=True)
-class OwnValidation:
-    """One member's stored validation predictions."""
-
-    paths: list[str]
-    y_true: np.ndarray
-    probs: np.ndarray  # (images, classes), calibrated
-
-
-def read_validation(info: ModelInfo) -> OwnValidation:
-    """The stored validation predictions, calibrated as predict calibrates (the CSV keeps the raw ones)."""
-    paths, y_true, probs = read_val_predictions(info.path, info.classes)
-    return OwnValidation(paths, y_true, calibrate(probs, temperature(info)))
-
-
-def mismatch(infos: list[ModelInfo], runs: list[OwnValidation]) -> str | None:
-    """Why the members' validation predictions cannot be stacked into one vote, or None if they can."""
-    digests = {info.path.name: info.raw.get("split", {}).get("digest") for info in infos}
-    if len(set(digests.values())) > 1:
-        listed = ", ".join(f"{name}: {digest or 'none'}" for name, digest in digests.items())
-        return f"the models were validated on different splits ({listed})"
-    first = set(runs[0].paths)
-    for info, run in zip(infos[1:], runs[1:]):
-        if set(run.paths) != first:
-            return (f"{info.path.name} was validated on other images than {infos[0].path.name} "
-                    f"({len(set(run.paths) ^ first)} differ)")
-    return None
-
-
 def stack_validation(infos: list[ModelInfo], runs: list[OwnValidation]) -> Labelled:
     """The members' validation predictions aligned by path (call only when `mismatch` is None)."""
     order = runs[0].paths
-    probs = []
-    for run in runs:
-        position = {path: i for i, path in enumerate(run.paths)}
-        probs.append(run.probs[[position[path] for path in order]])
     source = f"the shared validation split ({len(order)} images)"
     split = infos[0].raw.get("split", {})
     root = split.get("root") or infos[0].raw.get("recipe", {}).get("data")  # older bundles: as given to finetune
-    return Labelled(source, order, runs[0].y_true, np.stack(probs), root=Path(root) if root else None)
+    return Labelled(source, order, runs[0].y_true, aligned_probs(runs), root=Path(root) if root else None)
 
 
 def run_on_folder(folder: Path, members: list, tie_breaker: int, device, batch_size: int = 32, workers: int = 2,

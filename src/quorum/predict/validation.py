@@ -1,0 +1,52 @@
+"""Each member's stored predictions on the shared validation split (`val_predictions.csv`), read and
+aligned: where the truth is known, so the trust table and the `unknown` threshold are set there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quorum.calibration import calibrate
+from quorum.models.bundle import ModelInfo, read_val_predictions
+from quorum.models.temperature import temperature
+
+
+@dataclass(frozen=True)
+class OwnValidation:
+    """One member's stored validation predictions."""
+
+    paths: list[str]
+    y_true: np.ndarray
+    probs: np.ndarray  # (images, classes), calibrated
+
+
+def read_validation(info: ModelInfo) -> OwnValidation:
+    """The stored validation predictions, calibrated as predict calibrates (the CSV keeps the raw ones)."""
+    paths, y_true, probs = read_val_predictions(info.path, info.classes)
+    return OwnValidation(paths, y_true, calibrate(probs, temperature(info)))
+
+
+def mismatch(infos: list[ModelInfo], runs: list[OwnValidation]) -> str | None:
+    """Why the members' validation predictions cannot be stacked into one vote, or None if they can."""
+    digests = {info.path.name: info.raw.get("split", {}).get("digest") for info in infos}
+    if len(set(digests.values())) > 1:
+        listed = ", ".join(f"{name}: {digest or 'none'}" for name, digest in digests.items())
+        return f"the models were validated on different splits ({listed})"
+    first = set(runs[0].paths)
+    for info, run in zip(infos[1:], runs[1:]):
+        if set(run.paths) != first:
+            return (f"{info.path.name} was validated on other images than {infos[0].path.name} "
+                    f"({len(set(run.paths) ^ first)} differ)")
+    return None
+
+
+def aligned_probs(runs: list[OwnValidation]) -> np.ndarray:
+    """(members, images, classes): every member's probabilities in the first member's image order
+    (call only when `mismatch` is None)."""
+    order = runs[0].paths
+    probs = []
+    for run in runs:
+        position = {path: i for i, path in enumerate(run.paths)}
+        probs.append(run.probs[[position[path] for path in order]])
+    return np.stack(probs)
