@@ -150,20 +150,25 @@ def predicted(colour_models, tmp_path) -> Path:
     _, models, unlabelled = colour_models
     shutil.copytree(unlabelled, tmp_path / "unlabelled")
     out = tmp_path / "preds.csv"
-    result = cli("predict", tmp_path / "unlabelled", "--out", out, "--models-dir", models, "--workers", 0, "--quiet")
+    # Agreement is what these tests are about; test_unknown.py covers the unknown flag (which the
+    # colour members, 2 epochs on 16 images, raise on every unlabelled image).
+    result = cli("predict", tmp_path / "unlabelled", "--out", out, "--models-dir", models, "--workers", 0, "--quiet",
+                 "--no-unknown-flag")
     assert result.exit_code == 0, result.output
     return out
 
 
 def test_review_puts_exactly_the_flagged_rows_in_their_predicted_class(predicted, tmp_path):
     frame = read_predictions(predicted)
-    flagged = frame[frame["decided_by"] != "unanimous"]
+    no_class = frame["unknown"].fillna(False)  # flagged unknown: in _unknown/ whatever the agreement
+    flagged = frame[(frame["decided_by"] != "unanimous") | no_class]
     assert 0 < len(flagged) < len(frame)  # both kinds, or the test proves nothing
     out = tmp_path / "review"
     result = cli("review", predicted, "--out", out)
     assert result.exit_code == 0, result.output
     placed = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.parent != out)
-    expected = sorted(f"{label}/{path}" for path, label in zip(flagged["path"], flagged["prediction"]))
+    expected = sorted(f"{'_unknown' if no_class[i] else label}/{path}"
+                      for i, path, label in zip(flagged.index, flagged["path"], flagged["prediction"]))
     assert placed == expected
     for name in placed:  # the same bytes as the original (a link or a copy of it)
         original = tmp_path / "unlabelled" / name.split("/", 1)[1]
@@ -262,7 +267,7 @@ def test_pseudo_labels_refuse_a_changed_file_by_name(pseudo_run, tmp_path):
 def test_pseudo_labels_refuse_images_of_the_labelled_folder(pseudo_run, tmp_path):
     data, models, _ = pseudo_run
     preds = tmp_path / "on_labelled.csv"
-    write_predictions(predict(data, [models / "m0", models / "m1"], workers=0, quiet=True), preds)
+    write_predictions(predict(data, [models / "m0", models / "m1"], workers=0, quiet=True, flag_unknown=False), preds)
     with pytest.raises(QuorumError, match=f"has 24 file\\(s\\) of the labelled folder {data}"):
         finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
     # A hard link of a labelled image elsewhere (quorum review makes them) is the same file.
@@ -270,7 +275,7 @@ def test_pseudo_labels_refuse_images_of_the_labelled_folder(pseudo_run, tmp_path
     linked.mkdir()
     os.link(next((data / "red").iterdir()), linked / "x.png")
     preds = tmp_path / "linked.csv"
-    write_predictions(predict(linked, [models / "m0", models / "m1"], workers=0, quiet=True), preds)
+    write_predictions(predict(linked, [models / "m0", models / "m1"], workers=0, quiet=True, flag_unknown=False), preds)
     with pytest.raises(QuorumError, match=f"has 1 file\\(s\\) of the labelled folder {data} \\(e.g. {linked / 'x.png'}\\)"):
         finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
 

@@ -146,6 +146,7 @@ def backbones():
               help="Where the unknown column starts: the unknown_score that a share F of the validation images stay "
               "under, so about F of the images of known classes pass. A member without validation predictions is an "
               "error. [default: 0.95, or no flag where the members' validation predictions are missing]")
+@click.option("--no-unknown-flag", is_flag=True, help="Leave the unknown column empty (unknown_score is still written).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @ENGINE_OPTION
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -158,8 +159,8 @@ def backbones():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
 @FORCE_OPTION
 @user_errors
-def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, unknown_keep, device, engine,
-            batch_size, workers, shard, resume, quiet, force):
+def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, unknown_keep, no_unknown_flag,
+            device, engine, batch_size, workers, shard, resume, quiet, force):
     """Let the models vote on every image under FOLDER and write one CSV row per file.
 
     \b
@@ -199,7 +200,7 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
         frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
                             engine=engine, batch_size=batch_size, workers=workers, lazy=lazy, probs=probs,
                             min_agreement=min_agreement, quiet=quiet, shard=part, progress=progress, resume=resume,
-                            unknown_keep=unknown_keep)
+                            unknown_keep=unknown_keep, flag_unknown=not no_unknown_flag)
     except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
         partial_rows.remove_if_empty(progress)
         raise
@@ -324,6 +325,8 @@ def review(csv, out, min_agreement, budget, rank, seed):
     per_class = ", ".join(f"{label} {count}" for label, count in result.per_class.items()) or "none"
     say(escape(f"Wrote {result.out}: {result.flagged} of {result.rows} rows to review ({per_class}), as "
                f"{result.how}; read {result.out / 'README.txt'}"))
+    if result.no_class:
+        say(escape(f"  {result.no_class} of them are flagged unknown (no known class): in {result.out / '_unknown'}"))
     if result.unknown:
         say(escape(f"  {result.unknown} rows of a --lazy run were left out: unanimous or not is unknown there "
                    "(predict without --lazy to review them)"))

@@ -99,11 +99,12 @@ class PseudoLabels:
     digest: str  # of the CSV
     min_agreement: float
     rows: int  # rows in the CSV
+    no_class: int = 0  # agreed rows left out because they were flagged unknown (no known class)
 
     def as_dict(self, classes: tuple[str, ...]) -> dict:
         counts = pd.Series([classes[label] for _, label in self.items], dtype=object).value_counts()
         return {"file": str(self.csv), "digest": self.digest, "folder": str(self.folder), "rows": self.rows,
-                "min_agreement": self.min_agreement, "added": len(self.items),
+                "min_agreement": self.min_agreement, "added": len(self.items), "left_out_unknown": self.no_class,
                 "per_class": {label: int(counts.get(label, 0)) for label in classes}}
 
 
@@ -111,21 +112,23 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     """The rows of a predictions CSV whose agreement reaches `min_agreement` (to two decimals).
 
     Refused: a CSV without its sidecar, labels the model does not have, and files changed since the
-    CSV was written (named). Rows of a lazy run whose agreement is unknown are not taken.
+    CSV was written (named). Rows of a lazy run whose agreement is unknown are not taken, nor rows
+    flagged `unknown` (no known class: the vote's label for them is wrong whatever it is).
     """
     csv = check_predictions_csv(csv, "--pseudo-labels")
     if not 0 < min_agreement <= 1:
         raise QuorumError(f"--pseudo-min-agreement must be above 0 and at most 1 (got {min_agreement})")
     try:
-        frame = files.read_csv(csv, dtype={"path": object, "prediction": object, "status": object},
+        frame = files.read_csv(csv, dtype={"path": object, "prediction": object, "status": object, "unknown": object},
                                keep_default_na=False, na_values={"agreement": [""]})
+        no_class = frame["unknown"] == "True" if "unknown" in frame else pd.Series(False, index=frame.index)
         frame = frame[["path", "prediction", "agreement", "status"]]
     except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         raise QuorumError(f"--pseudo-labels {csv} is not a quorum predict CSV (it needs path, prediction, "
                           "agreement and status columns)") from None
     info = read_sidecar(csv, frame["path"].tolist())
     agreed = (frame["status"] == "ok") & (frame["agreement"].astype(float) >= min_agreement - AGREEMENT_TOLERANCE)
-    chosen = frame[agreed]
+    chosen = frame[agreed & ~no_class]
     unknown = sorted(set(chosen["prediction"]) - set(classes))
     if unknown:
         raise QuorumError(f"--pseudo-labels {csv} predicts classes this model does not have ({', '.join(unknown)}): "
@@ -139,7 +142,8 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
                           "their labels may no longer fit; run quorum predict again")
     index = {name: i for i, name in enumerate(classes)}
     items = [(str(info["folder"] / path), index[label]) for path, label in zip(chosen["path"], chosen["prediction"])]
-    return PseudoLabels(csv, info["folder"], items, files.sha256(csv)[:16], min_agreement, len(frame))
+    return PseudoLabels(csv, info["folder"], items, files.sha256(csv)[:16], min_agreement, len(frame),
+                        int((agreed & no_class).sum()))
 
 
 @dataclass(frozen=True)

@@ -58,13 +58,14 @@ from quorum.predict.vote import settled
 def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = None, device: str = "auto",
             engine: str = "auto", batch_size: int = 32, workers: int = 2, lazy: bool = False, probs: bool = False,
             min_agreement: float | None = None, quiet: bool = False, shard: Shard = WHOLE,
-            progress: Path | None = None, resume: bool = False, unknown_keep: float | None = None) -> pd.DataFrame | None:
+            progress: Path | None = None, resume: bool = False, unknown_keep: float | None = None,
+            flag_unknown: bool = True) -> pd.DataFrame | None:
     """One row per image file under `folder` (or its `shard`): the vote, each member's label, status and error.
 
     Under torchrun each process votes on its share and rank 0 returns the table; the others return None.
     With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
     `unknown_keep`: the share of validation images `unknown` lets pass (`predict.unknown.threshold`; None:
-    the default where the validation predictions allow, else no flag).
+    the default where the validation predictions allow, else no flag); `flag_unknown` False: no flag at all.
     `frame.attrs` holds `members`, `tie_breaker`, `min_agreement`, `lazy` and `unknown` for `table.closing_lines`,
     `identity` (with `progress` or a shard) for `shards.write_part`, and `folder` for the CSV's sidecar.
     """
@@ -94,7 +95,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     tie = tie_breaker_index(infos, tie_breaker)
     names, classes = [info.path.name for info in infos], infos[0].classes
     check_columns(names, classes, probs, min_agreement is not None)
-    unknown_at = threshold(infos, unknown_keep)
+    unknown_at = threshold(infos, unknown_keep, flag_unknown)
     relative = [path.relative_to(folder).as_posix() for path in paths]
 
     def rows(positions: list[int], outputs: MemberOutputs) -> pd.DataFrame:  # indexed by position in `paths`

@@ -1,7 +1,8 @@
 """`quorum review`: the rows a person should look at, laid out as folders they can sort by hand.
 
 The rows below an agreement level (default 1.0: every row that is not unanimous) go into
-`OUT/<predicted class>/<path in the folder>`, as hard links where the file system allows (moving one moves nothing of
+`OUT/<predicted class>/<path in the folder>`, and the rows flagged `unknown` (no known class) into
+`OUT/_unknown/<path in the folder>` whatever their agreement, as hard links where the file system allows (moving one moves nothing of
 the original), else symbolic links, else copies. `OUT/README.txt` says what to do, and
 `OUT/review.csv` lists each file with its source and every member's vote. With a budget, the
 folder holds the N rows most worth a label instead (`ranking`), and review.csv lists them in the
@@ -31,17 +32,21 @@ from quorum.predict.table import OK, member_columns, members_of, read_prediction
 from quorum.predict.trust import below
 from quorum.predict.vote import MAJORITY, TIE_BREAKER, UNKNOWN
 
+UNKNOWN_DIR = "_unknown"  # rows of no known class; README's copy command leaves folders starting "_" out
+
 README = """Images to review: {count} of {rows} rows of {csv}
 ({why}). Each sits in the folder of the class the vote
-predicted; review.csv lists where each came from and what every member voted.
+predicted, or in {unknown_dir}/; review.csv lists where each came from and what every member voted.
 
 What to do:
 1. Look at each image and move it into the folder of its true class. A class the models do
    not know yet: create a folder for it here (e.g. mkdir "{out}/Hat"); quorum accepts it as a
-   new label when you fine-tune, and says so.
+   new label when you fine-tune, and says so. {unknown_dir}/ holds the {no_class} images flagged
+   unknown (like no class the models know): sort them too, or delete them, but never copy
+   {unknown_dir}/ itself into the labelled data.
 2. Delete the images you cannot tell (or that belong to no class).
 3. Add the sorted folders to your labelled data, e.g.
-       cp -rn "{out}"/*/ LABELLED/
+       cp -rn "{out}"/[!_]*/ LABELLED/
    then fine-tune again with --resplit (the labelled images changed, so the shared split is made
    anew and every model should be fine-tuned again on it).
 
@@ -59,6 +64,7 @@ class ReviewResult:
     per_class: dict[str, int]
     how: str  # hard links, symbolic links or copies
     kept_apart: int = 0  # with a budget: rows flagged `unknown` (no known class), left out of the ranking
+    no_class: int = 0  # without a budget: rows flagged `unknown`, placed in _unknown/
 
 
 PARTIAL_MARK = ".quorum-review-partial"  # in `.OUT.partial` while review builds it: the folder is ours to replace
@@ -88,6 +94,10 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     unknown = kept_apart = 0
     if budget is None:
         flagged, unknown = flagged_rows(frame, min_agreement)
+        # Rows of no known class go to _unknown/ whatever their agreement (the vote's label is wrong there).
+        no_class = ranking.flagged_unknown(frame) & (frame["status"] == OK)
+        flagged = frame[frame.index.isin(flagged.index) | no_class]
+        flagged = flagged.assign(folder=flagged["prediction"].where(~no_class[flagged.index], UNKNOWN_DIR))
     else:
         flagged, kept_apart = ranking.select(frame, budget, rank, seed)
     _check_labels(csv, flagged["prediction"], (info.get("run") or {}).get("classes"))
@@ -100,7 +110,7 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
                           f"({listed}): run quorum predict again")
 
     meaning = "every row that is not unanimous" if min_agreement >= 1.0 else "fewer members agree than that"
-    why = (f"agreement below {min_agreement:g}: {meaning}" if budget is None else
+    why = (f"agreement below {min_agreement:g}: {meaning}; and every row flagged unknown" if budget is None else
            f"the {budget} rows most worth a label, by {rank}: label them in review.csv's order")
     busy = f"another quorum review is writing {out} now: wait for it, or choose another --out"
     try:
@@ -116,9 +126,9 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     except OSError as exc:  # a read-only or full disk, a name too long for it: one line, no traceback
         raise QuorumError(f"cannot write {out}: {(exc.strerror or str(exc)).lower()} ({exc.filename}); "
                           "choose another --out") from None
-    per_class = flagged["prediction"].value_counts().to_dict()
+    per_class = flagged.get("folder", flagged["prediction"]).value_counts().to_dict()
     return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how,
-                        kept_apart)
+                        kept_apart, int((flagged.get("folder", flagged["prediction"]) == UNKNOWN_DIR).sum()))
 
 
 def _check_new_folder(out: Path) -> None:
@@ -161,7 +171,7 @@ def _build(work: Path, csv: Path, out: Path, frame: pd.DataFrame, flagged: pd.Da
            ranked: bool) -> str:
     """Place the flagged files, review.csv and README.txt in `work`; returns how the files were placed."""
     kinds, targets = set(), []
-    for path, label in zip(flagged["path"], flagged["prediction"]):
+    for path, label in zip(flagged["path"], flagged.get("folder", flagged["prediction"])):
         # Sub-folders kept, not flattened: a/b.png and a__b.png must never meet at one name.
         target = work / label / path
         if not files.inside(target, work):  # label and path were checked one by one: this checks them together
@@ -174,12 +184,15 @@ def _build(work: Path, csv: Path, out: Path, frame: pd.DataFrame, flagged: pd.Da
     listing = pd.DataFrame({"file": targets, "source": [str(folder / path) for path in flagged["path"]],
                             "prediction": flagged["prediction"].tolist(),
                             "agreement": flagged["agreement"].tolist(),
+                            "unknown": (flagged.get("folder", flagged["prediction"]) == UNKNOWN_DIR).tolist(),
                             **{name: flagged[member_columns(name)[0]].tolist() for name in names}})
     if ranked:
         listing = listing.assign(rank=flagged["rank"].tolist(), score=flagged["score"].round(6).tolist())
     files.write_csv(work / "review.csv", listing)
+    no_class = int((flagged.get("folder", flagged["prediction"]) == UNKNOWN_DIR).sum())
     files.write_text(work / "README.txt", README.format(count=len(flagged), rows=len(frame), csv=csv, why=why,
-                                                         out=out, how=how, folder=folder))
+                                                         out=out, how=how, folder=folder, unknown_dir=UNKNOWN_DIR,
+                                                         no_class=no_class))
     return how
 
 

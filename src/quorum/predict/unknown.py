@@ -57,12 +57,15 @@ def check_keep(keep: float) -> None:
                           f"images that must pass, e.g. {DEFAULT_KEEP}")
 
 
-def threshold(infos: list[ModelInfo], keep: float | None = None) -> Threshold:
+def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = True) -> Threshold:
     """The line for these members. `keep` None: DEFAULT_KEEP where the members' validation predictions
-    allow it, else no line (old or copied bundles still predict); a number: the line, or a QuorumError."""
+    allow it, else no line (old or copied bundles still predict); a number: the line, or a QuorumError.
+    `flag` False: no line (`--no-unknown-flag`)."""
     required = keep is not None
     keep = DEFAULT_KEEP if keep is None else float(keep)
     check_keep(keep)
+    if not flag:
+        return Threshold(keep, None, 0, "--no-unknown-flag")
     try:
         runs = [read_validation(info) for info in infos]
         why = mismatch(infos, runs) if len(infos) > 1 else None

@@ -148,8 +148,9 @@ def pseudo_labels(recipe: Recipe, split: Split, quiet: bool) -> PseudoLabels | N
     _refuse_labelled_files([path for path, _ in pseudo.items], split, f"--pseudo-labels {recipe.pseudo_labels}")
     pseudo = dataclasses.replace(pseudo, items=_readable(pseudo.items, recipe.workers, "--pseudo-labels"))
     say(f"Pseudo-labels: {len(pseudo.items)} of {pseudo.rows} rows of {recipe.pseudo_labels} (agreement at least "
-        f"{recipe.pseudo_min_agreement:g}) join the {len(split.items('train'))} training images; validation "
-        "is unchanged", quiet)
+        f"{recipe.pseudo_min_agreement:g}{', not flagged unknown' if pseudo.no_class else ''}) join the "
+        f"{len(split.items('train'))} training images; validation is unchanged"
+        + (f"; {pseudo.no_class} agreed rows of no known class were left out" if pseudo.no_class else ""), quiet)
     return pseudo
 
 
