@@ -1,0 +1,178 @@
+"""Images of no known class: the `unknown` flag on real images of another kind (scikit-learn's handwritten
+digits and crops of its photos) in a folder of Fashion-MNIST classes, the line set on validation, the
+review folder, the pseudo-label exclusion, shards, and the errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scipy.stats import entropy
+
+from quorum.cli import main
+from quorum.predict import shards
+from quorum.predict.members import select_models
+from quorum.predict.pipeline import predict
+from quorum.predict.table import closing_lines, read_predictions
+from quorum.train.finetune import finetune
+from quorum.train.recipe import Recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+CLASSES = ("Bag", "Sneaker", "Trouser")  # three of the sample's Fashion-MNIST classes
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [*map(str, args)])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def write_other_kind(folder: Path, count: int) -> None:
+    """`count` handwritten digits and `count` photo crops, 28x28 grayscale as Fashion-MNIST: real images
+    of no class the models know."""
+    from sklearn.datasets import load_digits, load_sample_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, digit in enumerate(load_digits().images[:count]):  # drawn in the middle 20 px, as MNIST centres its digits
+        canvas = Image.new("L", (28, 28))
+        canvas.paste(Image.fromarray((digit * 255 / 16).astype(np.uint8), "L").resize((20, 20)), (4, 4))
+        canvas.save(folder / f"digit_{n}.png")
+    photos = [Image.fromarray(image).convert("L") for image in load_sample_images().images]
+    for n in range(count):
+        left, top = 40 * n, 30 * (n % 5)
+        crop = photos[n % 2].crop((left, top, left + 120, top + 120)).resize((28, 28))
+        crop.save(folder / f"photo_{n}.png")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, one_thread):
+    """Two members fine-tuned on three sample classes (30 images each; the shared split keeps 18 for
+    validation) and an unlabelled folder: 30 images of those classes, 8 digits and 8 photo crops."""
+    root = tmp_path_factory.mktemp("unknown")
+    for name in CLASSES:
+        shutil.copytree(SAMPLE / "labelled" / name, root / "labelled" / name)
+    labels = pd.read_csv(SAMPLE / "unlabelled_labels.csv")
+    unlabelled = root / "unlabelled"
+    unlabelled.mkdir()
+    for name in CLASSES:
+        for path in labels.loc[labels["label"] == name, "path"][:10]:
+            shutil.copy(SAMPLE / "unlabelled" / path, unlabelled / f"in_{path}")
+    write_other_kind(unlabelled, 8)
+    for seed in range(2):
+        finetune(Recipe(backbone="tinyvgg", data=str(root / "labelled"), models_dir=str(root / "models"), image_size=32,
+                        epochs=6, unfreeze_after=0, batch_size=16, workers=0, weights="none", lr=3e-3, name=f"m{seed}",
+                        seed=seed), quiet=True)
+    return root
+
+
+@pytest.fixture
+def predicted(world, tmp_path) -> Path:
+    out = tmp_path / "preds.csv"
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", world / "models", "--workers", 0)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def kind(frame: pd.DataFrame) -> pd.Series:
+    return frame["path"].str.split("_").str[0]  # in, digit or photo
+
+
+def test_the_line_is_set_on_validation_and_flags_the_digits(predicted, world):
+    frame = read_predictions(predicted)
+    recorded = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]
+    vals = [pd.read_csv(world / "models" / m / "val_predictions.csv").sort_values("path") for m in ("m0", "m1")]
+    mean = np.mean([val[[f"p_{name}" for name in CLASSES]].to_numpy() for val in vals], axis=0)
+    scores = entropy(mean, axis=1)  # of the members' mean probability, image by image
+    assert recorded["keep"] == 0.95 and recorded["validation_images"] == len(scores) == 18
+    assert recorded["threshold"] == pytest.approx(np.quantile(scores, 0.95, method="inverted_cdf"))
+    assert (scores <= recorded["threshold"]).mean() >= 0.95
+    assert frame["unknown_score"].notna().all()
+    assert frame["unknown"].tolist() == (frame["unknown_score"] > recorded["threshold"]).tolist()
+    flagged = frame.groupby(kind(frame))["unknown"].mean()
+    # Real images of another kind: every digit is flagged, far more often than the known classes.
+    assert flagged["digit"] == 1.0 and flagged["in"] <= 0.2 and flagged["photo"] > flagged["in"], flagged
+
+
+def test_flagged_rows_are_left_out_of_the_trusted_lines(predicted):
+    frame = read_predictions(predicted)
+    frame.attrs["unknown"] = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]
+    lines = closing_lines(frame)
+    flagged = int(frame["unknown"].sum())
+    assert lines[1].startswith(f"no known class: {flagged} of {len(frame)} rows flagged unknown")
+    kept = frame[~frame["unknown"]]
+    unanimous = int((kept["decided_by"] == "unanimous").sum())
+    assert lines[3].startswith(f"decided: {unanimous} unanimous, 0 majority, {len(kept) - unanimous} tie-breaker")
+
+
+def test_review_puts_the_flagged_rows_in_unknown(predicted, tmp_path):
+    frame = read_predictions(predicted)
+    out = tmp_path / "review"
+    result = cli("review", predicted, "--out", out)
+    assert result.exit_code == 0, result.output
+    flagged = frame.loc[frame["unknown"], "path"]
+    assert sorted(p.name for p in (out / "_unknown").iterdir()) == sorted(flagged)
+    split = frame[~frame["unknown"] & (frame["decided_by"] != "unanimous")]  # the members differ, not flagged
+    in_classes = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if p.parent.name != "_unknown")
+    assert in_classes == sorted(f"{label}/{path}" for path, label in zip(split["path"], split["prediction"]))
+    assert f"{len(flagged)} of them are flagged unknown" in result.stderr
+    assert "_unknown/ holds the" in (out / "README.txt").read_text()
+
+
+def test_pseudo_labels_leave_the_flagged_rows_out(predicted, world, tmp_path):
+    frame = read_predictions(predicted)
+    models = tmp_path / "models"
+    shutil.copytree(world / "models", models)
+    recipe = Recipe(backbone="tinyvgg", data=str(world / "labelled"), models_dir=str(models), image_size=32,
+                    epochs=1, unfreeze_after=0, batch_size=16, workers=0, weights="none", name="pseudo",
+                    pseudo_labels=str(predicted))
+    info = json.loads((finetune(recipe, quiet=True) / "model.json").read_text())["pseudo_labels"]
+    unanimous = frame["agreement"] == 1  # --pseudo-min-agreement's default
+    assert info["left_out_unknown"] == int((frame["unknown"] & unanimous).sum()) > 0
+    assert info["added"] == int((~frame["unknown"] & unanimous).sum())
+
+
+def test_shards_merge_into_the_whole_runs_flags(world, tmp_path):
+    models = select_models(world / "models")
+    whole = predict(world / "unlabelled", models, workers=0, quiet=True)
+    parts = []
+    for index in range(2):
+        part = predict(world / "unlabelled", models, workers=0, quiet=True, shard=shards.Shard(index, 2))
+        parts.append(tmp_path / f"part{index}.csv")
+        shards.write_part(part, parts[-1])
+    merged = shards.merge(parts)
+    pd.testing.assert_frame_equal(merged[["path", "unknown_score", "unknown"]], whole[["path", "unknown_score", "unknown"]],
+                                  atol=1e-6)
+    assert merged.attrs["unknown"] == whole.attrs["unknown"]
+
+
+def test_a_member_without_validation_predictions(world, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(world / "models", models)
+    (models / "m1" / "val_predictions.csv").unlink()
+    out = tmp_path / "preds.csv"
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", models, "--workers", 0,
+                 "--unknown-keep", 0.9)
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output == (f"Error: --unknown-keep needs the members' validation predictions: {models / 'm1'} has no "
+                              "val_predictions.csv: fine-tune it again with quorum finetune\n")
+    # Not asked for: the rows are written, the flag is left empty and the summary says why.
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", models, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    assert read_predictions(out)["unknown"].isna().all()
+    assert "no known class: none flagged" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-1"])
+def test_unknown_keep_out_of_range_is_one_error_line(world, tmp_path, value):
+    out = tmp_path / "preds.csv"
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", world / "models", "--unknown-keep", value)
+    assert result.exit_code == 2 and not out.exists()
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: Invalid value for '--unknown-keep'") and "0<x<=1" in lines[-1]
