@@ -176,3 +176,26 @@ def test_unknown_keep_out_of_range_is_one_error_line(world, tmp_path, value):
     assert result.exit_code == 2 and not out.exists()
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("Error: Invalid value for '--unknown-keep'") and "0<x<=1" in lines[-1]
+
+
+def test_the_folder_check_warns_when_the_folder_is_unlike_the_labelled_one(world, tmp_path):
+    from quorum.predict.folder_check import compare
+
+    models = select_models(world / "models")
+    alike = tmp_path / "alike"
+    for name in CLASSES:  # unlabelled images of the labelled classes, in the labelled mix
+        shutil.copytree(SAMPLE / "labelled" / name, alike / name)
+    frame = predict(alike, models, workers=0, quiet=True, flag_unknown=False)
+    lines = compare(frame, alike, world / "labelled")
+    assert "28x28 px, L 100%, PNG 100%" in lines[1] and not any(line.startswith("Warning") for line in lines)
+    # Colour photos of another size, as JPEG: size, aspect and mode differ.
+    from sklearn.datasets import load_sample_images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n, image in enumerate(load_sample_images().images):
+        Image.fromarray(image).crop((0, 0, 400, 300)).save(photos / f"{n}.jpg")
+    frame = predict(photos, models, workers=0, quiet=True)
+    warning = compare(frame, photos, world / "labelled")[-1]
+    assert warning.startswith("Warning: this folder is not like the labelled one (")
+    assert "size 400x300 vs 28x28" in warning and "aspect 1.33 vs 1.00" in warning and "mode RGB vs L" in warning

@@ -283,11 +283,14 @@ def _print_closing_lines(frame, out, model_dirs=None) -> None:
     from rich.markup import escape
 
     from quorum.console import say
+    from quorum.predict.folder_check import compare, labelled_root
     from quorum.predict.table import closing_lines
     from quorum.report.trust import validation_trust
 
     trust = validation_trust(model_dirs, frame.attrs.get("tie_breaker")) if model_dirs else None
     first, *rest = closing_lines(frame, trust)
+    if model_dirs and frame.attrs.get("folder"):
+        rest += compare(frame, frame.attrs["folder"], labelled_root(model_dirs))
     say(escape(f"Wrote {out}: {first}"))
     for line in rest:
         say(escape(f"  {line}"))
