@@ -225,13 +225,14 @@ def test_text_in_the_page_is_escaped(tmp_path):
 
 
 def handmade_preds(path: Path) -> Path:
-    """A predict CSV for members a and b with --min-agreement: three voted rows and one unreadable file."""
+    """A predict CSV for members a and b with --min-agreement: three voted rows (x3 flagged unknown) and one
+    unreadable file."""
     header = columns(["a", "b"], CLASSES, with_probs=False, with_review=True)
     rows = [
-        ["x1.png", "cat", 2, 2, 1.0, "unanimous", 0.8, "cat", 0.8, "cat", 0.8, False, "ok", ""],
-        ["x2.png", "dog", 1, 2, 0.5, "tie-breaker", 0.6, "dog", 0.7, "cat", 0.5, True, "ok", ""],
-        ["x3.png", "fox", 2, 2, 1.0, "unanimous", 0.9, "fox", 0.9, "fox", 0.9, False, "ok", ""],
-        ["broken.jpg", *[""] * 11, "error", "empty file"],
+        ["x1.png", "cat", 2, 2, 1.0, "unanimous", 0.8, "cat", 0.8, "cat", 0.8, 0.5, False, False, "ok", ""],
+        ["x2.png", "dog", 1, 2, 0.5, "tie-breaker", 0.6, "dog", 0.7, "cat", 0.5, 0.9, False, True, "ok", ""],
+        ["x3.png", "fox", 2, 2, 1.0, "unanimous", 0.9, "fox", 0.9, "fox", 0.9, 1.0, True, False, "ok", ""],
+        ["broken.jpg", *[""] * 13, "error", "empty file"],
     ]
     pd.DataFrame(rows, columns=header).to_csv(path, index=False)
     return path
@@ -246,7 +247,8 @@ def test_preds_summary_and_scores_against_true_labels(trio, tmp_path):
     summary = report.preds
     assert summary["members"] == ["a", "b"] and summary["rows"] == 4
     assert summary["errors"] == [{"path": "broken.jpg", "error": "empty file"}]
-    assert [row["path"] for row in summary["review"]] == ["x2.png"]
+    assert [row["path"] for row in summary["review"]] == ["x2.png", "x3.png"]  # x3: flagged unknown
+    assert summary["no_class"] == 1 and [row["unknown"] for row in summary["review"]] == [False, True]
     assert summary["predicted"] == {"cat": 1, "dog": 1, "fox": 1}
     assert summary["agreement"] == {"0.500": 1, "1.000": 2}
     assert_matches_sklearn(summary["scores"]["ensemble"], [0, 0, 2], [0, 1, 2])
@@ -257,7 +259,7 @@ def test_preds_summary_and_scores_against_true_labels(trio, tmp_path):
     written = write_report(report, tmp_path / "out")
     assert {"preds_agreement.png", "preds_classes.png"} <= {path.name for path in written}
     page = check_page(tmp_path / "out", written)
-    assert "Flagged for review: 1" in page and "empty file" in page
+    assert "Flagged for review: 2" in page and "the 1 rows flagged unknown" in page and "empty file" in page
 
 
 @pytest.mark.parametrize("content, message", [

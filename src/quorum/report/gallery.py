@@ -1,5 +1,6 @@
 """Thumbnails for the report, where people would rather look than read: the unlabelled images
-flagged for review (grouped by predicted class, with every member's vote) and the validation
+flagged for review (grouped by predicted class, those flagged unknown in a group of their own, with
+every member's vote) and the validation
 images the vote got wrong (most confident first, as fastai's plot_top_losses, for the ensemble).
 
 Each thumbnail is a small JPEG inlined as base64, so the page stays one self-contained file;
@@ -28,6 +29,7 @@ JPEG_QUALITY = 80
 MAX_PER_CLASS = 12  # flagged images shown per predicted class
 MAX_REVIEW = 120  # flagged images shown in all
 MAX_WRONG = 36  # validation mistakes shown
+NO_CLASS = "flagged unknown (no known class)"  # the group of rows predict flagged `unknown`, as review's _unknown/
 
 
 def thumbnail(path: Path) -> str | None:
@@ -54,7 +56,7 @@ def review_gallery(csv: Path, frame: pd.DataFrame, flagged: list[dict], names: l
     groups: dict[str, list[dict]] = {}
     shown = 0
     for row in flagged:
-        group = groups.setdefault(row["prediction"], [])
+        group = groups.setdefault(NO_CLASS if row.get("unknown") else row["prediction"], [])
         if len(group) >= MAX_PER_CLASS or shown >= MAX_REVIEW:
             continue
         votes = [f"{name}: {row[name] or '(skipped)'}" for name in names]

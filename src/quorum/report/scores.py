@@ -91,11 +91,15 @@ def describe_predictions(frame: pd.DataFrame, names: list[str], classes, labels:
     # Flagged: the CSV's own review column, else every row that is not unanimous (review's default).
     flagged = ok[ok["review"].fillna(False).astype(bool)] if "review" in frame.columns else \
         ok[ok["decided_by"].isin([kind for kind in DECIDED_BY if kind != UNANIMOUS])]
+    # Rows flagged unknown (no known class) are shown too, whatever their agreement, as review places them.
+    no_class = ok["unknown"].fillna(False).astype(bool) if "unknown" in ok else pd.Series(False, index=ok.index)
+    flagged = ok[ok.index.isin(flagged.index) | no_class]
+    summary["no_class"] = int(no_class.sum())
     summary["review"] = [{"path": str(row["path"]), "prediction": str(row["prediction"]),
-                          "agreement": float(row["agreement"]),
+                          "agreement": float(row["agreement"]), "unknown": bool(no_class[index]),
                           **{name: ("" if pd.isna(row[member_columns(name)[0]]) else str(row[member_columns(name)[0]]))
                              for name in names}}
-                         for _, row in flagged.iterrows()]
+                         for index, row in flagged.iterrows()]
     if labels is not None:
         summary.update(labelled_preds_scores(ok, names, classes, labels))
     return summary

@@ -80,7 +80,9 @@ def preds_section(preds: dict) -> str:
                              highlight=best_name({name: s["accuracy"] for name, s in preds["scores"].items()}))]
     rule = ("the CSV's review column" if preds.get("review_rule") == "review column"
             else "every row that is not unanimous (quorum review's default)")
-    parts.append(f"<h3>Flagged for review: {len(review)}</h3><p>Flagged: {escape(rule)}.</p>")
+    no_class = (f" and the {preds['no_class']} rows flagged unknown (no known class: their own gallery below)"
+                if preds.get("no_class") else "")
+    parts.append(f"<h3>Flagged for review: {len(review)}</h3><p>Flagged: {escape(rule)}{escape(no_class)}.</p>")
     if preds.get("unknown"):
         parts.append(f"<p>{preds['unknown']} rows of this --lazy run are decided_by <code>unknown</code>: the members "
                      "skipped there could have made them unanimous or not.</p>")
