@@ -1,0 +1,420 @@
+"""Images of no known class in the folder: which score flags them, and does the trust line still hold?
+
+    python benchmarks/bench_unknown.py [--jobs 2] [--out benchmarks/RESULTS.md] [--no-write]
+
+1. Data: the Fashion-MNIST slice of bench_recipe.py (100 train images per class, quorum's 80/20 split,
+   a disjoint test set of 2,000) and images of no class from no_class.py (scikit-learn's handwritten
+   digits, crops of its two photos, synthetic textures; 650 in all, 24.5% of the folder), all 28x28
+   grayscale PNG so that only what they show differs.
+2. Members: EfficientNet-Lite0/1/2 (ImageNet weights) at 96 px, 4 frozen + 4 unfrozen epochs, trained as
+   bench_recipe.py trains them (recipe_runs.py, one thread each, at most --jobs at a time); reused.
+3. The folder through quorum's own predict path (`predict_arrays`, default engine); one temperature per
+   member fitted on the validation split (quorum.calibration); ECE before and after, on the in-class rows.
+4. Each candidate score on calibrated probabilities, plus energy (the members' logits, from model.onnx)
+   and kNN distance in Lite1's penultimate features to the training images (cleanlab's OutOfDistribution):
+   AUROC and FPR at 95% of in-class test images kept, per no-class source; and with the threshold set
+   on validation as `quorum predict` sets it (--unknown-keep 0.95): in-class kept, no-class flagged.
+5. The vote's unanimous rows on the folder, with and without the flag, against the validation trust
+   table's unanimous line.
+Runs and arrays are kept under benchmarks/data/unknown/ and reused; the section between the
+bench_unknown markers of --out is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from bench_recipe import train_in_process
+from fashion_mnist import DATA, make_slice
+from no_class import SOURCES, make_no_class
+from recipe_report import replace_section
+
+RUNS = DATA / "unknown"
+HERE = Path(__file__).resolve().parent
+WEIGHTS = HERE.parent.parent / "shared" / "weights"  # the worktree's or the checkout's sibling
+if not WEIGHTS.is_dir():
+    WEIGHTS = Path("/work/shared/weights")
+LITES = (0, 1, 2)
+COUNTS = {"digits": 250, "photos": 250, "textures": 150}
+IN = "in-class"
+KNN_MEMBER = 1  # kNN in one member's features (the brief: "a member's"); a torch pass per image is slow here
+
+
+def train_members(slice_root: Path, jobs: int) -> list[Path]:
+    """The three members' bundles, trained once on quorum's split of the slice."""
+    from quorum.data.split import load_or_make_split
+
+    RUNS.mkdir(parents=True, exist_ok=True)
+    load_or_make_split(slice_root / "train", RUNS, val_fraction=0.2, seed=0)
+
+    def run(lite: int) -> Path:
+        out = RUNS / f"lite{lite}"
+        if (out / "models" / f"lite{lite}" / "model.json").is_file():  # trained (its test scores may still run)
+            return out / "models" / f"lite{lite}"
+        weights = json.dumps(str(WEIGHTS / f"tf_efficientnet_lite{lite}.safetensors"))
+        train_in_process(["quorum", str(lite), "4", "4", str(out), "--data", str(slice_root), "--split",
+                          str(RUNS / "split.csv"), f"--set=weights={weights}"], out, f"unknown/lite{lite}")
+        return out / "models" / f"lite{lite}"
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(run, LITES))
+
+
+def make_folder(slice_root: Path) -> pd.DataFrame:
+    """RUNS/folder: the in-class test images and the no-class ones; path (relative), label, source."""
+    folder, sources = RUNS / "folder", make_no_class(DATA / "no-class", COUNTS)
+    if not (folder / ".complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(slice_root / "test", folder / IN)
+        for source, paths in sources.items():
+            shutil.copytree(paths[0].parent, folder / source)
+        (folder / ".complete").write_text("ok\n")
+    rows = []
+    for path in sorted(folder.rglob("*.png")):
+        parts = path.relative_to(folder).parts  # in-class/<class>/<n>.png or <source>/<n>.png
+        rows.append((path.relative_to(folder).as_posix(), parts[1] if parts[0] == IN else None, parts[0]))
+    return pd.DataFrame(rows, columns=["path", "label", "source"]).sort_values("path", ignore_index=True)
+
+
+def engine_probs(bundle: Path, paths: list[Path]) -> np.ndarray:
+    """(images, classes) of one member through quorum predict's own path, on its default engine."""
+    import torch
+
+    from quorum.predict.members import load_members, member_engines, read_members
+    from quorum.predict.pipeline import predict_arrays
+
+    infos = read_members([bundle])
+    members = load_members(infos, torch.device("cpu"), member_engines(infos, "auto", "cpu", True), threads=1)
+    return predict_arrays(paths, members, 0, torch.device("cpu"), workers=0, quiet=True).probs[0]
+
+
+def onnx_logits(bundle: Path, paths: list[Path]) -> np.ndarray:
+    """One member's logits on `paths` from its model.onnx (the graph's output, before predict's softmax),
+    fed as predict feeds it: for energy, which probabilities cannot give."""
+    import torch
+
+    from quorum.data.images import load_rgb
+    from quorum.models.bundle import ONNX, read_info
+    from quorum.models.inference import onnx_session
+
+    info = read_info(bundle)
+    session, crop, normalize = onnx_session(bundle / ONNX, 1), info.preprocessing.eval_pixels(), info.preprocessing.normalizer()
+    name = session.get_inputs()[0].name
+    with torch.inference_mode():
+        return np.concatenate([session.run(None, {name: normalize(torch.stack([crop(load_rgb(p)) for p in
+                                                                               paths[start:start + 64]])).numpy()})[0]
+                               for start in range(0, len(paths), 64)])
+
+
+def lazy_run(bundles: list[Path], paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(probs, ran) of `predict --lazy` on `paths`: members cheapest first, skipped where they cannot change
+    the winner."""
+    import torch
+
+    from quorum.predict.members import load_members, member_engines, read_members, tie_breaker_index
+    from quorum.predict.pipeline import predict_arrays
+
+    infos = read_members(bundles)
+    members = load_members(infos, torch.device("cpu"), member_engines(infos, "auto", "cpu", True), threads=1)
+    outputs = predict_arrays(paths, members, tie_breaker_index(infos), torch.device("cpu"), workers=0, lazy=True,
+                             quiet=True)
+    return outputs.probs, outputs.ran
+
+
+def lazy_lines(bundles: list[Path], probs: np.ndarray, frame: pd.DataFrame, passes: dict) -> dict:
+    """What --lazy does to the product's flag: its score over the members that ran, against a full run's,
+    both at the line `predict` draws (quorum.predict.unknown.threshold)."""
+    from sklearn.metrics import roc_auc_score
+
+    from quorum.predict.members import read_members
+    from quorum.predict.unknown import threshold, unknown_score
+
+    lazy_probs, ran = cached("lazy_folder", lambda: lazy_run(bundles, passes["folder"]))
+    ran = ran.astype(bool)
+    line = threshold(read_members(bundles)).value
+    full, lazy = unknown_score(probs, np.ones(ran.shape, bool)), unknown_score(lazy_probs, ran)
+    inside = (frame["source"] == IN).to_numpy()
+    return {"skipped": float(1 - ran.mean()), "threshold": line, "differ": int(((full > line) != (lazy > line)).sum()),
+            "flagged full": float((full > line)[~inside].mean()), "flagged lazy": float((lazy > line)[~inside].mean()),
+            "kept full": float((full <= line)[inside].mean()), "kept lazy": float((lazy <= line)[inside].mean()),
+            "auroc lazy": {source: float(roc_auc_score((frame["source"] == source)[inside | (frame["source"] == source)],
+                                                       lazy[inside | (frame["source"] == source).to_numpy()]))
+                           for source in SOURCES}}
+
+
+def torch_pass(bundle: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(penultimate features, logits) of one member on `paths`, in torch: for kNN only."""
+    import torch
+
+    from quorum.data.images import load_rgb
+    from quorum.models.bundle import load_model
+
+    model, info = load_model(bundle)
+    crop, normalize = info.preprocessing.eval_pixels(), info.preprocessing.normalizer()
+    features, logits = [], []
+    with torch.inference_mode():
+        for start in range(0, len(paths), 64):
+            x = normalize(torch.stack([crop(load_rgb(p)) for p in paths[start:start + 64]]))
+            f = model.forward_blocks(x)
+            features.append(f.numpy())
+            logits.append(model.head(f).numpy())
+    return np.concatenate(features), np.concatenate(logits)
+
+
+def cached(name: str, make):
+    """An array (or tuple of arrays) kept in RUNS/arrays/NAME.npz and reused."""
+    path = RUNS / "arrays" / f"{name}.npz"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made = make()
+        np.savez(path, *(made if isinstance(made, tuple) else (made,)))
+    with np.load(path) as saved:
+        arrays = [saved[key] for key in sorted(saved.files, key=lambda k: int(k.split("_")[1]))]
+    return tuple(arrays) if len(arrays) > 1 else arrays[0]
+
+
+def knn_scores(train_features: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """cleanlab's kNN outlier score (mean distance to the k=10 nearest training images, cosine on these
+    wide features) turned so that higher = less like the training images."""
+    from cleanlab.outlier import OutOfDistribution
+
+    detector = OutOfDistribution()
+    detector.fit(features=train_features, verbose=False)
+    return [1 - detector.score(features=features) for features in others]
+
+
+def candidate_scores(probs: np.ndarray, logits: np.ndarray, knn: np.ndarray, tie: int) -> dict[str, np.ndarray]:
+    """Every candidate, higher = less like the labelled classes. probs, logits: (members, images, classes);
+    knn: (images,), in KNN_MEMBER's features."""
+    from scipy.special import logsumexp
+    from scipy.stats import entropy
+
+    from quorum.predict.vote import vote
+
+    mean = probs.mean(axis=0)
+    agreement = vote(probs, tie).votes / len(probs)
+    return {"max probability (baseline)": 1 - mean.max(axis=1),
+            "entropy of the mean": entropy(mean, axis=1),
+            "energy (logits)": -logsumexp(logits, axis=2).mean(axis=0),
+            "disagreement (1 - agreement)": 1 - agreement,
+            "mutual information": entropy(mean, axis=1) - entropy(probs, axis=2).mean(axis=0),
+            f"kNN distance, Lite{KNN_MEMBER} features": knn}
+
+
+def detection(score: np.ndarray, val_score: np.ndarray, frame: pd.DataFrame, keep: float = 0.95) -> dict:
+    """Per no-class source: AUROC, FPR at `keep` of in-class test images kept (the usual definition) and,
+    with the threshold from validation as predict sets it, the in-class share kept and each source's share
+    flagged."""
+    from sklearn.metrics import roc_auc_score
+
+    inside = (frame["source"] == IN).to_numpy()
+    at_test, at_val = np.quantile(score[inside], keep), np.quantile(val_score, keep, method="inverted_cdf")
+    result = {"kept in-class (val threshold)": float((score[inside] <= at_val).mean())}
+    for source in SOURCES:
+        other = (frame["source"] == source).to_numpy()
+        both = inside | other
+        result[source] = {"auroc": float(roc_auc_score(other[both], score[both])),
+                          "fpr95": float((score[other] <= at_test).mean()),
+                          "flagged (val threshold)": float((score[other] > at_val).mean())}
+    return result
+
+
+def calibration_rows(raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, tie: int) -> list[dict]:
+    """ECE (15 bins) of each member and of the vote's confidence, before and after; labels unchanged?"""
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    from quorum.calibration import expected_calibration_error
+    from quorum.predict.vote import vote
+
+    def vote_ece(probs: np.ndarray) -> tuple[float, np.ndarray]:  # confidence against right or wrong
+        result = vote(probs, tie)
+        right = torch.as_tensor(result.label == y, dtype=torch.long)
+        return float(binary_calibration_error(torch.as_tensor(result.confidence), right, n_bins=15)), result.label
+
+    rows = [{"who": f"Lite{lite}", "before": expected_calibration_error(raw[m], y),
+             "after": expected_calibration_error(calibrated[m], y),
+             "same labels": bool((raw[m].argmax(1) == calibrated[m].argmax(1)).all())} for m, lite in enumerate(LITES)]
+    (before, labels_before), (after, labels_after) = vote_ece(raw), vote_ece(calibrated)
+    rows.append({"who": "vote (confidence)", "before": before, "after": after,
+                 "same labels": bool((labels_before == labels_after).all())})
+    return rows
+
+
+def unanimous_lines(probs: np.ndarray, frame: pd.DataFrame, classes: tuple[str, ...], tie: int,
+                    flags: dict[str, np.ndarray]) -> dict:
+    """The vote's unanimous rows on the folder (an image of no class is never right): all of them, and
+    those each score leaves unflagged."""
+    from quorum.predict.vote import UNANIMOUS, vote
+
+    index = {name: i for i, name in enumerate(classes)}
+    truth = np.array([index.get(label, -1) if isinstance(label, str) else -1 for label in frame["label"]])
+    result = vote(probs, tie)
+    unanimous = result.decided_by == UNANIMOUS
+    right = result.label == truth
+
+    def line(mask: np.ndarray) -> dict:
+        return {"rows": int(mask.sum()), "accuracy": float(right[mask].mean()),
+                "no-class": int((mask & (truth < 0)).sum())}
+
+    return {"all": line(unanimous), "in-class only": line(unanimous & (truth >= 0)),
+            **{name: line(unanimous & ~flag) for name, flag in flags.items()}}
+
+
+def member_arrays(lite: int, bundle: Path, passes: dict[str, list[Path]]) -> dict:
+    """One member's arrays, each made once and kept: its probabilities on the folder through quorum's
+    predict path, its logits on val and the folder (ONNX), and for KNN_MEMBER its penultimate features
+    on the train, val and folder images (torch)."""
+    arrays = {"probs": cached(f"lite{lite}_folder_probs", lambda: engine_probs(bundle, passes["folder"]))}
+    for part in ("val", "folder"):
+        arrays[f"{part}_logits"] = cached(f"lite{lite}_{part}_logits", lambda p=passes[part]: onnx_logits(bundle, p))
+    if lite == KNN_MEMBER:
+        for part, paths in passes.items():
+            arrays[part] = cached(f"lite{lite}_{part}", lambda p=paths: torch_pass(bundle, p))[0]
+    return arrays
+
+
+def image_lists(slice_root: Path, frame: pd.DataFrame) -> dict[str, list[Path]]:
+    split = pd.read_csv(RUNS / "split.csv")
+    return {**{part: [slice_root / "train" / p for p in split.loc[split["subset"] == part, "path"]]
+               for part in ("train", "val")}, "folder": [RUNS / "folder" / p for p in frame["path"]]}
+
+
+def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | None:
+    from scipy.stats import entropy
+
+    from quorum.calibration import calibrate, fit_temperature
+    from quorum.predict.members import read_members, tie_breaker_index
+    from quorum.predict.trust import trust_table
+    from quorum.predict.vote import vote
+    from quorum.report.sources import read_validation, stack_validation
+
+    slice_root = make_slice(100, 200).root
+    frame = make_folder(slice_root)
+    passes = image_lists(slice_root, frame)
+    if only:  # arrays of members already trained, while the others still train
+        for lite in only:
+            member_arrays(lite, RUNS / f"lite{lite}" / "models" / f"lite{lite}", passes)
+        return None
+    bundles = train_members(slice_root, jobs)
+    arrays = [member_arrays(lite, bundle, passes) for lite, bundle in zip(LITES, bundles)]
+    probs = np.stack([a["probs"] for a in arrays])
+    infos = read_members(bundles)
+    val = stack_validation(infos, [read_validation(info) for info in infos])
+    order = [val.paths.index(path.relative_to(slice_root / "train").as_posix()) for path in passes["val"]]
+    val_probs, val_y = val.probs[:, order], val.y_true[order]  # in the torch pass's order
+    tie, classes = tie_breaker_index(infos), infos[0].classes
+    temperatures = [fit_temperature(val_probs[m], val_y) for m in range(len(LITES))]
+    cal = np.stack([calibrate(probs[m], t) for m, t in enumerate(temperatures)])
+    val_cal = np.stack([calibrate(val_probs[m], t) for m, t in enumerate(temperatures)])
+
+    features = arrays[LITES.index(KNN_MEMBER)]
+    knn = dict(zip(("val", "folder"), knn_scores(features["train"], features["val"], features["folder"])))
+    logits = {part: np.stack([a[f"{part}_logits"] for a in arrays]) for part in ("val", "folder")}
+    scores = candidate_scores(cal, logits["folder"], knn["folder"], tie)
+    val_scores = candidate_scores(val_cal, logits["val"], knn["val"], tie)
+    scores["entropy of the mean, uncalibrated"] = entropy(probs.mean(axis=0), axis=1)
+    val_scores["entropy of the mean, uncalibrated"] = entropy(val_probs.mean(axis=0), axis=1)
+
+    inside = (frame["source"] == IN).to_numpy()
+    y = np.array([classes.index(label) for label in frame.loc[inside, "label"]])
+    flags = {name: scores[name] > np.quantile(val_scores[name], keep, method="inverted_cdf") for name in scores}
+    val_unanimous = trust_table(val_y, vote(val_cal, tie)).set_index(["group", "level"]).loc[
+        ("decided_by", "unanimous")]
+    return {"frame": frame, "temperatures": temperatures, "keep": keep,
+            "calibration": calibration_rows(probs[:, inside], cal[:, inside], y, tie),
+            "detection": {name: detection(scores[name], val_scores[name], frame, keep) for name in scores},
+            "unanimous": unanimous_lines(cal, frame, classes, tie, flags),
+            "val_unanimous": {"rows": int(val_unanimous["images"]), "accuracy": float(val_unanimous["accuracy"])},
+            "lazy": lazy_lines(bundles, probs, frame, passes)}
+
+
+def render(m: dict, command: str, minutes: float) -> str:
+    frame, keep = m["frame"], m["keep"]
+    counts = frame["source"].value_counts()
+    others = len(frame) - counts[IN]
+    lines = ["<!-- bench_unknown: start -->", "## Images of no known class (`bench_unknown.py`)", "",
+             f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {minutes:.0f} min (trained members "
+             f"and arrays reused from benchmarks/data/unknown/). Folder: {counts[IN]} in-class Fashion-MNIST test "
+             f"images and {others} of no class ({others / len(frame):.1%}): "
+             + ", ".join(f"{source} {counts[source]}" for source in SOURCES)
+             + " (benchmarks/no_class.py; all 28x28 grayscale PNG). Members: EfficientNet-Lite0/1/2, ImageNet "
+             "weights, 96 px, 4+4 epochs, 800 train / 200 val images (bench_recipe.py's slice and split).", "",
+             "### Calibration (one temperature per member, fitted on the 200 validation images)", "",
+             "Temperatures: " + ", ".join(f"Lite{lite} {t:.3f}" for lite, t in zip(LITES, m["temperatures"]))
+             + f". ECE (15 bins) on the {counts[IN]} in-class test images:", "",
+             "| | ECE before | ECE after | same labels |", "|---|---|---|---|"]
+    lines += [f"| {r['who']} | {r['before']:.3f} | {r['after']:.3f} | {'yes' if r['same labels'] else 'no'} |"
+              for r in m["calibration"]]
+    lines += ["", f"### Detection: AUROC / FPR at {keep:.0%} of in-class test images kept", "",
+              ("Higher score = less like the labelled classes; probability scores on calibrated probabilities. "
+              "FPR: the share of a source's images that pass the threshold keeping 95% of in-class test images."), "",
+              "| score | " + " | ".join(f"{s} AUROC | {s} FPR" for s in SOURCES) + " |",
+              "|---|" + "---|---|" * len(SOURCES)]
+    for name, d in m["detection"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{d[s]['auroc']:.3f} | {d[s]['fpr95']:.2f}" for s in SOURCES) + " |")
+    val = m["val_unanimous"]
+    un = m["unanimous"]
+    lines += ["", f"### With the threshold set on validation (`--unknown-keep {keep}`), and the trust line", "",
+              (f"The validation trust table's unanimous line: {val['accuracy']:.1%} right ({val['rows']} images). "
+              f"On the folder, all unanimous rows: {un['all']['rows']}, {un['all']['accuracy']:.1%} right, "
+              f"{un['all']['no-class']} of them of no class (an image of no class is never right); the in-class "
+              f"rows among them alone (a perfect flag): {un['in-class only']['rows']}, "
+              f"{un['in-class only']['accuracy']:.1%} right."), "",
+              "| score | in-class kept | " + " | ".join(f"{s} flagged" for s in SOURCES)
+              + " | unanimous, not flagged: rows | of no class | right | vs validation |", "|---|---|" + "---|" * (len(SOURCES) + 4)]
+    for name, d in m["detection"].items():
+        u = un[name]
+        lines.append(f"| {name} | {d['kept in-class (val threshold)']:.1%} | "
+                     + " | ".join(f"{d[s]['flagged (val threshold)']:.1%}" for s in SOURCES)
+                     + f" | {u['rows']} | {u['no-class']} | {u['accuracy']:.1%} | "
+                     f"{(u['accuracy'] - val['accuracy']) * 100:+.1f} |")
+    lazy = m["lazy"]
+    lines += ["", "### --lazy", "",
+              f"The product's score (entropy of the mean, uncalibrated, as predict writes it today) at predict's "
+              f"own line ({lazy['threshold']:.3f}), over the members that ran: --lazy skipped {lazy['skipped']:.0%} of "
+              f"member runs; {lazy['differ']} of {len(frame)} rows flagged differently from a full run; in-class kept "
+              f"{lazy['kept lazy']:.1%} (full run {lazy['kept full']:.1%}); no-class flagged {lazy['flagged lazy']:.1%} "
+              f"(full run {lazy['flagged full']:.1%}); AUROC under --lazy: "
+              + ", ".join(f"{s} {lazy['auroc lazy'][s]:.3f}" for s in SOURCES) + "."]
+    return "\n".join(lines + ["<!-- bench_unknown: end -->"]) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time, one thread each")
+    parser.add_argument("--keep", type=float, default=0.95, help="share of in-class validation images kept")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave --out alone")
+    parser.add_argument("--arrays-only", type=int, nargs="+", metavar="LITE",
+                        help="only make the arrays of these trained members (while the others still train)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    began = time.perf_counter()
+    measured = measure(args.jobs, args.keep, args.arrays_only)
+    if measured is None:
+        return 0
+    section = render(measured, " ".join(["python benchmarks/bench_unknown.py", *sys.argv[1:]]),
+                     (time.perf_counter() - began) / 60)
+    print(section)
+    if not args.no_write:
+        replace_section(args.out, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
