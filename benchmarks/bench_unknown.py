@@ -327,6 +327,8 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     val_scores = candidate_scores(val_cal, logits["val"], knn["val"], tie)
     scores["entropy of the mean, uncalibrated"] = entropy(probs.mean(axis=0), axis=1)
     val_scores["entropy of the mean, uncalibrated"] = entropy(val_probs.mean(axis=0), axis=1)
+    scores["max probability, uncalibrated"] = 1 - probs.mean(axis=0).max(axis=1)  # what predict writes today
+    val_scores["max probability, uncalibrated"] = 1 - val_probs.mean(axis=0).max(axis=1)
 
     inside = (frame["source"] == IN).to_numpy()
     y = np.array([classes.index(label) for label in frame.loc[inside, "label"]])

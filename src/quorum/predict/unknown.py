@@ -2,9 +2,11 @@
 
 Every image gets a class from the vote, even a photo in a folder of clothes, often unanimously. The
 score, `unknown_score` (higher = less like the labelled classes), is the entropy of the members' mean
-probability: of the candidates measured in benchmarks/RESULTS.md ("Images of no known class": max
-probability, entropy, energy, the members' disagreement, kNN distance in the members' features) it is
-the one chosen there, and it needs nothing but the probabilities every engine already gives.
+probability. Of the candidates measured in benchmarks/RESULTS.md ("Images of no known class": max
+probability, entropy, energy, the members' disagreement, kNN distance in a member's features) it is
+the best of those that need only the probabilities both engines give (above max probability on every
+source), but it misses the issue's target on handwritten digits; kNN in the features meets it and
+needs a second ONNX output and the training features in the bundle: the next step.
 
 The line is drawn where the truth is known: on the shared validation split (every member's
 `val_predictions.csv`), every image is of a known class, so the threshold is the score that `keep` of
