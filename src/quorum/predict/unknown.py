@@ -18,14 +18,16 @@ is scored by those two.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import entropy
 
 from quorum.errors import QuorumError
-from quorum.models.bundle import ModelInfo
-from quorum.predict.validation import aligned_probs, mismatch, read_validation
 from quorum.predict.vote import mean_probability
+
+if TYPE_CHECKING:  # the bundle module loads torch: review and report --preds must fail fast without it
+    from quorum.models.bundle import ModelInfo
 
 SCORE = "entropy of the members' mean probability"
 DEFAULT_KEEP = 0.95
@@ -63,6 +65,8 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
     """The line for these members. `keep` None: DEFAULT_KEEP where the members' validation predictions
     allow it, else no line (old or copied bundles still predict); a number: the line, or a QuorumError.
     `flag` False: no line (`--no-unknown-flag`)."""
+    from quorum.predict.validation import aligned_probs, mismatch, read_validation
+
     required = keep is not None
     keep = DEFAULT_KEEP if keep is None else float(keep)
     check_keep(keep)
