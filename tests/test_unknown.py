@@ -199,3 +199,20 @@ def test_the_folder_check_warns_when_the_folder_is_unlike_the_labelled_one(world
     warning = compare(frame, photos, world / "labelled")[-1]
     assert warning.startswith("Warning: this folder is not like the labelled one (")
     assert "size 400x300 vs 28x28" in warning and "aspect 1.33 vs 1.00" in warning and "mode RGB vs L" in warning
+
+
+def test_resume_keeps_the_flags_and_refuses_another_line(world, predicted, tmp_path):
+    out, progress = tmp_path / "resumed.csv", tmp_path / "resumed.csv.partial"
+    models = select_models(world / "models")
+    predict(world / "unlabelled", models, workers=0, batch_size=8, quiet=True, progress=progress)
+    rows = progress / "rows-0.jsonl"
+    rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:20]))  # as if stopped after 20 rows
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", world / "models", "--workers", 0,
+                 "--resume", "--unknown-keep", 0.8)
+    assert result.exit_code == 1 and "it is from another run (the unknown line (--unknown-keep)" in result.output
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", world / "models", "--workers", 0,
+                 "--resume")
+    assert result.exit_code == 0 and "20 rows were finished before" in result.output
+    resumed, whole = read_predictions(out), read_predictions(predicted)
+    pd.testing.assert_frame_equal(resumed[["path", "unknown_score", "unknown"]], whole[["path", "unknown_score", "unknown"]],
+                                  atol=1e-6)
