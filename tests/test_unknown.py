@@ -216,3 +216,13 @@ def test_resume_keeps_the_flags_and_refuses_another_line(world, predicted, tmp_p
     resumed, whole = read_predictions(out), read_predictions(predicted)
     pd.testing.assert_frame_equal(resumed[["path", "unknown_score", "unknown"]], whole[["path", "unknown_score", "unknown"]],
                                   atol=1e-6)
+
+
+def test_the_report_shows_the_folder_check_and_the_flagged_rows(world, predicted, tmp_path):
+    out = tmp_path / "report"
+    result = cli("report", "--models-dir", world / "models", "--preds", predicted, "--out", out, "--no-timing", "-q")
+    assert result.exit_code == 0, result.output
+    page = (out / "index.html").read_text()
+    assert "Is this folder like the labelled one?" in page and "class mix distance" in page
+    assert "Warning: this folder is not like the labelled one" in page  # 28% flagged unknown here
+    assert "flagged unknown (no known class)" in page  # the flagged rows' own gallery group

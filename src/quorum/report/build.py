@@ -10,6 +10,7 @@ This module computes; `report.html.write_report` writes the folder.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     if preds_part is not None:
         report.galleries["review"], report.galleries["review_note"] = review_gallery(
             Path(preds), preds_frame, preds_part["review"], preds_part["members"])
+        preds_part["folder_check"] = folder_check(Path(preds), preds_frame, infos)
         ran, rows = preds_part["ran"], preds_part["rows"] - len(preds_part["errors"])
         partly = {name: count for name, count in ran.items() if count < rows}
         if partly and "scores" in preds_part:
@@ -137,6 +139,19 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         notes.append("time per image was not measured (--no-timing)")
     report.table = summary_table(report, seconds)
     return report
+
+
+def folder_check(preds: Path, frame: pd.DataFrame, infos: list[ModelInfo]) -> list[str]:
+    """predict's folder check (is the --preds folder like the labelled one?), where both folders are here."""
+    from quorum.data.unlabelled import read_sidecar, sidecar
+    from quorum.predict.folder_check import compare, labelled_root
+
+    try:
+        folder = read_sidecar(preds, frame["path"].tolist())["folder"]
+        frame.attrs["unknown"] = json.loads(sidecar(preds).read_text()).get("unknown")
+    except (QuorumError, OSError, ValueError):
+        return []
+    return compare(frame, folder, labelled_root([info.path for info in infos]))
 
 
 def read_preds_part(preds: Path, labels: Path | None, classes) -> tuple[pd.DataFrame, dict]:

@@ -83,6 +83,9 @@ def preds_section(preds: dict) -> str:
     no_class = (f" and the {preds['no_class']} rows flagged unknown (no known class: their own gallery below)"
                 if preds.get("no_class") else "")
     parts.append(f"<h3>Flagged for review: {len(review)}</h3><p>Flagged: {escape(rule)}{escape(no_class)}.</p>")
+    if preds.get("folder_check"):
+        parts.append("<h3>Is this folder like the labelled one?</h3>"
+                     + "".join(f"<p>{escape(line.strip())}</p>" for line in preds["folder_check"]))
     if preds.get("unknown"):
         parts.append(f"<p>{preds['unknown']} rows of this --lazy run are decided_by <code>unknown</code>: the members "
                      "skipped there could have made them unanimous or not.</p>")
