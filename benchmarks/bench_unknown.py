@@ -27,6 +27,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -92,11 +93,14 @@ def engine_probs(bundle: Path, paths: list[Path]) -> np.ndarray:
     """(images, classes) of one member through quorum predict's own path, on its default engine."""
     import torch
 
+    from quorum.models.inference import Calibrated
     from quorum.predict.members import load_members, member_engines, read_members
     from quorum.predict.pipeline import predict_arrays
 
     infos = read_members([bundle])
     members = load_members(infos, torch.device("cpu"), member_engines(infos, "auto", "cpu", True), threads=1)
+    # Raw: predict calibrates each member (inference.Calibrated); this bench measures before and after itself.
+    members = [dataclasses.replace(m, run=m.run.run) if isinstance(m.run, Calibrated) else m for m in members]
     return predict_arrays(paths, members, 0, torch.device("cpu"), workers=0, quiet=True).probs[0]
 
 
@@ -119,11 +123,16 @@ def onnx_logits(bundle: Path, paths: list[Path]) -> np.ndarray:
 
 
 def lazy_run(bundles: list[Path], paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(probs, ran) of `predict --lazy` on `paths`: members cheapest first, skipped where they cannot change
-    the winner."""
+    """(calibrated probs, ran) of `predict --lazy` on `paths`: members cheapest first, skipped where they
+    cannot change the winner."""
     import torch
 
-    from quorum.predict.members import load_members, member_engines, read_members, tie_breaker_index
+    from quorum.predict.members import (
+        load_members,
+        member_engines,
+        read_members,
+        tie_breaker_index,
+    )
     from quorum.predict.pipeline import predict_arrays
 
     infos = read_members(bundles)
@@ -134,14 +143,14 @@ def lazy_run(bundles: list[Path], paths: list[Path]) -> tuple[np.ndarray, np.nda
 
 
 def lazy_lines(bundles: list[Path], probs: np.ndarray, frame: pd.DataFrame, passes: dict) -> dict:
-    """What --lazy does to the product's flag: its score over the members that ran, against a full run's,
-    both at the line `predict` draws (quorum.predict.unknown.threshold)."""
+    """What --lazy does to the product's flag: its score over the members that ran, against a full run's
+    (`probs`: calibrated), both at the line `predict` draws (quorum.predict.unknown.threshold)."""
     from sklearn.metrics import roc_auc_score
 
     from quorum.predict.members import read_members
     from quorum.predict.unknown import threshold, unknown_score
 
-    lazy_probs, ran = cached("lazy_folder", lambda: lazy_run(bundles, passes["folder"]))
+    lazy_probs, ran = cached("lazy_folder_calibrated", lambda: lazy_run(bundles, passes["folder"]))
     ran = ran.astype(bool)
     line = threshold(read_members(bundles)).value
     full, lazy = unknown_score(probs, np.ones(ran.shape, bool)), unknown_score(lazy_probs, ran)
@@ -296,10 +305,10 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     from scipy.stats import entropy
 
     from quorum.calibration import calibrate, fit_temperature
+    from quorum.models.bundle import read_val_predictions
     from quorum.predict.members import read_members, tie_breaker_index
     from quorum.predict.trust import trust_table
     from quorum.predict.vote import vote
-    from quorum.report.sources import read_validation, stack_validation
 
     slice_root = make_slice(100, 200).root
     frame = make_folder(slice_root)
@@ -312,10 +321,12 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     arrays = [member_arrays(lite, bundle, passes) for lite, bundle in zip(LITES, bundles)]
     probs = np.stack([a["probs"] for a in arrays])
     infos = read_members(bundles)
-    val = stack_validation(infos, [read_validation(info) for info in infos])
-    order = [val.paths.index(path.relative_to(slice_root / "train").as_posix()) for path in passes["val"]]
-    val_probs, val_y = val.probs[:, order], val.y_true[order]  # in the torch pass's order
     tie, classes = tie_breaker_index(infos), infos[0].classes
+    # The raw stored validation predictions (report.sources calibrates them), in the torch pass's order.
+    wanted = [path.relative_to(slice_root / "train").as_posix() for path in passes["val"]]
+    stored = [read_val_predictions(bundle, classes) for bundle in bundles]
+    val_probs = np.stack([p[[paths.index(w) for w in wanted]] for paths, _, p in stored])
+    val_y = stored[0][1][[stored[0][0].index(w) for w in wanted]]
     temperatures = [fit_temperature(val_probs[m], val_y) for m in range(len(LITES))]
     cal = np.stack([calibrate(probs[m], t) for m, t in enumerate(temperatures)])
     val_cal = np.stack([calibrate(val_probs[m], t) for m, t in enumerate(temperatures)])
@@ -327,7 +338,7 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     val_scores = candidate_scores(val_cal, logits["val"], knn["val"], tie)
     scores["entropy of the mean, uncalibrated"] = entropy(probs.mean(axis=0), axis=1)
     val_scores["entropy of the mean, uncalibrated"] = entropy(val_probs.mean(axis=0), axis=1)
-    scores["max probability, uncalibrated"] = 1 - probs.mean(axis=0).max(axis=1)  # what predict writes today
+    scores["max probability, uncalibrated"] = 1 - probs.mean(axis=0).max(axis=1)
     val_scores["max probability, uncalibrated"] = 1 - val_probs.mean(axis=0).max(axis=1)
 
     inside = (frame["source"] == IN).to_numpy()
@@ -340,7 +351,7 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
             "detection": {name: detection(scores[name], val_scores[name], frame, keep) for name in scores},
             "unanimous": unanimous_lines(cal, frame, classes, tie, flags),
             "val_unanimous": {"rows": int(val_unanimous["images"]), "accuracy": float(val_unanimous["accuracy"])},
-            "lazy": lazy_lines(bundles, probs, frame, passes)}
+            "lazy": lazy_lines(bundles, cal, frame, passes)}
 
 
 def render(m: dict, command: str, minutes: float) -> str:
@@ -385,7 +396,8 @@ def render(m: dict, command: str, minutes: float) -> str:
                      f"{(u['accuracy'] - val['accuracy']) * 100:+.1f} |")
     lazy = m["lazy"]
     lines += ["", "### --lazy", "",
-              f"The product's score (entropy of the mean, uncalibrated, as predict writes it today) at predict's "
+              f"The product's score (the entropy of the members' mean calibrated probability, as predict writes it) "
+              f"at predict's "
               f"own line ({lazy['threshold']:.3f}), over the members that ran: --lazy skipped {lazy['skipped']:.0%} of "
               f"member runs; {lazy['differ']} of {len(frame)} rows flagged differently from a full run; in-class kept "
               f"{lazy['kept lazy']:.1%} (full run {lazy['kept full']:.1%}); no-class flagged {lazy['flagged lazy']:.1%} "

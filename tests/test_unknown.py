@@ -15,7 +15,10 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy.stats import entropy
 
+from quorum.calibration import calibrate
 from quorum.cli import main
+from quorum.models.bundle import read_info
+from quorum.models.temperature import temperature
 from quorum.predict import shards
 from quorum.predict.members import select_models
 from quorum.predict.pipeline import predict
@@ -87,8 +90,11 @@ def kind(frame: pd.DataFrame) -> pd.Series:
 def test_the_line_is_set_on_validation_and_flags_the_digits(predicted, world):
     frame = read_predictions(predicted)
     recorded = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]
-    vals = [pd.read_csv(world / "models" / m / "val_predictions.csv").sort_values("path") for m in ("m0", "m1")]
-    mean = np.mean([val[[f"p_{name}" for name in CLASSES]].to_numpy() for val in vals], axis=0)
+    members = [world / "models" / name for name in ("m0", "m1")]
+    vals = [pd.read_csv(member / "val_predictions.csv").sort_values("path") for member in members]
+    # Calibrated as predict calibrates each member (the CSV keeps the raw probabilities).
+    mean = np.mean([calibrate(val[[f"p_{name}" for name in CLASSES]].to_numpy(), temperature(read_info(member)))
+                    for val, member in zip(vals, members)], axis=0)
     scores = entropy(mean, axis=1)  # of the members' mean probability, image by image
     assert recorded["keep"] == 0.95 and recorded["validation_images"] == len(scores) == 18
     assert recorded["threshold"] == pytest.approx(np.quantile(scores, 0.95, method="inverted_cdf"))
