@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from bench_recipe import train_in_process
 from fashion_mnist import DATA, make_slice
-from recipe_report import replace_section
+from recipe_report import publish
 
 RUNS = DATA / "demo"
 HERE = Path(__file__).resolve().parent
@@ -124,9 +124,7 @@ def main() -> int:
         by_run.setdefault(variant, {}).setdefault(draw, [None] * 3)[lite] = result
     scores = {variant: {draw: score(members) for draw, members in draws.items()} for variant, draws in by_run.items()}
     section = render(scores, args.variants, args.draws, " ".join(["python benchmarks/bench_demo.py", *sys.argv[1:]]))
-    print(section)
-    if not args.no_write:
-        replace_section(args.out, section)
+    publish(section, args.out, write=not args.no_write)
     return 0
 
 

@@ -107,3 +107,10 @@ def replace_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section
     path.write_text(text)
+
+
+def publish(section: str, out: Path, write: bool = True) -> None:
+    """Print a benchmark's section and, unless told not to, put it in place in `out`."""
+    print(section)
+    if write:
+        replace_section(out, section)

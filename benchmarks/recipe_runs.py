@@ -25,7 +25,9 @@ import pandas as pd
 import torch
 from fashion_mnist import ROOT
 
-WEIGHTS_DIR = ROOT.parent / "shared" / "weights"
+# Beside the checkout (/work/main) or, from a worktree (/work/wt/NAME), one level further up.
+WEIGHTS_DIR = next((d for d in (ROOT.parent / "shared" / "weights", ROOT.parent.parent / "shared" / "weights")
+                    if d.is_dir()), ROOT.parent / "shared" / "weights")
 SIZE, BATCH = 96, 32
 
 

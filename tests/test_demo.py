@@ -50,6 +50,10 @@ def test_quick_demo_runs_start_to_finish(tmp_path, one_thread):
     assert list(summary["model"]) == [*QUICK_MODELS, "ensemble"]
     assert summary["preds_accuracy"].notna().all() and (summary["ms_per_image"] > 0).all()
     assert f"report:      {out / 'index.html'}" in result.output
+    # The rules side by side, on the validation split, in the page and the printed outcome.
+    assert list(scores["rules"]["rules"]) == ["majority", "soft", "weighted"]
+    assert "Vote rules side by side" in (out / "index.html").read_text()
+    assert "Vote rules: majority" in result.output
 
 
 def test_demo_outside_the_quorum_folder_names_the_fix(tmp_path, monkeypatch):

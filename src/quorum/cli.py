@@ -36,6 +36,16 @@ FORCE_OPTION = click.option(
     "--force", is_flag=True, help="Replace --out even if it is not a quorum predictions CSV (with its .json), or "
     "lies in --models-dir or the image folder.")
 
+VOTE_OPTION = click.option(
+    "--vote", "rule", type=click.Choice(["majority", "soft", "weighted"]), default="majority", show_default=True,
+    help="The rule: majority (each member's top label counts once; ties as below), soft (the class with the highest "
+    "mean probability over the members) or weighted (the same, each member weighted by how much it helped on the "
+    "validation split; weights in OUT.json). README: which rule when.")
+TTA_OPTION = click.option(
+    "--tta", type=click.IntRange(1, 10), default=1, show_default=True, metavar="N",
+    help="Test-time augmentation: each member also sees N-1 views of each image (its mirror, then crops shifted "
+    "towards each corner) and averages its probabilities; N times the model runs. 1: none.")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="quorum")
@@ -138,7 +148,8 @@ def backbones():
 @click.option("--lazy", is_flag=True, help="Run members cheapest first and skip those that can no longer change an "
               "image's winner: the same predictions, fewer model runs. Skipped members' columns stay empty; where a "
               "skipped member could have changed them, votes and agreement are empty and decided_by is unknown.")
-@click.option("--probs", is_flag=True, help="Add p_<class> columns: the members' mean probability of every class.")
+@click.option("--probs", is_flag=True, help="Add p_<class> columns: the rule's probability of every class (majority, "
+              "soft: the members' mean).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
               help="Add a review column, true where agreement (votes / members) is below F, compared to 2 "
               "decimals: 1 flags every row that is not unanimous, 0.67 those where fewer than 2 of 3 agree.")
@@ -156,22 +167,25 @@ def backbones():
               "every N-th file from the I-th. Writes OUT and OUT.json; join the parts with `quorum merge`.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of this command: keep the rows in "
               "OUT.partial/ and do the rest. Without it, an unfinished run there is started over.")
+@VOTE_OPTION
+@TTA_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
 @FORCE_OPTION
 @user_errors
 def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, unknown_keep, no_unknown_flag,
-            device, engine, batch_size, workers, shard, resume, quiet, force):
+            device, engine, batch_size, workers, shard, resume, rule, tta, quiet, force):
     """Let the models vote on every image under FOLDER and write one CSV row per file.
 
     \b
     The vote: each member votes its top label and the label with the most votes wins.
     A tie goes to the tie-breaker's label when it is one of the tied labels, otherwise
     to the tied label with the highest mean probability. With three members: two or
-    three agree -> their label; all three differ -> the tie-breaker's label.
+    three agree -> their label; all three differ -> the tie-breaker's label. That is
+    --vote majority; --vote soft and weighted take the highest (weighted) mean probability.
 
     \b
     Columns: path, prediction, votes, members, agreement, decided_by (unanimous,
-    majority or tie-breaker), confidence (mean probability of the winner), then for each
+    majority or tie-breaker), confidence (the rule's probability of the winner), then for each
     member in name order <member>_prediction and <member>_confidence, then unknown_score
     (entropy of the members' mean probability: higher = less like the labelled classes)
     and unknown (true above the --unknown-keep line; with --lazy, scored over the members
@@ -188,6 +202,9 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
 
     check_folder(folder)  # before torch loads: a mistake costs a second, not a model load
     check_engine(engine, device)
+    from quorum.predict.vote import check_rule
+
+    check_rule(rule, lazy)
     from quorum.predict import partial_rows, shards
     from quorum.predict.members import select_models
     from quorum.predict.pipeline import predict as run_predict
@@ -200,7 +217,7 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
         frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
                             engine=engine, batch_size=batch_size, workers=workers, lazy=lazy, probs=probs,
                             min_agreement=min_agreement, quiet=quiet, shard=part, progress=progress, resume=resume,
-                            unknown_keep=unknown_keep, flag_unknown=not no_unknown_flag)
+                            unknown_keep=unknown_keep, flag_unknown=not no_unknown_flag, rule=rule, tta=tta)
     except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
         partial_rows.remove_if_empty(progress)
         raise
@@ -401,9 +418,14 @@ def check(data, unlabelled, out, models_dir, image_size, folds, seed, workers, q
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Image-decoding worker processes for --data.")
 @click.option("--no-timing", is_flag=True, help="Do not measure each model's time per image (a few seconds each).")
+@VOTE_OPTION
+@click.option("--tta", type=click.IntRange(1, 10), default=1, show_default=True, metavar="N",
+              help="Each member also sees N-1 augmented views of each image, as quorum predict --tta (without --data, "
+              "the validation images are run again).")
 @click.option("--quiet", "-q", is_flag=True, help="No table or progress; only where the report is.")
 @user_errors
-def report(models_dir, out, models, tie_breaker, data, preds, labels, device, engine, workers, no_timing, quiet):
+def report(models_dir, out, models, tie_breaker, data, preds, labels, device, engine, workers, no_timing, rule, tta,
+           quiet):
     """Score every model and their vote; write OUT/index.html with the tables and pictures.
 
     \b
@@ -411,7 +433,8 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
     model and for the vote (the rule quorum predict uses), on the shared validation split
     by default or on --data. The table adds size, parameters and time per image measured
     on this machine. Also: what the vote adds (the any-member-right ceiling, pairwise
-    agreement, tie-breaker decisions, each member left out) and training curves.
+    agreement, tie-breaker decisions, each member left out), every vote rule side by side
+    (accuracy, macro F1, ECE) with the one these images support, and training curves.
     """
     from quorum.data.unlabelled import check_predictions_csv
     from quorum.models.engine import check_engine
@@ -425,7 +448,8 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
     from quorum.report.html import write_report
 
     result = build_report(models_dir, models, tie_breaker=tie_breaker, data=data, preds=preds, labels=labels,
-                          device=device, engine=engine, timing=not no_timing, workers=workers, quiet=quiet)
+                          device=device, engine=engine, timing=not no_timing, workers=workers, quiet=quiet,
+                          rule=rule, tta=tta)
     print_table(result, quiet)
     say(f"Drawing the pictures and writing {out}", quiet)
     written = write_report(result, out)
@@ -447,9 +471,10 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Image-decoding worker processes (0 suits small images on a few cores).")
+@VOTE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No epoch lines or progress; the outcome is still printed.")
 @user_errors
-def demo(data, unlabelled, labels, models_dir, out, quick, device, workers, quiet):
+def demo(data, unlabelled, labels, models_dir, out, quick, device, workers, rule, quiet):
     """The whole workflow on sample_data/, start to finish: fine-tune, vote, score, report.
 
     \b
@@ -465,5 +490,5 @@ def demo(data, unlabelled, labels, models_dir, out, quick, device, workers, quie
     from quorum.demo import print_outcome
 
     result = run_demo(data, unlabelled, labels, models_dir, out, quick=quick, device=device, workers=workers,
-                      quiet=quiet)
+                      quiet=quiet, rule=rule)
     print_outcome(result, quiet)

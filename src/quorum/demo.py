@@ -104,7 +104,7 @@ def check_inputs(data: Path, unlabelled: Path, labels: Path) -> None:
 def demo(data: Path = Path("sample_data/labelled"), unlabelled: Path = Path("sample_data/unlabelled"),
          labels: Path = Path("sample_data/unlabelled_labels.csv"), models_dir: Path = Path("models"),
          out: Path = Path("reports"), quick: bool = False, device: str = "auto", workers: int = 0,
-         quiet: bool = False) -> DemoResult:
+         quiet: bool = False, rule: str = "majority") -> DemoResult:
     began = time.perf_counter()
     data, unlabelled, labels, models_dir, out = map(Path, (data, unlabelled, labels, models_dir, out))
     check_inputs(data, unlabelled, labels)
@@ -123,12 +123,13 @@ def demo(data: Path = Path("sample_data/labelled"), unlabelled: Path = Path("sam
         model_dirs.append(model_dir)
 
     say(f"\n[bold]Voting on {escape(str(unlabelled))}[/bold]", quiet)
-    frame = predict(unlabelled, model_dirs, device=device, workers=workers, min_agreement=NO_MAJORITY, quiet=quiet)
+    frame = predict(unlabelled, model_dirs, device=device, workers=workers, min_agreement=NO_MAJORITY, quiet=quiet,
+                    rule=rule)
     write_predictions(frame, predictions)
 
     say("\n[bold]Scoring and writing the report[/bold]", quiet)
     report = build_report(models_dir, tuple(path.name for path in model_dirs), data=None, preds=predictions,
-                          labels=labels, device=device, workers=workers, quiet=quiet)
+                          labels=labels, device=device, workers=workers, quiet=quiet, rule=rule)
     written = write_report(report, out)
     return DemoResult(model_dirs, predictions, report, written, weights, time.perf_counter() - began)
 

@@ -14,9 +14,11 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision import transforms as T
+from torchvision.transforms import functional as F
 
 # Resize to size / 0.875 before the centre crop: the ImageNet convention most backbones were trained with.
 CROP_FRACTION = 0.875
+TTA_MAX_VIEWS = 10  # the centre crop, four shifted crops and the mirror of each
 INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
                   "nearest": T.InterpolationMode.NEAREST}
 
@@ -57,6 +59,29 @@ class Preprocessing:
         """Resize the short side to size / crop_fraction, centre-crop: uint8 (3, size, size)."""
         resize = T.Resize(round(self.size / self.crop_fraction), interpolation=self.resize_mode, antialias=True)
         return T.Compose([resize, T.CenterCrop(self.size), T.PILToTensor()])
+
+    def tta_pixels(self, views: int) -> Callable[[Image.Image], torch.Tensor]:
+        """Test-time augmentation: uint8 (views, 3, size, size) from one decode and one resize. View 0 is
+        exactly `eval_pixels`; then its horizontal mirror; then centre crops shifted by a sixteenth of
+        the size towards each corner, and their mirrors (fastai's `tta` and timm's `--tta` use flips
+        and shifted crops the same way). Beyond the eval crop's margin, a shift reads black padding."""
+        if not 1 <= views <= TTA_MAX_VIEWS:
+            raise ValueError(f"views must be 1..{TTA_MAX_VIEWS}, got {views}")
+        mode = INTERPOLATIONS.get(self.interpolation, T.InterpolationMode.BILINEAR)
+        resize = T.Resize(round(self.size / self.crop_fraction), interpolation=mode, antialias=True)
+        shift = max(1, self.size // 16)
+        offsets = [(0, 0), (-shift, -shift), (shift, shift), (-shift, shift), (shift, -shift)]
+
+        def pixels(image: Image.Image) -> torch.Tensor:
+            resized = resize(image)
+            # T.CenterCrop's own arithmetic, so that view 0 is the eval crop to the pixel.
+            top, left = round((resized.height - self.size) / 2), round((resized.width - self.size) / 2)
+            crops = [F.pil_to_tensor(F.crop(resized, top + dy, left + dx, self.size, self.size)) for dy, dx in offsets]
+            mirrored = [crop.flip(-1) for crop in crops]
+            ordered = [item for pair in zip(crops, mirrored) for item in pair]  # centre, its mirror, shift, ...
+            return torch.stack(ordered[:views])
+
+        return pixels
 
     def train_pixels(self, strong: bool = False) -> Callable[[Image.Image], torch.Tensor]:
         """Mild, label-preserving augmentation: uint8 (3, size, size). `strong` adds RandAugment (2 ops,

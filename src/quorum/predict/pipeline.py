@@ -8,7 +8,9 @@ The pipeline, and why it is shaped this way:
    or change any other row (and eval mode keeps one image's result independent of its batch).
 4. Members run cheapest first. With `lazy`, an image leaves the queue as soon as `vote.settled`
    says the members still to run cannot change its winner, so its prediction is exactly a full run's.
-5. A row depends only on its own file, so any split of the file list gives the same rows: `--shard`
+5. With `tta` N, the worker also derives N-1 augmented views from the same decoded image
+   (`Preprocessing.tta_pixels`), and each member's probabilities are its mean over the N views.
+6. A row depends only on its own file, so any split of the file list gives the same rows: `--shard`
    jobs, torchrun processes (each takes every world-size-th file still to do) and a resumed run
    (`partial_rows`) all just put rows back in the list's order (`table.assemble`).
 """
@@ -29,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from quorum import distributed
 from quorum.console import say, track
 from quorum.data.images import UnreadableImage, load_rgb, scan_images
-from quorum.data.preprocess import Preprocessing
+from quorum.data.preprocess import TTA_MAX_VIEWS, Preprocessing
 from quorum.device import pick_device
 from quorum.errors import QuorumError
 from quorum.models.engine import check_engine, device_for_engine
@@ -52,21 +54,24 @@ from quorum.predict.table import (
     to_frame,
 )
 from quorum.predict.unknown import check_keep, threshold
-from quorum.predict.vote import settled
+from quorum.predict.validation import fitted_weights
+from quorum.predict.vote import MAJORITY_RULE, WEIGHTED, check_rule, settled
 
 
 def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = None, device: str = "auto",
             engine: str = "auto", batch_size: int = 32, workers: int = 2, lazy: bool = False, probs: bool = False,
             min_agreement: float | None = None, quiet: bool = False, shard: Shard = WHOLE,
             progress: Path | None = None, resume: bool = False, unknown_keep: float | None = None,
-            flag_unknown: bool = True) -> pd.DataFrame | None:
+            flag_unknown: bool = True, rule: str = MAJORITY_RULE, tta: int = 1) -> pd.DataFrame | None:
     """One row per image file under `folder` (or its `shard`): the vote, each member's label, status and error.
 
     Under torchrun each process votes on its share and rank 0 returns the table; the others return None.
     With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
     `unknown_keep`: the share of validation images `unknown` lets pass (`predict.unknown.threshold`; None:
     the default where the validation predictions allow, else no flag); `flag_unknown` False: no flag at all.
+    `rule`: the vote rule (`vote.RULES`); `tta`: views per image and member (1: none).
     `frame.attrs` holds `members`, `tie_breaker`, `min_agreement`, `lazy` and `unknown` for `table.closing_lines`,
+    `vote` (the rule, its weights and tta) for the CSV's sidecar,
     `identity` (with `progress` or a shard) for `shards.write_part`, and `folder` for the CSV's sidecar.
     """
     # Cheap checks first: a mistake should cost seconds, not a model load or a decoded folder.
@@ -76,6 +81,9 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         raise QuorumError(f"--min-agreement must be between 0 and 1 (got {min_agreement})")
     if unknown_keep is not None:
         check_keep(unknown_keep)
+    check_rule(rule, lazy)
+    if not 1 <= tta <= TTA_MAX_VIEWS:
+        raise QuorumError(f"--tta {tta} is not a number of views: give 1 (none) to {TTA_MAX_VIEWS}")
     check_engine(engine, device)
     device = device_for_engine(engine, device)
     world = distributed.current(device)
@@ -96,11 +104,13 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     names, classes = [info.path.name for info in infos], infos[0].classes
     check_columns(names, classes, probs, min_agreement is not None)
     unknown_at = threshold(infos, unknown_keep, flag_unknown)
+    weights = fitted_weights(infos) if rule == WEIGHTED else None  # from stored CSVs: before any model loads
+    voting = {"rule": rule, "weights": None if weights is None else dict(zip(names, weights)), "tta": tta}
     relative = [path.relative_to(folder).as_posix() for path in paths]
 
     def rows(positions: list[int], outputs: MemberOutputs) -> pd.DataFrame:  # indexed by position in `paths`
         frame = to_frame([relative[i] for i in positions], names, classes, outputs, tie, probs, min_agreement,
-                         unknown_at)
+                         unknown_at, rule=rule, weights=weights)
         return frame.set_axis(pd.Index(positions, dtype="int64"))
 
     # Rank 0 exports any missing model.onnx (once), so every process runs each member on the same engine.
@@ -110,7 +120,8 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     if world.is_main and (progress is not None or not shard.is_whole):  # hashes the weights: only when needed
         identity = run_identity.identity(folder, relative, infos, names[tie], lazy=lazy, probs=probs,
                                          min_agreement=min_agreement, shard=str(shard),
-                                         engines=dict(zip(names, engines)), unknown=unknown_at.as_dict())
+                                         engines=dict(zip(names, engines)), unknown=unknown_at.as_dict(),
+                                         vote=voting)
     header = columns(names, classes, probs, min_agreement is not None)
     finished = distributed.run_on_main(world, lambda: partial_rows.start(progress, identity, header, resume, quiet)
                                        if progress is not None else pd.DataFrame(columns=header))
@@ -128,20 +139,21 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
             writer.append(rows([mine[k] for k in indices], outputs.take(indices)))
 
         outputs = predict_arrays([paths[i] for i in mine], members, tie, torch_device, batch_size=batch_size,
-                                 workers=workers, lazy=lazy, quiet=quiet, on_batch=keep if writer else None)
+                                 workers=workers, lazy=lazy, quiet=quiet, on_batch=keep if writer else None, tta=tta)
     parts = distributed.gather_to_main(world, rows(mine, outputs))
     if not world.is_main:
         return None
     frame = assemble([finished, *parts], chosen, names)
     frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy,
-                       identity=identity, folder=str(folder.resolve()), unknown=unknown_at.as_dict())
+                       identity=identity, folder=str(folder.resolve()), unknown=unknown_at.as_dict(), vote=voting)
     return frame
 
 
 def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, device: torch.device, *,
                    batch_size: int = 32, workers: int = 2, lazy: bool = False, quiet: bool = False,
-                   on_batch: Callable[[list[int], MemberOutputs], None] | None = None) -> MemberOutputs:
-    """Run every member (or, with `lazy`, only those whose vote can still matter) on every readable file.
+                   on_batch: Callable[[list[int], MemberOutputs], None] | None = None, tta: int = 1) -> MemberOutputs:
+    """Run every member (or, with `lazy`, only those whose vote can still matter) on every readable file,
+    each on `tta` views of it (its probabilities: their mean).
 
     `on_batch(indices, outputs)` is called after each batch with the indices (into `paths`) it finished.
     """
@@ -150,7 +162,8 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
     ran = np.zeros((n_members, n_images), bool)
     errors: list[str | None] = [None] * n_images
     outputs = MemberOutputs(probs, ran, errors)
-    loader = DataLoader(_Images(paths, [member.info.preprocessing for member in members]), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+    loader = DataLoader(_Images(paths, [member.info.preprocessing for member in members], tta), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
     runner = _Runner(members, tie_breaker, device, lazy)
     batches = track(loader, total=n_images, description="Predicting", quiet=quiet, unit="images",
@@ -167,11 +180,12 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
 
 
 class _Images(Dataset):
-    """Item: (index, {pixel key: uint8 (3, size, size)} or None, reason or None)."""
+    """Item: (index, {pixel key: uint8 (3, size, size), or (tta, 3, size, size)} or None, reason or None)."""
 
-    def __init__(self, paths: list[Path], preprocessings: list[Preprocessing]):
+    def __init__(self, paths: list[Path], preprocessings: list[Preprocessing], tta: int = 1):
         self.paths = paths
-        self.crops = {p.pixel_key: p.eval_pixels() for p in preprocessings}  # one per distinct size and crop
+        # One per distinct size and crop; with tta, every view from the one decode, in this worker.
+        self.crops = {p.pixel_key: p.eval_pixels() if tta == 1 else p.tta_pixels(tta) for p in preprocessings}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -219,7 +233,7 @@ class _Runner:
             pixels = batch.pixels[self.pixel_keys[m]]
             if len(pending) < len(batch.rows):
                 pixels = pixels[torch.from_numpy(pending)]
-            p = self.members[m].run(pixels)
+            p = self._run(m, pixels)
             rows = batch.rows[pending]
             probs[m, rows], ran[m, rows] = p, True
             labels[step, pending] = p.argmax(axis=1)
@@ -228,3 +242,11 @@ class _Runner:
                 pending = pending[~done]
                 if not len(pending):
                     return
+
+    def _run(self, m: int, pixels: torch.Tensor) -> np.ndarray:
+        """A member's probabilities; for (images, views, 3, h, w) pixels, the mean over each image's views."""
+        if pixels.dim() == 4:
+            return self.members[m].run(pixels)
+        images, views = pixels.shape[:2]
+        return self.members[m].run(pixels.flatten(0, 1)).reshape(images, views, -1).mean(axis=1)
+

@@ -20,17 +20,19 @@ from quorum.models.bundle import MODEL_JSON, WEIGHTS, ModelInfo
 LABELS = {"folder": "folder", "files": "number of files", "listing": "file names", "members": "members",
           "classes": "classes", "tie_breaker": "tie-breaker", "lazy": "--lazy", "probs": "--probs",
           "min_agreement": "--min-agreement", "shard": "--shard", "engines": "engine",
-          "unknown": "the unknown line (--unknown-keep)"}
+          "unknown": "the unknown line (--unknown-keep)", "vote": "--vote and --tta"}
 
 
 def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], tie_breaker: str, *, lazy: bool,
              probs: bool, min_agreement: float | None, shard: str, engines: dict[str, str] | None = None,
-             unknown: dict | None = None) -> dict:
+             unknown: dict | None = None, vote: dict | None = None) -> dict:
     """A plain-JSON description of the run; equal dicts mean interchangeable rows."""
     return {"folder": str(Path(folder).resolve()), "files": len(relative_paths), "listing": digest(relative_paths),
             "members": {info.path.name: member_digest(info.path) for info in infos},
             "classes": list(infos[0].classes), "tie_breaker": tie_breaker, "lazy": lazy, "probs": probs,
-            "min_agreement": min_agreement, "shard": shard, "engines": engines or {}, "unknown": unknown}
+            "min_agreement": min_agreement, "shard": shard, "engines": engines or {}, "unknown": unknown,
+            # the rule, its fitted weights and the TTA views: rows of two rules never mix
+            "vote": vote or {"rule": "majority", "weights": None, "tta": 1}}
 
 
 def digest(lines: list[str]) -> str:
@@ -68,6 +70,8 @@ def difference(one: dict, other: dict, where: tuple[str, str] = ("then", "now"),
                     "(give the same --engine)")
         if key == "members":
             a, b = ", ".join(a or []), ", ".join(b or [])
+        if key == "vote":  # runs from before the rule was recorded voted by majority, without TTA
+            a, b = (describe_vote(x or {"rule": "majority", "tta": 1}) for x in (a, b))
         if key == "engines":  # a run from before engines were recorded, or other members
             a, b = (", ".join(f"{name} {e}" for name, e in x.items()) if isinstance(x, dict) else "unrecorded"
                     for x in (a, b))

@@ -95,7 +95,7 @@ def merge(parts: list[Path]) -> pd.DataFrame:
             fingerprints[position] = value
     frame.attrs.update(members=names, tie_breaker=run["tie_breaker"], min_agreement=run["min_agreement"],
                        lazy=run["lazy"], folder=run["folder"], fingerprints=fingerprints, unknown=run.get("unknown"),
-                       identity={**run, "shard": str(WHOLE)})
+                       identity={**run, "shard": str(WHOLE)}, vote=run.get("vote"))
     return frame
 
 

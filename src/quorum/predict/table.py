@@ -31,7 +31,7 @@ from quorum.data.unlabelled import paths_digest, sidecar
 from quorum.errors import QuorumError
 from quorum.predict.trust import at_least, below, decided_by_lines
 from quorum.predict.unknown import Threshold, unknown_score
-from quorum.predict.vote import DECIDED_BY, UNKNOWN, mean_probability, vote
+from quorum.predict.vote import DECIDED_BY, MAJORITY_RULE, UNKNOWN, vote
 
 VOTE_COLUMNS = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
 UNKNOWN_COLUMNS = ["unknown_score", "unknown"]
@@ -85,9 +85,11 @@ def check_columns(names: list[str], classes: tuple[str, ...], with_probs: bool, 
 
 def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outputs: MemberOutputs, tie_breaker: int,
              with_probs: bool = False, min_agreement: float | None = None,
-             unknown_at: Threshold | None = None) -> pd.DataFrame:
-    """Vote on the readable rows and lay everything out as the CSV's table (`paths` relative, POSIX).
-    `unknown_at`: where `unknown` starts (None or no value: the column stays empty)."""
+             unknown_at: Threshold | None = None, rule: str = MAJORITY_RULE,
+             weights: list[float] | None = None) -> pd.DataFrame:
+    """Vote on the readable rows by `rule` (with `weights` for weighted) and lay everything out as the
+    CSV's table (`paths` relative, POSIX). `unknown_at`: where `unknown` starts (None or no value: the
+    column stays empty)."""
     ok = np.array([error is None for error in outputs.errors])
     good = np.flatnonzero(ok)
     label_of = np.asarray(classes, dtype=object)
@@ -95,7 +97,7 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
     table = {}
     if len(good):  # vote only where some member ran: unreadable rows take no part at all
         probs, ran = outputs.probs[:, good], outputs.ran[:, good]
-        result = vote(probs, tie_breaker, ran)
+        result = vote(probs, tie_breaker, ran, rule, weights, decimals=CSV_DECIMALS)
         n_members = len(names)
         complete = result.members == n_members  # lazy: a skipped member might have agreed or not
         agreement = result.votes / n_members
@@ -107,9 +109,8 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
             label_column, p_column = member_columns(name)
             table[label_column] = np.where(ran[m], label_of[top], None)
             table[p_column] = np.where(ran[m], np.nan_to_num(probs[m], nan=-1.0).max(axis=1).astype(float), np.nan)
-        if with_probs:  # the mean over the members that ran, as the vote's confidence is
-            mean = mean_probability(probs, ran)
-            table.update({f"p_{name}": mean[:, c] for c, name in enumerate(classes)})
+        if with_probs:  # the rule's probabilities, as the confidence is: soft's label is their argmax
+            table.update({f"p_{name}": result.combined[:, c] for c, name in enumerate(classes)})
         table["unknown_score"] = unknown_score(probs, ran)
         flags = unknown_at.flag(table["unknown_score"]) if unknown_at is not None else None
         table["unknown"] = pd.array(np.full(len(good), None) if flags is None else flags, dtype="boolean")
@@ -217,7 +218,8 @@ def write_predictions(frame: pd.DataFrame, out: Path) -> None:
     if folder is None:
         return
     fingerprints = frame.attrs.get("fingerprints") or [_fingerprint(Path(folder) / path) for path in frame["path"]]
-    files.write_json(sidecar(out), {"folder": str(folder), "run": frame.attrs.get("identity"), "rows": len(frame),
+    files.write_json(sidecar(out), {"folder": str(folder), "run": frame.attrs.get("identity"),
+                                    "vote": frame.attrs.get("vote"), "rows": len(frame),
                                     "paths": paths_digest(frame["path"].tolist()),
                                     "fingerprints": fingerprints, "unknown": frame.attrs.get("unknown")})
 

@@ -1,5 +1,6 @@
 """Each member's stored predictions on the shared validation split (`val_predictions.csv`), read and
-aligned: where the truth is known, so the trust table and the `unknown` threshold are set there."""
+aligned: where the truth is known, so the trust table, the `unknown` threshold and the weighted vote's
+weights are set there."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from quorum.calibration import calibrate
+from quorum.errors import QuorumError
 from quorum.models.bundle import ModelInfo, read_val_predictions
 from quorum.models.temperature import temperature
+from quorum.predict.weights import METHODS
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,13 @@ def aligned_probs(runs: list[OwnValidation]) -> np.ndarray:
         position = {path: i for i, path in enumerate(run.paths)}
         probs.append(run.probs[[position[path] for path in order]])
     return np.stack(probs)
+
+
+def fitted_weights(infos: list[ModelInfo], method: str = "caruana") -> list[float]:
+    """The weighted vote's member weights, fitted on the members' shared validation split (calibrated)."""
+    runs = [read_validation(info) for info in infos]
+    reason = mismatch(infos, runs) if len(infos) > 1 else None
+    if reason is not None:
+        raise QuorumError(f"--vote weighted fits its weights on the shared validation split, but {reason}: "
+                          "fine-tune the models again so they share models/split.csv, or use --vote soft")
+    return [float(w) for w in METHODS[method](aligned_probs(runs), runs[0].y_true)]

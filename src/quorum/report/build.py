@@ -24,8 +24,11 @@ from quorum.console import console, say
 from quorum.errors import QuorumError
 from quorum.models.bundle import HISTORY, WEIGHTS, ModelInfo
 from quorum.predict.members import read_members, select_models, tie_breaker_index
+from quorum.predict.validation import fitted_weights
+from quorum.predict.vote import MAJORITY_RULE, WEIGHTED, check_rule
 from quorum.report.gallery import review_gallery, wrong_gallery
 from quorum.report.reliability import Reliability, reliability
+from quorum.report.rules import compare_rules
 from quorum.report.scores import (
     describe_predictions,
     ensemble_scores,
@@ -38,6 +41,7 @@ from quorum.report.sources import (
     read_labels,
     read_preds,
     read_validation,
+    run_again,
     run_on_folder,
     stack_validation,
 )
@@ -60,6 +64,7 @@ class Report:
     curve: pd.DataFrame | None = None  # predict.trust.coverage_curve of the same
     galleries: dict = field(default_factory=dict)  # gallery tiles: "review" and "wrong", with "*_note"
     reliability: dict[str, Reliability] = field(default_factory=dict)  # per model and `ensemble`: ECE, curves
+    rules: dict | None = None  # report.rules.compare_rules: every vote rule on the same images
 
     @property
     def names(self) -> list[str]:
@@ -73,20 +78,24 @@ class Report:
         return {"source": self.source, "classes": list(self.classes), "notes": self.notes,
                 "models": self.members, "ensemble": self.ensemble,
                 "summary": self.table.astype(object).where(self.table.notna(), None).to_dict(orient="records"),
-                "preds": self.preds, "trust": None if self.trust is None else
+                "preds": self.preds, "rules": self.rules, "trust": None if self.trust is None else
                 self.trust.astype(object).where(self.trust.notna(), None).to_dict(orient="records")}
 
 
 def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (), tie_breaker: str | None = None,
                  data: Path | None = None, preds: Path | None = None, labels: Path | None = None,
                  device: str = "auto", engine: str = "auto", timing: bool = True, workers: int = 2,
-                 quiet: bool = False) -> Report:
-    """Everything `quorum report` shows, computed; nothing is written."""
+                 quiet: bool = False, rule: str = MAJORITY_RULE, tta: int = 1) -> Report:
+    """Everything `quorum report` shows, computed; nothing is written. `rule` scores the ensemble row;
+    every rule is compared in `Report.rules`. `tta`: views per image and member (with it, the validation
+    images are run again: the stored predictions have one view)."""
     if labels is not None and preds is None:
         raise QuorumError("--labels holds the true labels of a --preds CSV: add --preds PREDICTIONS.csv")
+    check_rule(rule)
     infos = read_members(select_models(models_dir, names))
     member_names = [info.path.name for info in infos]
     tie = tie_breaker_index(infos, tie_breaker)
+    weights = fitted_weights(infos) if rule == WEIGHTED else None  # predict's own: from the validation split
     notes: list[str] = []
     # A wrong --preds should fail before any model runs.
     preds_frame, preds_part = read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None else (None, None)
@@ -97,12 +106,20 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     members = _Members(infos, device, engine, quiet)  # loaded once, for --data and timing alike
     if data is not None:
         say(escape(f"Running every model on every image of {data}"), quiet)
-        labelled = run_on_folder(Path(data), members.get(), tie, members.device, workers=workers, quiet=quiet)
+        labelled = run_on_folder(Path(data), members.get(), tie, members.device, workers=workers, quiet=quiet, tta=tta)
         source, metrics = labelled.source, member_scores(labelled, member_names, infos[0].classes)
         if labelled.skipped:
             notes.append(f"{labelled.skipped} unreadable file(s) in {data} were left out of every score")
     else:
         labelled, source, metrics = validation_scores(infos, notes)
+        if tta > 1:
+            if labelled is None or labelled.root is None:
+                raise QuorumError(f"--tta {tta} runs the models again on the shared validation split, and "
+                                  f"{'there is none' if labelled is None else 'its folder is not recorded'}: "
+                                  "give the labelled images with --data")
+            say(escape(f"Running every model on the {len(labelled.paths)} validation images, {tta} views each"), quiet)
+            labelled = run_again(labelled, members.get(), tie, members.device, workers=workers, quiet=quiet, tta=tta)
+            source, metrics = labelled.source, member_scores(labelled, member_names, infos[0].classes)
 
     ensemble = None
     if len(infos) == 1:
@@ -110,7 +127,11 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
                      "fine-tune another with quorum finetune to compare an ensemble")
     elif labelled is not None:
         accuracies = [info.val_accuracy for info in infos]
-        ensemble = ensemble_scores(labelled, member_names, infos[0].classes, tie, accuracies)
+        ensemble = ensemble_scores(labelled, member_names, infos[0].classes, tie, accuracies, rule, weights)
+        if rule != MAJORITY_RULE:
+            notes.append(f"the ensemble row votes by --vote {rule}"
+                         + (" with weights fitted on the validation split: scored there, it is flattered (the rules "
+                            "table cross-fits them)" if rule == WEIGHTED and data is None else ""))
 
     report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos), preds_part)
     if labelled is not None:  # the probabilities are calibrated ones: ECE with and without the temperatures
@@ -119,6 +140,7 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         report.reliability = reliability(labelled, member_names, [temperature(info, quiet) for info in infos],
                                          tie if ensemble is not None else None)
     if ensemble is not None:
+        report.rules = compare_rules(labelled, tie, infos[0].classes, rules_weights(infos, data, notes))
         report.trust, report.curve = trust(labelled, tie)
         report.galleries["wrong"], report.galleries["wrong_note"] = wrong_gallery(labelled, member_names,
                                                                                   infos[0].classes, tie)
@@ -152,6 +174,18 @@ def folder_check(preds: Path, frame: pd.DataFrame, infos: list[ModelInfo]) -> li
     except (QuorumError, OSError, ValueError):
         return []
     return compare(frame, folder, labelled_root([info.path for info in infos]))
+
+
+def rules_weights(infos: list[ModelInfo], data: Path | None, notes: list[str]) -> list[float] | None:
+    """The weighted rule's weights for the rules table on --data (predict's, from the validation split);
+    None (cross-fitted) on the validation split itself, or where the members share no split."""
+    if data is None:
+        return None
+    try:
+        return fitted_weights(infos)
+    except QuorumError as exc:
+        notes.append(f"rules table: {exc}; its weighted row is cross-fitted on --data instead")
+        return None
 
 
 def read_preds_part(preds: Path, labels: Path | None, classes) -> tuple[pd.DataFrame, dict]:
@@ -271,6 +305,11 @@ def print_table(report: Report, quiet: bool = False) -> None:
     # A log file or pipe gets whole rows, not the 80 columns rich assumes there.
     out = console if console.is_terminal else Console(file=console.file, width=160, highlight=False)
     out.print(table)
+    if report.rules is not None:
+        rules = report.rules
+        say(escape("Vote rules: " + "; ".join(f"{rule} {row['accuracy']:.1%} (F1 {row['macro_f1']:.3f}, ECE "
+                                                f"{row['ece']:.3f})" for rule, row in rules["rules"].items())
+                   + f"; ceiling {rules['ceiling']:.1%}. Recommended: {rules['advice']}"))
     for note in report.notes:
         say(f"[yellow]{escape(note)}[/yellow]")
 

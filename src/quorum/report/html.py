@@ -22,6 +22,7 @@ from quorum.report.sections import (
     preds_section,
     pseudo_section,
     review_gallery_section,
+    rules_section,
     table_html,
     trust_section,
 )
@@ -135,6 +136,7 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
         "the ensemble's is the sum of its members' (every member runs on every image).</p>",
         pseudo_section(report),
         ensemble_section(report),
+        rules_section(report),
         trust_section(report),
         _image(images, "coverage_accuracy.png", "coverage against accuracy"),
         calibration_section(images, report.source),

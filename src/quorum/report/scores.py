@@ -35,10 +35,11 @@ def member_scores(labelled: Labelled, names: list[str], classes) -> dict[str, di
     return {name: scores(labelled.y_true, labelled.probs[m].argmax(axis=1), classes) for m, name in enumerate(names)}
 
 
-def ensemble_scores(labelled: Labelled, names: list[str], classes, tie_breaker: int, accuracies: list[float]) -> dict:
-    """The vote's scores, and what the vote adds over its members."""
+def ensemble_scores(labelled: Labelled, names: list[str], classes, tie_breaker: int, accuracies: list[float],
+                    rule: str = "majority", weights: list[float] | None = None) -> dict:
+    """The vote's scores by `rule`, and what the vote adds over its members (leave-one-out: majority's)."""
     y, probs = labelled.y_true, labelled.probs
-    result = vote(probs, tie_breaker)
+    result = vote(probs, tie_breaker, rule=rule, weights=weights)
     top = probs.argmax(axis=2)  # (members, images)
     right = top == y
     # A tie goes to the tie-breaker's label when it is among the tied ones, else to the best mean probability.

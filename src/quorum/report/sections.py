@@ -51,6 +51,26 @@ def ensemble_section(report: Report) -> str:
     ])
 
 
+def rules_section(report: Report) -> str:
+    """Every vote rule on the same images, and which one these images support."""
+    rules = report.rules
+    if rules is None:
+        return ""
+    rows = [[rule, f"{row['accuracy']:.1%}", f"{row['macro_f1']:.3f}", f"{row['ece']:.3f}"]
+            for rule, row in rules["rules"].items()]
+    weights = rules["weights"]
+    how = weights if isinstance(weights, str) else "from the validation split: " + ", ".join(
+        f"{name} {w:.2f}" for name, w in zip(report.names, weights))
+    return "\n".join([
+        "<h2>Vote rules side by side</h2>",
+        f"<p>On {escape(report.source)} (quorum predict --vote RULE). Ceiling (any member right): "
+        f"{rules['ceiling']:.1%}. ECE: expected calibration error of the rule's probabilities (0 is calibrated). "
+        f"Weighted rule's weights: {escape(how)}.</p>",
+        table_html(["rule", "accuracy", "macro F1", "ECE"], rows, highlight=rules["best"]),
+        f"<p><b>Recommended:</b> {escape(rules['advice'])}.</p>",
+    ])
+
+
 def per_class_table(report: Report) -> str:
     """Precision / recall / F1 of every model and the ensemble, one row per class."""
     scored = dict(report.members)

@@ -55,12 +55,8 @@ def stack_validation(infos: list[ModelInfo], runs: list[OwnValidation]) -> Label
 
 
 def run_on_folder(folder: Path, members: list, tie_breaker: int, device, batch_size: int = 32, workers: int = 2,
-                  quiet: bool = False) -> Labelled:
+                  quiet: bool = False, tta: int = 1) -> Labelled:
     """Every member (`predict.members.load_members`) on every image of a labelled folder (one sub-folder per class)."""
-    from quorum.predict.pipeline import (
-        predict_arrays,  # torch work only here: the other sources read CSVs
-    )
-
     folder = Path(folder)
     table, scan = scan_labelled_counting(folder)
     if scan.skipped:  # as predict and finetune say it
@@ -70,16 +66,28 @@ def run_on_folder(folder: Path, members: list, tie_breaker: int, device, batch_s
     if unknown:
         raise QuorumError(f"--data {folder} has classes the models do not know ({', '.join(unknown)}): "
                           f"the models know {', '.join(classes)}")
-    outputs = predict_arrays([folder / path for path in table["path"]], members, tie_breaker, device,
-                             batch_size=batch_size, workers=workers, quiet=quiet)
+    index = {name: i for i, name in enumerate(classes)}
+    y_true = np.array([index[label] for label in table["label"]])
+    return run_again(Labelled(f"the labelled folder {folder}", list(table["path"]), y_true, np.empty(0), root=folder),
+                     members, tie_breaker, device, batch_size, workers, quiet, tta)
+
+
+def run_again(labelled: Labelled, members: list, tie_breaker: int, device, batch_size: int = 32, workers: int = 2,
+              quiet: bool = False, tta: int = 1) -> Labelled:
+    """The members run now on `labelled`'s images (under its root), e.g. the validation split with TTA;
+    files that are no longer readable are left out."""
+    from quorum.predict.pipeline import (
+        predict_arrays,  # torch work only here: the other sources read CSVs
+    )
+
+    outputs = predict_arrays([labelled.root / path for path in labelled.paths], members, tie_breaker, device,
+                             batch_size=batch_size, workers=workers, quiet=quiet, tta=tta)
     ok = np.array([error is None for error in outputs.errors])
     if not ok.any():
-        raise QuorumError(f"no readable images in {folder}: check the files")
-    index = {name: i for i, name in enumerate(classes)}
-    y_true = np.array([index[label] for label in table["label"]])[ok]
-    source = f"the labelled folder {folder} ({int(ok.sum())} images)"
-    return Labelled(source, list(table["path"][ok]), y_true, outputs.probs[:, ok], skipped=int((~ok).sum()),
-                    root=folder)
+        raise QuorumError(f"no readable images in {labelled.root}: check the files")
+    source = f"{labelled.source.split(' (')[0]} ({int(ok.sum())} images{f', {tta} views each' if tta > 1 else ''})"
+    return Labelled(source, [path for path, good in zip(labelled.paths, ok) if good], labelled.y_true[ok],
+                    outputs.probs[:, ok], skipped=int((~ok).sum()), root=labelled.root)
 
 
 def read_preds(path: Path) -> tuple[pd.DataFrame, list[str]]:
