@@ -35,6 +35,12 @@ def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], ti
             "vote": vote or {"rule": "majority", "weights": None, "tta": 1}}
 
 
+def describe_vote(voting: dict) -> str:
+    weights = voting.get("weights")
+    shown = f" ({', '.join(f'{name} {w:.2f}' for name, w in weights.items())})" if weights else ""
+    return f"--vote {voting['rule']}{shown} --tta {voting.get('tta', 1)}"
+
+
 def digest(lines: list[str]) -> str:
     """A short hash of a list of paths: enough to tell two file lists apart."""
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
