@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from bench_recipe import train_in_process
 from fashion_mnist import DATA, make_slice
-from recipe_report import replace_section
+from recipe_report import publish
 
 RUNS = DATA / "vote"
 HERE = Path(__file__).resolve().parent
@@ -236,9 +236,7 @@ def main() -> int:
         print("no data set has its three members trained yet", file=sys.stderr)
         return 1
     section = render(results, args.tta, " ".join(["python benchmarks/bench_vote.py", *sys.argv[1:]]))
-    print(section)
-    if not args.no_write:
-        replace_section(args.out, section)
+    publish(section, args.out, write=not args.no_write)
     return 0
 
 
