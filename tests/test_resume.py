@@ -7,10 +7,14 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from conftest import assert_same_model
 from image_factory import write_labelled_folder
+from safetensors.torch import save_file
 
 from quorum.errors import QuorumError
+from quorum.models import weights
+from quorum.models.registry import get_backbone
 from quorum.train.finetune import finetune
 from quorum.train.recipe import Recipe
 
@@ -55,6 +59,20 @@ def test_resume_honours_more_epochs(labelled, tmp_path):
     info = json.loads((model_dir / "model.json").read_text())
     assert info["recipe"]["epochs"] == 5 and info["epochs_run"] == 5
     assert pd.read_csv(model_dir / "history.csv")["epoch"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_resume_with_more_epochs_keeps_the_worked_out_unfreeze_after(labelled, tmp_path):
+    """--unfreeze-after left out is 3/4 of --epochs: a larger --epochs on --resume must not count as a change."""
+    torch.manual_seed(0)
+    start = tmp_path / "start.safetensors"  # weights given, so the default freezes the backbone for 3/4 of the run
+    save_file(weights.build(get_backbone("tinyvgg"), 3, "none").state_dict(), str(start))
+    run = recipe(labelled, tmp_path / "models", epochs=2, unfreeze_after=None, weights=str(start))
+    interrupted(run, after_epoch=0)
+    model_dir = finetune(recipe(labelled, tmp_path / "models", epochs=4, unfreeze_after=None, weights=str(start)),
+                         resume=True, quiet=True)
+    info = json.loads((model_dir / "model.json").read_text())
+    assert (info["recipe"]["epochs"], info["recipe"]["unfreeze_after"]) == (4, 1)
+    assert pd.read_csv(model_dir / "history.csv")["phase"].tolist() == [1, 2, 2, 2]
 
 
 @pytest.mark.parametrize(("change", "message"), [

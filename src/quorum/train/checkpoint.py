@@ -60,13 +60,18 @@ def remove(work_dir: Path) -> None:
 def resumed_recipe(saved: dict, asked: Recipe, done: int) -> Recipe:
     """The interrupted run's recipe, with what may change on --resume: where it runs (device,
     workers) and the number of epochs, not below the `done` ones. Any other change is refused by
-    name: the result would be neither the first run nor the new one."""
+    name: the result would be neither the first run nor the new one.
+
+    `asked` is the recipe as given, before `resolve`: an option left to its default (None) keeps
+    the interrupted run's value, so --unfreeze-after's default (3/4 of --epochs) does not move
+    with a larger --epochs."""
     then = Recipe(**saved)
     free = {"device", "workers", "epochs"}
     if not then.cache_features:  # the run turned its cache off (too big): that stands
         free.add("cache_features")
     changed = [(f.name, getattr(then, f.name), getattr(asked, f.name)) for f in dataclasses.fields(Recipe)
-               if f.name not in free and getattr(then, f.name) != getattr(asked, f.name)]
+               if f.name not in free and getattr(asked, f.name) is not None
+               and getattr(then, f.name) != getattr(asked, f.name)]
     if changed:
         listed = ", ".join(f"{_option(name)} ({a} then, {b} now)" for name, a, b in changed)
         raise QuorumError(f"--resume cannot change {listed}: resume with the interrupted run's options, "

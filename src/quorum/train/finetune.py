@@ -43,7 +43,7 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
     one's folder for an interrupted run and discard it, so it stops with one Error line instead."""
     world = distributed.current(recipe.device)
     backbone = get_backbone(recipe.backbone)
-    recipe = recipe.resolve(backbone.native_size, backbone.pretrained_available)
+    asked, recipe = recipe, recipe.resolve(backbone.native_size, backbone.pretrained_available)
     models_dir = Path(recipe.models_dir)
     fresh = not models_dir.exists()
     busy = (f"another quorum finetune is making {models_dir / recipe.name} now: wait for it to finish, "
@@ -72,7 +72,7 @@ def _finetune(recipe: Recipe, backbone: Backbone, world: distributed.World, resu
     state = checkpoint.load(work_dir) if resume else None
     if resume:
         before = state["recipe"]["epochs"]
-        recipe = checkpoint.resumed_recipe(state["recipe"], recipe, done=state["epoch"] + 1)
+        recipe = checkpoint.resumed_recipe(state["recipe"], asked, done=state["epoch"] + 1)
         longer = f" (was {before})" if recipe.epochs != before else ""
         say(f"Resuming {recipe.name} after epoch {state['epoch'] + 1} of {recipe.epochs}{longer}", quiet)
     if recipe.weights == "none" and recipe.frozen_epochs > 0:
