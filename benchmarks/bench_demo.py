@@ -70,7 +70,8 @@ def score(members: list[dict]) -> dict:
     labels = members[0]["labels"]
     probs = np.stack([m["probs"] for m in members])
     accuracies = [float((m["probs"].argmax(1) == labels).mean()) for m in members]
-    votes = vote(probs, default_tie_breaker([max(m["val_accuracy"]) for m in members]))
+    names = [f"member{k}" for k in range(len(members))]  # in the given order: Lite0, Lite1, Lite2
+    votes = vote(probs, default_tie_breaker([max(m["val_accuracy"]) for m in members], names))
     vote_accuracy = float((votes.label == labels).mean())
     return {"members": accuracies, "vote": vote_accuracy, "margin": vote_accuracy - max(accuracies),
             "ties": float((votes.decided_by == "tie-breaker").mean()),

@@ -124,13 +124,13 @@ def loaded_runs(data: Path, split: Path) -> dict:
     return seconds
 
 
-def vote_accuracy(results: list[dict]) -> dict:
+def vote_accuracy(results: list[dict], names: list[str]) -> dict:
     """quorum's vote over the members' test probabilities; ties go to the best member by val accuracy."""
     from quorum.predict.vote import default_tie_breaker, vote
 
     probs = np.stack([np.load(r["probs_path"]) for r in results])
     labels = np.load(results[0]["labels_path"])
-    tie = default_tie_breaker([max(r["val_accuracy"]) for r in results])
+    tie = default_tie_breaker([max(r["val_accuracy"]) for r in results], names)
     return _scores(vote(probs, tie).label, labels)
 
 
@@ -178,7 +178,7 @@ def main() -> int:
     for prefix in {name.rsplit("-lite", 1)[0] for name in results if not name.startswith("old-switch")}:
         names = [f"{prefix}-lite{n}" for n in args.lites]
         if all(name in results for name in names):
-            votes[prefix] = vote_accuracy([results[n] for n in names])
+            votes[prefix] = vote_accuracy([results[n] for n in names], names)
     loaded = loaded_runs(data, split) if args.loaded else None
     command = " ".join(["python benchmarks/bench_recipe.py", *sys.argv[1:]])
     section = render(results, votes, loaded, args.lites, command, (time.perf_counter() - began) / 60)

@@ -352,3 +352,16 @@ def test_cli_errors_are_one_line_that_names_the_fix(trio, tmp_path):
     for options, message in cases:
         result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--no-timing", *options])
         assert (result.exit_code, result.output) == (1, message)
+
+
+def test_predict_report_and_demo_take_one_tie_breaker_whatever_the_order(tmp_path, one_thread):
+    """Equal validation accuracies: the first by name breaks ties in predict's CSV and in the report (the
+    demo calls both with its models in training order), however the models are listed."""
+    models = tmp_path / "models"
+    for name in ("zeta", "alpha", "mid"):  # none in VAL_ACCURACY: 0.5 each
+        write_handmade(models, name, VOTED["a"], real_weights=True)
+    write_good_images(tmp_path / "unlabelled", 2, size=(40, 40))
+    for order in (("zeta", "alpha", "mid"), ("mid", "zeta", "alpha")):
+        frame = predict(tmp_path / "unlabelled", [models / name for name in order], workers=0, quiet=True)
+        report = build_report(models, order, timing=False, quiet=True)
+        assert (frame.attrs["tie_breaker"], report.ensemble["tie_breaker"]) == ("alpha", "alpha")

@@ -98,10 +98,10 @@ def check_classes(infos: list[ModelInfo]) -> None:
 
 
 def tie_breaker_index(infos: list[ModelInfo], name: str | None = None) -> int:
-    """The member named `name`, or by default the one with the best validation accuracy (first on a tie)."""
+    """The member named `name`, or by default the one with the best validation accuracy (first by name on a tie)."""
     names = [info.path.name for info in infos]
     if name is None:
-        return default_tie_breaker([info.val_accuracy for info in infos])
+        return default_tie_breaker([info.val_accuracy for info in infos], names)
     if name not in names:
         raise QuorumError(f"--tie-breaker {name} is not one of the members: choose from {', '.join(names)}")
     return names.index(name)

@@ -122,10 +122,11 @@ def mean_probability(probs: np.ndarray, ran: np.ndarray, weights=None) -> np.nda
     return (np.where(ran[..., None], probs, 0.0) * w[:, None, None]).sum(axis=0) / counted.sum(axis=0)[:, None]
 
 
-def default_tie_breaker(accuracies: list[float], among: list[int] | None = None) -> int:
-    """The member with the best validation accuracy (the first on a tie), among `among` (default: all)."""
+def default_tie_breaker(accuracies: list[float], names: list[str], among: list[int] | None = None) -> int:
+    """The member with the best validation accuracy, the first by name on a tie, among `among` (default:
+    all). The one rule for predict, report and demo: it does not depend on the order members were given in."""
     among = list(range(len(accuracies))) if among is None else among
-    return max(among, key=lambda m: accuracies[m])
+    return min(among, key=lambda m: (-accuracies[m], names[m]))
 
 
 def settled(labels: np.ndarray, n_members: int, tie_breaker: int) -> np.ndarray:
