@@ -39,7 +39,7 @@ class _Crop40(Preprocessing):
 def test_predict_gives_an_image_its_transform_refuses_an_error_row(folder):
     paths = sorted(folder.glob("*.*"))
     images = _Images(paths, [_Crop40(size=40, mean=(0.5,) * 3, std=(0.5,) * 3)])
-    index, pixels, reason = images[paths.index(folder / "good_01_000.png")]
+    index, pixels, reason, _ = images[paths.index(folder / "good_01_000.png")]
     assert pixels is None
     assert reason.startswith("cannot preprocess (ValueError: Required crop size (40, 40) is larger than input image size")
     assert images[0][2] is None and images[0][1][(40, 0.875, "bilinear")].shape == (3, 40, 40)

@@ -21,7 +21,9 @@ import pytest
 from click.testing import CliRunner
 from image_factory import write_good_images, write_labelled_folder
 
+from quorum import files
 from quorum.cli import main
+from quorum.data.unlabelled import changed_files
 from quorum.models.bundle import load_model
 from quorum.predict.members import select_models
 from quorum.predict.pipeline import predict
@@ -168,6 +170,28 @@ def test_resume_keeps_finished_rows_ignores_a_torn_last_line_and_gives_the_whole
     assert "4 rows were finished before" in result.output
     assert_same_csv(out, whole)
     assert not progress.exists()
+
+
+def test_a_file_changed_before_resume_keeps_its_old_rows_fingerprint(tiny_models, tmp_path):
+    """A row finished before --resume describes the file as it was then: the sidecar must say so, so that
+    review and --pseudo-labels see the file changed since (and not vouch for the stale row)."""
+    images = tmp_path / "images"
+    write_good_images(images, 4, size=(48, 40))
+    out, progress = tmp_path / "preds.csv", tmp_path / "preds.csv.partial"
+    predict(images, select_models(tiny_models), workers=0, quiet=True, progress=progress)
+    rows = progress / "rows-0.jsonl"
+    first = rows.read_text().splitlines(keepends=True)[0]
+    rows.write_text(first)  # killed after the first row
+    changed = images / sorted(p.name for p in images.iterdir())[json.loads(first)[0]]
+    before = files.fingerprint(changed)
+    write_good_images(tmp_path / "other", 1, size=(40, 48), seed=7)
+    shutil.copyfile(next((tmp_path / "other").iterdir()), changed)  # replaced after its row was written
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    predict_cli(images, tiny_models, out, "--resume")
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    position = pd.read_csv(out)["path"].tolist().index(changed.name)
+    assert sidecar["fingerprints"][position] == before != files.fingerprint(changed)
+    assert changed_files(images, [changed.name], [sidecar["fingerprints"][position]]) == [changed.name]
 
 
 def test_resume_refuses_nothing_to_resume_and_another_run(folder, tiny_models, tmp_path):

@@ -47,10 +47,12 @@ from quorum.predict.members import (
 )
 from quorum.predict.shards import WHOLE, Shard
 from quorum.predict.table import (
+    FINGERPRINT,
     MemberOutputs,
     assemble,
     check_columns,
     columns,
+    file_fingerprint,
     to_frame,
 )
 from quorum.predict.unknown import check_keep, threshold
@@ -111,6 +113,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     def rows(positions: list[int], outputs: MemberOutputs) -> pd.DataFrame:  # indexed by position in `paths`
         frame = to_frame([relative[i] for i in positions], names, classes, outputs, tie, probs, min_agreement,
                          unknown_at, rule=rule, weights=weights)
+        frame[FINGERPRINT] = outputs.fingerprints
         return frame.set_axis(pd.Index(positions, dtype="int64"))
 
     # Rank 0 exports any missing model.onnx (once), so every process runs each member on the same engine.
@@ -122,7 +125,7 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
                                          min_agreement=min_agreement, shard=str(shard),
                                          engines=dict(zip(names, engines)), unknown=unknown_at.as_dict(),
                                          vote=voting)
-    header = columns(names, classes, probs, min_agreement is not None)
+    header = [*columns(names, classes, probs, min_agreement is not None), FINGERPRINT]
     finished = distributed.run_on_main(world, lambda: partial_rows.start(progress, identity, header, resume, quiet)
                                        if progress is not None else pd.DataFrame(columns=header))
     done = set(distributed.broadcast(world, None if finished is None else finished.index.tolist()))
@@ -145,7 +148,8 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
         return None
     frame = assemble([finished, *parts], chosen, names)
     frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy,
-                       identity=identity, folder=str(folder.resolve()), unknown=unknown_at.as_dict(), vote=voting)
+                       identity=identity, folder=str(folder.resolve()), unknown=unknown_at.as_dict(), vote=voting,
+                       fingerprints=frame.pop(FINGERPRINT).tolist())
     return frame
 
 
@@ -161,7 +165,7 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
     probs = np.full((n_members, n_images, n_classes), np.nan, np.float32)
     ran = np.zeros((n_members, n_images), bool)
     errors: list[str | None] = [None] * n_images
-    outputs = MemberOutputs(probs, ran, errors)
+    outputs = MemberOutputs(probs, ran, errors, [""] * n_images)
     loader = DataLoader(_Images(paths, [member.info.preprocessing for member in members], tta), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
@@ -170,6 +174,8 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
                     size=lambda batch: len(batch.rows) + len(batch.failed))
     with torch.inference_mode():
         for batch in batches:
+            for index, fingerprint in batch.fingerprints:
+                outputs.fingerprints[index] = fingerprint
             for index, reason in batch.failed:
                 errors[index] = reason
             if len(batch.rows):
@@ -180,7 +186,8 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
 
 
 class _Images(Dataset):
-    """Item: (index, {pixel key: uint8 (3, size, size), or (tta, 3, size, size)} or None, reason or None)."""
+    """Item: (index, {pixel key: uint8 (3, size, size), or (tta, 3, size, size)} or None, reason or None,
+    fingerprint)."""
 
     def __init__(self, paths: list[Path], preprocessings: list[Preprocessing], tta: int = 1):
         self.paths = paths
@@ -191,13 +198,14 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        fingerprint = file_fingerprint(self.paths[index])  # before decoding: a later change shows as one
         try:
             image = load_rgb(self.paths[index])
-            return index, {key: crop(image) for key, crop in self.crops.items()}, None
+            return index, {key: crop(image) for key, crop in self.crops.items()}, None, fingerprint
         except UnreadableImage as exc:
-            return index, None, exc.reason
+            return index, None, exc.reason, fingerprint
         except Exception as exc:  # a file Pillow decodes but cannot resize must still not stop the run
-            return index, None, f"cannot preprocess ({type(exc).__name__}: {str(exc)[:120]})"
+            return index, None, f"cannot preprocess ({type(exc).__name__}: {str(exc)[:120]})", fingerprint
 
 
 @dataclass
@@ -205,16 +213,18 @@ class _Batch:
     rows: np.ndarray  # int64: the readable images' indices into the file list
     pixels: dict[tuple, torch.Tensor]  # pixel key -> uint8 (len(rows), 3, size, size)
     failed: list[tuple[int, str]]  # (index, reason) for each unreadable file
+    fingerprints: list[tuple[int, str]]  # (index, fingerprint) for every file
 
     def pin_memory(self) -> "_Batch":  # called by DataLoader(pin_memory=True)
-        return _Batch(self.rows, {key: x.pin_memory() for key, x in self.pixels.items()}, self.failed)
+        return _Batch(self.rows, {key: x.pin_memory() for key, x in self.pixels.items()}, self.failed, self.fingerprints)
 
 
 def _collate(items) -> _Batch:
-    good = [(index, views) for index, views, _ in items if views is not None]
-    failed = [(index, reason) for index, views, reason in items if views is None]
+    good = [(index, views) for index, views, _, _ in items if views is not None]
+    failed = [(index, reason) for index, views, reason, _ in items if views is None]
     pixels = {key: torch.stack([views[key] for _, views in good]) for key in good[0][1]} if good else {}
-    return _Batch(np.array([index for index, _ in good], np.int64), pixels, failed)
+    fingerprints = [(index, fingerprint) for index, _, _, fingerprint in items]
+    return _Batch(np.array([index for index, _ in good], np.int64), pixels, failed, fingerprints)
 
 
 class _Runner:

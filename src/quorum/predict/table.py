@@ -36,6 +36,8 @@ from quorum.predict.vote import DECIDED_BY, MAJORITY_RULE, UNKNOWN, vote
 VOTE_COLUMNS = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
 UNKNOWN_COLUMNS = ["unknown_score", "unknown"]
 STATUS_COLUMNS = ["status", "error"]
+# Each file's fingerprint as it was decoded: carried with its row (and through --resume) into the sidecar, not the CSV.
+FINGERPRINT = "fingerprint"
 OK, ERROR = "ok", "error"
 CSV_DECIMALS = 6
 # What each column reads back as: `read_predictions(path)` gives exactly these (README: the CSV).
@@ -63,9 +65,11 @@ class MemberOutputs:
     probs: np.ndarray  # (members, images, classes) float32; NaN where a member did not run
     ran: np.ndarray  # (members, images) bool
     errors: list[str | None]  # per image: why it could not be read, or None
+    fingerprints: list[str]  # per image: `file_fingerprint` when it was decoded
 
     def take(self, indices: list[int]) -> "MemberOutputs":
-        return MemberOutputs(self.probs[:, indices], self.ran[:, indices], [self.errors[i] for i in indices])
+        return MemberOutputs(self.probs[:, indices], self.ran[:, indices], [self.errors[i] for i in indices],
+                             [self.fingerprints[i] for i in indices])
 
 
 def columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> list[str]:
@@ -135,7 +139,7 @@ def typed(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     for column in frame.columns:
         if column in labels:
             frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-        elif column == "error":
+        elif column in ("error", FINGERPRINT):
             frame[column] = frame[column].fillna("").astype(str)
         else:
             kind = {"votes": "Int64", "members": "Int64", "review": "boolean", "unknown": "boolean"}.get(column, "float64")
@@ -217,14 +221,14 @@ def write_predictions(frame: pd.DataFrame, out: Path) -> None:
     folder = frame.attrs.get("folder")
     if folder is None:
         return
-    fingerprints = frame.attrs.get("fingerprints") or [_fingerprint(Path(folder) / path) for path in frame["path"]]
+    fingerprints = frame.attrs.get("fingerprints") or [file_fingerprint(Path(folder) / path) for path in frame["path"]]
     files.write_json(sidecar(out), {"folder": str(folder), "run": frame.attrs.get("identity"),
                                     "vote": frame.attrs.get("vote"), "rows": len(frame),
                                     "paths": paths_digest(frame["path"].tolist()),
                                     "fingerprints": fingerprints, "unknown": frame.attrs.get("unknown")})
 
 
-def _fingerprint(path: Path) -> str:
+def file_fingerprint(path: Path) -> str:
     try:
         return files.fingerprint(path)
     except OSError:
