@@ -86,12 +86,17 @@ def test_finetune_writes_a_complete_bundle(labelled, tmp_path):
     assert not list((tmp_path / "models").glob(".*")), "no partial or temporary files are left"
 
 
-def test_models_share_one_split(labelled, tmp_path):
+def test_models_share_one_split(labelled, tmp_path, capsys):
     models = tmp_path / "models"
     first = finetune(tiny_recipe(labelled, models, epochs=1), quiet=True)
     second = finetune(tiny_recipe(labelled, models, epochs=1, image_size=40, val_fraction=0.5, seed=7), quiet=True)
-    digests = {json.loads((d / "model.json").read_text())["split"]["digest"] for d in (first, second)}
-    assert len(digests) == 1
+    splits = [json.loads((d / "model.json").read_text())["split"] for d in (first, second)]
+    assert len({split["digest"] for split in splits}) == 1
+    # Both record the values the shared split was drawn with, and the second run says it did not get its own.
+    assert [(split["val_fraction"], split["seed"]) for split in splits] == [(0.2, 0), (0.2, 0)]
+    said = " ".join(capsys.readouterr().err.split())
+    assert ("The split reused was drawn with --val-fraction 0.2 --seed 0, not the --val-fraction 0.5 --seed 7 given "
+            "(model.json records the split's): add --resplit") in said
     paths = [set(pd.read_csv(d / "val_predictions.csv").path) for d in (first, second)]
     assert paths[0] == paths[1] and len(paths[0]) == 6
     split = pd.read_csv(models / "split.csv")

@@ -83,7 +83,7 @@ def test_killed_before_the_swap_resumes_to_the_finished_model(labelled, whole, t
     killed_at("before-swap", run)
     assert not (tmp_path / "models" / "tinyvgg-32").exists()
     assert_same_model(finetune(run, resume=True, quiet=True), whole)
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["split.csv", "tinyvgg-32"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["split.csv", "split.csv.json", "tinyvgg-32"]
 
 
 def test_killed_between_the_renames_resumes_to_the_new_model(labelled, whole, tmp_path):
@@ -91,7 +91,8 @@ def test_killed_between_the_renames_resumes_to_the_new_model(labelled, whole, tm
     run = recipe(labelled, tmp_path / "models")
     killed_at("between-renames", run)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [  # no model folder at this instant;
-        ".tinyvgg-32.lock", ".tinyvgg-32.old", ".tinyvgg-32.partial", "split.csv"]  # the lock freed by the kill
+        ".tinyvgg-32.lock", ".tinyvgg-32.old", ".tinyvgg-32.partial", "split.csv",  # the lock freed by the kill
+        "split.csv.json"]
     assert_same_model(finetune(run, resume=True, quiet=True), whole)
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["split.csv", "tinyvgg-32"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["split.csv", "split.csv.json", "tinyvgg-32"]
     load_model(first)  # and it loads

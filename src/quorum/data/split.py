@@ -8,8 +8,9 @@ split is made, and recorded there with the reason.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from quorum.data.images import (
 from quorum.errors import QuorumError
 
 SPLIT_FILE = "split.csv"
+SPLIT_SETTINGS = "split.csv.json"  # the --val-fraction and --seed it was drawn with (null: the folder's own)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class Split:
     table: pd.DataFrame  # path (relative to root), label, subset (train | val | unreadable), reason
     digest: str  # fingerprint stored in each model.json: same digest, same validation images
     skipped: str = ""  # what the scan passed over, e.g. 'skipped 3 files (2 .txt, 1 .json)'
+    # {"val_fraction", "seed"} the split was drawn with (None each: the folder's own train/ and val/);
+    # {} for a split.csv saved without them
+    drawn_with: dict = field(default_factory=dict)
 
     def items(self, subset: str) -> list[tuple[str, int]]:
         """(relative path, class index) for the train or val subset, in file order."""
@@ -161,13 +166,14 @@ def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: 
     # Two finetunes starting at once in a fresh models dir: the second waits and then reuses the first's
     # split, instead of making another one that validates on the other's training images.
     with files.exclusive(split_path.with_name(f".{SPLIT_FILE}.lock")):
-        table, is_new = _read_or_make(root, split_path, current, val_fraction, seed, resplit, workers)
+        table, is_new, drawn_with = _read_or_make(root, split_path, current, val_fraction, seed, resplit, workers)
     classes = tuple(sorted(table.label.unique()))
-    return Split(Path(root), classes, table.reset_index(drop=True), _digest(table), scan.summary()), is_new
+    return Split(Path(root), classes, table.reset_index(drop=True), _digest(table), scan.summary(), drawn_with), is_new
 
 
 def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fraction: float, seed: int,
-                  resplit: bool, workers: int) -> tuple[pd.DataFrame, bool]:
+                  resplit: bool, workers: int) -> tuple[pd.DataFrame, bool, dict]:
+    """(table, is_new, the values it was drawn with: `Split.drawn_with`)"""
     if split_path.is_file() and not resplit:
         table = files.read_csv(split_path, keep_default_na=False, dtype=str)
         saved_files = set(zip(table.path, table.label))
@@ -182,6 +188,8 @@ def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fract
                 "share it)"
             )
         is_new = False
+        settings = split_path.with_name(SPLIT_SETTINGS)
+        drawn_with = json.loads(settings.read_text()) if settings.is_file() else {}
     else:
         before = set(files.read_csv(split_path, keep_default_na=False, dtype=str).label) if split_path.is_file() else None
         table = make_split(root, val_fraction, seed, workers, scanned=current)
@@ -189,6 +197,9 @@ def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fract
         if new:  # e.g. a class folder a person made while sorting `quorum review`'s images
             say(f"[yellow]New label(s) accepted: {', '.join(new)} (class folders in {root} that the previous split "
                 "did not have); models fine-tuned before do not know them: fine-tune every model again[/yellow]")
+        given = current.given_subset.notna().all()
+        drawn_with = {"val_fraction": None if given else val_fraction, "seed": None if given else seed}
+        files.write_json(split_path.with_name(SPLIT_SETTINGS), drawn_with)  # first: a split.csv is never without it
         files.write_csv(split_path, table)
         is_new = True
-    return table, is_new
+    return table, is_new, drawn_with

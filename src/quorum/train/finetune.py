@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from quorum import distributed, files
 from quorum.console import say
-from quorum.data.split import SPLIT_FILE, Split, find_unreadable, load_or_make_split
+from quorum.data.split import SPLIT_FILE, SPLIT_SETTINGS, Split, find_unreadable, load_or_make_split
 from quorum.data.unlabelled import PseudoLabels, SoftTargets, read_pseudo_labels, read_soft_targets
 from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
@@ -117,6 +117,12 @@ def shared_split(recipe: Recipe, models_dir: Path, resplit: bool, world: distrib
         split, is_new = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed,
                                            resplit=resplit, workers=recipe.workers)
         report_split(split, is_new, models_dir, quiet)
+        drawn = split.drawn_with
+        if not is_new and drawn.get("val_fraction") is not None and (drawn["val_fraction"], drawn["seed"]) != (
+                recipe.val_fraction, recipe.seed):  # the folder's own train/ and val/ serve any values
+            say(f"[yellow]The split reused was drawn with --val-fraction {drawn['val_fraction']} --seed {drawn['seed']}, "
+                f"not the --val-fraction {recipe.val_fraction} --seed {recipe.seed} given (model.json records the "
+                "split's): add --resplit to draw it again, then fine-tune the other models again[/yellow]")
         return split, is_new
 
     made = distributed.run_on_main(world, make_or_check)
@@ -134,6 +140,7 @@ def _forget_new_split(is_new: bool, models_dir: Path):
     except BaseException:
         if is_new:
             (models_dir / SPLIT_FILE).unlink(missing_ok=True)
+            (models_dir / SPLIT_SETTINGS).unlink(missing_ok=True)
             with suppress(OSError):
                 models_dir.rmdir()  # only if the split was all it held
         raise

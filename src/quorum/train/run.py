@@ -217,7 +217,7 @@ class TrainingRun:
             "classes": list(self.split.classes), "num_params": count_parameters(self.model),
             "weights_source": recipe.weights, "best_epoch": best["epoch"], "epochs_run": len(self.history),
             "metrics": best["metrics"], "calibration": best["calibration"], "split": {"file": "split.csv", "digest": self.split.digest,
-                                                  "val_images": len(self.val_set),
+                                                  "val_images": len(self.val_set), **self.split.drawn_with,
                                                   "root": str(Path(self.split.root).resolve())},
             "recipe": recipe.as_dict(), "processes": self.world.size, "versions": provenance(),
             **({"pseudo_labels": self.pseudo.as_dict(self.split.classes)} if self.pseudo is not None else {}),
