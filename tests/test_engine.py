@@ -76,7 +76,7 @@ def test_model_onnx_runs_in_onnxruntime_alone_and_matches_torch(trio, images, tm
         size = info["image_size"]
         picture = Image.open(image).convert("RGB")
         # Resize the short side to size / crop_fraction, centre-crop, scale to 0..1, normalise.
-        short = round(size / info["crop_fraction"])
+        short = int(size / info["crop_fraction"])  # floored, as timm does
         w, h = picture.size
         w, h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
         filters = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}

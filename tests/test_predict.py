@@ -130,7 +130,7 @@ def test_each_member_sees_the_pixels_torchvisions_eval_transform_gives(mixed, ti
     outputs = predict_arrays(paths, members, 0, torch.device("cpu"), batch_size=4, workers=0, quiet=True)
     for m, member in enumerate(members):
         info = member.info
-        transform = T.Compose([T.Resize(round(info.image_size / 0.875), antialias=True), T.CenterCrop(info.image_size),
+        transform = T.Compose([T.Resize(int(info.image_size / 0.875), antialias=True), T.CenterCrop(info.image_size),
                                T.ToTensor(), T.Normalize(info.mean, info.std)])
         x = torch.stack([transform(load_rgb(path)) for path in paths])
         with torch.inference_mode():

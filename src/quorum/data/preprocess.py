@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import math
+
 import torch
 from PIL import Image
 from torch import nn
@@ -56,8 +58,8 @@ class Preprocessing:
         return INTERPOLATIONS.get(self.interpolation, T.InterpolationMode.BILINEAR)
 
     def eval_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
-        """Resize the short side to size / crop_fraction, centre-crop: uint8 (3, size, size)."""
-        resize = T.Resize(round(self.size / self.crop_fraction), interpolation=self.resize_mode, antialias=True)
+        """Resize the short side to size / crop_fraction (floored, as timm does), centre-crop: uint8 (3, size, size)."""
+        resize = T.Resize(math.floor(self.size / self.crop_fraction), interpolation=self.resize_mode, antialias=True)
         return T.Compose([resize, T.CenterCrop(self.size), T.PILToTensor()])
 
     def tta_pixels(self, views: int) -> Callable[[Image.Image], torch.Tensor]:

@@ -87,20 +87,27 @@ def _split_tinyvgg(net: nn.Module, num_classes: int) -> Classifier:
     return Classifier(list(net.blocks), linear_head(128, num_classes, dropout=0.2))
 
 
-def _torchvision(builder: Callable[..., nn.Module]) -> Callable[[bool], nn.Module]:
-    return lambda pretrained: builder(weights="DEFAULT" if pretrained else None)
+def _torchvision(name: str, builder: Callable[..., nn.Module], split: Callable[[nn.Module, int], Classifier],
+                 head_keys: tuple[str, ...], **extra) -> Backbone:
+    """A torchvision model with the eval transform of its default weights, read from their metadata
+    (`weights.transforms()`: no download), so fine-tuning starts from the pixels it was pretrained on."""
+    weights = tvm.get_model_weights(builder).DEFAULT
+    transform = weights.transforms()
+    crop, resize = transform.crop_size[0], transform.resize_size[0]
+    return Backbone(name, lambda pretrained: builder(weights=weights if pretrained else None), split, head_keys,
+                    native_size=crop, mean=tuple(transform.mean), std=tuple(transform.std), crop_fraction=crop / resize,
+                    interpolation=transform.interpolation.value, **extra)
 
 
 _BUILTIN = [
-    Backbone("mobilenet_v2", _torchvision(tvm.mobilenet_v2), _split_features_classifier, ("classifier.",)),
-    Backbone("mobilenet_v3_small", _torchvision(tvm.mobilenet_v3_small), _split_mobilenet_v3, ("classifier.3.",)),
-    Backbone("mobilenet_v3_large", _torchvision(tvm.mobilenet_v3_large), _split_mobilenet_v3, ("classifier.3.",)),
-    Backbone("resnet18", _torchvision(tvm.resnet18), _split_resnet, ("fc.",)),
-    Backbone("resnet50", _torchvision(tvm.resnet50), _split_resnet, ("fc.",)),
-    Backbone("efficientnet_b0", _torchvision(tvm.efficientnet_b0), _split_features_classifier, ("classifier.",)),
-    Backbone("efficientnet_b2", _torchvision(tvm.efficientnet_b2), _split_features_classifier, ("classifier.",),
-             native_size=288),
-    Backbone("vit_b_16", _torchvision(tvm.vit_b_16), _split_vit, ("heads.",), fixed_size=True),
+    _torchvision("mobilenet_v2", tvm.mobilenet_v2, _split_features_classifier, ("classifier.",)),
+    _torchvision("mobilenet_v3_small", tvm.mobilenet_v3_small, _split_mobilenet_v3, ("classifier.3.",)),
+    _torchvision("mobilenet_v3_large", tvm.mobilenet_v3_large, _split_mobilenet_v3, ("classifier.3.",)),
+    _torchvision("resnet18", tvm.resnet18, _split_resnet, ("fc.",)),
+    _torchvision("resnet50", tvm.resnet50, _split_resnet, ("fc.",)),
+    _torchvision("efficientnet_b0", tvm.efficientnet_b0, _split_features_classifier, ("classifier.",)),
+    _torchvision("efficientnet_b2", tvm.efficientnet_b2, _split_features_classifier, ("classifier.",)),
+    _torchvision("vit_b_16", tvm.vit_b_16, _split_vit, ("heads.",), fixed_size=True),
     Backbone("tinyvgg", _make_tinyvgg, _split_tinyvgg, ("head.",), native_size=64, mean=(0.5,) * 3,
              std=(0.5,) * 3, pretrained_available=False),
 ]
