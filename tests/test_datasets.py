@@ -1,14 +1,22 @@
-"""A file that decodes but fails its transform: dropped from its batch with a word, never a crash."""
+"""A file that decodes but fails its transform: dropped from its batch with a word, never a crash; and
+training's loaders pin memory only for a GPU."""
 
 from __future__ import annotations
 
 import pytest
-from image_factory import write_good_images
+import torch
+from image_factory import write_good_images, write_labelled_folder
 from torchvision import transforms as T
 
+from quorum import distributed
 from quorum.data.datasets import LabelledImages, make_loader
 from quorum.data.preprocess import Preprocessing
+from quorum.data.split import load_or_make_split
+from quorum.models import weights
+from quorum.models.registry import get_backbone
 from quorum.predict.pipeline import _Images
+from quorum.train.recipe import Recipe
+from quorum.train.run import TrainingRun
 
 # A real torchvision transform that a real image can fail: RandomCrop without padding refuses
 # images smaller than the crop.
@@ -59,3 +67,14 @@ def test_training_augmentation_resizes_with_the_models_interpolation():
 
     assert not torch.equal(augmented("bicubic"), augmented("bilinear"))
     assert not torch.equal(augmented("nearest"), augmented("bilinear"))
+
+
+def test_batches_are_pinned_only_for_a_cuda_device(tmp_path):
+    """Pinned memory is a page-locked copy for the host-to-GPU transfer: for --device cpu, a cost for nothing."""
+    data = write_labelled_folder(tmp_path / "data")
+    split, _ = load_or_make_split(data, tmp_path / "models", 0.25, 0)
+    recipe = Recipe(backbone="tinyvgg", data=str(data), image_size=32, workers=0).resolve(64, False)
+    run = TrainingRun(recipe, split, weights.build(get_backbone("tinyvgg"), 3, "none"), torch.device("cpu"),
+                      tmp_path / "work", distributed.World(), quiet=True)
+    _, train, val = run.loaders(0, 2)
+    assert (train.pin_memory, val.pin_memory) == (False, False)

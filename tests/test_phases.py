@@ -22,7 +22,7 @@ from quorum.models import weights
 from quorum.models.classifier import freeze, set_train_mode
 from quorum.models.registry import get_backbone
 from quorum.train.finetune import finetune
-from quorum.train.loop import warmup_cosine
+from quorum.train.loop import make_optimizer, train_one_epoch, warmup_cosine
 from quorum.train.recipe import Recipe
 
 
@@ -181,3 +181,31 @@ def test_quorum_asks_openmp_to_wait_passively_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout.split() == ["PASSIVE", "False"], result.stderr
+
+
+def test_torch_threads_take_this_process_share_of_the_cores(monkeypatch):
+    """Two processes on this machine (torchrun's) each take half the cores, as predict's ONNX Runtime does."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before, cores = torch.get_num_threads(), len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+    try:
+        with threads_for(workers=0, processes=2) as threads:
+            assert threads == torch.get_num_threads() == max(1, cores // 2)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_grad_scaler_carries_its_loss_scale_across_epochs():
+    torch.manual_seed(0)
+    model = weights.build(get_backbone("tinyvgg"), 3, "none")
+    optimizer = make_optimizer(model, 1e-3, 0.0)
+    scheduler = warmup_cosine(optimizer, 1, 4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=1)  # doubles after every good step
+    batch = (torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 2, 0]))
+    normalize = get_backbone("tinyvgg").preprocessing(32).normalizer()
+    scales = []
+    for _ in range(2):
+        train_one_epoch(model, [batch, batch], optimizer, scheduler, scaler, nn.CrossEntropyLoss(), torch.device("cpu"),
+                        None, normalize, quiet=True)
+        scales.append(scaler.get_scale())
+    assert scales == [32.0, 128.0]

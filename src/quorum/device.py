@@ -34,14 +34,15 @@ def autocast(device: torch.device):
 
 
 @contextmanager
-def threads_for(workers: int) -> Iterator[int]:
-    """Within it, torch uses the cores the loader workers leave: oversubscribed cores make every
-    parallel region wait for a preempted thread. OMP_NUM_THREADS, when the user set it, wins.
-    The previous count is restored on the way out."""
+def threads_for(workers: int, processes: int = 1) -> Iterator[int]:
+    """Within it, torch uses this process's share of the cores (`processes` share them, e.g. under
+    torchrun) less what its loader workers take: oversubscribed cores make every parallel region wait
+    for a preempted thread. OMP_NUM_THREADS, when the user set it, wins. The previous count is
+    restored on the way out."""
     previous = torch.get_num_threads()
     if "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(min(previous, max(1, cores - workers)))
+        torch.set_num_threads(min(previous, max(1, cores // max(1, processes) - workers)))
     try:
         yield torch.get_num_threads()
     finally:

@@ -41,8 +41,9 @@ def collate_readable(batch):
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
-                sampler=None) -> DataLoader:
+                sampler=None, pin_memory: bool = False) -> DataLoader:
+    """`pin_memory` only for batches bound for a CUDA device: on the CPU it is a copy for nothing."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, collate_fn=collate_readable, generator=generator,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+                      persistent_workers=False, pin_memory=pin_memory)

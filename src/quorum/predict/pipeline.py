@@ -32,7 +32,7 @@ from quorum import distributed
 from quorum.console import say, track
 from quorum.data.images import UnreadableImage, load_rgb, scan_images
 from quorum.data.preprocess import TTA_MAX_VIEWS, Preprocessing
-from quorum.device import pick_device
+from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
 from quorum.models.engine import check_engine, device_for_engine
 from quorum.models.inference import engine_threads
@@ -142,7 +142,8 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
             writer.append(rows([mine[k] for k in indices], outputs.take(indices)))
 
         outputs = predict_arrays([paths[i] for i in mine], members, tie, torch_device, batch_size=batch_size,
-                                 workers=workers, lazy=lazy, quiet=quiet, on_batch=keep if writer else None, tta=tta)
+                                 workers=workers, lazy=lazy, quiet=quiet, on_batch=keep if writer else None, tta=tta,
+                                 processes=world.size)
     parts = distributed.gather_to_main(world, rows(mine, outputs))
     if not world.is_main:
         return None
@@ -155,11 +156,14 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
 
 def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, device: torch.device, *,
                    batch_size: int = 32, workers: int = 2, lazy: bool = False, quiet: bool = False,
-                   on_batch: Callable[[list[int], MemberOutputs], None] | None = None, tta: int = 1) -> MemberOutputs:
+                   on_batch: Callable[[list[int], MemberOutputs], None] | None = None, tta: int = 1,
+                   processes: int = 1) -> MemberOutputs:
     """Run every member (or, with `lazy`, only those whose vote can still matter) on every readable file,
     each on `tta` views of it (its probabilities: their mean).
 
     `on_batch(indices, outputs)` is called after each batch with the indices (into `paths`) it finished.
+    `processes` share this machine's cores (torchrun's): torch on the CPU takes this one's share, as
+    ONNX Runtime does (`engine_threads`).
     """
     n_members, n_images, n_classes = len(members), len(paths), len(members[0].info.classes)
     probs = np.full((n_members, n_images, n_classes), np.nan, np.float32)
@@ -172,7 +176,7 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
     runner = _Runner(members, tie_breaker, device, lazy)
     batches = track(loader, total=n_images, description="Predicting", quiet=quiet, unit="images",
                     size=lambda batch: len(batch.rows) + len(batch.failed))
-    with torch.inference_mode():
+    with torch.inference_mode(), threads_for(0, processes) if device.type == "cpu" else nullcontext():
         for batch in batches:
             for index, fingerprint in batch.fingerprints:
                 outputs.fingerprints[index] = fingerprint

@@ -56,7 +56,8 @@ def _features(model: Classifier, normalize: nn.Module, dataset: LabelledImages, 
     """(features, label, position) for every readable image; augmentation draws from `seed`."""
     model.eval()  # the frozen blocks must run exactly as they do during training
     torch.manual_seed(seed)
-    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, seed=seed)
+    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, seed=seed,
+                         pin_memory=device.type == "cuda")
     parts: list[list[torch.Tensor]] = [[], [], []]
     for batch in track(loader, len(loader), description, quiet):
         if batch is None:

@@ -96,7 +96,7 @@ def _finetune(recipe: Recipe, backbone: Backbone, world: distributed.World, resu
         _discard(work_dir)  # an interrupted run the user chose not to resume
     if state is not None:
         run.restore(state)
-    with threads_for(recipe.workers if device.type == "cpu" else 0):
+    with threads_for(recipe.workers if device.type == "cpu" else 0, world.size):
         for epoch in range(run.next_epoch, recipe.epochs):
             run.epoch(epoch)
             if on_epoch_end is not None:

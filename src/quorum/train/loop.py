@@ -39,14 +39,14 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(model: Classifier, loader, optimizer, scheduler, loss_fn: nn.Module, device: torch.device,
-                    train_blocks: int | None, normalize: nn.Module, start: int = 0, quiet: bool = False,
+def train_one_epoch(model: Classifier, loader, optimizer, scheduler, scaler: torch.amp.GradScaler, loss_fn: nn.Module,
+                    device: torch.device, train_blocks: int | None, normalize: nn.Module, start: int = 0, quiet: bool = False,
                     description: str = "train", keep_norm_stats: bool = False) -> dict:
     """The loader yields uint8 images, which `normalize` turns into the model's input, or with
     `start` > 0 cached inputs of block `start`. `model` may be wrapped in DistributedDataParallel.
+    `scaler` is the run's one GradScaler, so its loss scale carries from epoch to epoch.
     Returns the mean loss, accuracy and learning rate over the epoch's steps, and its seconds."""
     set_train_mode(getattr(model, "module", model), train_blocks, keep_norm_stats)
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     loss_sum, correct, seen, began = 0.0, 0, 0, time.perf_counter()
     lr_sum, trained = 0.0, 0
     # Under torchrun, every process takes the same number of steps and skips the same ones: a process

@@ -65,6 +65,8 @@ class TrainingRun:
             raise QuorumError(f"no validation images: give each class in {split.root} at least 2 images, or a val/ folder")
         # With probability targets this is KL(target || student) plus the targets' own entropy: the same gradient.
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
+        # One for the run: its loss scale is learnt across steps (fp16 on CUDA only; a no-op elsewhere).
+        self.scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
         self.history: list[dict] = []
         self.best = {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}
         self.phase, self.optimizer, self.scheduler, self.next_epoch = 0, None, None, 0
@@ -110,8 +112,11 @@ class TrainingRun:
         if world.active:
             sampler = DistributedSampler(self.train_set, world.size, world.rank, shuffle=True, seed=recipe.seed)
             sampler.set_epoch(epoch)
-        train = make_loader(self.train_set, recipe.batch_size, True, recipe.workers, seed=seed, sampler=sampler)
-        val = make_loader(Subset(self.val_set, world.share(len(self.val_set))), recipe.batch_size, False, recipe.workers)
+        pin = self.device.type == "cuda"
+        train = make_loader(self.train_set, recipe.batch_size, True, recipe.workers, seed=seed, sampler=sampler,
+                            pin_memory=pin)
+        val = make_loader(Subset(self.val_set, world.share(len(self.val_set))), recipe.batch_size, False,
+                          recipe.workers, pin_memory=pin)
         return 0, train, val
 
     def epoch(self, epoch: int) -> None:
@@ -119,7 +124,8 @@ class TrainingRun:
         if phase != self.phase:
             self.start_phase(phase)
         start, train_loader, val_loader = self.loaders(epoch, phase)
-        stats = train_one_epoch(self.trainer, train_loader, self.optimizer, self.scheduler, self.loss_fn, self.device,
+        stats = train_one_epoch(self.trainer, train_loader, self.optimizer, self.scheduler, self.scaler, self.loss_fn,
+                                self.device,
                                 recipe.train_blocks if phase == 1 else None, self.inference.normalize, start=start,
                                 quiet=self.quiet, description=f"epoch {epoch + 1}/{recipe.epochs}",
                                 keep_norm_stats=recipe.keeps_norm_stats)
@@ -189,13 +195,15 @@ class TrainingRun:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history),
                 "best": json.dumps(self.best), "best_model": self.best_model,
-                "best_predictions": self.best_predictions}
+                "best_predictions": self.best_predictions, "scaler": self.scaler.state_dict()}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.history, self.best = json.loads(state["history"]), json.loads(state["best"])
         self.best_model, self.best_predictions = state["best_model"], state["best_predictions"]
         self.next_epoch = state["epoch"] + 1
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.next_epoch < self.recipe.epochs and self.phase_of(self.next_epoch) == state["phase"]:
             self.start_phase(state["phase"])
             self.optimizer.load_state_dict(state["optimizer"])
