@@ -22,6 +22,9 @@ from quorum.errors import QuorumError
 from quorum.predict import pipeline as predict_module
 from quorum.predict.members import load_members, read_members, select_models
 from quorum.predict.pipeline import predict, predict_arrays
+from quorum.predict.table import closing_lines
+from quorum.predict.trust import trust_table
+from quorum.predict.vote import vote
 
 CAT, DOG, FOX = range(3)
 TRIO = ["mobilenet_v3_small-40", "tinyvgg-32", "tinyvgg-32-copy"]  # select_models' order: by name
@@ -188,6 +191,18 @@ def test_lazy_skips_the_third_member_when_two_cheaper_ones_agree(mixed, tiny_mod
     assert (at_half.loc[ok, "review"] == False).all()  # noqa: E712 (a boolean column with NA)
     unanimous = run(mixed, tiny_models, lazy=True, min_agreement=1.0)  # 2 of 3 or 3 of 3: either side
     assert unanimous.loc[ok, "review"].isna().all()
+
+
+def test_a_lazy_run_closes_with_how_many_rows_at_least_2_of_3_agreed(mixed, tiny_models):
+    """Every row of this lazy run is decided_by unknown (the MobileNet never runs), so decided_by's trust says
+    nothing; 'at least 2 of 3' is known for every row, and validation says how right such rows were."""
+    lazy = run(mixed, tiny_models, lazy=True)
+    # Validation, by hand: 3 of 3 right; 2 of 3 right; 2 of 3 wrong; all differ. At least 2 of 3: 2 of 3 right.
+    voted = np.array([[0, 0, 1, 0], [0, 0, 1, 1], [0, 1, 2, 2]])
+    trust = trust_table(np.array([0, 0, 2, 0]), vote(np.eye(3)[voted] * 0.6 + 0.1, 0))
+    lines = closing_lines(lazy, trust)
+    assert "at least 2 of 3 agree on 100% of rows (on validation 67% right, 3 images)" in lines
+    assert any(line.endswith("confidence and p_<class> average the members that ran") for line in lines)
 
 
 @pytest.mark.parametrize(("votes", "tie_breaker", "skipped"), [

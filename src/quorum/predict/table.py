@@ -29,7 +29,7 @@ import pandas as pd
 from quorum import files
 from quorum.data.unlabelled import paths_digest, sidecar
 from quorum.errors import QuorumError
-from quorum.predict.trust import at_least, below, decided_by_lines
+from quorum.predict.trust import at_least, at_least_lines, below, decided_by_lines
 from quorum.predict.unknown import Threshold, unknown_score
 from quorum.predict.vote import DECIDED_BY, MAJORITY_RULE, UNKNOWN, vote
 
@@ -267,7 +267,10 @@ def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> lis
         possible = len(readable) * len(names)
         labels = [member_columns(name)[0] for name in names]
         skipped = int(readable[labels].isna().to_numpy().sum())  # a member's label is empty only where it did not run
-        lines.append(f"lazy: skipped {skipped} of {possible} member runs ({skipped / max(possible, 1):.0%})")
+        lines.append(f"lazy: skipped {skipped} of {possible} member runs ({skipped / max(possible, 1):.0%}); "
+                     "confidence and p_<class> average the members that ran")
+        agreed = sum((ok[label] == ok["prediction"]).to_numpy() for label in labels)  # a skipped one: False
+        lines += at_least_lines(agreed, len(names), trust)  # the trusted rows only, as decided_by's line
     return lines
 
 

@@ -79,3 +79,21 @@ def decided_by_lines(shares: dict[str, float], table: pd.DataFrame | None) -> li
             part += " (none on validation)"
         parts.append(part)
     return parts
+
+
+def at_least_lines(agreed: np.ndarray, members: int, table: pd.DataFrame | None) -> list[str]:
+    """A --lazy run's trust line, where skipped members leave most rows' `decided_by` unknown:
+    'at least 2 of 3 agree on 96% of rows (on validation 91% right, 57 images)', from k = n - 1 down
+    to a majority. `agreed` per row: the members that ran and voted its prediction, a lower bound."""
+    accuracy = {}
+    if table is not None:
+        rows = table[table["group"] == "at least"]
+        accuracy = {row.level: (row.accuracy, row.images) for row in rows.itertuples()}
+    agreed, parts = np.asarray(agreed), []
+    for k in range(members - 1, members // 2, -1):
+        part = f"at least {k} of {members} agree on {np.mean(agreed >= k) if len(agreed) else 0:.0%} of rows"
+        right, images = accuracy.get(f"{k} of {members}", (np.nan, 0))
+        if images:
+            part += f" (on validation {right:.0%} right, {images} images)"
+        parts.append(part)
+    return parts
