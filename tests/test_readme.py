@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import click
+import pytest
 
 from quorum.cli import main
 
@@ -30,3 +33,23 @@ def test_the_workflow_parses_and_names_folders_a_clone_has(monkeypatch):
         for key in ("folder", "data"):
             if context.params.get(key):
                 assert (ROOT / context.params[key]).is_dir(), f"quorum {name}: no folder {context.params[key]}"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_takes_torch_from_the_index_url_given_and_is_unchanged_without(tmp_path):
+    """CPU-only wheels: `make ... TORCH_INDEX_URL=URL` installs torch and torchvision from URL first."""
+    url = "https://download.pytorch.org/whl/cpu"
+    for name in ("Makefile", "pyproject.toml"):  # a folder without .venv: `make -n` lists every install step
+        shutil.copy(ROOT / name, tmp_path)
+
+    def steps(*args: str) -> list[str]:
+        return subprocess.run(["make", "-n", ".venv/.installed", *args], cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+
+    plain = steps()
+    assert plain == ["python3 -m venv .venv", ".venv/bin/pip install --quiet --upgrade pip",
+                     ".venv/bin/pip install --quiet -e '.[test,demo]'", "touch .venv/.installed"]
+    assert steps(f"TORCH_INDEX_URL={url}") == [
+        *plain[:2], f".venv/bin/pip install --quiet --index-url {url} torch torchvision", *plain[2:]]
+    readme = (ROOT / "README.md").read_text()
+    assert f"make demo TORCH_INDEX_URL={url}" in readme and f"--index-url {url}" in readme
