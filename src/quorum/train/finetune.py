@@ -50,15 +50,16 @@ def finetune(recipe: Recipe, resume: bool = False, resplit: bool = False, quiet:
             "or give another --name")
     try:
         with files.exclusive(bundle.lock_path(models_dir / recipe.name), busy) if world.is_main else nullcontext():
-            return _finetune(recipe, backbone, world, resume, resplit, quiet or not world.is_main, on_epoch_end)
+            return _finetune(recipe, asked, backbone, world, resume, resplit, quiet or not world.is_main, on_epoch_end)
     finally:
         if fresh:  # the lock made it: a run that failed leaves no empty models dir behind
             with suppress(OSError):
                 models_dir.rmdir()
 
 
-def _finetune(recipe: Recipe, backbone: Backbone, world: distributed.World, resume: bool, resplit: bool,
+def _finetune(recipe: Recipe, asked: Recipe, backbone: Backbone, world: distributed.World, resume: bool, resplit: bool,
               quiet: bool, on_epoch_end: Callable[[int], None] | None) -> Path:
+    """`recipe` resolved; `asked` as given, which --resume compares (`checkpoint.resumed_recipe`)."""
     models_dir = Path(recipe.models_dir)
     work_dir, final_dir = models_dir / f".{recipe.name}.partial", models_dir / recipe.name
     if resume and distributed.broadcast(world, (work_dir / bundle.MODEL_JSON).is_file()):  # killed after training
