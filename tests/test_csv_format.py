@@ -39,7 +39,7 @@ def disagreeing_frame(folder: Path, paths: list[str], classes: tuple[str, ...]) 
         probs[:, row, first] = 0.8
         probs[2, row] = 0.0
         probs[2, row, (first + 1) % len(classes)] = 0.8
-    outputs = MemberOutputs(probs, np.ones((3, len(paths)), dtype=bool), [None] * len(paths))
+    outputs = MemberOutputs(probs, np.ones((3, len(paths)), dtype=bool), [None] * len(paths), [""] * len(paths))
     frame = to_frame(paths, NAMES, classes, outputs, tie_breaker=0, with_probs=True, min_agreement=1.0)
     frame.attrs.update(folder=str(folder), members=NAMES)
     return frame

@@ -267,7 +267,7 @@ def test_a_second_finetune_of_the_same_name_is_refused_while_the_first_runs(tmp_
                                 "finish, or give another --name\n")
     assert {"model.json", "model.safetensors", "model.onnx"} <= {p.name for p in (models / "m").iterdir()}
     assert json.loads((models / "m" / "model.json").read_text())["epochs_run"] == 2
-    assert sorted(p.name for p in models.iterdir()) == ["m", "split.csv"]  # no lock file left behind
+    assert sorted(p.name for p in models.iterdir()) == ["m", "split.csv", "split.csv.json"]  # no lock file left behind
 
 
 def test_two_finetunes_starting_at_once_share_one_split(tmp_path, monkeypatch):

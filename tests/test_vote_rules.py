@@ -170,7 +170,8 @@ def test_tta_2_is_the_mean_over_the_image_and_its_mirror(images, tiny_models, tm
             (tmp_path / "plain" / path.name).write_bytes(path.read_bytes())
     both = member_probs(tmp_path / "plain", tiny_models, tta=2)
     mean = (member_probs(tmp_path / "plain", tiny_models) + member_probs(mirrored, tiny_models)) / 2
-    np.testing.assert_allclose(both, mean, atol=1e-5)
+    # Twice the batch: oneDNN may pick other kernels (and sum in another order) than for each half alone.
+    np.testing.assert_allclose(both, mean, atol=1e-4)
 
 
 # --- report and demo ---------------------------------------------------------------------------------
