@@ -419,7 +419,7 @@ def test_the_whole_workflow_writes_only_its_own_outputs(tmp_path):
     assert snapshot(tmp_path, skip=work) == users
     assert {name: value for name, value in after.items() if not name.startswith("models/b")} == before
     assert sorted(p.name for p in work.iterdir()) == ["models", "preds.csv", "preds.csv.json", "reports", "review"]
-    assert sorted(p.name for p in models.iterdir()) == ["a", "b", "green", "red", "split.csv"]  # no lock, no partial
+    assert sorted(p.name for p in models.iterdir()) == ["a", "b", "green", "red", "split.csv", "split.csv.json"]  # no lock, no partial
 
 
 def test_the_reports_review_gallery_shows_no_image_from_outside_the_folder(voted, tmp_path):
