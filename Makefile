@@ -19,6 +19,7 @@ demo: $(VENV)/.installed
 	$(BIN)/quorum demo
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed

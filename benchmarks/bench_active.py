@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fashion_mnist import DATA, ROOT, make_slice
 
+from fashion_mnist import DATA, ROOT, make_slice
 from quorum.predict.ranking import select
 from quorum.predict.table import read_predictions
 
@@ -103,7 +103,8 @@ def run_draw(draw: int, budget: int, jobs: int, weights_dir: Path) -> dict[str, 
 
 def render(results: dict[int, dict[str, float]], budget: int, command: str, minutes: float) -> str:
     lines = [SECTION, "",
-             f"Fashion-MNIST, 30 labelled images per class, 3,000 unlabelled, 2,000 test images per draw; the committee "
+             "Fashion-MNIST, 30 labelled images per class, 3,000 unlabelled, 2,000 test images per draw; "
+             "the committee "
              f"is the Lite trio at 96 px (4+4 epochs); each ranking adds {budget} labelled images, then Lite0 is "
              f"fine-tuned again (same plan, same validation share) and scored on the test images. `{command}`, "
              f"{minutes:.0f} min.", "",

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from fashion_mnist import DATA, ROOT, make_slice
 from recipe_report import replace_section
 

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
 from bench_recipe import train_in_process
 from fashion_mnist import DATA, make_slice
 from recipe_report import publish
@@ -56,7 +57,8 @@ def run_member(draw: Path, split: Path, variant: str, lite: int, fields: dict) -
     out = RUNS / draw.name / variant / f"lite{lite}"
     frozen = fields["unfreeze_after"]
     unfrozen = fields["epochs"] - frozen
-    sets = [f"--set={key}={json.dumps(value)}" for key, value in fields.items() if key not in ("epochs", "unfreeze_after")]
+    sets = [f"--set={key}={json.dumps(value)}" for key, value in fields.items()
+            if key not in ("epochs", "unfreeze_after")]
     result = train_in_process(["quorum", str(lite), str(frozen), str(unfrozen), str(out), "--data", str(draw),
                                "--split", str(split), *sets], out, f"{draw.name}/{variant}/lite{lite}")
     result["probs"] = np.load(out / "test_probs.npy")
@@ -96,7 +98,8 @@ def render(scores: dict, variants: list[str], draws: list[int], command: str) ->
         members = np.mean([scores[variant][d]["members"] for d in draws], axis=0)
         wins = sum(scores[variant][d]["margin"] > 0 for d in draws)
         lines.append(f"| **{variant}** | mean | " + " | ".join(f"{a:.1%}" for a in members)
-                     + f" | {mean['vote']:.1%} | **{mean['margin'] * 100:+.1f}** (above on {wins} of {len(draws)}) | | | |")
+                     + f" | {mean['vote']:.1%} | **{mean['margin'] * 100:+.1f}** "
+                       f"(above on {wins} of {len(draws)}) | | | |")
     return "\n".join(lines + ["<!-- bench_demo: end -->"]) + "\n"
 
 

@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from bench_predict import _round_folders, naive_predict
 from fashion_mnist import DATA, ROOT, make_slice
 from make_photos import make_labelled_set, make_predict_set
 from members import build, trios
-
 from quorum.data.images import find_images
 from quorum.models import onnx_export
 from quorum.models.bundle import INT8_ONNX, ONNX, read_info

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from bench_flops import matmul_gflops
 from bench_predict import _round_folders, naive_predict
 from make_photos import DATA, ROOT, make_labelled_set, make_predict_set
 from members import build, trios
-from torch.utils.flop_counter import FlopCounterMode
-
 from quorum.data.images import find_images
 from quorum.models.bundle import ONNX, load_model, read_info
 from quorum.models.inference import engine_threads, onnx_session
@@ -65,7 +65,7 @@ def bench_trio(name: str, folder: Path, model_dirs: list[Path], tie_breaker: str
     warm = find_images(parts[0])[:batch_size]
     naive_predict(warm, model_dirs, tie, batch_size, workers)
     seconds, naive_labels, frames = dict.fromkeys(WAYS, 0.0), [], {way: [] for way in WAYS if way != "naive"}
-    for way, (engine, lazy) in ((w, e) for w, e in WAYS.items() if e):  # warm-up: imports, kernels, sessions
+    for _way, (engine, lazy) in ((w, e) for w, e in WAYS.items() if e):  # warm-up: imports, kernels, sessions
         predict(parts[0], model_dirs, tie_breaker=tie_breaker, device="cpu", engine=engine, lazy=lazy, quiet=True,
                 batch_size=batch_size, workers=workers)
     order = list(WAYS)

@@ -34,7 +34,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from fashion_mnist import DATA, make_slice
-
 from quorum.data.split import make_split
 from quorum.report.check import run_check
 
@@ -114,7 +113,8 @@ def score(findings: pd.DataFrame, planted: dict) -> dict:
         result[f"{issue}: planted found (recall)"] = len(found & pairs) / len(pairs)
         result[f"{issue}: rows planted (precision)"] = len(found & pairs) / max(len(found), 1)
     others = findings[findings.issue.isin(["duplicate", "conflict", "leak"])]
-    result["copies: rows not planted"] = sum(frozenset(pair) not in pairs for pair in zip(others.path, others.other_path))
+    result["copies: rows not planted"] = sum(frozenset(pair) not in pairs
+                                             for pair in zip(others.path, others.other_path))
     return result
 
 
@@ -160,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         seconds.append(time.perf_counter() - began)
         runs.append(score(result.findings, planted))
         print(f"draw {draw}: {runs[-1]}", flush=True)
-    intro = (f"Fashion-MNIST, 100 train images per class (1,000 + 10 planted copies), features at {args.image_size} px; "
+    intro = ("Fashion-MNIST, 100 train images per class (1,000 + 10 planted copies), "
+             f"features at {args.image_size} px; "
              f"{args.draws} draws of 50 flipped labels (5%) and 10 planted copies (5 exact, 5 near: JPEG at quality "
              "90, 4 grey levels brighter), each across classes and across the split.")
-    text = "\n".join([SECTION, "", intro, "", "    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_loop.py --write",
+    text = "\n".join([SECTION, "", intro, "",
+                      "    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_loop.py --write",
                       "", table(runs, seconds), "", CAVEATS, ""])
     print(text)
     if args.write:

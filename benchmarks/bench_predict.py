@@ -102,7 +102,8 @@ def bench_predict(trio: str, folder: Path, labels_csv: Path, model_dirs: list[Pa
                          expensive_ran=float(lazy[label[tie_breaker]].notna().mean()),
                          lazy_ran={name: float(lazy[label[name]].notna().mean()) for name in names},
                          channels_last=channels_last,
-                         top_class_share=max(float(full[label[name]].value_counts(normalize=True).iloc[0]) for name in cheap),
+                         top_class_share=max(float(full[label[name]].value_counts(normalize=True).iloc[0])
+                                             for name in cheap),
                          accuracy=accuracy)
 
 

@@ -37,7 +37,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_sample_data import CLASS_NAMES, DEBIAN_SOURCE, read_split
-
 from quorum.predict.members import load_members, read_members, tie_breaker_index
 from quorum.predict.trust import trust_table
 from quorum.predict.vote import vote
@@ -117,7 +116,8 @@ def score(models_dir: Path) -> dict:
     val = stack_validation(infos, [read_validation(info) for info in infos])
     val_vote = vote(val.probs, tie)
     return {
-        "members": {info.path.name: float((test.probs[m].argmax(1) == test.y_true).mean()) for m, info in enumerate(infos)},
+        "members": {info.path.name: float((test.probs[m].argmax(1) == test.y_true).mean())
+                    for m, info in enumerate(infos)},
         "val_members": {info.path.name: float(info.val_accuracy) for info in infos},
         "vote": float((test_vote.label == test.y_true).mean()),
         "val_vote": float((val_vote.label == val.y_true).mean()),
@@ -213,7 +213,8 @@ def main() -> None:
                 f"--test-per-class {args.test_per_class} --epochs {args.epochs} --unfreeze-after {args.unfreeze_after} "
                 f"--min-agreement {args.min_agreement:g}" + (f" --tag {args.tag}" if args.tag else ""),
                 "# which runs, per member (lite0-64, lite1-72, lite2-80):",
-                "quorum finetune timm/tf_efficientnet_lite0 --weights ../shared/weights/tf_efficientnet_lite0.safetensors "
+                "quorum finetune timm/tf_efficientnet_lite0 "
+                "--weights ../shared/weights/tf_efficientnet_lite0.safetensors "
                 f"--data labelled --image-size 64 --epochs {args.epochs} --unfreeze-after {args.unfreeze_after}",
                 "quorum predict unlabelled --out preds.csv",
                 "quorum finetune ... (the same) --pseudo-labels preds.csv "

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
 from fashion_mnist import DATA, ROOT, make_slice
 from recipe_report import render, replace_section
 
@@ -191,7 +192,8 @@ def main() -> int:
 def _scores(predicted: np.ndarray, labels: np.ndarray) -> dict:
     from sklearn.metrics import f1_score
 
-    return {"accuracy": float((predicted == labels).mean()), "macro_f1": float(f1_score(labels, predicted, average="macro"))}
+    return {"accuracy": float((predicted == labels).mean()),
+            "macro_f1": float(f1_score(labels, predicted, average="macro"))}
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def main(threads: int, repeats: int, names: list[str]) -> None:
                         speeds[way].append(n * BATCH / (time.perf_counter() - began))
             median = {way: statistics.median(values) for way, values in speeds.items()}
             cells = [f"{way} {median[way]:.1f} [{min(speeds[way]):.0f}-{max(speeds[way]):.0f}]" for way in runs]
-            ratio = f"  openvino / onnxruntime {median['openvino'] / median['onnxruntime']:.2f}x" if "openvino" in runs else ""
+            ratio = (f"  openvino / onnxruntime {median['openvino'] / median['onnxruntime']:.2f}x"
+                     if "openvino" in runs else "")
             print(f"{name:17} " + "  ".join(cells) + ratio + f"  load {os.getloadavg()[0]:.1f}", flush=True)
 
 

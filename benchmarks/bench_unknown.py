@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from bench_recipe import train_in_process
 from fashion_mnist import DATA, make_slice
 from no_class import SOURCES, make_no_class
@@ -114,7 +115,8 @@ def onnx_logits(bundle: Path, paths: list[Path]) -> np.ndarray:
     from quorum.models.inference import onnx_session
 
     info = read_info(bundle)
-    session, crop, normalize = onnx_session(bundle / ONNX, 1), info.preprocessing.eval_pixels(), info.preprocessing.normalizer()
+    session = onnx_session(bundle / ONNX, 1)
+    crop, normalize = info.preprocessing.eval_pixels(), info.preprocessing.normalizer()
     name = session.get_inputs()[0].name
     with torch.inference_mode():
         return np.concatenate([session.run(None, {name: normalize(torch.stack([crop(load_rgb(p)) for p in
@@ -158,8 +160,9 @@ def lazy_lines(bundles: list[Path], probs: np.ndarray, frame: pd.DataFrame, pass
     return {"skipped": float(1 - ran.mean()), "threshold": line, "differ": int(((full > line) != (lazy > line)).sum()),
             "flagged full": float((full > line)[~inside].mean()), "flagged lazy": float((lazy > line)[~inside].mean()),
             "kept full": float((full <= line)[inside].mean()), "kept lazy": float((lazy <= line)[inside].mean()),
-            "auroc lazy": {source: float(roc_auc_score((frame["source"] == source)[inside | (frame["source"] == source)],
-                                                       lazy[inside | (frame["source"] == source).to_numpy()]))
+            "auroc lazy": {source: float(roc_auc_score(
+                               (frame["source"] == source)[inside | (frame["source"] == source)],
+                               lazy[inside | (frame["source"] == source).to_numpy()]))
                            for source in SOURCES}}
 
 
@@ -387,7 +390,8 @@ def render(m: dict, command: str, minutes: float) -> str:
               f"rows among them alone (a perfect flag): {un['in-class only']['rows']}, "
               f"{un['in-class only']['accuracy']:.1%} right."), "",
               "| score | in-class kept | " + " | ".join(f"{s} flagged" for s in SOURCES)
-              + " | unanimous, not flagged: rows | of no class | right | vs validation |", "|---|---|" + "---|" * (len(SOURCES) + 4)]
+              + " | unanimous, not flagged: rows | of no class | right | vs validation |",
+              "|---|---|" + "---|" * (len(SOURCES) + 4)]
     for name, d in m["detection"].items():
         u = un[name]
         lines.append(f"| {name} | {d['kept in-class (val threshold)']:.1%} | "
@@ -400,7 +404,8 @@ def render(m: dict, command: str, minutes: float) -> str:
               f"at predict's "
               f"own line ({lazy['threshold']:.3f}), over the members that ran: --lazy skipped {lazy['skipped']:.0%} of "
               f"member runs; {lazy['differ']} of {len(frame)} rows flagged differently from a full run; in-class kept "
-              f"{lazy['kept lazy']:.1%} (full run {lazy['kept full']:.1%}); no-class flagged {lazy['flagged lazy']:.1%} "
+              f"{lazy['kept lazy']:.1%} (full run {lazy['kept full']:.1%}); "
+              f"no-class flagged {lazy['flagged lazy']:.1%} "
               f"(full run {lazy['flagged full']:.1%}); AUROC under --lazy: "
               + ", ".join(f"{s} {lazy['auroc lazy'][s]:.3f}" for s in SOURCES) + "."]
     return "\n".join(lines + ["<!-- bench_unknown: end -->"]) + "\n"

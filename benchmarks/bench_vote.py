@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
 from bench_recipe import train_in_process
 from fashion_mnist import DATA, make_slice
 from recipe_report import publish
@@ -130,7 +131,8 @@ def evaluate(outputs: dict, tta: int) -> dict:
             result = vote(test, tie, rule=rule, weights=weights[label])
             rows[label] = (result.label, result.combined)
         scored[views] = {
-            "rows": {label: {"accuracy": float((pred == y).mean()), "macro_f1": float(f1_score(y, pred, average="macro")),
+            "rows": {label: {"accuracy": float((pred == y).mean()),
+                             "macro_f1": float(f1_score(y, pred, average="macro")),
                              "ece": expected_calibration_error(p, y), "right": (pred == y).tolist()}
                      for label, (pred, p) in rows.items()},
             "ceiling": float((test.argmax(2) == y).any(axis=0).mean()), "weights": weights,
@@ -164,19 +166,22 @@ def render(results: dict, tta: int, command: str) -> str:
     for views in (1, tta):
         for name in names:
             s = results[name][views]
-            lines.append(f"| {name} | {views} | " + " | ".join(f"{s['rows'][r]['accuracy']:.1%}" for r in members + rules)
+            lines.append(f"| {name} | {views} | " + " | ".join(f"{s['rows'][r]['accuracy']:.1%}"
+                                                               for r in members + rules)
                          + f" | {s['ceiling']:.1%} |")
         lines.append(f"| **mean** | {views} | " + " | ".join(f"{_mean(results, views, r):.1%}" for r in members + rules)
                      + f" | {np.mean([results[n][views]['ceiling'] for n in names]):.1%} |")
     lines += ["", ("Means over the data sets: accuracy gain over the best member and over majority (same TTA), "
-                  "macro F1, ECE (15 bins)."), "", "| rule | TTA | accuracy | vs best member | vs majority | macro F1 | ECE |",
+                  "macro F1, ECE (15 bins)."), "",
+              "| rule | TTA | accuracy | vs best member | vs majority | macro F1 | ECE |",
               "|---|---|---|---|---|---|---|"]
     for views in (1, tta):
         for rule in members + rules:
             gain = np.mean([results[n][views]["rows"][rule]["accuracy"] - _best_member(results[n][1]) for n in names])
             over = _mean(results, views, rule) - _mean(results, views, "majority")
             lines.append(f"| {rule} | {views} | {_mean(results, views, rule):.2%} | {gain * 100:+.2f} | "
-                         + ("" if rule in members else f"{over * 100:+.2f}") + f" | {_mean(results, views, rule, 'macro_f1'):.3f}"
+                         + ("" if rule in members else f"{over * 100:+.2f}")
+                         + f" | {_mean(results, views, rule, 'macro_f1'):.3f}"
                          f" | {_mean(results, views, rule, 'ece'):.3f} |")
     best_views, best_rule = max(((v, r) for v in (1, tta) for r in rules), key=lambda vr: _mean(results, *vr))
     lines += ["", (f"Best: {best_rule} at TTA {best_views}. Exact McNemar against majority without TTA (today's "
@@ -190,7 +195,8 @@ def render(results: dict, tta: int, command: str) -> str:
                 a, b = (np.concatenate([results[n][v]["rows"][r]["right"] for n in names]) for v, r in
                         ((best_views, best_rule), (views, "majority")))
             else:
-                a, b = results[name][best_views]["rows"][best_rule]["right"], results[name][views]["rows"]["majority"]["right"]
+                a = results[name][best_views]["rows"][best_rule]["right"]
+                b = results[name][views]["rows"]["majority"]["right"]
             only_best, only_majority, p = mcnemar(a, b)
             cells += [f"{only_best} / {only_majority}", f"{p:.3g}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -198,9 +204,11 @@ def render(results: dict, tta: int, command: str) -> str:
     val_images = sum(results[n][1]["val_images"] for n in names)
     lines += ["", f"TTA cost: the trio (one thread, `predict_arrays` as predict runs it) took {seconds[1]:.0f} s for "
               f"the {val_images} val images plain and {seconds[tta]:.0f} s with {tta} views "
-              f"({seconds[tta] / seconds[1]:.1f}x; one decode either way; a shared machine, so a ratio of one run). Weighted (Caruana) weights, Lite0/1/2, TTA 1: "
+              f"({seconds[tta] / seconds[1]:.1f}x; one decode either way; a shared machine, so a ratio of one run). "
+              "Weighted (Caruana) weights, Lite0/1/2, TTA 1: "
               + "; ".join(f"{n} " + "/".join(f"{w:.2f}" for w in results[n][1]["weights"]["weighted"]) for n in names)
-              + ". Temperatures (TTA 1): " + "; ".join(f"{n} " + "/".join(f"{t:.2f}" for t in results[n][1]["temperatures"])
+              + ". Temperatures (TTA 1): "
+              + "; ".join(f"{n} " + "/".join(f"{t:.2f}" for t in results[n][1]["temperatures"])
                                                         for n in names) + ".",
               "<!-- bench_vote: end -->"]
     return "\n".join(lines) + "\n"

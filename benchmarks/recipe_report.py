@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 START, END = "<!-- bench_recipe: start -->", "<!-- bench_recipe: end -->"
@@ -65,7 +65,7 @@ def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], co
     budgets = sorted({(r["frozen"], r["unfrozen"]) for r in results.values()
                       if r["system"] == "quorum" and r["unfrozen"] > 0 and "norm_stats" not in r["fields"]})
     lines = [START, "## Recipe: quorum's two phases against fastai's fine_tune (Fashion-MNIST, real weights)", "",
-             (f"`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {minutes:.0f} min (runs finished "
+             (f"`{command}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.0f} min (runs finished "
               "earlier are reused, not timed again); "
               f"load average {os.getloadavg()[0]:.1f} at the end (seconds compare only between runs made at a "
               "similar load; each run's is in its result.json, and the note below says when they ran). "
@@ -80,7 +80,8 @@ def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], co
     for r in old:
         f = r["frozen"]
         val = " ".join(_pct(v) for v in r["val_accuracy"])
-        lines += [(f"The old switch (`--norm-stats update`: BatchNorm on batch statistics once unfrozen), Lite{r['lite']} "
+        lines += [("The old switch (`--norm-stats update`: BatchNorm on batch statistics once unfrozen), "
+                   f"Lite{r['lite']} "
                    f"{f}+{r['unfrozen']}: val per epoch {val}; best epoch {r['best_epoch']}; test "
                    f"{_pct(r['test']['accuracy'])}."), ""]
     if loaded:

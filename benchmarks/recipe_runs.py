@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
 from fashion_mnist import ROOT
 
 # Beside the checkout (/work/main) or, from a worktree (/work/wt/NAME), one level further up.

@@ -6,10 +6,11 @@ import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+
 from bench_finetune import FinetuneResult
 from bench_flops import FlopsResult
 from bench_predict import PredictResult
@@ -39,7 +40,7 @@ def machine(batch_size: int, workers: int) -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "batch_size": batch_size, "workers": workers, "load_start": os.getloadavg()[0],
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": f"{commit}{dirty}"}
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": f"{commit}{dirty}"}
 
 
 def _git(*args: str) -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from bench_finetune import bench_finetune
 from bench_flops import matmul_gflops, model_flops
 from bench_predict import bench_predict

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from image_factory import write_labelled_folder
 from safetensors.torch import load_file
 
+from image_factory import write_labelled_folder
 from quorum.models import weights
 from quorum.models.registry import get_backbone
 from quorum.train.finetune import finetune

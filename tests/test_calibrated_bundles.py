@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from image_factory import write_good_images, write_labelled_folder
 
+from image_factory import write_good_images, write_labelled_folder
 from quorum.calibration import calibrate, expected_calibration_error, fit_temperature
 from quorum.cli import main
 from quorum.data.images import load_rgb

@@ -100,7 +100,8 @@ def test_planted_copies_are_a_conflict_a_leak_a_duplicate_and_an_unlabelled_copy
     assert duplicate[["path", "other_path"]].values.tolist() == [["Bag/near.jpg", planted["other_bag"]]]
     assert "near copy (pixels" in duplicate.detail.iloc[0]
     copy = rows(out, "unlabelled copy")
-    assert copy[["path", "other_path"]].values.tolist() == [[planted["seen"], str(out.parent / "unlabelled" / "seen.png")]]
+    assert copy[["path", "other_path"]].values.tolist() == [[planted["seen"],
+                                                             str(out.parent / "unlabelled" / "seen.png")]]
 
 
 def test_odd_images_and_the_page(checked):
@@ -138,5 +139,6 @@ def test_a_class_of_one_image_gets_a_note_instead_of_label_issues(tmp_path):
     for name in names["Bag"][1:]:
         (data / "Bag" / name).unlink()
     result = run_check(data, tmp_path / "out", models_dir=tmp_path / "models", image_size=32, quiet=True)
-    assert result.notes == ["no label issues: a class has a single readable image: label issues need at least 2 per class"]
+    assert result.notes == ["no label issues: a class has a single readable image: "
+                            "label issues need at least 2 per class"]
     assert result.findings.issue.tolist() == ["imbalance"] and result.findings.path.tolist() == ["Bag/"]

@@ -63,7 +63,8 @@ def test_a_missing_predictions_csv_fails_before_torch_is_imported(tmp_path, comm
     ("no data", "DATA {data} is not a folder: give the labelled folder (one sub-folder per class)"),
     ("no unlabelled", "--unlabelled {tmp}/nowhere is not a folder: give the folder of unlabelled images"),
     ("out exists", "--out {out} already exists: give a new folder (a check folder is written whole)"),
-    ("out inside data", "--out {data}/check is inside DATA {data}: check never writes there; choose a folder outside it"),
+    ("out inside data", "--out {data}/check is inside DATA {data}: "
+                        "check never writes there; choose a folder outside it"),
 ])
 def test_a_bad_check_option_fails_before_torch_is_imported(tmp_path, problem, message):
     data, out = tmp_path / "data", tmp_path / "check"

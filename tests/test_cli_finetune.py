@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from image_factory import write_good_images, write_labelled_folder
 
+from image_factory import write_good_images, write_labelled_folder
 from quorum.cli import main
 from quorum.models import weights
 from quorum.models.registry import get_backbone
@@ -211,7 +211,7 @@ def test_changed_files_since_the_split_ask_for_resplit(workdir):
 
 
 def test_every_command_has_help():
-    for name, command in main.commands.items():
+    for name, _command in main.commands.items():
         result = CliRunner().invoke(main, [name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, name
 

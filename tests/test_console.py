@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from image_factory import write_good_images
-
 import quorum
+from image_factory import write_good_images
 
 SRC = str(Path(quorum.__file__).parent.parent)
 

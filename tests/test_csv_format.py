@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from image_factory import write_labelled_folder
 
 import quorum
+from image_factory import write_labelled_folder
 from quorum import files
 from quorum.data.split import load_or_make_split
 from quorum.data.unlabelled import read_pseudo_labels

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from image_factory import write_good_images, write_labelled_folder
 from torchvision import transforms as T
 
+from image_factory import write_good_images, write_labelled_folder
 from quorum import distributed
 from quorum.data.datasets import LabelledImages, make_loader
 from quorum.data.preprocess import Preprocessing
@@ -36,7 +36,8 @@ def test_training_drops_an_image_its_transform_refuses_and_says_so(folder, capsy
     [batch] = list(loader)
     assert batch[0].shape == (3, 3, 40, 40) and batch[2].tolist() == [0, 1, 2]
     said = " ".join(capsys.readouterr().err.split())
-    assert "[yellow]" not in said and "left out good_01_000.png: cannot preprocess (ValueError: Required crop size (40, 40) is larger" in said
+    assert "[yellow]" not in said
+    assert "left out good_01_000.png: cannot preprocess (ValueError: Required crop size (40, 40) is larger" in said
 
 
 class _Crop40(Preprocessing):
@@ -49,7 +50,8 @@ def test_predict_gives_an_image_its_transform_refuses_an_error_row(folder):
     images = _Images(paths, [_Crop40(size=40, mean=(0.5,) * 3, std=(0.5,) * 3)])
     index, pixels, reason, _ = images[paths.index(folder / "good_01_000.png")]
     assert pixels is None
-    assert reason.startswith("cannot preprocess (ValueError: Required crop size (40, 40) is larger than input image size")
+    assert reason.startswith("cannot preprocess (ValueError: "
+                             "Required crop size (40, 40) is larger than input image size")
     assert images[0][2] is None and images[0][1][(40, 0.875, "bilinear")].shape == (3, 40, 40)
 
 

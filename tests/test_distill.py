@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 
+from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from quorum.cli import main
 from quorum.errors import QuorumError
 from quorum.train.finetune import finetune
@@ -48,7 +48,8 @@ def teachers(tmp_path_factory):
     preds = root / "preds.csv"
     # Every row is a soft target here; the unknown flag (which these 2-epoch teachers raise on some of
     # the unlabelled images) has tests of its own (test_unknown.py; left out and counted: below).
-    result = cli("predict", root / "unlabelled", "--out", preds, "--models-dir", models, "--workers", 0, "-q", "--probs",
+    result = cli("predict", root / "unlabelled", "--out", preds, "--models-dir", models, "--workers", 0, "-q",
+                 "--probs",
                  "--no-unknown-flag")
     assert result.exit_code == 0, result.output
     return data, models, preds

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 
+from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from quorum.calibration import calibrate
 from quorum.cli import main
 from quorum.data.images import find_images, load_rgb
@@ -151,7 +151,8 @@ def test_auto_is_onnx_on_the_cpu_and_torch_on_a_gpu():
     assert resolve_engine("auto", "cpu") == "onnx"
     assert resolve_engine("auto", "cuda") == resolve_engine("auto", "mps") == "torch"
     assert resolve_engine("torch", "cpu") == "torch"
-    with pytest.raises(QuorumError, match="^--engine onnx runs on the CPU, not cuda: use --device cpu, or --engine torch$"):
+    with pytest.raises(QuorumError,
+                       match="^--engine onnx runs on the CPU, not cuda: use --device cpu, or --engine torch$"):
         check_engine("onnx", "cuda")
 
 
@@ -178,7 +179,8 @@ def cli(*args):
 @pytest.mark.parametrize(("args", "message"), [
     (["--engine", "onnx", "--device", "cuda"], "Error: --engine onnx runs on the CPU, not cuda: use --device cpu, "
                                                "or --engine torch\n"),
-    (["--engine", "tensorrt"], "Error: Invalid value for '--engine': 'tensorrt' is not one of 'auto', 'onnx', 'int8', 'torch'.\n"),
+    (["--engine", "tensorrt"], "Error: Invalid value for '--engine': 'tensorrt' is not one of "
+                               "'auto', 'onnx', 'int8', 'torch'.\n"),
 ])
 def test_cli_engine_errors_are_one_exact_line(images, tmp_path, args, message):
     result = cli("predict", images, "--out", tmp_path / "p.csv", "--models-dir", tmp_path, *args)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import assert_same_model
-from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from torch import nn
 
+from conftest import assert_same_model
+from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from quorum.models import bundle, weights
 from quorum.models.classifier import (
     count_parameters,
@@ -153,6 +153,7 @@ def test_real_pretraining_clearly_beats_random_init(tmp_path):
                   image_size=64, epochs=5, unfreeze_after=5, workers=0, seed=0)
     pretrained = finetune(Recipe(**common, weights=str(SHARED_WEIGHTS), name="pretrained"), quiet=True)
     scratch = finetune(Recipe(**common, weights="none", name="scratch"), quiet=True)
-    accuracy = {d.name: json.loads((d / "model.json").read_text())["metrics"]["accuracy"] for d in (pretrained, scratch)}
+    accuracy = {d.name: json.loads((d / "model.json").read_text())["metrics"]["accuracy"]
+                for d in (pretrained, scratch)}
     assert accuracy["pretrained"] >= 0.6, accuracy
     assert accuracy["pretrained"] >= accuracy["scratch"] + 0.2, accuracy

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from image_factory import write_labelled_folder
 from safetensors.torch import load_file
-from test_resume import assert_same_model, recipe
 
+from image_factory import write_labelled_folder
 from quorum.models.bundle import load_model
 from quorum.train.finetune import finetune
+from test_resume import assert_same_model, recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

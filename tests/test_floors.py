@@ -51,7 +51,8 @@ class _Uses(ast.NodeVisitor):
 
     def visit_Import(self, node):
         for alias in node.names:
-            self.aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+            top = alias.name.split(".")[0]
+            self.aliases[alias.asname or top] = alias.name if alias.asname else top
             self.found.add(alias.name)
 
     def visit_ImportFrom(self, node):

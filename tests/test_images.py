@@ -2,6 +2,8 @@ import warnings
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from image_factory import (
     AWKWARD_SIZE,
     NOT_IMAGES,
@@ -11,8 +13,6 @@ from image_factory import (
     write_good_images,
     write_not_images,
 )
-from PIL import Image
-
 from quorum.data.images import (
     UnreadableImage,
     find_images,

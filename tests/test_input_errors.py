@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from image_factory import write_good_images, write_labelled_folder
 
 import quorum
+from image_factory import write_good_images, write_labelled_folder
 from quorum.cli import main
 from quorum.data.split import load_or_make_split
 from quorum.errors import QuorumError
@@ -140,7 +140,8 @@ def test_a_read_only_output_folder_is_one_error_line_before_any_work(read_only, 
         assert result.output == f"Error: cannot write {out}: {_refusal()}; choose another --out\n"
     write_good_images(tmp_path / "images", 2)
     preds = tmp_path / "preds.csv"
-    assert cli("predict", tmp_path / "images", "--models-dir", tiny_models, "--out", preds, "--workers", 0).exit_code == 0
+    assert cli("predict", tmp_path / "images", "--models-dir", tiny_models, "--out", preds,
+               "--workers", 0).exit_code == 0
     result = cli("review", preds, "--out", read_only / "review")
     assert result.exit_code == 1
     assert result.output == f"Error: cannot write {read_only / 'review'}: {_refusal()}; choose another --out\n"
@@ -191,9 +192,8 @@ def test_a_file_size_limit_during_finetune_is_one_error_line(tmp_path):
 
 def test_a_full_disk_during_review_is_one_error_line_and_leaves_nothing(tmp_path):
     """A file system out of inodes (a real tmpfs): review's folders fail after every check passed."""
-    from test_csv_format import disagreeing_frame, write_files
-
     from quorum.predict.table import write_predictions
+    from test_csv_format import disagreeing_frame, write_files
 
     names = ["a.png", "b.png"]
     write_files(tmp_path / "images", names)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from image_factory import write_good_images, write_labelled_folder
 
+from image_factory import write_good_images, write_labelled_folder
 from quorum.cli import main
 from quorum.errors import QuorumError
 from quorum.models import bundle, onnx_export
@@ -113,7 +113,8 @@ def test_engine_int8_on_a_gpu_is_one_error_line(images, tmp_path):
     result = cli("predict", images, "--out", tmp_path / "p.csv", "--models-dir", tmp_path, "--engine", "int8",
                  "--device", "cuda")
     assert result.exit_code != 0
-    assert result.output.endswith("Error: --engine int8 runs on the CPU, not cuda: use --device cpu, or --engine torch\n")
+    assert result.output.endswith("Error: --engine int8 runs on the CPU, not cuda: "
+                                  "use --device cpu, or --engine torch\n")
 
 
 def test_a_model_without_int8_graph_runs_float32_and_says_so(tmp_path, make_model, capsys):

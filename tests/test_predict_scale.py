@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from image_factory import write_good_images, write_labelled_folder
 
+from image_factory import write_good_images, write_labelled_folder
 from quorum import files
 from quorum.cli import main
 from quorum.data.unlabelled import changed_files
@@ -63,7 +63,8 @@ def assert_same_csv(path: Path, expected: Path) -> None:
     """Rows, order, labels and columns exactly; numbers within 1e-5."""
     got, want = pd.read_csv(path, keep_default_na=False), pd.read_csv(expected, keep_default_na=False)
     assert got.columns.tolist() == want.columns.tolist() and got["path"].tolist() == want["path"].tolist()
-    numeric = [c for c in want.columns if c.endswith("_confidence") or c.startswith("p_") or c in ("agreement", "confidence")]
+    numeric = [c for c in want.columns if c.endswith("_confidence") or c.startswith("p_")
+               or c in ("agreement", "confidence")]
     pd.testing.assert_frame_equal(got.drop(columns=numeric), want.drop(columns=numeric))
     np.testing.assert_allclose(got[numeric].replace("", np.nan).to_numpy(float),
                                want[numeric].replace("", np.nan).to_numpy(float), atol=1e-5)
@@ -136,12 +137,14 @@ def test_merge_refuses_parts_of_other_runs(parts, folder, tiny_models, tmp_path)
     predict_cli(folder, tiny_models, other, "--shard", "1/3")  # other options
     assert "--lazy True in" in merge_error(parts[0], other, parts[2])
     predict_cli(folder, tiny_models, other, *OPTIONS, "--shard", "1/4")  # other N
-    assert merge_error(parts[0], other) == f"Error: {other} is shard 1/4 but {parts[0]} is shard 0/3: merge the parts of one run\n"
+    assert merge_error(parts[0], other) == (f"Error: {other} is shard 1/4 but {parts[0]} is shard 0/3: "
+                                            "merge the parts of one run\n")
 
 
 def test_merge_refuses_a_csv_that_is_not_a_part_or_was_edited(parts, whole, tmp_path):
     # A whole run's CSV has a .json too (for review and --pseudo-labels): it is shard 0/1 of its run.
-    assert merge_error(parts[0], whole) == f"Error: {whole} is shard 0/1 but {parts[0]} is shard 0/3: merge the parts of one run\n"
+    assert merge_error(parts[0], whole) == (f"Error: {whole} is shard 0/1 but {parts[0]} is shard 0/3: "
+                                            "merge the parts of one run\n")
     bare = tmp_path / "preds.csv"
     shutil.copy(whole, bare)  # without its .json
     assert merge_error(parts[0], bare) == (f"Error: {bare} has no readable preds.csv.json beside it: only CSVs "

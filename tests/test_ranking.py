@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from image_factory import write_good_images
 
+from image_factory import write_good_images
 from quorum.cli import main
 from quorum.errors import QuorumError
 from quorum.predict import ranking

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from image_factory import write_good_images
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -21,6 +20,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from image_factory import write_good_images
 from quorum.cli import main
 from quorum.errors import QuorumError
 from quorum.metrics import classification_metrics
@@ -294,8 +294,8 @@ def test_data_scores_the_same_vote_predict_casts(tiny_models, tmp_path, one_thre
     expected = classification_metrics([index[t] for t in truth], frame["prediction"].map(index), report.classes)
     assert report.ensemble["metrics"] == expected
     for name in report.names:
-        assert report.members[name] == classification_metrics([index[t] for t in truth], frame[f"{name}_prediction"].map(index),
-                                                              report.classes)
+        assert report.members[name] == classification_metrics([index[t] for t in truth],
+                                                              frame[f"{name}_prediction"].map(index), report.classes)
 
 
 def test_report_reads_a_real_predict_csv(trio, tiny_models, tmp_path, one_thread):
@@ -318,9 +318,11 @@ def test_cli_writes_the_report(trio, tmp_path):
     lines = result.output.splitlines()
     # Said at once, before anything slow, even when stderr is a log file rather than a terminal.
     assert lines[0] == f"Reporting on 3 models in {trio}: a, b, c (tie-breaker a)"
-    assert "Drawing the pictures" in lines[-2] and lines[-1] == f"Wrote {out / 'index.html'} and 7 more files in {out}"  # coverage_accuracy.png, reliability.png among them
+    # coverage_accuracy.png, reliability.png among them
+    assert "Drawing the pictures" in lines[-2] and lines[-1] == f"Wrote {out / 'index.html'} and 7 more files in {out}"
     # The table's rows: each model's accuracy and macro F1 (worked by hand above), the ensemble last.
-    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")] for line in lines if line.startswith("│"))}
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")]
+                                          for line in lines if line.startswith("│"))}
     assert [rows[name][6] for name in ("a", "b", "c", "ensemble")] == ["77.8%", "44.4%", "33.3%", "66.7%"]
     assert [rows[name][8] for name in ("a", "b", "c", "ensemble")] == ["0.778", "0.433", "0.340", "0.679"]
     summary = pd.read_csv(out / "summary.csv")

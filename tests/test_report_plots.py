@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
-from test_report import CLASSES, VOTED, trio, write_handmade  # noqa: F401 (trio is a fixture)
 
 from quorum.report import plots
 from quorum.report.build import build_report
 from quorum.report.html import render_html
+from test_report import CLASSES, VOTED, trio, write_handmade  # noqa: F401 (trio is a fixture)
 
 
 def luminance(colour) -> float:

@@ -7,8 +7,8 @@ from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
-from image_factory import write_good_images
 
+from image_factory import write_good_images
 from quorum.report.build import build_report
 from quorum.report.html import figures, write_report
 

@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_same_model
-from image_factory import write_labelled_folder
 from safetensors.torch import save_file
 
+from conftest import assert_same_model
+from image_factory import write_labelled_folder
 from quorum.errors import QuorumError
 from quorum.models import weights
 from quorum.models.registry import get_backbone

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 
+from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from quorum import files
 from quorum.cli import main
 from quorum.data.unlabelled import paths_digest, read_pseudo_labels, sidecar
@@ -419,7 +419,8 @@ def test_the_whole_workflow_writes_only_its_own_outputs(tmp_path):
     assert snapshot(tmp_path, skip=work) == users
     assert {name: value for name, value in after.items() if not name.startswith("models/b")} == before
     assert sorted(p.name for p in work.iterdir()) == ["models", "preds.csv", "preds.csv.json", "reports", "review"]
-    assert sorted(p.name for p in models.iterdir()) == ["a", "b", "green", "red", "split.csv", "split.csv.json"]  # no lock, no partial
+    # no lock, no partial
+    assert sorted(p.name for p in models.iterdir()) == ["a", "b", "green", "red", "split.csv", "split.csv.json"]
 
 
 def test_the_reports_review_gallery_shows_no_image_from_outside_the_folder(voted, tmp_path):

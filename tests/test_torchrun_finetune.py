@@ -9,8 +9,8 @@ import sys
 
 import pandas as pd
 import pytest
-from image_factory import write_labelled_folder
 
+from image_factory import write_labelled_folder
 from quorum.data.split import load_or_make_split
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+
 from conftest import save_model
 from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
-
 from quorum.cli import main
 from quorum.data.split import load_or_make_split
 from quorum.errors import QuorumError
@@ -276,7 +276,8 @@ def test_pseudo_labels_refuse_images_of_the_labelled_folder(pseudo_run, tmp_path
     os.link(next((data / "red").iterdir()), linked / "x.png")
     preds = tmp_path / "linked.csv"
     write_predictions(predict(linked, [models / "m0", models / "m1"], workers=0, quiet=True, flag_unknown=False), preds)
-    with pytest.raises(QuorumError, match=f"has 1 file\\(s\\) of the labelled folder {data} \\(e.g. {linked / 'x.png'}\\)"):
+    with pytest.raises(QuorumError,
+                       match=f"has 1 file\\(s\\) of the labelled folder {data} \\(e.g. {linked / 'x.png'}\\)"):
         finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
 
 

@@ -153,7 +153,8 @@ def test_shards_merge_into_the_whole_runs_flags(world, tmp_path):
         parts.append(tmp_path / f"part{index}.csv")
         shards.write_part(part, parts[-1])
     merged = shards.merge(parts)
-    pd.testing.assert_frame_equal(merged[["path", "unknown_score", "unknown"]], whole[["path", "unknown_score", "unknown"]],
+    pd.testing.assert_frame_equal(merged[["path", "unknown_score", "unknown"]],
+                                  whole[["path", "unknown_score", "unknown"]],
                                   atol=1e-6)
     assert merged.attrs["unknown"] == whole.attrs["unknown"]
 
@@ -178,7 +179,8 @@ def test_a_member_without_validation_predictions(world, tmp_path):
 @pytest.mark.parametrize("value", ["0", "1.5", "-1"])
 def test_unknown_keep_out_of_range_is_one_error_line(world, tmp_path, value):
     out = tmp_path / "preds.csv"
-    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", world / "models", "--unknown-keep", value)
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", world / "models",
+                 "--unknown-keep", value)
     assert result.exit_code == 2 and not out.exists()
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("Error: Invalid value for '--unknown-keep'") and "0<x<=1" in lines[-1]
@@ -220,7 +222,8 @@ def test_resume_keeps_the_flags_and_refuses_another_line(world, predicted, tmp_p
                  "--resume")
     assert result.exit_code == 0 and "20 rows were finished before" in result.output
     resumed, whole = read_predictions(out), read_predictions(predicted)
-    pd.testing.assert_frame_equal(resumed[["path", "unknown_score", "unknown"]], whole[["path", "unknown_score", "unknown"]],
+    pd.testing.assert_frame_equal(resumed[["path", "unknown_score", "unknown"]],
+                                  whole[["path", "unknown_score", "unknown"]],
                                   atol=1e-6)
 
 

@@ -227,7 +227,8 @@ def test_lazy_run_gives_the_same_labels_as_the_full_vote(n_members, tie_breaker)
 @pytest.mark.parametrize("n_members, tie_breaker", [(3, 2), (3, 0), (4, 1), (5, 1), (5, 4)])
 def test_lazy_decided_by_is_the_full_runs_wherever_it_is_not_unknown(n_members, tie_breaker):
     n_images, n_classes = 3000, 3
-    probs = np.random.default_rng(n_members + 10 * tie_breaker).dirichlet(np.ones(n_classes), size=(n_members, n_images))
+    probs = np.random.default_rng(n_members + 10 * tie_breaker).dirichlet(np.ones(n_classes),
+                                                                          size=(n_members, n_images))
     lazy, ran = run_lazily(probs, tie_breaker)
     full = vote(probs, tie_breaker)
     complete = ran.all(axis=0)

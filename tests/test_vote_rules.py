@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import CLASSES
-from image_factory import write_good_images
 from PIL import Image, ImageOps
 
+from conftest import CLASSES
+from image_factory import write_good_images
 from quorum.cli import main
 from quorum.models.bundle import VAL_PREDICTIONS
 from quorum.predict.members import load_members, read_members, select_models

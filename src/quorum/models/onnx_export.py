@@ -78,7 +78,8 @@ def export_onnx(model_dir: Path) -> Path:
     except ImportError as exc:
         raise OnnxUnavailable(f"exporting needs {exc.name or 'onnxscript'}: pip install onnx onnxscript") from None
     except Exception as exc:
-        raise OnnxUnavailable(f"torch.onnx.export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise OnnxUnavailable("torch.onnx.export failed "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
     program.model.metadata_props[WEIGHTS_KEY] = digest
     with files.atomic_path(model_dir / ONNX) as tmp:
         program.save(tmp, external_data=False)

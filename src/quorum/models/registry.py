@@ -6,7 +6,7 @@ loads into it unchanged) and then `split`s it into a `Classifier`: blocks in ord
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torchvision.models as tvm

@@ -69,7 +69,8 @@ def calibration(info: ModelInfo, quiet: bool = False) -> dict | None:
         try:
             block = fit_bundle(info)
             say(f"{name} has no calibration in its {MODEL_JSON}: fitted temperature {block['temperature']:.3f} on its "
-                f"{block['images']} validation predictions (ECE {block['ece_before']:.3f} -> {block['ece_after']:.3f}); "
+                f"{block['images']} validation predictions "
+                f"(ECE {block['ece_before']:.3f} -> {block['ece_after']:.3f}); "
                 f"quorum calibrate {name} stores it", quiet)
         except QuorumError as exc:
             block = None

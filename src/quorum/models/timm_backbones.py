@@ -39,7 +39,8 @@ def timm_backbone(model_name: str) -> Backbone:
     except ImportError:
         raise QuorumError(f"timm/{model_name} needs timm: pip install 'quorum[timm]' (or pip install timm)") from None
     if not timm.is_model(model_name):
-        raise QuorumError(f"unknown timm model '{model_name}': list them with python -c \"import timm; print(timm.list_models())\"")
+        raise QuorumError(f"unknown timm model '{model_name}': "
+                          'list them with python -c "import timm; print(timm.list_models())"')
     config = timm.get_pretrained_cfg(model_name)
     config = config.to_dict() if config is not None else {}
     interpolation = config.get("interpolation", "bilinear")  # timm also has e.g. "random": not for eval

@@ -53,8 +53,10 @@ def _download_pretrained(backbone: Backbone) -> nn.Module:
         return backbone.make(True)
     except Exception as exc:  # no network, a proxy, a full disk: all end the same way for the user
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        cache = "; timm's weights already in the Hugging Face cache load with HF_HUB_OFFLINE=1" * backbone.name.startswith("timm/")
-        raise WeightsUnavailable(f"could not download ImageNet weights for {backbone.name} ({reason}): {OFFLINE_HINT}{cache}") from None
+        cache = ("; timm's weights already in the Hugging Face cache load with HF_HUB_OFFLINE=1"
+                 * backbone.name.startswith("timm/"))
+        raise WeightsUnavailable(f"could not download ImageNet weights for {backbone.name} ({reason}): "
+                                 f"{OFFLINE_HINT}{cache}") from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

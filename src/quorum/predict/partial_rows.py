@@ -116,7 +116,7 @@ class RowWriter:
         os.fsync(self.file.fileno())
         self.file.close()
 
-    def __enter__(self) -> "RowWriter":
+    def __enter__(self) -> RowWriter:
         return self
 
     def __exit__(self, *exc) -> None:

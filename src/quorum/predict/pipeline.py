@@ -17,10 +17,10 @@ The pipeline, and why it is shaped this way:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -134,7 +134,8 @@ def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = N
     mine = [todo[k] for k in world.share(len(todo))]
 
     members = load_members(infos, torch_device, engines, threads=engine_threads(world.size), quiet=quiet)
-    scope = (f" of shard {shard}" if not shard.is_whole else "") + (f" in {world.size} processes" if world.active else "")
+    scope = ((f" of shard {shard}" if not shard.is_whole else "")
+             + (f" in {world.size} processes" if world.active else ""))
     say(escape(f"Voting on {len(todo)} images{scope} with {', '.join(names)} (tie-breaker {names[tie]}) "
                f"on {torch_device}, {describe_engines(names, engines, engine, torch_device.type)}"), quiet)
     with partial_rows.RowWriter(progress, world.rank) if progress is not None else nullcontext() as writer:
@@ -219,8 +220,9 @@ class _Batch:
     failed: list[tuple[int, str]]  # (index, reason) for each unreadable file
     fingerprints: list[tuple[int, str]]  # (index, fingerprint) for every file
 
-    def pin_memory(self) -> "_Batch":  # called by DataLoader(pin_memory=True)
-        return _Batch(self.rows, {key: x.pin_memory() for key, x in self.pixels.items()}, self.failed, self.fingerprints)
+    def pin_memory(self) -> _Batch:  # called by DataLoader(pin_memory=True)
+        return _Batch(self.rows, {key: x.pin_memory() for key, x in self.pixels.items()},
+                      self.failed, self.fingerprints)
 
 
 def _collate(items) -> _Batch:

@@ -2,11 +2,11 @@
 
 The rows below an agreement level (default 1.0: every row that is not unanimous) go into
 `OUT/<predicted class>/<path in the folder>`, and the rows flagged `unknown` (no known class) into
-`OUT/_unknown/<path in the folder>` whatever their agreement, as hard links where the file system allows (moving one moves nothing of
-the original), else symbolic links, else copies. `OUT/README.txt` says what to do, and
-`OUT/review.csv` lists each file with its source and every member's vote. With a budget, the
-folder holds the N rows most worth a label instead (`ranking`), and review.csv lists them in the
-order to label them, with their rank and score.
+`OUT/_unknown/<path in the folder>` whatever their agreement, as hard links where the file system
+allows (moving one moves nothing of the original), else symbolic links, else copies.
+`OUT/README.txt` says what to do, and `OUT/review.csv` lists each file with its source and every
+member's vote. With a budget, the folder holds the N rows most worth a label instead (`ranking`),
+and review.csv lists them in the order to label them, with their rank and score.
 
 The folder is built as `.OUT.partial` beside OUT (marked as review's own) and renamed into place at
 the end, so a failed run leaves nothing half-written; an existing OUT is never written into, and

@@ -86,7 +86,8 @@ def merge(parts: list[Path]) -> pd.DataFrame:
         raise QuorumError(f"missing shard {missing[0]} of {count} (have {', '.join(map(str, sorted(by_index)))}): "
                           f"run `quorum predict {run['folder']} --shard {missing[0]}/{count}` and merge again")
     names = list(run["members"])
-    tables = [_read_part(by_index[index], Shard(index, count), described[by_index[index]], run) for index in range(count)]
+    tables = [_read_part(by_index[index], Shard(index, count), described[by_index[index]], run)
+              for index in range(count)]
     frame = assemble(tables, list(range(run["files"])), names)
     fingerprints = [""] * run["files"]  # the parts' own: the folder may not be on this machine
     for index in range(count):

@@ -67,7 +67,7 @@ class MemberOutputs:
     errors: list[str | None]  # per image: why it could not be read, or None
     fingerprints: list[str]  # per image: `file_fingerprint` when it was decoded
 
-    def take(self, indices: list[int]) -> "MemberOutputs":
+    def take(self, indices: list[int]) -> MemberOutputs:
         return MemberOutputs(self.probs[:, indices], self.ran[:, indices], [self.errors[i] for i in indices],
                              [self.fingerprints[i] for i in indices])
 
@@ -142,7 +142,8 @@ def typed(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
         elif column in ("error", FINGERPRINT):
             frame[column] = frame[column].fillna("").astype(str)
         else:
-            kind = {"votes": "Int64", "members": "Int64", "review": "boolean", "unknown": "boolean"}.get(column, "float64")
+            kind = {"votes": "Int64", "members": "Int64", "review": "boolean",
+                    "unknown": "boolean"}.get(column, "float64")
             frame[column] = frame[column].astype(kind)
     return frame
 

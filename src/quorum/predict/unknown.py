@@ -76,7 +76,8 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
         runs = [read_validation(info) for info in infos]
         why = mismatch(infos, runs) if len(infos) > 1 else None
         if why:
-            raise QuorumError(f"{why}: fine-tune the members on one split (quorum finetune reuses MODELS_DIR/split.csv)")
+            raise QuorumError(f"{why}: fine-tune the members on one split "
+                              "(quorum finetune reuses MODELS_DIR/split.csv)")
     except QuorumError as exc:
         if required:
             raise QuorumError(f"--unknown-keep needs the members' validation predictions: {exc}") from None

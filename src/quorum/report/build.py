@@ -98,7 +98,8 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
     weights = fitted_weights(infos) if rule == WEIGHTED else None  # predict's own: from the validation split
     notes: list[str] = []
     # A wrong --preds should fail before any model runs.
-    preds_frame, preds_part = read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None else (None, None)
+    preds_frame, preds_part = (read_preds_part(Path(preds), labels, infos[0].classes) if preds is not None
+                               else (None, None))
     # Said at once: the slow parts below (running models, timing them) would otherwise be silence.
     say(escape(f"Reporting on {len(infos)} model{'s' * (len(infos) != 1)} in {models_dir}: {', '.join(member_names)} "
                f"(tie-breaker {member_names[tie]})"), quiet)
@@ -320,6 +321,7 @@ def format_cell(column: str, value) -> str:
         return "-"
     if column in ("accuracy", "balanced_accuracy", "preds_accuracy"):
         return f"{value:.1%}"
-    formats = {"macro_f1": "{:.3f}", "ece_raw": "{:.3f}", "ece": "{:.3f}", "parameters": "{:,.0f}", "size_mb": "{:.1f}", "ms_per_image": "{:.1f}",
+    formats = {"macro_f1": "{:.3f}", "ece_raw": "{:.3f}", "ece": "{:.3f}", "parameters": "{:,.0f}",
+               "size_mb": "{:.1f}", "ms_per_image": "{:.1f}",
                "image_size": "{:.0f}"}
     return formats[column].format(value) if column in formats else str(value)

@@ -70,12 +70,14 @@ def label_findings(table: pd.DataFrame, features: np.ndarray, folds: int, seed: 
         best = int(probabilities[i].argmax())
         rows.append(look.finding(paths[i], "label", 1.0 - float(quality[i]), suggested_label=classes[best],
                                  detail=f"labelled {classes[labels[i]]} (out-of-sample probability "
-                                        f"{probabilities[i, labels[i]]:.2f}), {classes[best]} {probabilities[i, best]:.2f}"))
+                                        f"{probabilities[i, labels[i]]:.2f}), "
+                                        f"{classes[best]} {probabilities[i, best]:.2f}"))
     return rows, []
 
 
 def run_check(data: Path, out: Path, unlabelled: Path | None = None, models_dir: Path = Path("models"),
-              image_size: int = 96, folds: int = 5, seed: int = 0, workers: int = 0, quiet: bool = False) -> CheckResult:
+              image_size: int = 96, folds: int = 5, seed: int = 0, workers: int = 0,
+              quiet: bool = False) -> CheckResult:
     data, out = Path(data), Path(out)
     look.check_options(data, unlabelled, out)
     table = scan_labelled(data)
@@ -98,7 +100,8 @@ def run_check(data: Path, out: Path, unlabelled: Path | None = None, models_dir:
     counts, imbalance = look.class_counts(table)
     rows += imbalance
     findings = pd.DataFrame(rows, columns=[*look.COLUMNS, "file"])  # file: where the thumbnail comes from
-    findings["file"] = [file if isinstance(file, Path) else data / path for file, path in zip(findings.file, findings.path)]
+    findings["file"] = [file if isinstance(file, Path) else data / path
+                        for file, path in zip(findings.file, findings.path)]
     order = findings.issue.map({issue: i for i, issue in enumerate(ISSUES)})
     findings = findings.assign(_order=order).sort_values(["_order", "score"], ascending=[True, False], kind="stable")
     findings = findings.drop(columns="_order").reset_index(drop=True)

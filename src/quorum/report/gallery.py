@@ -60,7 +60,8 @@ def review_gallery(csv: Path, frame: pd.DataFrame, flagged: list[dict], names: l
         if len(group) >= MAX_PER_CLASS or shown >= MAX_REVIEW:
             continue
         votes = [f"{name}: {row[name] or '(skipped)'}" for name in names]
-        agreement = "agreement unknown (--lazy)" if math.isnan(row["agreement"]) else f"agreement {row['agreement']:.0%}"
+        agreement = ("agreement unknown (--lazy)" if math.isnan(row["agreement"])
+                     else f"agreement {row['agreement']:.0%}")
         inside = files.inside(folder / row["path"], folder)  # an edited CSV must not put ../photos in the report
         group.append({"src": thumbnail(folder / row["path"]) if inside else None, "title": row["path"],
                       "lines": [agreement, *votes]})

@@ -34,11 +34,13 @@ SCORED_FIGURES = {"confusion_matrices.png", "best_vs_ensemble.png", "accuracy_vs
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.best{font-weight:bold;background:#eef6ff}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{background:#fff6d6;padding:.6em 1em;border-left:4px solid #e0b000}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+.note{background:#fff6d6;padding:.6em 1em;border-left:4px solid #e0b000}
 .gallery{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;width:128px;font-size:11px;line-height:1.25}
 figure img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;margin:0}figcaption span{display:block}
 .missing{width:96px;height:96px;background:#eee;color:#888;font-size:11px}
-.wide{overflow-x:auto}summary{cursor:pointer;margin:.3em 0}h2{margin-top:1.6em;border-bottom:1px solid #ddd}code{background:#f3f3f3;padding:0 .2em}"""
+.wide{overflow-x:auto}summary{cursor:pointer;margin:.3em 0}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+code{background:#f3f3f3;padding:0 .2em}"""
 SUMMARY_HEADERS = {"model": "model", "backbone": "backbone", "image_size": "image size", "parameters": "parameters",
                    "size_mb": "size on disk (MB)", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                    "macro_f1": "macro F1", "ece_raw": "ECE before calibration", "ece": "ECE (calibrated)",

@@ -156,7 +156,8 @@ def accuracy_vs_time(table: pd.DataFrame, ensemble_name: str) -> Figure:
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain)
     # Between the decades, only 2 and 5 are labelled: all eight minor labels of a decade overlap.
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if _leading_digit(value) in (2, 5) else ""))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: (f"{value:g}" if _leading_digit(value) in (2, 5)
+                                                                 else "")))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("time per image on this machine (ms, log scale)")
     ax.set_ylabel("accuracy")

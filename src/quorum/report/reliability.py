@@ -48,7 +48,8 @@ def reliability(labelled: Labelled, names: list[str], temperatures: list[float],
         out["ensemble"] = Reliability(
             confidence_calibration_error(before.confidence, before.label == y),
             confidence_calibration_error(after.confidence, after.label == y),
-            reliability_curve(before.confidence, before.label == y), reliability_curve(after.confidence, after.label == y))
+            reliability_curve(before.confidence, before.label == y),
+            reliability_curve(after.confidence, after.label == y))
     return out
 
 

@@ -65,7 +65,8 @@ def leave_one_out(labelled: Labelled, names: list[str], tie_breaker: int, accura
     scores = {}
     for left_out, name in enumerate(names):
         rest = [m for m in range(len(names)) if m != left_out]
-        tie = rest.index(tie_breaker) if tie_breaker in rest else rest.index(default_tie_breaker(accuracies, names, rest))
+        tie = (rest.index(tie_breaker) if tie_breaker in rest
+               else rest.index(default_tie_breaker(accuracies, names, rest)))
         labels = vote(labelled.probs[rest], tie).label
         scores[name] = float((labels == labelled.y_true).mean())
     return scores

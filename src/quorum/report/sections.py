@@ -44,7 +44,8 @@ def ensemble_section(report: Report) -> str:
                 for name, acc in ensemble["leave_one_out"].items()]
     agreement = [[name, *(f"{value:.1%}" for value in row)] for name, row in zip(names, ensemble["pairwise_agreement"])]
     return "\n".join([
-        "<h2>What the ensemble adds</h2>", f"<p>On {escape(report.source)}.</p>", table_html(["measure", "value"], facts),
+        "<h2>What the ensemble adds</h2>", f"<p>On {escape(report.source)}.</p>",
+        table_html(["measure", "value"], facts),
         "<h3>Accuracy with each member left out</h3>",
         table_html(["vote", "accuracy", "change against all members"], left_out),
         "<h3>How often members agree (same top-1 label), pairwise</h3>", table_html(["member", *names], agreement),

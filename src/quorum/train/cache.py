@@ -77,5 +77,6 @@ def build(model: Classifier, normalize: nn.Module, start: int, train_set: Labell
                   f"caching features, view {view + 1}/{views}")
         for view in range(views)
     ]
-    val = _features(model, normalize, val_set, start, device, batch_size, workers, seed, quiet, "caching validation features")
+    val = _features(model, normalize, val_set, start, device, batch_size, workers, seed, quiet,
+                    "caching validation features")
     return FeatureCache(start, train_views, val)

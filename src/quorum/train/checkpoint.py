@@ -49,7 +49,8 @@ def load(work_dir: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise QuorumError(f"cannot read {path} ({str(exc).splitlines()[0]}): run without --resume to start over") from None
+        raise QuorumError(f"cannot read {path} ({str(exc).splitlines()[0]}): "
+                          "run without --resume to start over") from None
 
 
 def remove(work_dir: Path) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.markup import escape
@@ -77,11 +77,13 @@ def _finetune(recipe: Recipe, asked: Recipe, backbone: Backbone, world: distribu
         longer = f" (was {before})" if recipe.epochs != before else ""
         say(f"Resuming {recipe.name} after epoch {state['epoch'] + 1} of {recipe.epochs}{longer}", quiet)
     if recipe.weights == "none" and recipe.frozen_epochs > 0:
-        say(f"[yellow]Warning: {backbone.name} starts from random weights, yet --unfreeze-after {recipe.unfreeze_after} "
+        say(f"[yellow]Warning: {backbone.name} starts from random weights, "
+            f"yet --unfreeze-after {recipe.unfreeze_after} "
             f"keeps it frozen for {recipe.frozen_epochs} epoch(s): a random backbone's features carry no knowledge "
             "for the head to use. Leave --unfreeze-after out (or give 0) to train it whole from the start.[/yellow]")
     if backbone.fixed_size and recipe.image_size != backbone.native_size:
-        raise QuorumError(f"{backbone.name} only takes {backbone.native_size} px images: use --image-size {backbone.native_size}")
+        raise QuorumError(f"{backbone.name} only takes {backbone.native_size} px images: "
+                          f"use --image-size {backbone.native_size}")
 
     device = pick_device(distributed.device_for(world, recipe.device))
     split, split_is_new = shared_split(recipe, models_dir, resplit, world, quiet)
@@ -89,7 +91,8 @@ def _finetune(recipe: Recipe, asked: Recipe, backbone: Backbone, world: distribu
         torch.manual_seed(recipe.seed)  # a random-init head (and --weights none) is the same every run
         model = weights.build(backbone, len(split.classes), "none" if resume else recipe.weights)
         if recipe.train_blocks > len(model.blocks):
-            raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s {len(model.blocks)} blocks")
+            raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s "
+                              f"{len(model.blocks)} blocks")
         model.to(device)
         pseudo, soft = pseudo_labels(recipe, split, quiet), soft_targets(recipe, split, quiet)
         run = TrainingRun(recipe, split, model, device, work_dir, world, quiet, pseudo, soft)
@@ -121,7 +124,8 @@ def shared_split(recipe: Recipe, models_dir: Path, resplit: bool, world: distrib
         drawn = split.drawn_with
         if not is_new and drawn.get("val_fraction") is not None and (drawn["val_fraction"], drawn["seed"]) != (
                 recipe.val_fraction, recipe.seed):  # the folder's own train/ and val/ serve any values
-            say(f"[yellow]The split reused was drawn with --val-fraction {drawn['val_fraction']} --seed {drawn['seed']}, "
+            say(f"[yellow]The split reused was drawn with --val-fraction {drawn['val_fraction']} "
+                f"--seed {drawn['seed']}, "
                 f"not the --val-fraction {recipe.val_fraction} --seed {recipe.seed} given (model.json records the "
                 "split's): add --resplit to draw it again, then fine-tune the other models again[/yellow]")
         return split, is_new
@@ -219,7 +223,8 @@ def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> N
         for path, reason in zip(unreadable.path, unreadable.reason):
             say(f"  {path}: {reason}")
     elif len(unreadable):
-        say(f"[yellow]{len(unreadable)} unreadable file(s) left out (listed in {models_dir / 'split.csv'})[/yellow]", quiet)
+        say(f"[yellow]{len(unreadable)} unreadable file(s) left out "
+            f"(listed in {models_dir / 'split.csv'})[/yellow]", quiet)
 
 
 def _discard(work_dir: Path) -> None:

@@ -40,7 +40,8 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 
 def train_one_epoch(model: Classifier, loader, optimizer, scheduler, scaler: torch.amp.GradScaler, loss_fn: nn.Module,
-                    device: torch.device, train_blocks: int | None, normalize: nn.Module, start: int = 0, quiet: bool = False,
+                    device: torch.device, train_blocks: int | None, normalize: nn.Module, start: int = 0,
+                    quiet: bool = False,
                     description: str = "train", keep_norm_stats: bool = False) -> dict:
     """The loader yields uint8 images, which `normalize` turns into the model's input, or with
     `start` > 0 cached inputs of block `start`. `model` may be wrapped in DistributedDataParallel.

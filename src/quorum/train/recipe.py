@@ -38,7 +38,7 @@ class Recipe:
     # None: keep for pretrained weights, update for a backbone that starts from random ones.
     norm_stats: str | None = None
 
-    def resolve(self, native_size: int, pretrained_available: bool) -> "Recipe":
+    def resolve(self, native_size: int, pretrained_available: bool) -> Recipe:
         """Fill every default that depends on the backbone, and check the numbers."""
         self.check()
         size = self.image_size or native_size
@@ -62,12 +62,14 @@ class Recipe:
             (self.unfreeze_after is None or self.unfreeze_after <= self.epochs,
              f"--unfreeze-after {self.unfreeze_after} is more than --epochs {self.epochs}: the backbone would never "
              f"unfreeze; give at most --unfreeze-after {self.epochs} (= --epochs: train only the head)"),
-            (self.norm_stats in (None, "keep", "update"), f"--norm-stats must be keep or update (got {self.norm_stats})"),
+            (self.norm_stats in (None, "keep", "update"),
+             f"--norm-stats must be keep or update (got {self.norm_stats})"),
             (self.train_blocks >= 0, f"--train-blocks must be 0 or more (got {self.train_blocks})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
             (self.lr > 0 and self.finetune_lr > 0, "--lr and --finetune-lr must be positive"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
-            (self.image_size is None or self.image_size >= 16, f"--image-size must be at least 16 (got {self.image_size})"),
+            (self.image_size is None or self.image_size >= 16,
+             f"--image-size must be at least 16 (got {self.image_size})"),
             (self.distill is None or self.pseudo_labels is None,
              "--distill and --pseudo-labels both add the unlabelled images: give one of them"),
             (self.name is None or ("/" not in self.name and not self.name.startswith(".")),

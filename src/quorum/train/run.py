@@ -59,10 +59,12 @@ class TrainingRun:
             train_items = [(path, smoothed(label, len(split.classes), smoothing)) for path, label in train_items]
             train_items += soft.items
             smoothing = 0.0  # already in the labelled rows' targets; the teachers' probabilities stay as given
-        self.train_set = LabelledImages(split.root, train_items, self.preprocessing.train_pixels(strong=soft is not None))
+        self.train_set = LabelledImages(split.root, train_items,
+                                        self.preprocessing.train_pixels(strong=soft is not None))
         self.val_set = LabelledImages(split.root, split.items("val"), self.preprocessing.eval_pixels())
         if len(self.val_set) == 0:
-            raise QuorumError(f"no validation images: give each class in {split.root} at least 2 images, or a val/ folder")
+            raise QuorumError("no validation images: "
+                              f"give each class in {split.root} at least 2 images, or a val/ folder")
         # With probability targets this is KL(target || student) plus the targets' own entropy: the same gradient.
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)
         # One for the run: its loss scale is learnt across steps (fp16 on CUDA only; a no-op elsewhere).
@@ -164,14 +166,16 @@ class TrainingRun:
         train_share = Subset(self.train_set, self.world.share_padded(len(self.train_set)))
         val_share = Subset(self.val_set, self.world.share(len(self.val_set)))
         images = views * len(train_share) + len(val_share)
-        needed, budget = cache.estimate_bytes(self.model, start, recipe.image_size, images, self.device), cache.memory_budget()
+        needed = cache.estimate_bytes(self.model, start, recipe.image_size, images, self.device)
+        budget = cache.memory_budget()
         if needed > budget:
             say(f"[yellow]Feature cache would need {needed / 2**30:.1f} GiB (budget {budget / 2**30:.1f} GiB): "
                 "phase 1 runs the whole backbone every epoch (use fewer --train-blocks to cache)[/yellow]", self.quiet)
             self.recipe = dataclasses.replace(recipe, cache_features=False)
             return None
-        self.cache = cache.build(self.model, self.inference.normalize, start, train_share, val_share, views, self.device,
-                                 recipe.batch_size, recipe.workers, recipe.seed + 100_003 * self.world.rank, self.quiet)
+        self.cache = cache.build(self.model, self.inference.normalize, start, train_share, val_share, views,
+                                 self.device, recipe.batch_size, recipe.workers,
+                                 recipe.seed + 100_003 * self.world.rank, self.quiet)
         return self.cache
 
     def save_best(self, probs, labels, positions) -> None:
@@ -224,9 +228,10 @@ class TrainingRun:
             "name": recipe.name, "backbone": recipe.backbone, **self.preprocessing.as_dict(),
             "classes": list(self.split.classes), "num_params": count_parameters(self.model),
             "weights_source": recipe.weights, "best_epoch": best["epoch"], "epochs_run": len(self.history),
-            "metrics": best["metrics"], "calibration": best["calibration"], "split": {"file": "split.csv", "digest": self.split.digest,
-                                                  "val_images": len(self.val_set), **self.split.drawn_with,
-                                                  "root": str(Path(self.split.root).resolve())},
+            "metrics": best["metrics"], "calibration": best["calibration"],
+            "split": {"file": "split.csv", "digest": self.split.digest,
+                      "val_images": len(self.val_set), **self.split.drawn_with,
+                      "root": str(Path(self.split.root).resolve())},
             "recipe": recipe.as_dict(), "processes": self.world.size, "versions": provenance(),
             **({"pseudo_labels": self.pseudo.as_dict(self.split.classes)} if self.pseudo is not None else {}),
             **({"distill": self.soft.as_dict()} if self.soft is not None else {}),

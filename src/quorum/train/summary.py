@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from quorum.console import console
 
 
 def provenance() -> dict:
-    versions = {"python": platform.python_version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    versions = {"python": platform.python_version(), "created": datetime.now(UTC).isoformat(timespec="seconds")}
     for package in ("quorum", "torch", "torchvision", "timm"):
         try:
             versions[package] = metadata.version(package)
