@@ -140,7 +140,7 @@ def typed(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
         if column in labels:
             frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
         elif column in ("error", FINGERPRINT):
-            frame[column] = frame[column].fillna("").astype(str)
+            frame[column] = frame[column].astype(object).fillna("").astype(str)  # an all-empty column reads as float
         else:
             kind = {"votes": "Int64", "members": "Int64", "review": "boolean",
                     "unknown": "boolean"}.get(column, "float64")
