@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -43,8 +44,11 @@ def test_make_takes_torch_from_the_index_url_given_and_is_unchanged_without(tmp_
         shutil.copy(ROOT / name, tmp_path)
 
     def steps(*args: str) -> list[str]:
+        # A make of its own, not a sub-make of the `make test` that runs this suite (which would add
+        # "Entering directory" lines and pass its own variables down).
+        env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
         return subprocess.run(["make", "-n", ".venv/.installed", *args], cwd=tmp_path, capture_output=True, text=True,
-                              check=True).stdout.splitlines()
+                              check=True, env=env).stdout.splitlines()
 
     plain = steps()
     assert plain == ["python3 -m venv .venv", ".venv/bin/pip install --quiet --upgrade pip",
