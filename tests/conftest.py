@@ -54,6 +54,24 @@ def tiny_models(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def training_sets(monkeypatch) -> dict:
+    """Filled by the next TrainingRun made (the real constructor, only watched): "train" maps each training
+    item's path to its target, "val" lists the validation paths."""
+    from quorum.train import run as run_module
+
+    seen = {}
+    original = run_module.TrainingRun.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen["train"] = dict(self.train_set.items)
+        seen["val"] = [path for path, _ in self.val_set.items]
+
+    monkeypatch.setattr(run_module.TrainingRun, "__init__", spy)
+    return seen
+
+
+@pytest.fixture
 def make_model():
     """`save_model`, for tests that need models of their own."""
     return save_model

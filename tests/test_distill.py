@@ -71,20 +71,10 @@ def test_labelled_targets_are_what_label_smoothing_trains_towards():
                                torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
 
 
-def test_student_trains_on_every_readable_row_with_the_ensembles_probabilities(run, monkeypatch):
+def test_student_trains_on_every_readable_row_with_the_ensembles_probabilities(run, training_sets):
     data, models, preds = run
     frame = pd.read_csv(preds)
-    seen = {}
-    from quorum.train import run as run_module
-
-    original = run_module.TrainingRun.__init__
-
-    def spy(self, *args, **kwargs):  # the real constructor; only remember what it made
-        original(self, *args, **kwargs)
-        seen["train"] = dict(self.train_set.items)
-        seen["val"] = [path for path, _ in self.val_set.items]
-
-    monkeypatch.setattr(run_module.TrainingRun, "__init__", spy)
+    seen = training_sets
     model_dir = finetune(recipe(data, models, "student", distill=str(preds)), quiet=True)
     classes = sorted(COLOUR_CLASSES)
     for path, row in zip(frame["path"], frame[[f"p_{c}" for c in classes]].to_numpy()):

@@ -219,21 +219,11 @@ def pseudo_run(colour_models, predicted, tmp_path):
     return data, tmp_path / "models", predicted
 
 
-def test_pseudo_labelled_rows_train_but_never_reach_validation(pseudo_run, monkeypatch):
+def test_pseudo_labelled_rows_train_but_never_reach_validation(pseudo_run, training_sets):
     data, models, preds = pseudo_run
     frame = read_predictions(preds)
     agreed = frame[(frame["status"] == "ok") & (frame["agreement"] >= 0.5)]
-    seen = {}
-    from quorum.train import run as run_module
-
-    original = run_module.TrainingRun.__init__
-
-    def spy(self, *args, **kwargs):  # the real constructor; only remember what it made
-        original(self, *args, **kwargs)
-        seen["train"] = dict(self.train_set.items)
-        seen["val"] = [path for path, _ in self.val_set.items]
-
-    monkeypatch.setattr(run_module.TrainingRun, "__init__", spy)
+    seen = training_sets
     model_dir = finetune(recipe(data, models, "pseudo", pseudo_labels=str(preds), pseudo_min_agreement=0.5), quiet=True)
 
     unlabelled = {str(preds.parent / "unlabelled" / path) for path in agreed["path"]}
