@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from quorum import files
 from quorum.cli import main
-from quorum.data.unlabelled import paths_digest, read_pseudo_labels, sidecar
+from quorum.data.unlabelled import paths_digest, read_pseudo_labels, read_soft_targets, sidecar
 from quorum.errors import QuorumError
 from quorum.predict.table import read_predictions
 
@@ -148,6 +148,10 @@ def test_review_and_pseudo_labels_refuse_a_path_outside_the_folder(voted, tmp_pa
     assert tree(tmp_path) == before
     with pytest.raises(QuorumError, match="1 path\\(s\\) that lead outside its folder"):
         read_pseudo_labels(csv, COLOURS, min_agreement=0.6)
+    # --distill reads the same rows: probabilities added, the same refusal.
+    forge(csv, lambda frame: frame.assign(**{f"p_{colour}": 1 / len(COLOURS) for colour in COLOURS}))
+    with pytest.raises(QuorumError, match="1 path\\(s\\) that lead outside its folder"):
+        read_soft_targets(csv, COLOURS)
 
 
 def test_review_refuses_while_another_review_writes_the_same_folder(voted, tmp_path):

@@ -89,6 +89,24 @@ def changed_files(folder: Path, paths: list[str], fingerprints: list[str]) -> li
     return changed
 
 
+def flagged_unknown(frame: pd.DataFrame) -> pd.Series:
+    """The rows predict flagged `unknown` (no known class); none where the CSV has no such column."""
+    if "unknown" not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame["unknown"].astype(str).str.lower().eq("true")
+
+
+def check_rows_usable(csv: Path, info: dict, chosen: pd.DataFrame, what: str) -> None:
+    """The chosen rows' files lie inside the CSV's folder and are unchanged since it was written: what
+    --pseudo-labels and --distill both need before training on them; else one error naming them."""
+    check_inside(csv, info["folder"], chosen["path"].tolist())
+    changed = changed_files(info["folder"], chosen["path"].tolist(), [info["fingerprints"][i] for i in chosen.index])
+    if changed:
+        listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise QuorumError(f"{len(changed)} file(s) in {info['folder']} changed since {csv} was written ({listed}): "
+                          f"their {what} may no longer fit; run quorum predict again")
+
+
 @dataclass(frozen=True)
 class PseudoLabels:
     """The unlabelled images the vote agreed on, with the vote's label, ready to join a training share."""
@@ -121,7 +139,7 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     try:
         frame = files.read_csv(csv, dtype={"path": object, "prediction": object, "status": object, "unknown": object},
                                keep_default_na=False, na_values={"agreement": [""]})
-        no_class = frame["unknown"] == "True" if "unknown" in frame else pd.Series(False, index=frame.index)
+        no_class = flagged_unknown(frame)
         frame = frame[["path", "prediction", "agreement", "status"]]
     except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         raise QuorumError(f"--pseudo-labels {csv} is not a quorum predict CSV (it needs path, prediction, "
@@ -133,13 +151,7 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     if unknown:
         raise QuorumError(f"--pseudo-labels {csv} predicts classes this model does not have ({', '.join(unknown)}): "
                           f"its classes are {', '.join(classes)}")
-    check_inside(csv, info["folder"], chosen["path"].tolist())
-    fingerprints = [info["fingerprints"][i] for i in chosen.index]
-    changed = changed_files(info["folder"], chosen["path"].tolist(), fingerprints)
-    if changed:
-        listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        raise QuorumError(f"{len(changed)} file(s) in {info['folder']} changed since {csv} was written ({listed}): "
-                          "their labels may no longer fit; run quorum predict again")
+    check_rows_usable(csv, info, chosen, "labels")
     index = {name: i for i, name in enumerate(classes)}
     items = [(str(info["folder"] / path), index[label]) for path, label in zip(chosen["path"], chosen["prediction"])]
     return PseudoLabels(csv, info["folder"], items, files.sha256(csv)[:16], min_agreement, len(frame),
@@ -192,13 +204,9 @@ def read_soft_targets(csv: Path, classes: tuple[str, ...]) -> SoftTargets:
                           f"this model's ({', '.join(classes)})")
     info = read_sidecar(csv, frame["path"].tolist())
     readable = frame["status"] == "ok"
-    flagged = readable & frame.get("unknown", pd.Series(False, index=frame.index)).astype(str).str.lower().eq("true")
+    flagged = readable & flagged_unknown(frame)
     chosen = frame[readable & ~flagged]
-    changed = changed_files(info["folder"], chosen["path"].tolist(), [info["fingerprints"][i] for i in chosen.index])
-    if changed:
-        listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        raise QuorumError(f"{len(changed)} file(s) in {info['folder']} changed since {csv} was written ({listed}): "
-                          "their probabilities may no longer fit; run quorum predict again")
+    check_rows_usable(csv, info, chosen, "probabilities")
     probs = chosen[[f"p_{name}" for name in classes]].to_numpy(np.float32)
     probs /= probs.sum(axis=1, keepdims=True)  # the CSV rounds to 6 decimals
     items = [(str(info["folder"] / path), p) for path, p in zip(chosen["path"], probs)]
