@@ -75,6 +75,7 @@ def measure(model_dirs: list[Path], test: Path, engines: list[str]) -> dict:
     )
     from quorum.models.bundle import read_info
     from quorum.predict.members import tie_breaker_index
+    from quorum.predict.options import PredictOptions
     from quorum.predict.pipeline import predict
     from quorum.predict.vote import vote
 
@@ -104,7 +105,8 @@ def measure(model_dirs: list[Path], test: Path, engines: list[str]) -> dict:
                       "ece_test_fitted": confidence_calibration_error(best.confidence, best.label == y)}
     for engine in engines:
         began = time.perf_counter()
-        frame = predict(test, model_dirs, engine=engine, probs=True, workers=0, quiet=True).set_index("path").loc[paths]
+        frame = predict(test, model_dirs, PredictOptions(engine=engine, probs=True, workers=0),
+                        quiet=True).set_index("path").loc[paths]
         seconds = time.perf_counter() - began
         truth = np.array(classes)[y]
         for m, name in enumerate(names):

@@ -40,6 +40,7 @@ from quorum.models import onnx_export
 from quorum.models.bundle import INT8_ONNX, ONNX, read_info
 from quorum.models.inference import engine_threads, onnx_session
 from quorum.models.quantize import quantize_graph, quantize_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 
 RUNS = DATA / "deploy"
@@ -65,11 +66,11 @@ def finetune(name: str, lite: int, train: Path, weights_dir: Path, *extra: str) 
 
 def scores(test: Path, model_dirs: list[Path]) -> list[list[str]]:
     """Per model, float32 and int8: val and test accuracy, agreement with the teachers' float32 vote."""
-    frames = {engine: predict(test, model_dirs, engine=engine, device="cpu", quiet=True, workers=2)
+    frames = {engine: predict(test, model_dirs, PredictOptions(engine=engine, device="cpu", workers=2), quiet=True)
               for engine in ("onnx", "int8")}
     truth = frames["onnx"]["path"].str.split("/").str[0].to_numpy()
-    teachers = predict(test, [MODELS / name for name in TEACHERS], engine="onnx", device="cpu", quiet=True,
-                       workers=2)
+    teachers = predict(test, [MODELS / name for name in TEACHERS], PredictOptions(engine="onnx", device="cpu",
+                                                                                  workers=2), quiet=True)
     vote = teachers["prediction"].to_numpy()
     rows = [["vote of the 3 teachers (fp32)", "", f"{(vote == truth).mean():.2%}", "100%"]]
     for model_dir in model_dirs:
@@ -140,7 +141,8 @@ def predict_speeds(folder: Path, model_dirs: list[Path], tie_breaker: str, round
     tie = [path.name for path in model_dirs].index(tie_breaker)
     ways = ["naive", "onnx", "int8"]
     for engine in ways[1:]:  # warm-up: sessions, kernels
-        predict(parts[0], model_dirs, tie_breaker=tie_breaker, device="cpu", engine=engine, quiet=True, workers=2)
+        predict(parts[0], model_dirs, PredictOptions(tie_breaker=tie_breaker, device="cpu", engine=engine, workers=2),
+                quiet=True)
     seconds = dict.fromkeys(ways, 0.0)
     for number, part in enumerate(parts):
         for way in ways[number % 3:] + ways[:number % 3]:
@@ -148,7 +150,8 @@ def predict_speeds(folder: Path, model_dirs: list[Path], tie_breaker: str, round
             if way == "naive":
                 naive_predict(find_images(part), model_dirs, tie, 32, 2)
             else:
-                predict(part, model_dirs, tie_breaker=tie_breaker, device="cpu", engine=way, quiet=True, workers=2)
+                predict(part, model_dirs, PredictOptions(tie_breaker=tie_breaker, device="cpu", engine=way,
+                                                         workers=2), quiet=True)
             seconds[way] += time.perf_counter() - began
     return {way: len(paths) / s for way, s in seconds.items()}
 

@@ -35,6 +35,7 @@ from quorum.data.images import find_images
 from quorum.models.bundle import ONNX, load_model, read_info
 from quorum.models.inference import engine_threads, onnx_session
 from quorum.predict.members import select_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 
 WAYS = {"naive": None, "torch": ("torch", False), "torch --lazy": ("torch", True),
@@ -66,8 +67,8 @@ def bench_trio(name: str, folder: Path, model_dirs: list[Path], tie_breaker: str
     naive_predict(warm, model_dirs, tie, batch_size, workers)
     seconds, naive_labels, frames = dict.fromkeys(WAYS, 0.0), [], {way: [] for way in WAYS if way != "naive"}
     for _way, (engine, lazy) in ((w, e) for w, e in WAYS.items() if e):  # warm-up: imports, kernels, sessions
-        predict(parts[0], model_dirs, tie_breaker=tie_breaker, device="cpu", engine=engine, lazy=lazy, quiet=True,
-                batch_size=batch_size, workers=workers)
+        predict(parts[0], model_dirs, PredictOptions(tie_breaker=tie_breaker, device="cpu", engine=engine, lazy=lazy,
+                                                     batch_size=batch_size, workers=workers), quiet=True)
     order = list(WAYS)
     for number, part in enumerate(parts):
         for way in order[number % len(order):] + order[:number % len(order)]:
@@ -76,8 +77,9 @@ def bench_trio(name: str, folder: Path, model_dirs: list[Path], tie_breaker: str
                 naive_labels.append(naive_predict(find_images(part), model_dirs, tie, batch_size, workers))
             else:
                 engine, lazy = WAYS[way]
-                frames[way].append(predict(part, model_dirs, tie_breaker=tie_breaker, device="cpu", engine=engine,
-                                           lazy=lazy, probs=True, quiet=True, batch_size=batch_size, workers=workers))
+                options = PredictOptions(tie_breaker=tie_breaker, device="cpu", engine=engine, lazy=lazy, probs=True,
+                                         batch_size=batch_size, workers=workers)
+                frames[way].append(predict(part, model_dirs, options, quiet=True))
             seconds[way] += time.perf_counter() - began
     frames = {way: pd.concat(parts, ignore_index=True) for way, parts in frames.items()}
     classes = np.asarray(read_info(model_dirs[0]).classes, dtype=object)

@@ -25,6 +25,7 @@ from quorum.data.images import find_images
 from quorum.data.preprocess import INTERPOLATIONS
 from quorum.models.bundle import load_model, read_info
 from quorum.predict.members import load_members
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict, predict_arrays
 from quorum.predict.table import member_columns
 from quorum.predict.vote import vote
@@ -122,8 +123,9 @@ def _timed_rounds(parts: list[Path], model_dirs: list[Path], tie_breaker: str, b
             if way == "naive":
                 labels.append(naive_predict(find_images(part), model_dirs, tie, batch_size, workers))
             else:
-                frames[way].append(predict(part, model_dirs, tie_breaker=tie_breaker, device="cpu", quiet=True,
-                                           batch_size=batch_size, workers=workers, lazy=way == "lazy"))
+                options = PredictOptions(tie_breaker=tie_breaker, device="cpu", batch_size=batch_size, workers=workers,
+                                         lazy=way == "lazy")
+                frames[way].append(predict(part, model_dirs, options, quiet=True))
             seconds[way] += time.perf_counter() - began
     return seconds, np.concatenate(labels), {way: pd.concat(parts, ignore_index=True) for way, parts in frames.items()}
 

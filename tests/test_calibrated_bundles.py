@@ -19,6 +19,7 @@ from quorum.data.images import load_rgb
 from quorum.models import bundle, temperature
 from quorum.models.inference import TorchInference
 from quorum.predict.members import select_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 from quorum.report.sources import read_validation
 from quorum.train.finetune import finetune
@@ -72,7 +73,8 @@ def test_predict_writes_calibrated_probabilities_with_unchanged_labels(trained, 
         copy_bundle(trained, models, name, calibration={"temperature": t, "fitted_on": "validation"})
     folder = tmp_path / "unlabelled"
     paths = write_good_images(folder, 6, size=(40, 30), tint=(0, 0, 200))
-    frame = predict(folder, select_models(models), engine=engine, probs=True, workers=0, quiet=True).set_index("path")
+    frame = predict(folder, select_models(models), PredictOptions(engine=engine, probs=True, workers=0),
+                    quiet=True).set_index("path")
     raw = raw_probs(trained, paths)
     rows = [path.name for path in paths]
     for name, t in (("hot", 2.5), ("cold", 0.4)):
@@ -120,7 +122,7 @@ def test_predict_with_a_bundle_that_cannot_be_calibrated_warns_by_name_and_keeps
     (bare / bundle.VAL_PREDICTIONS).unlink()
     folder = tmp_path / "unlabelled"
     paths = write_good_images(folder, 3, size=(40, 30))
-    frame = predict(folder, [bare], engine="torch", probs=True, workers=0, quiet=True).set_index("path")
+    frame = predict(folder, [bare], PredictOptions(engine="torch", probs=True, workers=0), quiet=True).set_index("path")
     assert "Warning: bare's probabilities are not calibrated (temperature 1)" in capsys.readouterr().err
     np.testing.assert_allclose(frame.loc[[p.name for p in paths], "bare_confidence"],
                                raw_probs(trained, paths).max(axis=1), atol=1e-5)

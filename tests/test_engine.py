@@ -27,6 +27,7 @@ from quorum.predict.members import (
     read_members,
     select_models,
 )
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict, predict_arrays
 from quorum.report.build import build_report
 
@@ -57,7 +58,8 @@ def trio(tmp_path_factory) -> Path:
 
 
 def run(folder, models_dir, **options):
-    return predict(folder, select_models(models_dir), workers=0, quiet=True, batch_size=8, probs=True, **options)
+    return predict(folder, select_models(models_dir), PredictOptions(workers=0, batch_size=8, probs=True, **options),
+                   quiet=True)
 
 
 # --- model.onnx ------------------------------------------------------------------------------------
@@ -159,10 +161,11 @@ def test_auto_is_onnx_on_the_cpu_and_torch_on_a_gpu():
 def test_resume_refuses_rows_of_another_engine(trio, images, tmp_path):
     out = tmp_path / "preds.csv"
     progress = tmp_path / "preds.csv.partial"
-    predict(images, select_models(trio), engine="torch", workers=0, quiet=True, batch_size=8, progress=progress)
+    predict(images, select_models(trio), PredictOptions(engine="torch", workers=0, batch_size=8), quiet=True,
+            progress=progress)
     with pytest.raises(QuorumError) as error:
-        predict(images, select_models(trio), engine="onnx", workers=0, quiet=True, batch_size=8, progress=progress,
-                resume=True)
+        predict(images, select_models(trio), PredictOptions(engine="onnx", workers=0, batch_size=8), quiet=True,
+                progress=progress, resume=True)
     assert "member a-tinyvgg-32 ran on torch then but on onnx now (give the same --engine)" in str(error.value)
     assert not out.exists()
 
@@ -264,8 +267,8 @@ def test_predict_sees_the_pixels_validation_saw_on_large_jpegs(tmp_path):
     temperature = json.loads((model_dir / bundle.MODEL_JSON).read_text())["calibration"]["temperature"]
     expected = calibrate(validation[columns].to_numpy(), temperature)
     for engine, tolerance in (("torch", 2e-5), ("onnx", 1e-4)):
-        rows = predict(tmp_path / "data", [model_dir], engine=engine, probs=True, workers=0, quiet=True,
-                       flag_unknown=False)
+        rows = predict(tmp_path / "data", [model_dir], PredictOptions(engine=engine, probs=True, workers=0,
+                                                                      flag_unknown=False), quiet=True)
         rows = rows.set_index("path").loc[validation.index]
         assert np.abs(rows[columns].to_numpy() - expected).max() <= tolerance, engine
 

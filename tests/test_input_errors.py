@@ -24,6 +24,7 @@ from quorum.errors import QuorumError
 from quorum.models import onnx_export
 from quorum.models.bundle import WEIGHTS
 from quorum.predict.members import select_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -77,7 +78,7 @@ def test_a_link_loop_is_an_unreadable_row_not_a_traceback(tmp_path, tiny_models)
     folder = tmp_path / "images"
     write_good_images(folder, 2)
     link_loop(folder)
-    frame = predict(folder, select_models(tiny_models, ["tinyvgg-32"]), workers=0, quiet=True)
+    frame = predict(folder, select_models(tiny_models, ["tinyvgg-32"]), PredictOptions(workers=0), quiet=True)
     errors = frame.set_index("path")["error"]
     assert errors["a.png"] == errors["b.png"] == "too many levels of symbolic links"
     assert (frame["status"] == "ok").sum() == 2

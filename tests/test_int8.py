@@ -17,6 +17,7 @@ from quorum.cli import main
 from quorum.errors import QuorumError
 from quorum.models import bundle, onnx_export
 from quorum.predict.members import member_engines, read_members, select_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
@@ -89,15 +90,16 @@ def test_engine_int8_runs_the_int8_graph_and_auto_never_picks_it(trained, images
     infos = read_members(select_models(trained))
     assert member_engines(infos, "int8", "cpu", quiet=True) == ["int8"]
     assert member_engines(infos, "auto", "cpu", quiet=True) == ["onnx"]
-    frame = predict(images, select_models(trained), engine="int8", workers=0, quiet=True)
+    frame = predict(images, select_models(trained), PredictOptions(engine="int8", workers=0), quiet=True)
     assert (frame["status"] == "ok").all() and len(frame) == 12
 
 
 def test_resume_and_merge_refuse_to_mix_int8_and_float32_rows(trained, images, tmp_path):
     progress = tmp_path / "p.csv.partial"
-    predict(images, select_models(trained), engine="int8", workers=0, quiet=True, progress=progress)
+    predict(images, select_models(trained), PredictOptions(engine="int8", workers=0), quiet=True, progress=progress)
     with pytest.raises(QuorumError, match="ran on int8 then but on onnx now"):
-        predict(images, select_models(trained), engine="onnx", workers=0, quiet=True, progress=progress, resume=True)
+        predict(images, select_models(trained), PredictOptions(engine="onnx", workers=0), quiet=True,
+                progress=progress, resume=True)
     parts = []
     for index, engine in enumerate(["int8", "onnx"]):
         parts.append(tmp_path / f"part{index}.csv")

@@ -21,6 +21,7 @@ from quorum.data.images import load_rgb
 from quorum.errors import QuorumError
 from quorum.predict import pipeline as predict_module
 from quorum.predict.members import load_members, read_members, select_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict, predict_arrays
 from quorum.predict.table import closing_lines
 from quorum.predict.trust import trust_table
@@ -46,9 +47,9 @@ def mixed(tmp_path_factory) -> Path:
     return root
 
 
-def run(folder, models_dir, **options):
-    options = {"workers": 0, "quiet": True, "batch_size": 4, **options}
-    return predict(folder, select_models(models_dir, options.pop("names", ())), **options)
+def run(folder, models_dir, names=(), **options):
+    options = PredictOptions(**{"workers": 0, "batch_size": 4, **options})
+    return predict(folder, select_models(models_dir, names), options, quiet=True)
 
 
 def cli(*args):

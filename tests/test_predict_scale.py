@@ -26,8 +26,8 @@ from quorum.cli import main
 from quorum.data.unlabelled import changed_files
 from quorum.models.bundle import load_model
 from quorum.predict.members import select_models
+from quorum.predict.options import PredictOptions, Shard
 from quorum.predict.pipeline import predict
-from quorum.predict.shards import Shard
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "unlabelled"
 OPTIONS = ["--lazy", "--probs", "--min-agreement", "0.9"]  # every optional column, and skipped members
@@ -101,7 +101,7 @@ def test_a_shard_is_every_nth_file_and_merged_shards_equal_the_whole(parts, whol
 
 
 def test_a_shard_run_by_the_library_holds_its_rows_in_the_folders_order(folder, tiny_models):
-    frame = predict(folder, select_models(tiny_models), workers=0, quiet=True, shard=Shard(2, 3))
+    frame = predict(folder, select_models(tiny_models), PredictOptions(workers=0, shard=Shard(2, 3)), quiet=True)
     assert frame["path"].tolist() == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.*"))[2::3]
 
 
@@ -163,8 +163,9 @@ def test_resume_keeps_finished_rows_ignores_a_torn_last_line_and_gives_the_whole
                                                                                       tmp_path):
     out = tmp_path / "preds.csv"
     progress = tmp_path / "preds.csv.partial"
-    predict(folder, select_models(tiny_models), workers=0, batch_size=3, quiet=True, lazy=True, probs=True,
-            min_agreement=0.9, progress=progress)  # the library keeps the progress: the CLI removes it
+    options = PredictOptions(workers=0, batch_size=3, lazy=True, probs=True, min_agreement=0.9)
+    # the library keeps the progress: the CLI removes it
+    predict(folder, select_models(tiny_models), options, quiet=True, progress=progress)
     rows = progress / "rows-0.jsonl"
     lines = rows.read_text().splitlines(keepends=True)
     assert len(lines) == 10 and all(json.loads(line)[0] in range(10) for line in lines)
@@ -181,7 +182,7 @@ def test_a_file_changed_before_resume_keeps_its_old_rows_fingerprint(tiny_models
     images = tmp_path / "images"
     write_good_images(images, 4, size=(48, 40))
     out, progress = tmp_path / "preds.csv", tmp_path / "preds.csv.partial"
-    predict(images, select_models(tiny_models), workers=0, quiet=True, progress=progress)
+    predict(images, select_models(tiny_models), PredictOptions(workers=0), quiet=True, progress=progress)
     rows = progress / "rows-0.jsonl"
     first = rows.read_text().splitlines(keepends=True)[0]
     rows.write_text(first)  # killed after the first row
@@ -204,7 +205,7 @@ def test_resume_refuses_nothing_to_resume_and_another_run(folder, tiny_models, t
         f"Error: nothing to resume: {out}.partial does not exist (the run finished, or never started); "
         "run without --resume\n")
     progress = tmp_path / "preds.csv.partial"
-    predict(folder, select_models(tiny_models), workers=0, quiet=True, progress=progress)
+    predict(folder, select_models(tiny_models), PredictOptions(workers=0), quiet=True, progress=progress)
     result = cli("predict", folder, "--models-dir", tiny_models, "--out", out, "--resume", "--probs")
     assert result.exit_code == 1 and result.output == (
         f"Error: cannot resume {progress}: it is from another run (--probs False then but True now); "

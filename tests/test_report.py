@@ -27,6 +27,7 @@ from quorum.metrics import classification_metrics
 from quorum.models import bundle, weights
 from quorum.models.registry import get_backbone
 from quorum.predict.members import select_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 from quorum.predict.table import columns, write_predictions
 from quorum.report.build import ENSEMBLE, build_report
@@ -288,7 +289,7 @@ def test_data_scores_the_same_vote_predict_casts(tiny_models, tmp_path, one_thre
         write_good_images(tmp_path / "test" / name, 4, size=(48, 40), seed=seed)
     report = build_report(tiny_models, data=tmp_path / "test", timing=False, workers=0, quiet=True)
     assert report.source == f"the labelled folder {tmp_path / 'test'} (12 images)"
-    frame = predict(tmp_path / "test", select_models(tiny_models), workers=0, quiet=True)
+    frame = predict(tmp_path / "test", select_models(tiny_models), PredictOptions(workers=0), quiet=True)
     truth = [path.split("/")[0] for path in frame["path"]]
     index = {name: i for i, name in enumerate(report.classes)}
     expected = classification_metrics([index[t] for t in truth], frame["prediction"].map(index), report.classes)
@@ -300,7 +301,8 @@ def test_data_scores_the_same_vote_predict_casts(tiny_models, tmp_path, one_thre
 
 def test_report_reads_a_real_predict_csv(trio, tiny_models, tmp_path, one_thread):
     write_good_images(tmp_path / "unlabelled", 5, size=(48, 40))
-    frame = predict(tmp_path / "unlabelled", select_models(tiny_models), workers=0, quiet=True, min_agreement=0.9)
+    frame = predict(tmp_path / "unlabelled", select_models(tiny_models), PredictOptions(workers=0, min_agreement=0.9),
+                    quiet=True)
     write_predictions(frame, tmp_path / "preds.csv")
     summary = build_report(trio, preds=tmp_path / "preds.csv", timing=False).preds
     assert summary["members"] == frame.attrs["members"] and summary["rows"] == 5
@@ -364,6 +366,7 @@ def test_predict_report_and_demo_take_one_tie_breaker_whatever_the_order(tmp_pat
         write_handmade(models, name, VOTED["a"], real_weights=True)
     write_good_images(tmp_path / "unlabelled", 2, size=(40, 40))
     for order in (("zeta", "alpha", "mid"), ("mid", "zeta", "alpha")):
-        frame = predict(tmp_path / "unlabelled", [models / name for name in order], workers=0, quiet=True)
+        frame = predict(tmp_path / "unlabelled", [models / name for name in order], PredictOptions(workers=0),
+                        quiet=True)
         report = build_report(models, order, timing=False, quiet=True)
         assert (frame.attrs["tie_breaker"], report.ensemble["tie_breaker"]) == ("alpha", "alpha")

@@ -19,6 +19,7 @@ from quorum.cli import main
 from quorum.data.split import load_or_make_split
 from quorum.errors import QuorumError
 from quorum.predict.members import select_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 from quorum.predict.table import DTYPES, read_predictions, write_predictions
 from quorum.predict.trust import coverage_curve, trust_table
@@ -80,7 +81,7 @@ def test_min_agreement_067_means_two_of_three(tmp_path, make_model):
         make_model(tmp_path / "models", f"m{index}", "tinyvgg", 32, constant=label)
     models = select_models(tmp_path / "models")
     for level, flagged in ((0.67, False), (0.66, False), (0.7, True), (1.0, True)):
-        frame = predict(folder, models, workers=0, quiet=True, min_agreement=level)
+        frame = predict(folder, models, PredictOptions(workers=0, min_agreement=level), quiet=True)
         assert frame["agreement"].tolist() == pytest.approx([2 / 3] * 3)
         assert frame["review"].tolist() == [flagged] * 3, level
 
@@ -94,8 +95,8 @@ def test_csv_dtypes_round_trip_and_member_columns_come_in_name_order(tmp_path, t
     write_good_images(folder, 5)
     (folder / "empty.png").write_bytes(b"")
     names = ["tinyvgg-32-copy", "mobilenet_v3_small-40", "tinyvgg-32"]  # not in name order
-    frame = predict(folder, select_models(tiny_models, names), workers=0, quiet=True, probs=True, lazy=lazy,
-                    min_agreement=1.0)
+    frame = predict(folder, select_models(tiny_models, names), PredictOptions(workers=0, probs=True, lazy=lazy,
+                                                                              min_agreement=1.0), quiet=True)
     member_columns = [c for c in frame.columns if c.endswith(("_prediction", "_confidence"))]
     assert member_columns == [f"{name}_{kind}" for name in sorted(names) for kind in ("prediction", "confidence")]
     out = tmp_path / "preds.csv"
@@ -257,7 +258,8 @@ def test_pseudo_labels_refuse_a_changed_file_by_name(pseudo_run, tmp_path):
 def test_pseudo_labels_refuse_images_of_the_labelled_folder(pseudo_run, tmp_path):
     data, models, _ = pseudo_run
     preds = tmp_path / "on_labelled.csv"
-    write_predictions(predict(data, [models / "m0", models / "m1"], workers=0, quiet=True, flag_unknown=False), preds)
+    write_predictions(predict(data, [models / "m0", models / "m1"], PredictOptions(workers=0, flag_unknown=False),
+                              quiet=True), preds)
     with pytest.raises(QuorumError, match=f"has 24 file\\(s\\) of the labelled folder {data}"):
         finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
     # A hard link of a labelled image elsewhere (quorum review makes them) is the same file.
@@ -265,7 +267,8 @@ def test_pseudo_labels_refuse_images_of_the_labelled_folder(pseudo_run, tmp_path
     linked.mkdir()
     os.link(next((data / "red").iterdir()), linked / "x.png")
     preds = tmp_path / "linked.csv"
-    write_predictions(predict(linked, [models / "m0", models / "m1"], workers=0, quiet=True, flag_unknown=False), preds)
+    write_predictions(predict(linked, [models / "m0", models / "m1"], PredictOptions(workers=0, flag_unknown=False),
+                              quiet=True), preds)
     with pytest.raises(QuorumError,
                        match=f"has 1 file\\(s\\) of the labelled folder {data} \\(e.g. {linked / 'x.png'}\\)"):
         finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
@@ -287,7 +290,7 @@ def test_report_says_a_lazy_csvs_members_are_scored_only_where_they_ran(colour_m
     from quorum.report.build import build_report
 
     _, models, unlabelled = colour_models
-    frame = predict(unlabelled, select_models(models), workers=0, quiet=True, lazy=True)
+    frame = predict(unlabelled, select_models(models), PredictOptions(workers=0, lazy=True), quiet=True)
     write_predictions(frame, tmp_path / "lazy.csv")
     colours = list(COLOUR_CLASSES)
     truth = [colours[int(Path(path).name[1])] for path in frame["path"]]  # c<index>_...: the tint it was made with

@@ -21,6 +21,7 @@ from quorum.models.bundle import read_info
 from quorum.models.temperature import temperature
 from quorum.predict import shards
 from quorum.predict.members import select_models
+from quorum.predict.options import PredictOptions, Shard
 from quorum.predict.pipeline import predict
 from quorum.predict.table import closing_lines, read_predictions
 from quorum.train.finetune import finetune
@@ -146,10 +147,10 @@ def test_pseudo_labels_leave_the_flagged_rows_out(predicted, world, tmp_path):
 
 def test_shards_merge_into_the_whole_runs_flags(world, tmp_path):
     models = select_models(world / "models")
-    whole = predict(world / "unlabelled", models, workers=0, quiet=True)
+    whole = predict(world / "unlabelled", models, PredictOptions(workers=0), quiet=True)
     parts = []
     for index in range(2):
-        part = predict(world / "unlabelled", models, workers=0, quiet=True, shard=shards.Shard(index, 2))
+        part = predict(world / "unlabelled", models, PredictOptions(workers=0, shard=Shard(index, 2)), quiet=True)
         parts.append(tmp_path / f"part{index}.csv")
         shards.write_part(part, parts[-1])
     merged = shards.merge(parts)
@@ -193,7 +194,7 @@ def test_the_folder_check_warns_when_the_folder_is_unlike_the_labelled_one(world
     alike = tmp_path / "alike"
     for name in CLASSES:  # unlabelled images of the labelled classes, in the labelled mix
         shutil.copytree(SAMPLE / "labelled" / name, alike / name)
-    frame = predict(alike, models, workers=0, quiet=True, flag_unknown=False)
+    frame = predict(alike, models, PredictOptions(workers=0, flag_unknown=False), quiet=True)
     lines = compare(frame, alike, world / "labelled")
     assert "28x28 px, L 100%, PNG 100%" in lines[1] and not any(line.startswith("Warning") for line in lines)
     # Colour photos of another size, as JPEG: size, aspect and mode differ.
@@ -203,7 +204,7 @@ def test_the_folder_check_warns_when_the_folder_is_unlike_the_labelled_one(world
     photos.mkdir()
     for n, image in enumerate(load_sample_images().images):
         Image.fromarray(image).crop((0, 0, 400, 300)).save(photos / f"{n}.jpg")
-    frame = predict(photos, models, workers=0, quiet=True)
+    frame = predict(photos, models, PredictOptions(workers=0), quiet=True)
     warning = compare(frame, photos, world / "labelled")[-1]
     assert warning.startswith("Warning: this folder is not like the labelled one (")
     assert "size 400x300 vs 28x28" in warning and "aspect 1.33 vs 1.00" in warning and "mode RGB vs L" in warning
@@ -212,7 +213,7 @@ def test_the_folder_check_warns_when_the_folder_is_unlike_the_labelled_one(world
 def test_resume_keeps_the_flags_and_refuses_another_line(world, predicted, tmp_path):
     out, progress = tmp_path / "resumed.csv", tmp_path / "resumed.csv.partial"
     models = select_models(world / "models")
-    predict(world / "unlabelled", models, workers=0, batch_size=8, quiet=True, progress=progress)
+    predict(world / "unlabelled", models, PredictOptions(workers=0, batch_size=8), quiet=True, progress=progress)
     rows = progress / "rows-0.jsonl"
     rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:20]))  # as if stopped after 20 rows
     result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", world / "models", "--workers", 0,

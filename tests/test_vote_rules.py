@@ -15,6 +15,7 @@ from image_factory import write_good_images
 from quorum.cli import main
 from quorum.models.bundle import VAL_PREDICTIONS
 from quorum.predict.members import load_members, read_members, select_models
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict, predict_arrays
 from quorum.predict.table import read_predictions
 from quorum.predict.vote import vote
@@ -126,7 +127,7 @@ def test_weighted_follows_the_only_member_right_on_validation(images, tmp_path, 
     for index, label in enumerate([CAT, DOG, FOX]):  # each always votes its own class
         make_model(tmp_path / "models", f"m{index}", "tinyvgg", 32, constant=label)
     with_validation(tmp_path / "models", images, [FOX] * 8)
-    frame = predict(images, select_models(tmp_path / "models"), rule="weighted", workers=0, quiet=True)
+    frame = predict(images, select_models(tmp_path / "models"), PredictOptions(rule="weighted", workers=0), quiet=True)
     assert frame.attrs["vote"]["weights"] == {"m0": 0.0, "m1": 0.0, "m2": 1.0}
     assert set(frame["prediction"]) == {"fox"}  # majority would have had a three-way tie
 
@@ -155,8 +156,8 @@ def test_shards_of_two_rules_are_not_merged(images, tiny_models, tmp_path):
 
 
 def test_tta_1_is_no_tta(images, tiny_models):
-    plain, one = (predict(images, select_models(tiny_models), workers=0, quiet=True, **extra)
-                  for extra in ({}, {"tta": 1}))
+    plain, one = (predict(images, select_models(tiny_models), options, quiet=True)
+                  for options in (PredictOptions(workers=0), PredictOptions(workers=0, tta=1)))
     pd.testing.assert_frame_equal(plain, one)
 
 

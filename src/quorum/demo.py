@@ -21,6 +21,7 @@ from rich.markup import escape
 from quorum.console import say
 from quorum.errors import QuorumError, WeightsUnavailable
 from quorum.models.efficientnet_keys import packaged_weights
+from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 from quorum.predict.table import check_writable, write_predictions
 from quorum.report.build import Report, build_report, print_table
@@ -123,8 +124,8 @@ def demo(data: Path = Path("sample_data/labelled"), unlabelled: Path = Path("sam
         model_dirs.append(model_dir)
 
     say(f"\n[bold]Voting on {escape(str(unlabelled))}[/bold]", quiet)
-    frame = predict(unlabelled, model_dirs, device=device, workers=workers, min_agreement=NO_MAJORITY, quiet=quiet,
-                    rule=rule)
+    frame = predict(unlabelled, model_dirs, PredictOptions(device=device, workers=workers, min_agreement=NO_MAJORITY,
+                                                           rule=rule), quiet=quiet)
     write_predictions(frame, predictions)
 
     say("\n[bold]Scoring and writing the report[/bold]", quiet)

@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from quorum import distributed
 from quorum.console import say, track
 from quorum.data.images import UnreadableImage, load_rgb, scan_images
-from quorum.data.preprocess import TTA_MAX_VIEWS, Preprocessing
+from quorum.data.preprocess import Preprocessing
 from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
-from quorum.models.engine import check_engine, device_for_engine
+from quorum.models.bundle import ModelInfo
+from quorum.models.engine import device_for_engine
 from quorum.models.inference import engine_threads
 from quorum.predict import partial_rows, run_identity
 from quorum.predict.members import (
@@ -45,7 +46,7 @@ from quorum.predict.members import (
     read_members,
     tie_breaker_index,
 )
-from quorum.predict.shards import WHOLE, Shard
+from quorum.predict.options import PredictOptions
 from quorum.predict.table import (
     FINGERPRINT,
     MemberOutputs,
@@ -55,102 +56,141 @@ from quorum.predict.table import (
     file_fingerprint,
     to_frame,
 )
-from quorum.predict.unknown import check_keep, threshold
+from quorum.predict.unknown import Threshold, threshold
 from quorum.predict.validation import fitted_weights
-from quorum.predict.vote import MAJORITY_RULE, WEIGHTED, check_rule, settled
+from quorum.predict.vote import WEIGHTED, settled
 
 
-def predict(folder: Path, model_dirs: list[Path], *, tie_breaker: str | None = None, device: str = "auto",
-            engine: str = "auto", batch_size: int = 32, workers: int = 2, lazy: bool = False, probs: bool = False,
-            min_agreement: float | None = None, quiet: bool = False, shard: Shard = WHOLE,
-            progress: Path | None = None, resume: bool = False, unknown_keep: float | None = None,
-            flag_unknown: bool = True, rule: str = MAJORITY_RULE, tta: int = 1) -> pd.DataFrame | None:
-    """One row per image file under `folder` (or its `shard`): the vote, each member's label, status and error.
+def predict(folder: Path, model_dirs: list[Path], options: PredictOptions, *, quiet: bool = False,
+            progress: Path | None = None, resume: bool = False) -> pd.DataFrame | None:
+    """One row per image file under `folder` (or `options.shard`): the vote, each member's label, status and error.
 
     Under torchrun each process votes on its share and rank 0 returns the table; the others return None.
     With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
-    `unknown_keep`: the share of validation images `unknown` lets pass (`predict.unknown.threshold`; None:
-    the default where the validation predictions allow, else no flag); `flag_unknown` False: no flag at all.
-    `rule`: the vote rule (`vote.RULES`); `tta`: views per image and member (1: none).
     `frame.attrs` holds `members`, `tie_breaker`, `min_agreement`, `lazy` and `unknown` for `table.closing_lines`,
     `vote` (the rule, its weights and tta) for the CSV's sidecar,
     `identity` (with `progress` or a shard) for `shards.write_part`, and `folder` for the CSV's sidecar.
     """
-    # Cheap checks first: a mistake should cost seconds, not a model load or a decoded folder.
-    if batch_size < 1:
-        raise QuorumError(f"--batch-size must be at least 1 (got {batch_size})")
-    if min_agreement is not None and not 0 <= min_agreement <= 1:
-        raise QuorumError(f"--min-agreement must be between 0 and 1 (got {min_agreement})")
-    if unknown_keep is not None:
-        check_keep(unknown_keep)
-    check_rule(rule, lazy)
-    if not 1 <= tta <= TTA_MAX_VIEWS:
-        raise QuorumError(f"--tta {tta} is not a number of views: give 1 (none) to {TTA_MAX_VIEWS}")
-    check_engine(engine, device)
-    device = device_for_engine(engine, device)
+    options.check()  # a mistake should cost seconds, not a model load or a decoded folder
+    device = device_for_engine(options.engine, options.device)
     world = distributed.current(device)
     quiet = quiet or not world.is_main
     torch_device = pick_device(distributed.device_for(world, device))  # before any collective: nccl needs it
-    folder = Path(folder)
+    plan = _plan(Path(folder), model_dirs, options, quiet)
+    # Rank 0 exports any missing model.onnx (once), so every process runs each member on the same engine.
+    engines = distributed.broadcast(world, distributed.run_on_main(
+        world, lambda: member_engines(plan.infos, options.engine, torch_device.type, quiet)))
+    identity, finished, todo = _start(plan, engines, world, progress, resume, quiet)
+    mine = [todo[k] for k in world.share(len(todo))]
+    members = load_members(plan.infos, torch_device, engines, threads=engine_threads(world.size), quiet=quiet)
+    scope = ((f" of shard {options.shard}" if not options.shard.is_whole else "")
+             + (f" in {world.size} processes" if world.active else ""))
+    say(escape(f"Voting on {len(todo)} images{scope} with {', '.join(plan.names)} (tie-breaker {plan.tie_breaker}) "
+               f"on {torch_device}, {describe_engines(plan.names, engines, options.engine, torch_device.type)}"), quiet)
+    parts = distributed.gather_to_main(world, _run(plan, mine, members, torch_device, world, progress, quiet))
+    if not world.is_main:
+        return None
+    return _assemble(plan, [finished, *parts], identity)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a run will do, worked out before any model loads. A row's position is its file's index in `paths`."""
+    folder: Path
+    paths: list[Path]  # every image under `folder`, sorted
+    relative: list[str]  # the same, as the CSV's `path` column writes them
+    infos: list[ModelInfo]  # in name order, however they were given: the member columns come in one order
+    tie: int  # the tie-breaker's index in `infos`
+    unknown_at: Threshold
+    weights: list[float] | None  # --vote weighted's, one per member
+    options: PredictOptions
+
+    @property
+    def names(self) -> list[str]:
+        return [info.path.name for info in self.infos]
+
+    @property
+    def tie_breaker(self) -> str:
+        return self.names[self.tie]
+
+    @property
+    def chosen(self) -> list[int]:  # the positions this run (its shard) writes rows for
+        return self.options.shard.positions(len(self.paths))
+
+    @property
+    def header(self) -> list[str]:
+        options = self.options
+        return [*columns(self.names, self.infos[0].classes, options.probs, options.min_agreement is not None),
+                FINGERPRINT]
+
+    @property
+    def voting(self) -> dict:  # for the sidecar and `run_identity`
+        weights = None if self.weights is None else dict(zip(self.names, self.weights))
+        return {"rule": self.options.rule, "weights": weights, "tta": self.options.tta}
+
+    def rows(self, positions: list[int], outputs: MemberOutputs) -> pd.DataFrame:
+        """The rows of these positions, indexed by position."""
+        options = self.options
+        frame = to_frame([self.relative[i] for i in positions], self.names, self.infos[0].classes, outputs, self.tie,
+                         options.probs, options.min_agreement, self.unknown_at, rule=options.rule, weights=self.weights)
+        frame[FINGERPRINT] = outputs.fingerprints
+        return frame.set_axis(pd.Index(positions, dtype="int64"))
+
+
+def _plan(folder: Path, model_dirs: list[Path], options: PredictOptions, quiet: bool) -> _Plan:
+    """The files and the members, and every check that needs them but no model loaded."""
     scan = scan_images(folder)
-    paths = scan.images
-    if not paths:
+    if not scan.images:
         found = f" ({scan.summary()})" if scan.skipped else ""
         raise QuorumError(f"no images in {folder}{found}: quorum reads every format Pillow opens, "
                           "e.g. .jpg, .png, .tif, .webp, .tga, .ppm")
     if scan.skipped:
         say(escape(f"Not images, so no rows: {scan.summary()} under {folder}"), quiet)
-    # Members in name order, however they were given: the CSV's member columns then come in one order.
     infos = read_members(sorted(model_dirs, key=lambda path: Path(path).name))
-    tie = tie_breaker_index(infos, tie_breaker)
-    names, classes = [info.path.name for info in infos], infos[0].classes
-    check_columns(names, classes, probs, min_agreement is not None)
-    unknown_at = threshold(infos, unknown_keep, flag_unknown)
-    weights = fitted_weights(infos) if rule == WEIGHTED else None  # from stored CSVs: before any model loads
-    voting = {"rule": rule, "weights": None if weights is None else dict(zip(names, weights)), "tta": tta}
-    relative = [path.relative_to(folder).as_posix() for path in paths]
+    tie = tie_breaker_index(infos, options.tie_breaker)
+    names = [info.path.name for info in infos]
+    check_columns(names, infos[0].classes, options.probs, options.min_agreement is not None)
+    unknown_at = threshold(infos, options.unknown_keep, options.flag_unknown)
+    weights = fitted_weights(infos) if options.rule == WEIGHTED else None  # from stored CSVs: before any model loads
+    relative = [path.relative_to(folder).as_posix() for path in scan.images]
+    return _Plan(folder, scan.images, relative, infos, tie, unknown_at, weights, options)
 
-    def rows(positions: list[int], outputs: MemberOutputs) -> pd.DataFrame:  # indexed by position in `paths`
-        frame = to_frame([relative[i] for i in positions], names, classes, outputs, tie, probs, min_agreement,
-                         unknown_at, rule=rule, weights=weights)
-        frame[FINGERPRINT] = outputs.fingerprints
-        return frame.set_axis(pd.Index(positions, dtype="int64"))
 
-    # Rank 0 exports any missing model.onnx (once), so every process runs each member on the same engine.
-    engines = distributed.broadcast(world, distributed.run_on_main(
-        world, lambda: member_engines(infos, engine, torch_device.type, quiet)))
+def _start(plan: _Plan, engines: list[str], world: distributed.World, progress: Path | None, resume: bool,
+           quiet: bool) -> tuple[dict | None, pd.DataFrame | None, list[int]]:
+    """The run's identity and the rows it finished before (both on rank 0 only), and the positions still to do."""
     identity = None
-    if world.is_main and (progress is not None or not shard.is_whole):  # hashes the weights: only when needed
-        identity = run_identity.identity(folder, relative, infos, names[tie], lazy=lazy, probs=probs,
-                                         min_agreement=min_agreement, shard=str(shard),
-                                         engines=dict(zip(names, engines)), unknown=unknown_at.as_dict(),
-                                         vote=voting)
-    header = [*columns(names, classes, probs, min_agreement is not None), FINGERPRINT]
-    finished = distributed.run_on_main(world, lambda: partial_rows.start(progress, identity, header, resume, quiet)
-                                       if progress is not None else pd.DataFrame(columns=header))
+    if world.is_main and (progress is not None or not plan.options.shard.is_whole):  # hashes weights: only if needed
+        identity = run_identity.identity(plan.folder, plan.relative, plan.infos, plan.options,
+                                         tie_breaker=plan.tie_breaker, engines=dict(zip(plan.names, engines)),
+                                         unknown=plan.unknown_at.as_dict(), vote=plan.voting)
+    finished = distributed.run_on_main(world, lambda: partial_rows.start(progress, identity, plan.header, resume, quiet)
+                                       if progress is not None else pd.DataFrame(columns=plan.header))
     done = set(distributed.broadcast(world, None if finished is None else finished.index.tolist()))
-    chosen = shard.positions(len(paths))
-    todo = [i for i in chosen if i not in done]
-    mine = [todo[k] for k in world.share(len(todo))]
+    return identity, finished, [i for i in plan.chosen if i not in done]
 
-    members = load_members(infos, torch_device, engines, threads=engine_threads(world.size), quiet=quiet)
-    scope = ((f" of shard {shard}" if not shard.is_whole else "")
-             + (f" in {world.size} processes" if world.active else ""))
-    say(escape(f"Voting on {len(todo)} images{scope} with {', '.join(names)} (tie-breaker {names[tie]}) "
-               f"on {torch_device}, {describe_engines(names, engines, engine, torch_device.type)}"), quiet)
+
+def _run(plan: _Plan, mine: list[int], members: list[Member], device: torch.device, world: distributed.World,
+         progress: Path | None, quiet: bool) -> pd.DataFrame:
+    """This process's rows (`mine`: positions), each batch's also kept in `progress` as soon as it is voted on."""
+    options = plan.options
     with partial_rows.RowWriter(progress, world.rank) if progress is not None else nullcontext() as writer:
-        def keep(indices: list[int], outputs: MemberOutputs) -> None:  # each batch's rows, once voted on
-            writer.append(rows([mine[k] for k in indices], outputs.take(indices)))
+        def keep(indices: list[int], outputs: MemberOutputs) -> None:  # `indices` into `mine`
+            writer.append(plan.rows([mine[k] for k in indices], outputs.take(indices)))
 
-        outputs = predict_arrays([paths[i] for i in mine], members, tie, torch_device, batch_size=batch_size,
-                                 workers=workers, lazy=lazy, quiet=quiet, on_batch=keep if writer else None, tta=tta,
-                                 processes=world.size)
-    parts = distributed.gather_to_main(world, rows(mine, outputs))
-    if not world.is_main:
-        return None
-    frame = assemble([finished, *parts], chosen, names)
-    frame.attrs.update(members=names, tie_breaker=names[tie], min_agreement=min_agreement, lazy=lazy,
-                       identity=identity, folder=str(folder.resolve()), unknown=unknown_at.as_dict(), vote=voting,
+        outputs = predict_arrays([plan.paths[i] for i in mine], members, plan.tie, device,
+                                 batch_size=options.batch_size, workers=options.workers, lazy=options.lazy, quiet=quiet,
+                                 on_batch=keep if writer else None, tta=options.tta, processes=world.size)
+    return plan.rows(mine, outputs)
+
+
+def _assemble(plan: _Plan, parts: list[pd.DataFrame], identity: dict | None) -> pd.DataFrame:
+    """Every process's rows and those a resumed run had finished, in the folder's order, with what the
+    closing lines and the sidecar need in `attrs`."""
+    frame = assemble(parts, plan.chosen, plan.names)
+    frame.attrs.update(members=plan.names, tie_breaker=plan.tie_breaker, min_agreement=plan.options.min_agreement,
+                       lazy=plan.options.lazy, identity=identity, folder=str(plan.folder.resolve()),
+                       unknown=plan.unknown_at.as_dict(), vote=plan.voting,
                        fingerprints=frame.pop(FINGERPRINT).tolist())
     return frame
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quorum import files
 from quorum.errors import QuorumError
 from quorum.models.bundle import MODEL_JSON, WEIGHTS, ModelInfo
+
+if TYPE_CHECKING:
+    from quorum.predict.options import PredictOptions
 
 # Each key, as a person would name it in a message.
 LABELS = {"folder": "folder", "files": "number of files", "listing": "file names", "members": "members",
@@ -23,16 +27,17 @@ LABELS = {"folder": "folder", "files": "number of files", "listing": "file names
           "unknown": "the unknown line (--unknown-keep)", "vote": "--vote and --tta"}
 
 
-def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], tie_breaker: str, *, lazy: bool,
-             probs: bool, min_agreement: float | None, shard: str, engines: dict[str, str] | None = None,
-             unknown: dict | None = None, vote: dict | None = None) -> dict:
-    """A plain-JSON description of the run; equal dicts mean interchangeable rows."""
+def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], options: PredictOptions, *,
+             tie_breaker: str, engines: dict[str, str], unknown: dict, vote: dict) -> dict:
+    """A plain-JSON description of the run; equal dicts mean interchangeable rows.
+
+    The options that change a row, with those resolved for these members: the tie-breaker's name, each
+    member's engine, the unknown line and the vote (the rule, its fitted weights and the TTA views)."""
     return {"folder": str(Path(folder).resolve()), "files": len(relative_paths), "listing": digest(relative_paths),
             "members": {info.path.name: member_digest(info.path) for info in infos},
-            "classes": list(infos[0].classes), "tie_breaker": tie_breaker, "lazy": lazy, "probs": probs,
-            "min_agreement": min_agreement, "shard": shard, "engines": engines or {}, "unknown": unknown,
-            # the rule, its fitted weights and the TTA views: rows of two rules never mix
-            "vote": vote or {"rule": "majority", "weights": None, "tta": 1}}
+            "classes": list(infos[0].classes), "tie_breaker": tie_breaker, "lazy": options.lazy,
+            "probs": options.probs, "min_agreement": options.min_agreement, "shard": str(options.shard),
+            "engines": engines, "unknown": unknown, "vote": vote}
 
 
 def describe_vote(voting: dict) -> str:

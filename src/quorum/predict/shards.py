@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from quorum.errors import QuorumError
 from quorum.predict import run_identity
+from quorum.predict.options import WHOLE, Shard, parse_shard
 from quorum.predict.table import (
     assemble,
     columns,
@@ -27,34 +26,6 @@ from quorum.predict.table import (
     sidecar,
     write_predictions,
 )
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int = 0
-    count: int = 1
-
-    @property
-    def is_whole(self) -> bool:
-        return self.count == 1
-
-    def positions(self, n: int) -> list[int]:
-        """This shard's positions in a sorted list of n files."""
-        return list(range(self.index, n, self.count))
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-WHOLE = Shard()
-
-
-def parse_shard(text: str) -> Shard:
-    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
-    if not match or not int(match[1]) < int(match[2]):
-        raise QuorumError(f"--shard takes I/N with I from 0 to N-1, e.g. 0/4 ... 3/4 "
-                          f"(like SLURM_ARRAY_TASK_ID with --array=0-3); got '{text}'")
-    return Shard(int(match[1]), int(match[2]))
 
 
 def write_part(frame: pd.DataFrame, out: Path) -> None:
