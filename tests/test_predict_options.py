@@ -1,0 +1,27 @@
+"""PredictOptions.check: each mistake a library caller can make, named before any model loads."""
+
+import pytest
+
+from quorum.errors import QuorumError
+from quorum.predict.options import PredictOptions, Shard, parse_shard
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(batch_size=0), "--batch-size must be at least 1 (got 0)"),
+    (dict(min_agreement=1.5), "--min-agreement must be between 0 and 1 (got 1.5)"),
+    (dict(unknown_keep=0.0), "--unknown-keep must be above 0 and at most 1 (got 0.0)"),
+    (dict(tta=11), "--tta 11 is not a number of views: give 1 (none) to 10"),
+    (dict(rule="soft", lazy=True), "--lazy skips members only where they cannot change a majority vote"),
+    (dict(rule="loudest"), "--vote loudest is not a rule"),
+])
+def test_check_names_the_option_and_the_fix(options, message):
+    with pytest.raises(QuorumError) as error:
+        PredictOptions(**options).check()
+    assert str(error.value).startswith(message)
+
+
+def test_the_defaults_pass_and_a_shard_parses():
+    PredictOptions().check()
+    assert parse_shard(" 2/4 ") == Shard(2, 4) and str(Shard(2, 4)) == "2/4" and PredictOptions().shard.is_whole
+    with pytest.raises(QuorumError, match="--shard takes I/N with I from 0 to N-1"):
+        parse_shard("4/4")
