@@ -88,23 +88,83 @@ def kind(frame: pd.DataFrame) -> pd.Series:
     return frame["path"].str.split("_").str[0]  # in, digit or photo
 
 
+def distance_scores(member: Path, features: np.ndarray) -> np.ndarray:
+    """The member's score of `features`, straight from its features.npz through cleanlab: the mean cosine
+    distance to the k nearest training images, scaled by the training images' median, as 1 - exp(-d)."""
+    from cleanlab.outlier import OutOfDistribution
+
+    train = np.load(member / "features.npz")["train"].astype(np.float32)
+    detector = OutOfDistribution({"k": min(10, len(train) - 1)})
+    detector.fit(features=train, verbose=False)
+    return 1 - detector.score(features=features)
+
+
 def test_the_line_is_set_on_validation_and_flags_the_digits(predicted, world):
     frame = read_predictions(predicted)
     recorded = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]
+    assert recorded["score"] == "distance to the nearest training images in the members' features"
     members = [world / "models" / name for name in ("m0", "m1")]
-    vals = [pd.read_csv(member / "val_predictions.csv").sort_values("path") for member in members]
-    # Calibrated as predict calibrates each member (the CSV keeps the raw probabilities).
-    mean = np.mean([calibrate(val[[f"p_{name}" for name in CLASSES]].to_numpy(), temperature(read_info(member)))
-                    for val, member in zip(vals, members)], axis=0)
-    scores = entropy(mean, axis=1)  # of the members' mean probability, image by image
+    scores = []
+    for member in members:  # each member's validation images, in one (path) order
+        stored = np.load(member / "features.npz")
+        order = np.argsort(stored["val_paths"])
+        scores.append(distance_scores(member, stored["val"].astype(np.float32)[order]))
+    scores = np.mean(scores, axis=0)  # the members' mean, image by image
     assert recorded["keep"] == 0.95 and recorded["validation_images"] == len(scores) == 18
-    assert recorded["threshold"] == pytest.approx(np.quantile(scores, 0.95, method="inverted_cdf"))
+    assert recorded["threshold"] == pytest.approx(np.quantile(scores, 0.95, method="inverted_cdf"), abs=1e-5)
     assert (scores <= recorded["threshold"]).mean() >= 0.95
     assert frame["unknown_score"].notna().all()
     assert frame["unknown"].tolist() == (frame["unknown_score"] > recorded["threshold"]).tolist()
     flagged = frame.groupby(kind(frame))["unknown"].mean()
-    # Real images of another kind: every digit is flagged, far more often than the known classes.
-    assert flagged["digit"] == 1.0 and flagged["in"] <= 0.2 and flagged["photo"] > flagged["in"], flagged
+    # Real images of another kind, by two tiny members trained from scratch: most digits and photos are
+    # flagged, few of the known classes (benchmarks/bench_unknown.py measures pretrained members).
+    assert flagged["digit"] >= 0.75 and flagged["photo"] >= 0.75 and flagged["in"] <= 0.2, flagged
+
+
+def test_the_score_is_each_members_distance_on_both_engines(world, predicted):
+    """The row's score is the mean of the members' distances, whichever engine ran them: torch's features
+    and the ONNX graph's second output give the same scores."""
+    import torch
+
+    from quorum.models.bundle import load_model
+    from quorum.models.inference import TorchInference
+
+    models = select_models(world / "models")
+    onnx = predict(world / "unlabelled", models, workers=0, quiet=True, engine="onnx")
+    on_torch = predict(world / "unlabelled", models, workers=0, quiet=True, engine="torch")
+    np.testing.assert_allclose(onnx["unknown_score"], on_torch["unknown_score"], atol=1e-4)
+    assert onnx["unknown"].tolist() == on_torch["unknown"].tolist()
+    # By hand, member by member, in torch: the same pixels predict feeds, the features the head reads.
+    paths = sorted((world / "unlabelled").iterdir())
+    by_hand = []
+    for member in models:
+        model, info = load_model(member)
+        pixels = torch.stack([info.preprocessing.eval_pixels()(Image.open(path).convert("RGB")) for path in paths])
+        features = TorchInference(model, info.preprocessing, torch.device("cpu")).with_features(pixels)[1]
+        by_hand.append(distance_scores(member, features))
+    expected = dict(zip([path.name for path in paths], np.mean(by_hand, axis=0)))
+    np.testing.assert_allclose(on_torch["unknown_score"], [expected[path] for path in on_torch["path"]], atol=1e-4)
+
+
+def test_members_without_stored_features_fall_back_to_entropy(world, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(world / "models", models)
+    (models / "m1" / "features.npz").unlink()
+    out = tmp_path / "preds.csv"
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", models, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(out.with_name("preds.csv.json").read_text())["unknown"]
+    assert recorded["score"] == "entropy of the members' mean probability"
+    assert recorded["reason"].startswith("no training features in m1 (fine-tuned before quorum stored them")
+    said = " ".join(result.stderr.split())
+    assert "unknown_score is the entropy of the members' mean probability: no training features in m1" in said
+    frame = read_predictions(out)
+    vals = [pd.read_csv(models / name / "val_predictions.csv").sort_values("path") for name in ("m0", "m1")]
+    mean = np.mean([calibrate(val[[f"p_{name}" for name in CLASSES]].to_numpy(), temperature(read_info(models / m)))
+                    for val, m in zip(vals, ("m0", "m1"))], axis=0)
+    scores = entropy(mean, axis=1)  # of the members' mean calibrated probability, image by image
+    assert recorded["threshold"] == pytest.approx(np.quantile(scores, 0.95, method="inverted_cdf"))
+    assert frame["unknown"].tolist() == (frame["unknown_score"] > recorded["threshold"]).tolist()
 
 
 def test_flagged_rows_are_left_out_of_the_trusted_lines(predicted):

@@ -35,6 +35,7 @@ ONNX = "model.onnx"
 INT8_ONNX = "model.int8.onnx"  # models/quantize.py
 HISTORY = "history.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
+FEATURES = "features.npz"  # models.features: training and validation images' features, for the unknown score
 FORMAT_VERSION = 1
 
 

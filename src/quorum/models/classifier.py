@@ -28,6 +28,11 @@ class Classifier(nn.Module):
         """Logits; `start` > 0 means `x` is already the input of block `start` (cached features)."""
         return self.head(self.forward_blocks(x, start))
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the flat feature vector the head reads): what the unknown score measures distance in."""
+        features = self.forward_blocks(x)
+        return self.head(features), features
+
     def prefix(self, x: torch.Tensor, stop: int) -> torch.Tensor:
         """The input of block `stop`: what a frozen prefix hands to the trainable part."""
         for block in self.blocks[:stop]:

@@ -23,6 +23,8 @@ from quorum.data.preprocess import Preprocessing
 from quorum.device import autocast
 from quorum.models.classifier import Classifier
 
+LOGITS_OUTPUT, FEATURES_OUTPUT = "logits", "features"  # model.onnx's outputs
+
 
 class TorchInference:
     """A model on a device: uint8 pixels (n, 3, size, size) -> softmax probabilities (n, classes).
@@ -46,16 +48,28 @@ class TorchInference:
         self.model.eval()
         x = inputs.to(self.device, non_blocking=True)
         if start == 0:
-            x = self.normalize(x)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self._normalized(x)
         with autocast(self.device):
             logits = self.model(x, start=start)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
+    @torch.inference_mode()
+    def with_features(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, penultimate features (n, width)) of uint8 pixels."""
+        self.model.eval()
+        with autocast(self.device):
+            logits, features = self.model.logits_and_features(self._normalized(inputs.to(self.device)))
+        return torch.softmax(logits.float(), dim=1).cpu().numpy(), features.float().cpu().numpy()
+
+    def _normalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(pixels)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
 
 class Inference(Protocol):
     def __call__(self, inputs: torch.Tensor, start: int = 0) -> np.ndarray: ...
+
+    def with_features(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 class OnnxInference:
@@ -65,14 +79,22 @@ class OnnxInference:
         self.session, self.preprocessing = session, preprocessing
         self.normalize = preprocessing.normalizer()
         self.input = session.get_inputs()[0].name
+        # Graphs exported since the unknown score moved to features have a second output; older ones do not.
+        self.has_features = FEATURES_OUTPUT in [output.name for output in session.get_outputs()]
 
-    @torch.inference_mode()
     def __call__(self, inputs: torch.Tensor, start: int = 0) -> np.ndarray:
         if start:
             raise ValueError("OnnxInference runs the whole network: cached features need TorchInference")
+        return self.with_features(inputs)[0]
+
+    @torch.inference_mode()
+    def with_features(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, penultimate features, or None for a graph without them) of uint8 pixels."""
         x = self.normalize(inputs.cpu()).numpy()
-        logits = self.session.run(None, {self.input: x})[0]
-        return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        outputs = self.session.run([LOGITS_OUTPUT, FEATURES_OUTPUT] if self.has_features else [LOGITS_OUTPUT],
+                                   {self.input: x})
+        probs = torch.softmax(torch.from_numpy(outputs[0]), dim=1).numpy()
+        return probs, outputs[1] if self.has_features else None
 
 
 class Calibrated:
@@ -84,7 +106,13 @@ class Calibrated:
         self.preprocessing = run.preprocessing
 
     def __call__(self, inputs: torch.Tensor, start: int = 0) -> np.ndarray:
-        probs = self.run(inputs, start)
+        return self._calibrated(self.run(inputs, start))
+
+    def with_features(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        probs, features = self.run.with_features(inputs)
+        return self._calibrated(probs), features
+
+    def _calibrated(self, probs: np.ndarray) -> np.ndarray:
         return probs if self.temperature == 1.0 else calibrate(probs, self.temperature)
 
 

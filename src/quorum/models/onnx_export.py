@@ -1,7 +1,7 @@
 """`model.onnx`: a bundle's network as an ONNX graph, so engines other than torch can run it.
 
-1. The graph is the Classifier alone: normalised float32 pixels (batch, 3, size, size) in, logits out,
-   with a dynamic batch axis. Resizing, cropping and mean/std stay in model.json (`Preprocessing`),
+1. The graph is the Classifier alone: normalised float32 pixels (batch, 3, size, size) in, logits and
+   the penultimate features (for the unknown score) out, with a dynamic batch axis. Resizing, cropping and mean/std stay in model.json (`Preprocessing`),
    so every engine is fed the same pixels by the same code.
 2. torch's own exporter (`dynamo=True`, opset 18): the supported one since torch 2.9. It makes the
    "same" padding of timm's tf_* models constant, which the deprecated TorchScript exporter computes
@@ -24,7 +24,7 @@ from quorum import files
 from quorum.console import say
 from quorum.errors import QuorumError
 from quorum.models.bundle import ONNX, WEIGHTS, load_model, unreadable_weights
-from quorum.models.inference import onnx_session
+from quorum.models.inference import FEATURES_OUTPUT, LOGITS_OUTPUT, onnx_session
 
 OPSET = 18
 WEIGHTS_KEY = "quorum.weights_sha256"
@@ -43,17 +43,20 @@ def weights_digest(model_dir: Path) -> str:
 
 
 def is_current(model_dir: Path, digest: str | None = None, graph: str = ONNX) -> bool:
-    """Whether model_dir/`graph` (model.onnx, or model.int8.onnx) exists and came from the weights there now."""
+    """Whether model_dir/`graph` (model.onnx, or model.int8.onnx) exists, came from the weights there now,
+    and gives the features output (a graph exported before the unknown score used features is stale)."""
     path = Path(model_dir) / graph
     if not path.is_file():
         return False
     try:
         import onnx
 
-        saved = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        saved = onnx.load(str(path), load_external_data=False)
     except Exception:  # unreadable: as good as missing
         return False
-    return saved.get(WEIGHTS_KEY) == (digest or weights_digest(model_dir))
+    tags = {p.key: p.value for p in saved.metadata_props}
+    outputs = [output.name for output in saved.graph.output]
+    return FEATURES_OUTPUT in outputs and tags.get(WEIGHTS_KEY) == (digest or weights_digest(model_dir))
 
 
 def can_write(model_dir: Path) -> bool:
@@ -72,8 +75,9 @@ def export_onnx(model_dir: Path) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on torch internals are not the user's concern
-            program = torch.onnx.export(model, (x,), dynamo=True, external_data=False, opset_version=OPSET,
-                                        input_names=["pixels"], output_names=["logits"], verbose=False,
+            program = torch.onnx.export(_WithFeatures(model), (x,), dynamo=True, external_data=False,
+                                        opset_version=OPSET, input_names=["pixels"],
+                                        output_names=[LOGITS_OUTPUT, FEATURES_OUTPUT], verbose=False,
                                         dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     except ImportError as exc:
         raise OnnxUnavailable(f"exporting needs {exc.name or 'onnxscript'}: pip install onnx onnxscript") from None
@@ -85,6 +89,17 @@ def export_onnx(model_dir: Path) -> Path:
         program.save(tmp, external_data=False)
         _check_against_torch(tmp, model, x)
     return model_dir / ONNX
+
+
+class _WithFeatures(torch.nn.Module):
+    """The graph's two outputs: logits, and the penultimate features the unknown score measures distance in."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.logits_and_features(x)
 
 
 def tag_weights(path: Path, digest: str) -> None:
@@ -106,7 +121,7 @@ def _normalised_pixels(info, n: int) -> torch.Tensor:
 def _check_against_torch(path: Path, model, x: torch.Tensor) -> None:
     with torch.inference_mode():
         expected = torch.softmax(model(x), dim=1).numpy()
-    logits = onnx_session(path, threads=1).run(None, {"pixels": x.numpy()})[0]
+    logits = onnx_session(path, threads=1).run([LOGITS_OUTPUT], {"pixels": x.numpy()})[0]
     got = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     worst = float(np.abs(got - expected).max())
     if not worst <= TOLERANCE:  # also catches NaN

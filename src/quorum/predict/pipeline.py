@@ -56,7 +56,7 @@ from quorum.predict.table import (
     file_fingerprint,
     to_frame,
 )
-from quorum.predict.unknown import Threshold, threshold
+from quorum.predict.unknown import Neighbours, Threshold, load_neighbours, threshold
 from quorum.predict.validation import fitted_weights
 from quorum.predict.vote import WEIGHTED, settled
 
@@ -102,6 +102,7 @@ class _Plan:
     infos: list[ModelInfo]  # in name order, however they were given: the member columns come in one order
     tie: int  # the tie-breaker's index in `infos`
     unknown_at: Threshold
+    neighbours: list[Neighbours] | None  # each member's training features, for unknown_score (None: entropy)
     weights: list[float] | None  # --vote weighted's, one per member
     options: PredictOptions
 
@@ -150,10 +151,11 @@ def _plan(folder: Path, model_dirs: list[Path], options: PredictOptions, quiet: 
     tie = tie_breaker_index(infos, options.tie_breaker)
     names = [info.path.name for info in infos]
     check_columns(names, infos[0].classes, options.probs, options.min_agreement is not None)
-    unknown_at = threshold(infos, options.unknown_keep, options.flag_unknown)
+    neighbours, no_neighbours = load_neighbours(infos)
+    unknown_at = threshold(infos, options.unknown_keep, options.flag_unknown, neighbours, no_neighbours)
     weights = fitted_weights(infos) if options.rule == WEIGHTED else None  # from stored CSVs: before any model loads
     relative = [path.relative_to(folder).as_posix() for path in scan.images]
-    return _Plan(folder, scan.images, relative, infos, tie, unknown_at, weights, options)
+    return _Plan(folder, scan.images, relative, infos, tie, unknown_at, neighbours, weights, options)
 
 
 def _start(plan: _Plan, engines: list[str], world: distributed.World, progress: Path | None, resume: bool,
@@ -180,7 +182,8 @@ def _run(plan: _Plan, mine: list[int], members: list[Member], device: torch.devi
 
         outputs = predict_arrays([plan.paths[i] for i in mine], members, plan.tie, device,
                                  batch_size=options.batch_size, workers=options.workers, lazy=options.lazy, quiet=quiet,
-                                 on_batch=keep if writer else None, tta=options.tta, processes=world.size)
+                                 on_batch=keep if writer else None, tta=options.tta, processes=world.size,
+                                 neighbours=plan.neighbours)
     return plan.rows(mine, outputs)
 
 
@@ -198,9 +201,10 @@ def _assemble(plan: _Plan, parts: list[pd.DataFrame], identity: dict | None) -> 
 def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, device: torch.device, *,
                    batch_size: int = 32, workers: int = 2, lazy: bool = False, quiet: bool = False,
                    on_batch: Callable[[list[int], MemberOutputs], None] | None = None, tta: int = 1,
-                   processes: int = 1) -> MemberOutputs:
+                   processes: int = 1, neighbours: list[Neighbours] | None = None) -> MemberOutputs:
     """Run every member (or, with `lazy`, only those whose vote can still matter) on every readable file,
-    each on `tta` views of it (its probabilities: their mean).
+    each on `tta` views of it (its probabilities and features: their mean). With `neighbours` (one per
+    member), also each member's distance from its training images (`unknown.Neighbours`).
 
     `on_batch(indices, outputs)` is called after each batch with the indices (into `paths`) it finished.
     `processes` share this machine's cores (torchrun's): torch on the CPU takes this one's share, as
@@ -210,11 +214,12 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
     probs = np.full((n_members, n_images, n_classes), np.nan, np.float32)
     ran = np.zeros((n_members, n_images), bool)
     errors: list[str | None] = [None] * n_images
-    outputs = MemberOutputs(probs, ran, errors, [""] * n_images)
+    distances = None if neighbours is None else np.full((n_members, n_images), np.nan, np.float32)
+    outputs = MemberOutputs(probs, ran, errors, [""] * n_images, distances)
     loader = DataLoader(_Images(paths, [member.info.preprocessing for member in members], tta), batch_size=batch_size,
                         num_workers=workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
-    runner = _Runner(members, tie_breaker, device, lazy)
+    runner = _Runner(members, tie_breaker, device, lazy, neighbours)
     batches = track(loader, total=n_images, description="Predicting", quiet=quiet, unit="images",
                     size=lambda batch: len(batch.rows) + len(batch.failed))
     with torch.inference_mode(), threads_for(0, processes) if device.type == "cpu" else nullcontext():
@@ -224,7 +229,7 @@ def predict_arrays(paths: list[Path], members: list[Member], tie_breaker: int, d
             for index, reason in batch.failed:
                 errors[index] = reason
             if len(batch.rows):
-                runner(batch, probs, ran)
+                runner(batch, outputs)
             if on_batch is not None:
                 on_batch(sorted([*batch.rows.tolist(), *(index for index, _ in batch.failed)]), outputs)
     return outputs
@@ -276,22 +281,25 @@ def _collate(items) -> _Batch:
 class _Runner:
     """Runs the members on one batch, cheapest first, and writes into the (members, images, ...) arrays."""
 
-    def __init__(self, members: list[Member], tie_breaker: int, device: torch.device, lazy: bool):
-        self.members, self.device, self.lazy = members, device, lazy
+    def __init__(self, members: list[Member], tie_breaker: int, device: torch.device, lazy: bool,
+                 neighbours: list[Neighbours] | None = None):
+        self.members, self.device, self.lazy, self.neighbours = members, device, lazy, neighbours
         self.order = sorted(range(len(members)), key=lambda m: members[m].cost)
         self.tie_step = self.order.index(tie_breaker)  # `settled` counts members in the order they run
         self.pixel_keys = [m.info.preprocessing.pixel_key for m in members]
 
-    def __call__(self, batch: _Batch, probs: np.ndarray, ran: np.ndarray) -> None:
+    def __call__(self, batch: _Batch, outputs: MemberOutputs) -> None:
         pending = np.arange(len(batch.rows))  # positions in the batch still waiting for a vote
         labels = np.zeros((len(self.order), len(batch.rows)), np.int64)
         for step, m in enumerate(self.order):
             pixels = batch.pixels[self.pixel_keys[m]]
             if len(pending) < len(batch.rows):
                 pixels = pixels[torch.from_numpy(pending)]
-            p = self._run(m, pixels)
+            p, features = self._run(m, pixels)
             rows = batch.rows[pending]
-            probs[m, rows], ran[m, rows] = p, True
+            outputs.probs[m, rows], outputs.ran[m, rows] = p, True
+            if self.neighbours is not None:
+                outputs.distances[m, rows] = self.neighbours[m].score(features)
             labels[step, pending] = p.argmax(axis=1)
             if self.lazy and step + 1 < len(self.order):
                 done = settled(labels[: step + 1, pending], len(self.order), self.tie_step)
@@ -299,10 +307,14 @@ class _Runner:
                 if not len(pending):
                     return
 
-    def _run(self, m: int, pixels: torch.Tensor) -> np.ndarray:
-        """A member's probabilities; for (images, views, 3, h, w) pixels, the mean over each image's views."""
-        if pixels.dim() == 4:
-            return self.members[m].run(pixels)
-        images, views = pixels.shape[:2]
-        return self.members[m].run(pixels.flatten(0, 1)).reshape(images, views, -1).mean(axis=1)
-
+    def _run(self, m: int, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """A member's probabilities, and its features when `neighbours` need them (else None); for
+        (images, views, 3, h, w) pixels, their means over each image's views."""
+        views = pixels.shape[1] if pixels.dim() == 5 else 0
+        flat = pixels.flatten(0, 1) if views else pixels
+        run = self.members[m].run
+        probs, features = run.with_features(flat) if self.neighbours is not None else (run(flat), None)
+        if views:
+            probs = probs.reshape(-1, views, probs.shape[1]).mean(axis=1)
+            features = None if features is None else features.reshape(-1, views, features.shape[1]).mean(axis=1)
+        return probs, features

@@ -30,7 +30,7 @@ from quorum import files
 from quorum.data.unlabelled import paths_digest, sidecar
 from quorum.errors import QuorumError
 from quorum.predict.trust import at_least, at_least_lines, below, decided_by_lines
-from quorum.predict.unknown import Threshold, unknown_score
+from quorum.predict.unknown import ENTROPY, Threshold, unknown_score
 from quorum.predict.vote import DECIDED_BY, MAJORITY_RULE, UNKNOWN, vote
 
 VOTE_COLUMNS = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
@@ -66,10 +66,12 @@ class MemberOutputs:
     ran: np.ndarray  # (members, images) bool
     errors: list[str | None]  # per image: why it could not be read, or None
     fingerprints: list[str]  # per image: `file_fingerprint` when it was decoded
+    distances: np.ndarray | None = None  # (members, images): `unknown.Neighbours.score`, where a member ran
 
     def take(self, indices: list[int]) -> MemberOutputs:
         return MemberOutputs(self.probs[:, indices], self.ran[:, indices], [self.errors[i] for i in indices],
-                             [self.fingerprints[i] for i in indices])
+                             [self.fingerprints[i] for i in indices],
+                             None if self.distances is None else self.distances[:, indices])
 
 
 def columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> list[str]:
@@ -115,7 +117,8 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
             table[p_column] = np.where(ran[m], np.nan_to_num(probs[m], nan=-1.0).max(axis=1).astype(float), np.nan)
         if with_probs:  # the rule's probabilities, as the confidence is: soft's label is their argmax
             table.update({f"p_{name}": result.combined[:, c] for c, name in enumerate(classes)})
-        table["unknown_score"] = unknown_score(probs, ran)
+        distances = None if outputs.distances is None else outputs.distances[:, good]
+        table["unknown_score"] = unknown_score(probs, ran, distances)
         flags = unknown_at.flag(table["unknown_score"]) if unknown_at is not None else None
         table["unknown"] = pd.array(np.full(len(good), None) if flags is None else flags, dtype="boolean")
         if min_agreement is not None:
@@ -280,6 +283,8 @@ def unknown_line(flagged: int, rows: int, unknown: dict | None) -> str:
     if not unknown or unknown.get("threshold") is None:
         why = (unknown or {}).get("reason", "no line recorded")
         return f"no known class: none flagged ({why}); unknown_score is still written"
+    fallback = (f"; unknown_score is the {unknown['score']}: {unknown['reason']}"
+                if unknown.get("reason") and unknown.get("score") == ENTROPY else "")
     return (f"no known class: {flagged} of {rows} rows flagged unknown (unknown_score above "
             f"{unknown['threshold']:.3f}, which {unknown['keep']:.0%} of the {unknown['validation_images']} validation "
-            "images stay under): left out of the lines below, review puts them in _unknown/")
+            f"images stay under): left out of the lines below, review puts them in _unknown/{fallback}")

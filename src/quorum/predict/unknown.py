@@ -1,18 +1,20 @@
 """Images of no known class: how unlike the labelled classes each image looks, and where the line is drawn.
 
 Every image gets a class from the vote, even a photo in a folder of clothes, often unanimously. The
-score, `unknown_score` (higher = less like the labelled classes), is the entropy of the members' mean
-probability. Of the candidates measured in benchmarks/RESULTS.md ("Images of no known class": max
-probability, entropy, energy, the members' disagreement, kNN distance in a member's features) it is
-the best of those that need only the probabilities both engines give (above max probability on every
-source), but it misses the issue's target on handwritten digits; kNN in the features meets it and
-needs a second ONNX output and the training features in the bundle: the next step.
+score, `unknown_score` (higher = less like the labelled classes), is how far the image lies from the
+training images in the members' own features: per member, the mean cosine distance to its 10 nearest
+training images (cleanlab's `OutOfDistribution`, which scales it by the median such distance among the
+training images and maps it to 1 - exp(-d)); the row's score is the mean over the members. Measured in
+benchmarks/RESULTS.md ("Images of no known class") against max probability, entropy, energy and the
+members' disagreement, it is the one that separates every kind of foreign image tried (digits, photos,
+textures). Members whose bundle holds no training features (`features.npz`, written by finetune since
+this score) make the run fall back to the entropy of the members' mean probability, the best of the
+probability-only scores, and say so.
 
-The line is drawn where the truth is known: on the shared validation split (every member's
-`val_predictions.csv`), every image is of a known class, so the threshold is the score that `keep` of
-them stay at or under (`--unknown-keep`, default 0.95). A row above it is `unknown`. With --lazy the
-score is over the members that ran on the row (as `confidence` is), so a row two members settled
-is scored by those two.
+The line is drawn where the truth is known: on the shared validation split every image is of a known
+class, so the threshold is the score that `keep` of them stay at or under (`--unknown-keep`, default
+0.95). A row above it is `unknown`. With --lazy the score is over the members that ran on the row (as
+`confidence` is), so a row two members settled is scored by those two.
 """
 
 from __future__ import annotations
@@ -28,15 +30,53 @@ from quorum.predict.vote import mean_probability
 
 if TYPE_CHECKING:  # the bundle module loads torch: review and report --preds must fail fast without it
     from quorum.models.bundle import ModelInfo
+    from quorum.models.features import TrainingFeatures
 
-SCORE = "entropy of the members' mean probability"
+NEIGHBOURS = "distance to the nearest training images in the members' features"
+ENTROPY = "entropy of the members' mean probability"
 DEFAULT_KEEP = 0.95
+NEAREST = 10  # neighbours averaged over (cleanlab's default)
 
 
-def unknown_score(probs: np.ndarray, ran: np.ndarray) -> np.ndarray:
-    """(images,): the entropy (nats) of the mean probability over the members that ran; `probs`
+def unknown_score(probs: np.ndarray, ran: np.ndarray, distances: np.ndarray | None = None) -> np.ndarray:
+    """(images,): with `distances` (members, images; `Neighbours.score` where a member ran), their mean over
+    the members that ran; without, the entropy (nats) of the mean probability over them. `probs`
     (members, images, classes), `ran` (members, images)."""
+    if distances is not None:
+        return np.nanmean(np.where(ran, distances, np.nan), axis=0)
     return entropy(mean_probability(probs, ran), axis=1)
+
+
+class Neighbours:
+    """One member's training images in its features: scores how far other images lie from them.
+
+    cleanlab's OutOfDistribution rather than our own kNN: it is the field's maintained implementation
+    (cosine distance for wide features, scaled by the training images' own median distance, so the members'
+    scores are on one scale and can be averaged)."""
+
+    def __init__(self, features: TrainingFeatures):
+        from cleanlab.outlier import OutOfDistribution
+
+        self.val, self.val_paths = features.val, features.val_paths
+        self.detector = OutOfDistribution({"k": min(NEAREST, len(features.train) - 1)})
+        self.detector.fit(features=features.train, verbose=False)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """(images,) in [0, 1): higher = farther from the training images."""
+        return 1.0 - self.detector.score(features=np.asarray(features, np.float32))
+
+
+def load_neighbours(infos: list[ModelInfo]) -> tuple[list[Neighbours] | None, str]:
+    """Every member's `Neighbours`, or (None, why not) when a member has no stored training features."""
+    from quorum.models.features import read_training_features
+
+    stored = [read_training_features(info) for info in infos]
+    missing = [info.path.name for info, features in zip(infos, stored)
+               if features is None or len(features.train) < 2]
+    if missing:
+        return None, (f"no training features in {', '.join(missing)} (fine-tuned before quorum stored them; "
+                      "fine-tune again for the distance score)")
+    return [Neighbours(features) for features in stored], ""
 
 
 @dataclass(frozen=True)
@@ -45,13 +85,14 @@ class Threshold:
     value: float | None  # None: no line could be drawn, `reason` says why
     images: int  # validation images it was set on
     reason: str = ""
+    score: str = ENTROPY  # NEIGHBOURS or ENTROPY: what `unknown_score` measures
 
     def flag(self, scores: np.ndarray) -> np.ndarray | None:
         return None if self.value is None else np.asarray(scores) > self.value
 
     def as_dict(self) -> dict:
         """What the CSV's sidecar records (and what a resumed or merged run must share)."""
-        return {"score": SCORE, "keep": self.keep, "threshold": self.value, "validation_images": self.images,
+        return {"score": self.score, "keep": self.keep, "threshold": self.value, "validation_images": self.images,
                 **({"reason": self.reason} if self.reason else {})}
 
 
@@ -61,8 +102,10 @@ def check_keep(keep: float) -> None:
                           f"images that must pass, e.g. {DEFAULT_KEEP}")
 
 
-def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = True) -> Threshold:
-    """The line for these members. `keep` None: DEFAULT_KEEP where the members' validation predictions
+def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = True,
+              neighbours: list[Neighbours] | None = None, fallback: str = "") -> Threshold:
+    """The line for these members, on `neighbours`' distances (`load_neighbours`) or, without them, on
+    entropy (`fallback` says why). `keep` None: DEFAULT_KEEP where the members' validation predictions
     allow it, else no line (old or copied bundles still predict); a number: the line, or a QuorumError.
     `flag` False: no line (`--no-unknown-flag`)."""
     from quorum.predict.validation import aligned_probs, mismatch, read_validation
@@ -70,8 +113,9 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
     required = keep is not None
     keep = DEFAULT_KEEP if keep is None else float(keep)
     check_keep(keep)
+    score = NEIGHBOURS if neighbours is not None else ENTROPY
     if not flag:
-        return Threshold(keep, None, 0, "--no-unknown-flag")
+        return Threshold(keep, None, 0, "--no-unknown-flag", score)
     try:
         runs = [read_validation(info) for info in infos]
         why = mismatch(infos, runs) if len(infos) > 1 else None
@@ -81,8 +125,24 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
     except QuorumError as exc:
         if required:
             raise QuorumError(f"--unknown-keep needs the members' validation predictions: {exc}") from None
-        return Threshold(keep, None, 0, str(exc))
-    probs = aligned_probs(runs)
-    scores = unknown_score(probs, np.ones(probs.shape[:2], bool))
+        return Threshold(keep, None, 0, str(exc), score)
+    if neighbours is not None:
+        scores = validation_distances(neighbours, runs[0].paths)
+    else:
+        probs = aligned_probs(runs)
+        scores = unknown_score(probs, np.ones(probs.shape[:2], bool))
     # The smallest score that at least `keep` of the validation images are at or under.
-    return Threshold(keep, float(np.quantile(scores, keep, method="inverted_cdf")), len(scores))
+    return Threshold(keep, float(np.quantile(scores, keep, method="inverted_cdf")), len(scores), fallback, score)
+
+
+def validation_distances(neighbours: list[Neighbours], paths: list[str]) -> np.ndarray:
+    """(images,): the row score of each validation image in `paths` order (every member ran on each)."""
+    distances = []
+    for member in neighbours:
+        position = {path: i for i, path in enumerate(member.val_paths)}
+        if set(position) != set(paths):
+            raise QuorumError("a member's features.npz lists other validation images than its val_predictions.csv: "
+                              "fine-tune it again")
+        distances.append(member.score(member.val[[position[path] for path in paths]]))
+    return unknown_score(np.zeros((len(neighbours), len(paths), 1)), np.ones((len(neighbours), len(paths)), bool),
+                         np.stack(distances))
