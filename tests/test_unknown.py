@@ -99,17 +99,21 @@ def distance_scores(member: Path, features: np.ndarray) -> np.ndarray:
     return 1 - detector.score(features=features)
 
 
+def validation_scores_by_hand(world: Path) -> np.ndarray:
+    """The members' mean score of each validation image (in path order), from their features.npz."""
+    scores = []
+    for member in [world / "models" / name for name in ("m0", "m1")]:
+        stored = np.load(member / "features.npz")
+        order = np.argsort(stored["val_paths"])
+        scores.append(distance_scores(member, stored["val"].astype(np.float32)[order]))
+    return np.mean(scores, axis=0)
+
+
 def test_the_line_is_set_on_validation_and_flags_the_digits(predicted, world):
     frame = read_predictions(predicted)
     recorded = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]
     assert recorded["score"] == "distance to the nearest training images in the members' features"
-    members = [world / "models" / name for name in ("m0", "m1")]
-    scores = []
-    for member in members:  # each member's validation images, in one (path) order
-        stored = np.load(member / "features.npz")
-        order = np.argsort(stored["val_paths"])
-        scores.append(distance_scores(member, stored["val"].astype(np.float32)[order]))
-    scores = np.mean(scores, axis=0)  # the members' mean, image by image
+    scores = validation_scores_by_hand(world)
     assert recorded["keep"] == 0.95 and recorded["validation_images"] == len(scores) == 18
     assert recorded["threshold"] == pytest.approx(np.quantile(scores, 0.95, method="inverted_cdf"), abs=1e-5)
     assert (scores <= recorded["threshold"]).mean() >= 0.95
@@ -176,6 +180,26 @@ def test_flagged_rows_are_left_out_of_the_trusted_lines(predicted):
     kept = frame[~frame["unknown"]]
     unanimous = int((kept["decided_by"] == "unanimous").sum())
     assert lines[3].startswith(f"decided: {unanimous} unanimous, 0 majority, {len(kept) - unanimous} tie-breaker")
+
+
+def test_the_trust_lines_leave_out_the_validation_images_above_the_line(world, predicted):
+    """predict leaves flagged rows out of its trusted lines; the validation line they are read against
+    leaves out the validation images above the same line, so both describe rows the flag passes."""
+    from quorum.report.trust import validation_trust
+
+    recorded = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]
+    models = select_models(world / "models")
+    scores = validation_scores_by_hand(world)
+    recorded["threshold"] = float(np.sort(scores)[12])  # as --unknown-keep 0.7 would draw it
+    above = int((scores > recorded["threshold"]).sum())
+    assert above == 5
+
+    def images(table: pd.DataFrame) -> int:
+        return int(table.loc[table["group"] == "decided_by", "images"].sum())
+
+    assert images(validation_trust(models)) == 18
+    assert images(validation_trust(models, None, recorded)) == 18 - above
+    assert images(validation_trust(models, None, {**recorded, "threshold": None})) == 18
 
 
 def test_review_puts_the_flagged_rows_in_unknown(predicted, tmp_path):

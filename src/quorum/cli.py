@@ -306,7 +306,8 @@ def _print_closing_lines(frame, out, model_dirs=None) -> None:
     from quorum.predict.table import closing_lines
     from quorum.report.trust import validation_trust
 
-    trust = validation_trust(model_dirs, frame.attrs.get("tie_breaker")) if model_dirs else None
+    trust = (validation_trust(model_dirs, frame.attrs.get("tie_breaker"), frame.attrs.get("unknown"))
+             if model_dirs else None)
     first, *rest = closing_lines(frame, trust)
     if model_dirs and frame.attrs.get("folder"):
         rest += compare(frame, frame.attrs["folder"], labelled_root(model_dirs))

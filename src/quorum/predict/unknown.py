@@ -31,6 +31,7 @@ from quorum.predict.vote import mean_probability
 if TYPE_CHECKING:  # the bundle module loads torch: review and report --preds must fail fast without it
     from quorum.models.bundle import ModelInfo
     from quorum.models.features import TrainingFeatures
+    from quorum.predict.validation import OwnValidation
 
 NEIGHBOURS = "distance to the nearest training images in the members' features"
 ENTROPY = "entropy of the members' mean probability"
@@ -108,7 +109,7 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
     entropy (`fallback` says why). `keep` None: DEFAULT_KEEP where the members' validation predictions
     allow it, else no line (old or copied bundles still predict); a number: the line, or a QuorumError.
     `flag` False: no line (`--no-unknown-flag`)."""
-    from quorum.predict.validation import aligned_probs, mismatch, read_validation
+    from quorum.predict.validation import mismatch, read_validation
 
     required = keep is not None
     keep = DEFAULT_KEEP if keep is None else float(keep)
@@ -126,23 +127,25 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
         if required:
             raise QuorumError(f"--unknown-keep needs the members' validation predictions: {exc}") from None
         return Threshold(keep, None, 0, str(exc), score)
-    if neighbours is not None:
-        scores = validation_distances(neighbours, runs[0].paths)
-    else:
-        probs = aligned_probs(runs)
-        scores = unknown_score(probs, np.ones(probs.shape[:2], bool))
+    scores = validation_scores(runs, neighbours)
     # The smallest score that at least `keep` of the validation images are at or under.
     return Threshold(keep, float(np.quantile(scores, keep, method="inverted_cdf")), len(scores), fallback, score)
 
 
-def validation_distances(neighbours: list[Neighbours], paths: list[str]) -> np.ndarray:
-    """(images,): the row score of each validation image in `paths` order (every member ran on each)."""
+def validation_scores(runs: list[OwnValidation], neighbours: list[Neighbours] | None) -> np.ndarray:
+    """(images,): each shared validation image's `unknown_score` (every member ran on it), in the first
+    member's order (`validation.aligned_probs`'); by distance with `neighbours`, else by entropy."""
+    from quorum.predict.validation import aligned_probs
+
+    probs = aligned_probs(runs)
+    ran = np.ones(probs.shape[:2], bool)
+    if neighbours is None:
+        return unknown_score(probs, ran)
     distances = []
     for member in neighbours:
         position = {path: i for i, path in enumerate(member.val_paths)}
-        if set(position) != set(paths):
+        if set(position) != set(runs[0].paths):
             raise QuorumError("a member's features.npz lists other validation images than its val_predictions.csv: "
                               "fine-tune it again")
-        distances.append(member.score(member.val[[position[path] for path in paths]]))
-    return unknown_score(np.zeros((len(neighbours), len(paths), 1)), np.ones((len(neighbours), len(paths)), bool),
-                         np.stack(distances))
+        distances.append(member.score(member.val[[position[path] for path in runs[0].paths]]))
+    return unknown_score(probs, ran, np.stack(distances))
