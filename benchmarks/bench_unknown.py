@@ -14,8 +14,9 @@
    and kNN distance in Lite1's penultimate features to the training images (cleanlab's OutOfDistribution):
    AUROC and FPR at 95% of in-class test images kept, per no-class source; and with the threshold set
    on validation as `quorum predict` sets it (--unknown-keep 0.95): in-class kept, no-class flagged.
-5. The vote's unanimous rows on the folder, with and without the flag, against the validation trust
-   table's unanimous line.
+5. The vote's unanimous rows on the folder, with and without each flag, against the validation trust
+   table's unanimous line; and `quorum predict` itself (its score, the kNN distance in every member's
+   features, and its printed trust line), in full and with --lazy.
 Runs and arrays are kept under benchmarks/data/unknown/ and reused; the section between the
 bench_unknown markers of --out is replaced.
 """
@@ -51,6 +52,7 @@ if not WEIGHTS.is_dir():
 LITES = (0, 1, 2)
 COUNTS = {"digits": 250, "photos": 250, "textures": 150}
 IN = "in-class"
+PRODUCT = "quorum predict's score: kNN distance, members' mean"
 KNN_MEMBER = 1  # kNN in one member's features (the brief: "a member's"); a torch pass per image is slow here
 
 
@@ -124,46 +126,41 @@ def onnx_logits(bundle: Path, paths: list[Path]) -> np.ndarray:
                                for start in range(0, len(paths), 64)])
 
 
-def lazy_run(bundles: list[Path], paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated probs, ran) of `predict --lazy` on `paths`: members cheapest first, skipped where they
-    cannot change the winner."""
-    import torch
+def product_run(bundles: list[Path], frame: pd.DataFrame, lazy: bool = False) -> pd.DataFrame:
+    """`quorum predict` itself on the folder (default engine, the default line): its unknown_score, unknown,
+    prediction and decided_by, in `frame`'s order; attrs["unknown"]: the line it drew."""
+    from quorum.predict.pipeline import predict
 
-    from quorum.predict.members import (
-        load_members,
-        member_engines,
-        read_members,
-        tie_breaker_index,
-    )
-    from quorum.predict.pipeline import predict_arrays
-
-    infos = read_members(bundles)
-    members = load_members(infos, torch.device("cpu"), member_engines(infos, "auto", "cpu", True), threads=1)
-    outputs = predict_arrays(paths, members, tie_breaker_index(infos), torch.device("cpu"), workers=0, lazy=True,
-                             quiet=True)
-    return outputs.probs, outputs.ran
+    name = "product_lazy" if lazy else "product"
+    path, line = RUNS / "arrays" / f"{name}.csv", RUNS / "arrays" / f"{name}.json"
+    if not path.is_file():
+        made = predict(RUNS / "folder", bundles, workers=0, quiet=True, lazy=lazy)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        made[["path", "prediction", "decided_by", "unknown_score", "unknown"]].to_csv(path, index=False)
+        line.write_text(json.dumps(made.attrs["unknown"]))
+    made = pd.read_csv(path).set_index("path").loc[frame["path"]].reset_index()
+    made.attrs["unknown"] = json.loads(line.read_text())
+    return made
 
 
-def lazy_lines(bundles: list[Path], probs: np.ndarray, frame: pd.DataFrame, passes: dict) -> dict:
-    """What --lazy does to the product's flag: its score over the members that ran, against a full run's
-    (`probs`: calibrated), both at the line `predict` draws (quorum.predict.unknown.threshold)."""
-    from sklearn.metrics import roc_auc_score
+def product_lines(bundles: list[Path], frame: pd.DataFrame, classes: tuple[str, ...]) -> dict:
+    """What a user of `quorum predict` sees: the unanimous rows it does not flag, against the trust line it
+    prints (the validation images its line passes, `report.trust.validation_trust`); and --lazy's flags."""
+    from quorum.report.trust import validation_trust
 
-    from quorum.predict.members import read_members
-    from quorum.predict.unknown import threshold, unknown_score
-
-    lazy_probs, ran = cached("lazy_folder_calibrated", lambda: lazy_run(bundles, passes["folder"]))
-    ran = ran.astype(bool)
-    line = threshold(read_members(bundles)).value
-    full, lazy = unknown_score(probs, np.ones(ran.shape, bool)), unknown_score(lazy_probs, ran)
+    full, lazy = product_run(bundles, frame), product_run(bundles, frame, lazy=True)
+    right = (full["prediction"] == frame["label"]).to_numpy()  # an image of no class (label None) is never right
+    kept = ((full["decided_by"] == "unanimous") & ~full["unknown"].astype(bool)).to_numpy()
+    table = validation_trust(bundles, None, full.attrs["unknown"]).set_index(["group", "level"])
+    line = table.loc[("decided_by", "unanimous")]
     inside = (frame["source"] == IN).to_numpy()
-    return {"skipped": float(1 - ran.mean()), "threshold": line, "differ": int(((full > line) != (lazy > line)).sum()),
-            "flagged full": float((full > line)[~inside].mean()), "flagged lazy": float((lazy > line)[~inside].mean()),
-            "kept full": float((full <= line)[inside].mean()), "kept lazy": float((lazy <= line)[inside].mean()),
-            "auroc lazy": {source: float(roc_auc_score(
-                               (frame["source"] == source)[inside | (frame["source"] == source)],
-                               lazy[inside | (frame["source"] == source).to_numpy()]))
-                           for source in SOURCES}}
+    flags = {"full": full["unknown"].astype(bool).to_numpy(), "lazy": lazy["unknown"].astype(bool).to_numpy()}
+    return {"unknown": full.attrs["unknown"], "score": full["unknown_score"].to_numpy(),
+            "rows": int(kept.sum()), "no-class": int((kept & ~inside).sum()), "accuracy": float(right[kept].mean()),
+            "val rows": int(line["images"]), "val accuracy": float(line["accuracy"]),
+            "lazy differ": int((flags["full"] != flags["lazy"]).sum()),
+            **{f"kept {k}": float((~f)[inside].mean()) for k, f in flags.items()},
+            **{f"flagged {k}": float(f[~inside].mean()) for k, f in flags.items()}}
 
 
 def torch_pass(bundle: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -311,6 +308,8 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     from quorum.models.bundle import read_val_predictions
     from quorum.predict.members import read_members, tie_breaker_index
     from quorum.predict.trust import trust_table
+    from quorum.predict.unknown import load_neighbours, validation_scores
+    from quorum.predict.validation import read_validation
     from quorum.predict.vote import vote
 
     slice_root = make_slice(100, 200).root
@@ -344,6 +343,9 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     scores["max probability, uncalibrated"] = 1 - probs.mean(axis=0).max(axis=1)
     val_scores["max probability, uncalibrated"] = 1 - val_probs.mean(axis=0).max(axis=1)
 
+    product = product_lines(bundles, frame, classes)
+    scores[PRODUCT], val_scores[PRODUCT] = product["score"], validation_scores(
+        [read_validation(info) for info in infos], load_neighbours(infos)[0])
     inside = (frame["source"] == IN).to_numpy()
     y = np.array([classes.index(label) for label in frame.loc[inside, "label"]])
     flags = {name: scores[name] > np.quantile(val_scores[name], keep, method="inverted_cdf") for name in scores}
@@ -354,7 +356,7 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
             "detection": {name: detection(scores[name], val_scores[name], frame, keep) for name in scores},
             "unanimous": unanimous_lines(cal, frame, classes, tie, flags),
             "val_unanimous": {"rows": int(val_unanimous["images"]), "accuracy": float(val_unanimous["accuracy"])},
-            "lazy": lazy_lines(bundles, cal, frame, passes)}
+            "product": product}
 
 
 def render(m: dict, command: str, minutes: float) -> str:
@@ -398,16 +400,16 @@ def render(m: dict, command: str, minutes: float) -> str:
                      + " | ".join(f"{d[s]['flagged (val threshold)']:.1%}" for s in SOURCES)
                      + f" | {u['rows']} | {u['no-class']} | {u['accuracy']:.1%} | "
                      f"{(u['accuracy'] - val['accuracy']) * 100:+.1f} |")
-    lazy = m["lazy"]
-    lines += ["", "### --lazy", "",
-              f"The product's score (the entropy of the members' mean calibrated probability, as predict writes it) "
-              f"at predict's "
-              f"own line ({lazy['threshold']:.3f}), over the members that ran: --lazy skipped {lazy['skipped']:.0%} of "
-              f"member runs; {lazy['differ']} of {len(frame)} rows flagged differently from a full run; in-class kept "
-              f"{lazy['kept lazy']:.1%} (full run {lazy['kept full']:.1%}); "
-              f"no-class flagged {lazy['flagged lazy']:.1%} "
-              f"(full run {lazy['flagged full']:.1%}); AUROC under --lazy: "
-              + ", ".join(f"{s} {lazy['auroc lazy'][s]:.3f}" for s in SOURCES) + "."]
+    p = m["product"]
+    lines += ["", "### What `quorum predict` prints, and --lazy", "",
+              (f"`quorum predict` on the folder (default engine and line, score: {p['unknown']['score']}; line "
+               f"{p['unknown']['threshold']:.3f}): unanimous rows not flagged: {p['rows']}, {p['accuracy']:.1%} right, "
+               f"{p['no-class']} of no class; its trust line (validation images the line passes, unanimous): "
+               f"{p['val accuracy']:.1%} right ({p['val rows']} images), so "
+               f"{(p['accuracy'] - p['val accuracy']) * 100:+.1f} points. In-class kept {p['kept full']:.1%}, "
+               f"no-class flagged {p['flagged full']:.1%}. With --lazy (each row scored by the members that ran): "
+               f"{p['lazy differ']} of {len(frame)} rows flagged differently, in-class kept {p['kept lazy']:.1%}, "
+               f"no-class flagged {p['flagged lazy']:.1%}.")]
     return "\n".join(lines + ["<!-- bench_unknown: end -->"]) + "\n"
 
 

@@ -1,8 +1,8 @@
 """`model.onnx`: a bundle's network as an ONNX graph, so engines other than torch can run it.
 
 1. The graph is the Classifier alone: normalised float32 pixels (batch, 3, size, size) in, logits and
-   the penultimate features (for the unknown score) out, with a dynamic batch axis. Resizing, cropping and mean/std stay in model.json (`Preprocessing`),
-   so every engine is fed the same pixels by the same code.
+   the penultimate features (for the unknown score) out, with a dynamic batch axis. Resizing, cropping
+   and mean/std stay in model.json (`Preprocessing`), so every engine is fed the same pixels by the same code.
 2. torch's own exporter (`dynamo=True`, opset 18): the supported one since torch 2.9. It makes the
    "same" padding of timm's tf_* models constant, which the deprecated TorchScript exporter computes
    at run time: ONNX Runtime ran its EfficientNet-Lite graphs 1.2-2.0x faster (benchmarks/RESULTS.md).

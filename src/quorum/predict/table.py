@@ -287,5 +287,5 @@ def unknown_line(flagged: int, rows: int, unknown: dict | None) -> str:
                 if unknown.get("reason") and unknown.get("score") == ENTROPY else "")
     return (f"no known class: {flagged} of {rows} rows flagged unknown (unknown_score above "
             f"{unknown['threshold']:.3f}, which {unknown['keep']:.0%} of the {unknown['validation_images']} validation "
-            f"images stay under): left out of the lines below (as are the validation images above it), review puts them "
-            f"in _unknown/{fallback}")
+            "images stay under): left out of the lines below (as are the validation images above it), review puts "
+            f"them in _unknown/{fallback}")
