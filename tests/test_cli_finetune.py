@@ -226,6 +226,6 @@ def test_the_issue_command_on_sample_data(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     model_dir = tmp_path / "models" / "mobilenet_v2-64"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "history.csv", "model.json", "model.onnx", "model.safetensors", "val_predictions.csv"]
+        "features.npz", "history.csv", "model.json", "model.onnx", "model.safetensors", "val_predictions.csv"]
     assert len(pd.read_csv(model_dir / "val_predictions.csv")) == 60
     assert "Saved models/mobilenet_v2-64" in result.output

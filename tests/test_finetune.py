@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from torch import nn
@@ -66,7 +68,7 @@ def test_finetune_writes_a_complete_bundle(labelled, tmp_path):
     model_dir = finetune(tiny_recipe(labelled, tmp_path / "models"), quiet=True)
     assert model_dir == tmp_path / "models" / "tinyvgg-32"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "history.csv", "model.json", "model.onnx", "model.safetensors", "val_predictions.csv"]
+        "features.npz", "history.csv", "model.json", "model.onnx", "model.safetensors", "val_predictions.csv"]
     info = json.loads((model_dir / "model.json").read_text())
     assert info["classes"] == ["blue", "green", "red"]
     assert info["image_size"] == 32 and info["backbone"] == "tinyvgg"
@@ -83,6 +85,13 @@ def test_finetune_writes_a_complete_bundle(labelled, tmp_path):
     assert info["metrics"]["accuracy"] == pytest.approx(history.val_accuracy.max())
     model, loaded = bundle.load_model(model_dir)
     assert loaded.classes == ("blue", "green", "red") and not model.training
+    # The kept model's features of its training and validation images, for predict's unknown score.
+    features = np.load(model_dir / "features.npz")
+    split = pd.read_csv(tmp_path / "models" / "split.csv")
+    assert sorted(features["val_paths"]) == sorted(val.path)
+    width = model.head[-1].in_features
+    assert features["train"].shape == ((split.subset == "train").sum(), width) and features["val"].shape == (6, width)
+    assert str(features["weights_sha256"]) == hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
     assert not list((tmp_path / "models").glob(".*")), "no partial or temporary files are left"
 
 
