@@ -150,6 +150,16 @@ def test_the_score_is_each_members_distance_on_both_engines(world, predicted):
     np.testing.assert_allclose(on_torch["unknown_score"], [expected[path] for path in on_torch["path"]], atol=1e-4)
 
 
+def test_tta_scores_each_image_by_its_views_mean_features(world, predicted):
+    models = select_models(world / "models")
+    frame = predict(world / "unlabelled", models, workers=0, quiet=True, tta=3)
+    scores = frame["unknown_score"].to_numpy()
+    assert np.isfinite(scores).all() and ((scores >= 0) & (scores < 1)).all()
+    one_view = read_predictions(predicted).set_index("path").loc[frame["path"], "unknown_score"].to_numpy()
+    assert not np.allclose(scores, one_view)  # the views' features moved the score...
+    assert np.corrcoef(scores, one_view)[0, 1] > 0.8  # ...but not the order of things
+
+
 def test_members_without_stored_features_fall_back_to_entropy(world, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(world / "models", models)
