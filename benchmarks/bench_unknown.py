@@ -44,7 +44,8 @@ from fashion_mnist import DATA, make_slice
 from no_class import SOURCES, make_no_class
 from recipe_report import replace_section
 
-RUNS = DATA / "unknown"
+RUNS = DATA / "unknown"  # per split seed: unknown/ for seed 0, unknown-split<N>/ for --split-seed N
+SPLIT_SEED = 0
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE.parent.parent / "shared" / "weights"  # the worktree's or the checkout's sibling
 if not WEIGHTS.is_dir():
@@ -61,7 +62,7 @@ def train_members(slice_root: Path, jobs: int) -> list[Path]:
     from quorum.data.split import load_or_make_split
 
     RUNS.mkdir(parents=True, exist_ok=True)
-    load_or_make_split(slice_root / "train", RUNS, val_fraction=0.2, seed=0)
+    load_or_make_split(slice_root / "train", RUNS, val_fraction=0.2, seed=SPLIT_SEED)
 
     def run(lite: int) -> Path:
         out = RUNS / f"lite{lite}"
@@ -240,8 +241,10 @@ def detection(score: np.ndarray, val_score: np.ndarray, frame: pd.DataFrame, kee
     return result
 
 
-def calibration_rows(raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, tie: int) -> list[dict]:
-    """ECE (15 bins) of each member and of the vote's confidence, before and after; labels unchanged?"""
+def calibration_rows(raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, tie: int, val_probs: np.ndarray,
+                     val_y: np.ndarray) -> list[dict]:
+    """ECE (15 bins) of each member and of the vote's confidence, before and after; labels unchanged?
+    And the accuracy on validation (where the temperature was fitted) against the test images'."""
     import torch
     from torchmetrics.functional.classification import binary_calibration_error
 
@@ -253,11 +256,13 @@ def calibration_rows(raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, tie
         right = torch.as_tensor(result.label == y, dtype=torch.long)
         return float(binary_calibration_error(torch.as_tensor(result.confidence), right, n_bins=15)), result.label
 
-    rows = [{"who": f"Lite{lite}", "before": expected_calibration_error(raw[m], y),
+    rows = [{"who": f"Lite{lite}", "val accuracy": float((val_probs[m].argmax(1) == val_y).mean()),
+             "test accuracy": float((raw[m].argmax(1) == y).mean()), "before": expected_calibration_error(raw[m], y),
              "after": expected_calibration_error(calibrated[m], y),
              "same labels": bool((raw[m].argmax(1) == calibrated[m].argmax(1)).all())} for m, lite in enumerate(LITES)]
     (before, labels_before), (after, labels_after) = vote_ece(raw), vote_ece(calibrated)
-    rows.append({"who": "vote (confidence)", "before": before, "after": after,
+    rows.append({"who": "vote (confidence)", "val accuracy": float((vote(val_probs, tie).label == val_y).mean()),
+                 "test accuracy": float((labels_before == y).mean()), "before": before, "after": after,
                  "same labels": bool((labels_before == labels_after).all())})
     return rows
 
@@ -352,7 +357,7 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     val_unanimous = trust_table(val_y, vote(val_cal, tie)).set_index(["group", "level"]).loc[
         ("decided_by", "unanimous")]
     return {"frame": frame, "temperatures": temperatures, "keep": keep,
-            "calibration": calibration_rows(probs[:, inside], cal[:, inside], y, tie),
+            "calibration": calibration_rows(probs[:, inside], cal[:, inside], y, tie, val_probs, val_y),
             "detection": {name: detection(scores[name], val_scores[name], frame, keep) for name in scores},
             "unanimous": unanimous_lines(cal, frame, classes, tie, flags),
             "val_unanimous": {"rows": int(val_unanimous["images"]), "accuracy": float(val_unanimous["accuracy"])},
@@ -369,13 +374,14 @@ def render(m: dict, command: str, minutes: float) -> str:
              f"images and {others} of no class ({others / len(frame):.1%}): "
              + ", ".join(f"{source} {counts[source]}" for source in SOURCES)
              + " (benchmarks/no_class.py; all 28x28 grayscale PNG). Members: EfficientNet-Lite0/1/2, ImageNet "
-             "weights, 96 px, 4+4 epochs, 800 train / 200 val images (bench_recipe.py's slice and split).", "",
+             f"weights, 96 px, 4+4 epochs, 800 train / 200 val images (bench_recipe.py's slice; quorum's split, seed "
+             f"{SPLIT_SEED}).", "",
              "### Calibration (one temperature per member, fitted on the 200 validation images)", "",
              "Temperatures: " + ", ".join(f"Lite{lite} {t:.3f}" for lite, t in zip(LITES, m["temperatures"]))
              + f". ECE (15 bins) on the {counts[IN]} in-class test images:", "",
-             "| | ECE before | ECE after | same labels |", "|---|---|---|---|"]
-    lines += [f"| {r['who']} | {r['before']:.3f} | {r['after']:.3f} | {'yes' if r['same labels'] else 'no'} |"
-              for r in m["calibration"]]
+             "| | val accuracy | test accuracy | ECE before | ECE after | same labels |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['who']} | {r['val accuracy']:.1%} | {r['test accuracy']:.1%} | {r['before']:.3f} | "
+              f"{r['after']:.3f} | {'yes' if r['same labels'] else 'no'} |" for r in m["calibration"]]
     lines += ["", f"### Detection: AUROC / FPR at {keep:.0%} of in-class test images kept", "",
               ("Higher score = less like the labelled classes; probability scores on calibrated probabilities. "
               "FPR: the share of a source's images that pass the threshold keeping 95% of in-class test images."), "",
@@ -421,7 +427,12 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print the section, leave --out alone")
     parser.add_argument("--arrays-only", type=int, nargs="+", metavar="LITE",
                         help="only make the arrays of these trained members (while the others still train)")
+    parser.add_argument("--split-seed", type=int, default=0, help="the 80/20 split's seed: another draw of the "
+                        "200 validation images (members trained again, under benchmarks/data/unknown-split<N>/)")
     args = parser.parse_args()
+    global RUNS, SPLIT_SEED
+    if args.split_seed:
+        RUNS, SPLIT_SEED = DATA / f"unknown-split{args.split_seed}", args.split_seed
     import torch
 
     torch.set_num_threads(1)

@@ -269,7 +269,7 @@ def test_two_processes_finetune_one_model_validated_on_every_val_image(tmp_path)
     torchrun("finetune", "tinyvgg", "--data", "data", "--image-size", 32, "--epochs", 2, "--unfreeze-after", 1,
              "--weights", "none", "--workers", 0, "--models-dir", "models", "--quiet", cwd=tmp_path)
     model_dir = tmp_path / "models" / "tinyvgg-32"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["history.csv", "model.json", "model.onnx",
+    assert sorted(p.name for p in model_dir.iterdir()) == ["features.npz", "history.csv", "model.json", "model.onnx",
                                                           "model.safetensors", "val_predictions.csv"]
     split = pd.read_csv(tmp_path / "models" / "split.csv")
     val = split.loc[split["subset"] == "val", "path"]
