@@ -300,3 +300,14 @@ def test_report_says_a_lazy_csvs_members_are_scored_only_where_they_ran(colour_m
     assert 0 < ran < 12  # the constant member is skipped where the two trained ones agree
     assert report.preds["scores"]["red"]["images"] == ran
     assert any(f"red on {ran} of 12" in note and "only on the rows where it ran" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("correct, images", [(152, 159), (2, 3), (57, 57)])
+def test_a_trust_line_gives_the_validation_accuracy_with_its_wilson_interval(correct, images):
+    from quorum.predict.trust import on_validation
+
+    p, z = correct / images, 1.959964  # Wilson's score interval, by its formula
+    centre = (p + z**2 / (2 * images)) / (1 + z**2 / images)
+    half = z / (1 + z**2 / images) * np.sqrt(p * (1 - p) / images + z**2 / (4 * images**2))
+    assert on_validation(correct, images) == (f"on validation {p:.0%} right, {images} images, 95% interval "
+                                              f"{centre - half:.0%}-{centre + half:.0%}")
