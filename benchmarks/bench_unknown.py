@@ -58,11 +58,7 @@ KNN_MEMBER = 1  # kNN in one member's features (the brief: "a member's"); a torc
 
 
 def train_members(slice_root: Path, jobs: int) -> list[Path]:
-    """The three members' bundles, trained once on quorum's split of the slice."""
-    from quorum.data.split import load_or_make_split
-
-    RUNS.mkdir(parents=True, exist_ok=True)
-    load_or_make_split(slice_root / "train", RUNS, val_fraction=0.2, seed=SPLIT_SEED)
+    """The three members' bundles, trained once on quorum's split of the slice (`make_split`)."""
 
     def run(lite: int) -> Path:
         out = RUNS / f"lite{lite}"
@@ -75,6 +71,14 @@ def train_members(slice_root: Path, jobs: int) -> list[Path]:
 
     with ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(run, LITES))
+
+
+def make_split(slice_root: Path) -> None:
+    """RUNS/split.csv: quorum's 80/20 split of the slice's training images, drawn with SPLIT_SEED."""
+    from quorum.data.split import load_or_make_split
+
+    RUNS.mkdir(parents=True, exist_ok=True)
+    load_or_make_split(slice_root / "train", RUNS, val_fraction=0.2, seed=SPLIT_SEED)
 
 
 def make_folder(slice_root: Path) -> pd.DataFrame:
@@ -318,6 +322,7 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     from quorum.predict.vote import vote
 
     slice_root = make_slice(100, 200).root
+    make_split(slice_root)
     frame = make_folder(slice_root)
     passes = image_lists(slice_root, frame)
     if only:  # arrays of members already trained, while the others still train
