@@ -160,3 +160,29 @@ def test_calibrate_refuses_a_model_a_finetune_is_making(trained, tmp_path):
     assert result.output == (f"Error: another quorum run is making or calibrating {old} now: "
                              "calibrate it when that run has finished\n")
     assert (old / bundle.MODEL_JSON).read_bytes() == before
+
+
+def test_quorum_calibrate_gives_an_older_bundle_its_training_features(trained, tmp_path):
+    """A bundle from before features.npz: calibrate makes the file finetune would have written, from the
+    labelled folder and split the bundle records; without that folder it says why and predict falls back."""
+    models = Path(shutil.copytree(trained.parent, tmp_path / "models"))
+    written = np.load(trained / "features.npz")
+    (models / trained.name / "features.npz").unlink()
+    result = CliRunner().invoke(main, ["calibrate", "--models-dir", str(models)])
+    assert result.exit_code == 0, result.output
+    remade = np.load(models / trained.name / "features.npz")
+    assert list(remade["val_paths"]) == list(written["val_paths"])
+    for share in ("train", "val"):
+        np.testing.assert_allclose(remade[share].astype(np.float32), written[share].astype(np.float32), atol=1e-2)
+
+    (models / trained.name / "features.npz").unlink()
+    data = Path(json.loads((trained / bundle.MODEL_JSON).read_text())["split"]["root"])
+    moved = data.rename(data.with_name("moved"))
+    try:
+        result = CliRunner().invoke(main, ["calibrate", "--models-dir", str(models)])
+    finally:
+        moved.rename(data)
+    assert result.exit_code == 0, result.output
+    assert f"Warning: no features.npz for {trained.name}: its labelled folder ({data}) or" in " ".join(
+        result.output.split())
+    assert not (models / trained.name / "features.npz").exists()

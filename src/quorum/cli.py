@@ -290,7 +290,8 @@ def calibrate(names, models_dir):
     on their validation predictions, and store it in each model.json.
 
     quorum finetune does it already; this is for models made before. Without it such a model is
-    calibrated when loaded, each time; a label never changes, only how sure it reads.
+    calibrated when loaded, each time; a label never changes, only how sure it reads. A model without
+    features.npz (the unknown score's training features) also gets it, from the labelled folder it records.
     """
     from quorum.models.temperature import calibrate_models
     from quorum.predict.members import select_models

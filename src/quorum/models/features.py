@@ -79,6 +79,21 @@ def training_sample(paths: list[str]) -> list[str]:
     return [paths[i] for i in np.linspace(0, len(paths) - 1, MAX_TRAINING_IMAGES).astype(int)]
 
 
+def store_training_features(model_dir: Path, inference, root: Path, train_paths: list[str], val_paths: list[str],
+                            batch_size: int = 32, workers: int = 0, quiet: bool = False) -> None:
+    """model_dir/features.npz from `inference` (a `TorchInference` of the bundle's model) on its training
+    images (a sample of MAX_TRAINING_IMAGES at most) and its validation images, under `root`."""
+    train_paths = training_sample(train_paths)
+
+    def features_of(pixels: torch.Tensor) -> np.ndarray:
+        return inference.with_features(pixels)[1]
+
+    found = [image_features(features_of, inference.preprocessing, root, paths, batch_size, workers,
+                            f"features of the {len(paths)} {share} images", quiet)
+             for share, paths in (("training", train_paths), ("validation", val_paths))]
+    save_training_features(model_dir, *found, val_paths)
+
+
 def save_training_features(model_dir: Path, train: np.ndarray, val: np.ndarray, val_paths: list[str]) -> None:
     """model_dir/features.npz, tagged with the weights it came from (a model fine-tuned again never meets
     another's features). Unreadable images' NaN rows are left out of `train`."""
@@ -99,3 +114,21 @@ def read_training_features(info: ModelInfo) -> TrainingFeatures | None:
                                     stored["val_paths"].tolist())
     except (OSError, KeyError, ValueError):
         return None
+
+
+def add_training_features(info: ModelInfo, quiet: bool = False) -> str | None:
+    """features.npz for a bundle fine-tuned before finetune stored it, from the labelled folder and the split
+    its model.json records (`quorum calibrate`); None once written, else why it could not be."""
+    from quorum.models.bundle import load_model, read_val_predictions
+    from quorum.models.inference import TorchInference
+
+    split = info.raw.get("split", {})
+    root, table = Path(split.get("root") or ""), info.path.parent / split.get("file", "split.csv")
+    if not split.get("root") or not root.is_dir() or not table.is_file():
+        return f"its labelled folder ({split.get('root') or 'not recorded'}) or {table} is not there"
+    train_paths = files.read_csv(table, dtype={"path": str}).query("subset == 'train'")["path"].tolist()
+    val_paths = read_val_predictions(info.path, info.classes)[0]
+    model, _ = load_model(info.path, "cpu")
+    store_training_features(info.path, TorchInference(model, info.preprocessing, torch.device("cpu")), root,
+                            train_paths, val_paths, quiet=quiet)
+    return None

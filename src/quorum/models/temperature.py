@@ -24,6 +24,7 @@ from quorum.calibration import fit_calibration
 from quorum.console import say
 from quorum.errors import QuorumError
 from quorum.models.bundle import (
+    FEATURES,
     MODEL_JSON,
     VAL_PREDICTIONS,
     ModelInfo,
@@ -32,6 +33,7 @@ from quorum.models.bundle import (
     read_val_predictions,
     write_model_json,
 )
+from quorum.models.features import add_training_features, read_training_features
 
 CALIBRATION = "calibration"  # the model.json key
 _fitted: dict[tuple, dict | None] = {}  # per process: an older bundle is fitted, and said so, once
@@ -100,6 +102,12 @@ def calibrate_models(model_dirs: list[Path], quiet: bool = False) -> dict[str, d
             except QuorumError as exc:
                 raise QuorumError(f"cannot calibrate {info.path.name}: {exc}") from None
         _store(fitted, quiet)
+        for info, _ in fitted.values():  # bundles from before features.npz: the unknown score's distances
+            if read_training_features(info) is None:
+                why = add_training_features(info, quiet)
+                say(f"{info.path.name}: {info.path / FEATURES} written (the unknown score's training features)"
+                    if why is None else f"[yellow]Warning: no {FEATURES} for {info.path.name}: {why}; predict scores "
+                    "its images by entropy (fine-tune it again for the distance score)[/yellow]", quiet)
     return {path.name: block for path, (_, block) in fitted.items()}
 
 

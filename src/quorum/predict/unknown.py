@@ -76,7 +76,7 @@ def load_neighbours(infos: list[ModelInfo]) -> tuple[list[Neighbours] | None, st
                if features is None or len(features.train) < 2]
     if missing:
         return None, (f"no training features in {', '.join(missing)} (fine-tuned before quorum stored them; "
-                      "fine-tune again for the distance score)")
+                      "quorum calibrate adds them)")
     return [Neighbours(features) for features in stored], ""
 
 

@@ -28,7 +28,7 @@ from quorum.errors import QuorumError
 from quorum.metrics import classification_metrics
 from quorum.models import bundle
 from quorum.models.classifier import count_parameters, first_trainable_block, freeze
-from quorum.models.features import image_features, save_training_features, training_sample
+from quorum.models.features import store_training_features
 from quorum.models.inference import TorchInference
 from quorum.models.registry import get_backbone
 from quorum.train import cache, checkpoint
@@ -243,16 +243,10 @@ class TrainingRun:
     def save_features(self) -> None:
         """The kept model's features of the training and validation images (`models.features`), for predict's
         unknown score: the distance from an image to its nearest training images in them."""
-        val_paths = [path for path, _ in self.split.items("val")]
-        train_paths = training_sample([path for path, _ in self.split.items("train")])
-
-        def features_of(pixels: torch.Tensor) -> np.ndarray:
-            return self.inference.with_features(pixels)[1]
-
-        found = [image_features(features_of, self.preprocessing, self.split.root, paths, self.recipe.batch_size,
-                                self.recipe.workers, f"features of the {len(paths)} {share} images", self.quiet)
-                 for share, paths in (("training", train_paths), ("validation", val_paths))]
-        save_training_features(self.work_dir, *found, val_paths)
+        store_training_features(self.work_dir, self.inference, self.split.root,
+                                [path for path, _ in self.split.items("train")],
+                                [path for path, _ in self.split.items("val")], self.recipe.batch_size,
+                                self.recipe.workers, self.quiet)
 
     def print_finished_model(self, final_dir: Path) -> None:
         print_finished_model(final_dir, self.history, self.best, self.quiet)
