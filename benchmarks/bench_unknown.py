@@ -134,12 +134,13 @@ def onnx_logits(bundle: Path, paths: list[Path]) -> np.ndarray:
 def product_run(bundles: list[Path], frame: pd.DataFrame, lazy: bool = False) -> pd.DataFrame:
     """`quorum predict` itself on the folder (default engine, the default line): its unknown_score, unknown,
     prediction and decided_by, in `frame`'s order; attrs["unknown"]: the line it drew."""
+    from quorum.predict.options import PredictOptions
     from quorum.predict.pipeline import predict
 
     name = "product_lazy" if lazy else "product"
     path, line = RUNS / "arrays" / f"{name}.csv", RUNS / "arrays" / f"{name}.json"
     if not path.is_file():
-        made = predict(RUNS / "folder", bundles, workers=0, quiet=True, lazy=lazy)
+        made = predict(RUNS / "folder", bundles, PredictOptions(workers=0, lazy=lazy), quiet=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         made[["path", "prediction", "decided_by", "unknown_score", "unknown"]].to_csv(path, index=False)
         line.write_text(json.dumps(made.attrs["unknown"]))

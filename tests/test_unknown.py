@@ -134,8 +134,8 @@ def test_the_score_is_each_members_distance_on_both_engines(world, predicted):
     from quorum.models.inference import TorchInference
 
     models = select_models(world / "models")
-    onnx = predict(world / "unlabelled", models, workers=0, quiet=True, engine="onnx")
-    on_torch = predict(world / "unlabelled", models, workers=0, quiet=True, engine="torch")
+    onnx = predict(world / "unlabelled", models, PredictOptions(workers=0, engine="onnx"), quiet=True)
+    on_torch = predict(world / "unlabelled", models, PredictOptions(workers=0, engine="torch"), quiet=True)
     np.testing.assert_allclose(onnx["unknown_score"], on_torch["unknown_score"], atol=1e-4)
     assert onnx["unknown"].tolist() == on_torch["unknown"].tolist()
     # By hand, member by member, in torch: the same pixels predict feeds, the features the head reads.
@@ -152,7 +152,7 @@ def test_the_score_is_each_members_distance_on_both_engines(world, predicted):
 
 def test_tta_scores_each_image_by_its_views_mean_features(world, predicted):
     models = select_models(world / "models")
-    frame = predict(world / "unlabelled", models, workers=0, quiet=True, tta=3)
+    frame = predict(world / "unlabelled", models, PredictOptions(workers=0, tta=3), quiet=True)
     scores = frame["unknown_score"].to_numpy()
     assert np.isfinite(scores).all() and ((scores >= 0) & (scores < 1)).all()
     one_view = read_predictions(predicted).set_index("path").loc[frame["path"], "unknown_score"].to_numpy()
