@@ -35,7 +35,7 @@ from bench_predict import _round_folders, naive_predict
 from fashion_mnist import DATA, ROOT, make_slice
 from make_photos import make_labelled_set, make_predict_set
 from members import build, trios
-from quorum.data.images import find_images
+from quorum.data.images import scan_images
 from quorum.models import onnx_export
 from quorum.models.bundle import INT8_ONNX, ONNX, read_info
 from quorum.models.inference import engine_threads, onnx_session
@@ -134,7 +134,7 @@ def speed_rows(model_dirs: list[Path]) -> list[list[str]]:
 
 def predict_speeds(folder: Path, model_dirs: list[Path], tie_breaker: str, rounds: int) -> dict[str, float]:
     """images/s for the naive way, `--engine onnx` and `--engine int8` on the same photos, in turns."""
-    paths = find_images(folder)
+    paths = scan_images(folder).images
     for path in paths:
         path.read_bytes()  # every way then reads from the page cache
     parts = _round_folders(folder, paths, rounds)
@@ -148,7 +148,7 @@ def predict_speeds(folder: Path, model_dirs: list[Path], tie_breaker: str, round
         for way in ways[number % 3:] + ways[:number % 3]:
             began = time.perf_counter()
             if way == "naive":
-                naive_predict(find_images(part), model_dirs, tie, 32, 2)
+                naive_predict(scan_images(part).images, model_dirs, tie, 32, 2)
             else:
                 predict(part, model_dirs, PredictOptions(tie_breaker=tie_breaker, device="cpu", engine=way,
                                                          workers=2), quiet=True)
@@ -187,8 +187,8 @@ def main(args: argparse.Namespace) -> int:
         _step("int8 graphs and scores")
         quantize_models(models, quiet=True)
         lines += [f"Accuracy on the validation split ({read_info(models[0]).raw['split']['val_images']} images) and on "
-                  f"{len(find_images(data.test))} test images; agreement = share of test images where the model's "
-                  "label is the teachers' vote's:", ""]
+                  f"{len(scan_images(data.test).images)} test images; agreement = share of test images where the "
+                  "model's label is the teachers' vote's:", ""]
         lines += _table(["model", "val", "test", "agrees with the vote"], scores(data.test, models))
     if "speed" in args.steps:
         _step("graph speeds")

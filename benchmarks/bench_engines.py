@@ -31,7 +31,7 @@ from bench_flops import matmul_gflops
 from bench_predict import _round_folders, naive_predict
 from make_photos import DATA, ROOT, make_labelled_set, make_predict_set
 from members import build, trios
-from quorum.data.images import find_images
+from quorum.data.images import scan_images
 from quorum.models.bundle import ONNX, load_model, read_info
 from quorum.models.inference import engine_threads, onnx_session
 from quorum.predict.members import select_models
@@ -58,12 +58,12 @@ class TrioResult:
 
 def bench_trio(name: str, folder: Path, model_dirs: list[Path], tie_breaker: str, rounds: int,
                batch_size: int, workers: int) -> TrioResult:
-    paths = find_images(folder)
+    paths = scan_images(folder).images
     for path in paths:  # every way then reads the files from the page cache
         path.read_bytes()
     parts = _round_folders(folder, paths, rounds)
     tie = [path.name for path in model_dirs].index(tie_breaker)
-    warm = find_images(parts[0])[:batch_size]
+    warm = scan_images(parts[0]).images[:batch_size]
     naive_predict(warm, model_dirs, tie, batch_size, workers)
     seconds, naive_labels, frames = dict.fromkeys(WAYS, 0.0), [], {way: [] for way in WAYS if way != "naive"}
     for _way, (engine, lazy) in ((w, e) for w, e in WAYS.items() if e):  # warm-up: imports, kernels, sessions
@@ -74,7 +74,7 @@ def bench_trio(name: str, folder: Path, model_dirs: list[Path], tie_breaker: str
         for way in order[number % len(order):] + order[:number % len(order)]:
             began = time.perf_counter()
             if way == "naive":
-                naive_labels.append(naive_predict(find_images(part), model_dirs, tie, batch_size, workers))
+                naive_labels.append(naive_predict(scan_images(part).images, model_dirs, tie, batch_size, workers))
             else:
                 engine, lazy = WAYS[way]
                 options = PredictOptions(tie_breaker=tie_breaker, device="cpu", engine=engine, lazy=lazy, probs=True,

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from quorum.data.images import find_images
+from quorum.data.images import scan_images
 from quorum.data.preprocess import INTERPOLATIONS
 from quorum.models.bundle import load_model, read_info
 from quorum.predict.members import load_members
@@ -81,7 +81,7 @@ class PredictResult:
 
 def bench_predict(trio: str, folder: Path, labels_csv: Path, model_dirs: list[Path], tie_breaker: str,
                   batch_size: int, workers: int, warmup_images: int, rounds: int) -> PredictResult:
-    paths = find_images(folder)
+    paths = scan_images(folder).images
     names = [path.name for path in model_dirs]
     tie = names.index(tie_breaker)
     for path in paths:  # every way then reads the files from the page cache, none from disk
@@ -121,7 +121,7 @@ def _timed_rounds(parts: list[Path], model_dirs: list[Path], tie_breaker: str, b
         for way in WAYS[number % 3:] + WAYS[:number % 3]:
             began = time.perf_counter()
             if way == "naive":
-                labels.append(naive_predict(find_images(part), model_dirs, tie, batch_size, workers))
+                labels.append(naive_predict(scan_images(part).images, model_dirs, tie, batch_size, workers))
             else:
                 options = PredictOptions(tie_breaker=tie_breaker, device="cpu", batch_size=batch_size, workers=workers,
                                          lazy=way == "lazy")

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from quorum.calibration import calibrate
 from quorum.cli import main
-from quorum.data.images import find_images, load_rgb
+from quorum.data.images import load_rgb, scan_images
 from quorum.errors import QuorumError
 from quorum.models import bundle, onnx_export
 from quorum.models.engine import check_engine, resolve_engine
@@ -134,7 +134,7 @@ def test_lazy_runs_the_tie_breaker_on_part_of_a_batch_and_stays_exact(trio, imag
     """The lazy runner's partial-batch path, with real, different networks (issue 13, item 14)."""
     infos = read_members(select_models(trio))
     members = load_members(infos, torch.device("cpu"), member_engines(infos, engine, "cpu", quiet=True))
-    paths = find_images(images)
+    paths = scan_images(images).images
     full = predict_arrays(paths, members, 2, torch.device("cpu"), batch_size=8, workers=0, quiet=True)
     lazy = predict_arrays(paths, members, 2, torch.device("cpu"), batch_size=8, workers=0, quiet=True, lazy=True)
     tie_ran = lazy.ran[2].reshape(-1, 8)  # the tie-breaker, per batch of 8

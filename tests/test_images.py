@@ -15,7 +15,6 @@ from image_factory import (
 )
 from quorum.data.images import (
     UnreadableImage,
-    find_images,
     image_extensions,
     load_rgb,
     scan_images,
@@ -48,7 +47,7 @@ def pixel(image, x, y):
 # --- discovery -------------------------------------------------------------------------
 
 
-def test_find_images_recurses_sorts_by_relative_path_and_skips_hidden(tmp_path):
+def test_scan_images_recurses_sorts_by_relative_path_and_skips_hidden(tmp_path):
     root = tmp_path / ".cache" / "photos"  # a hidden folder *above* the root is fine
     wanted = ["Z.png", "a.JPG", "b.jpeg", "sub/c.webp", "sub/deeper/d.TIFF", "sub/e.gif", "sub/f.tga"]
     unwanted = [".hidden.png", ".thumbs/f.png", "sub/.git/g.png", "notes.txt", "sub/readme.md", "bmp"]
@@ -59,8 +58,7 @@ def test_find_images_recurses_sorts_by_relative_path_and_skips_hidden(tmp_path):
     scan = scan_images(root)
 
     # Code-point order: "Z" < "a", and "sub/..." after the top-level files.
-    assert [p.relative_to(root).as_posix() for p in scan.images] == wanted == \
-        [p.relative_to(root).as_posix() for p in find_images(root)]
+    assert [p.relative_to(root).as_posix() for p in scan.images] == wanted
     assert all(p.is_absolute() == root.is_absolute() for p in scan.images)
     assert scan.skipped == {"hidden": 1, "hidden folder": 2, ".txt": 1, ".md": 1, "no extension": 1}
     assert scan.summary() == "skipped 4 files (1 .md, 1 .txt, 1 with no extension, 1 hidden) and 2 hidden folders"
@@ -87,9 +85,9 @@ def test_links_to_folders_are_followed_once_and_every_other_file_is_counted(tmp_
                               "1 link out of the folder")
 
 
-def test_find_images_on_a_missing_folder_names_it(tmp_path):
+def test_scan_images_on_a_missing_folder_names_it(tmp_path):
     with pytest.raises(QuorumError, match="image folder not found: .*nowhere"):
-        find_images(tmp_path / "nowhere")
+        scan_images(tmp_path / "nowhere")
 
 
 # --- decoding valid files --------------------------------------------------------------

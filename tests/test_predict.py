@@ -74,7 +74,7 @@ def test_broken_files_get_error_rows_and_change_no_other_row(mixed, tiny_models,
     broken = {"awkward/" + name for name in ("empty.jpg", "truncated.jpg", "truncated.png", "notes.jpg", "bomb.png")}
     assert len(broken) == len(UNREADABLE)
 
-    # One row per file, in find_images order, errors marked with their reason.
+    # One row per file, in scan_images order, errors marked with their reason.
     assert frame["path"].tolist() == sorted(frame["path"], key=str) and len(frame) == 6 + 22
     errors = frame[frame["status"] == "error"]
     assert set(errors["path"]) == broken

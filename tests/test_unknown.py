@@ -23,7 +23,7 @@ from quorum.predict import shards
 from quorum.predict.members import select_models
 from quorum.predict.options import PredictOptions, Shard
 from quorum.predict.pipeline import predict
-from quorum.predict.table import closing_lines, read_predictions
+from quorum.predict.table import closing_lines, read_predictions, write_predictions
 from quorum.train.finetune import finetune
 from quorum.train.recipe import Recipe
 
@@ -246,7 +246,7 @@ def test_shards_merge_into_the_whole_runs_flags(world, tmp_path):
     for index in range(2):
         part = predict(world / "unlabelled", models, PredictOptions(workers=0, shard=Shard(index, 2)), quiet=True)
         parts.append(tmp_path / f"part{index}.csv")
-        shards.write_part(part, parts[-1])
+        write_predictions(part, parts[-1])
     merged = shards.merge(parts)
     pd.testing.assert_frame_equal(merged[["path", "unknown_score", "unknown"]],
                                   whole[["path", "unknown_score", "unknown"]],

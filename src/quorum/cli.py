@@ -210,7 +210,7 @@ def predict(folder, out, models_dir, models, shard, resume, quiet, force, **fiel
     check_folder(folder)  # before torch loads: a mistake costs a second, not a model load
     options = PredictOptions(shard=parse_shard(shard) if shard else WHOLE, **fields)
     options.check()
-    from quorum.predict import partial_rows, shards
+    from quorum.predict import partial_rows
     from quorum.predict.members import select_models
     from quorum.predict.pipeline import predict as run_predict
     from quorum.predict.table import check_writable, write_predictions
@@ -225,10 +225,7 @@ def predict(folder, out, models_dir, models, shard, resume, quiet, force, **fiel
         raise
     if frame is None:  # another torchrun process: rank 0 writes
         return
-    if options.shard.is_whole:
-        write_predictions(frame, out)
-    else:
-        shards.write_part(frame, out)
+    write_predictions(frame, out)  # a shard's CSV too: its sidecar makes it a part to merge
     partial_rows.remove(progress)  # only now: the rows are safe in `out`
     _print_closing_lines(frame, out, select_models(models_dir, models))
 

@@ -145,11 +145,6 @@ def check_utf8_names(folder: Path, paths: list[Path]) -> None:
                           f"e.g. convmv -f latin1 -t utf-8 -r --notest {folder}")
 
 
-def find_images(folder: Path) -> list[Path]:
-    """The image files of `scan_images(folder)`."""
-    return scan_images(folder).images
-
-
 def load_rgb(path: Path) -> Image.Image:
     """Decode `path` fully into an upright 8-bit RGB image, or raise UnreadableImage."""
     path = Path(path)

@@ -69,7 +69,7 @@ def predict(folder: Path, model_dirs: list[Path], options: PredictOptions, *, qu
     With a `progress` folder, rows are kept there as they finish, and `resume` skips those it holds.
     `frame.attrs` holds `members`, `tie_breaker`, `min_agreement`, `lazy` and `unknown` for `table.closing_lines`,
     `vote` (the rule, its weights and tta) for the CSV's sidecar,
-    `identity` (with `progress` or a shard) for `shards.write_part`, and `folder` for the CSV's sidecar.
+    `identity` (with `progress` or a shard: what makes a shard's CSV a part) and `folder` for the CSV's sidecar.
     """
     options.check()  # a mistake should cost seconds, not a model load or a decoded folder
     device = device_for_engine(options.engine, options.device)

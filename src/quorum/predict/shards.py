@@ -24,14 +24,7 @@ from quorum.predict.table import (
     member_columns,
     read_predictions,
     sidecar,
-    write_predictions,
 )
-
-
-def write_part(frame: pd.DataFrame, out: Path) -> None:
-    """The shard's CSV, then the sidecar (`table.write_predictions`) that makes it a part: a part
-    without one is never merged."""
-    write_predictions(frame, out)
 
 
 def merge(parts: list[Path]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from quorum import files
 from quorum.data import check as look
-from quorum.data.images import find_images
+from quorum.data.images import scan_images
 from quorum.data.split import SPLIT_FILE, scan_labelled
 from quorum.errors import QuorumError
 from quorum.models.features import frozen_features
@@ -91,7 +91,7 @@ def run_check(data: Path, out: Path, unlabelled: Path | None = None, models_dir:
     rows += found
     if unlabelled is not None:
         unlabelled = Path(unlabelled)
-        others = [path.relative_to(unlabelled).as_posix() for path in find_images(unlabelled)]
+        others = [path.relative_to(unlabelled).as_posix() for path in scan_images(unlabelled).images]
         odd, other_thumbs = look.look_at(unlabelled, others)
         rows += [{**row, "path": str(unlabelled / row["path"]), "file": unlabelled / row["path"]} for row in odd]
         other_prints = look.Prints(look.hashes(unlabelled, others), other_thumbs,
