@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_sample_data import CLASS_NAMES, DEBIAN_SOURCE, read_split
 from quorum.predict.members import load_members, read_members, tie_breaker_index
-from quorum.predict.trust import trust_table
+from quorum.predict.trust_table import trust_table
 from quorum.predict.vote import vote
 from quorum.report.sources import read_validation, run_on_folder, stack_validation
 

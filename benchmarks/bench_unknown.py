@@ -151,8 +151,8 @@ def product_run(bundles: list[Path], frame: pd.DataFrame, lazy: bool = False) ->
 
 def product_lines(bundles: list[Path], frame: pd.DataFrame, classes: tuple[str, ...]) -> dict:
     """What a user of `quorum predict` sees: the unanimous rows it does not flag, against the trust line it
-    prints (the validation images its line passes, `report.trust.validation_trust`); and --lazy's flags."""
-    from quorum.report.trust import validation_trust
+    prints (the validation images its line passes, `report.validation_trust.validation_trust`); and --lazy's flags."""
+    from quorum.report.validation_trust import validation_trust
 
     full, lazy = product_run(bundles, frame), product_run(bundles, frame, lazy=True)
     right = (full["prediction"] == frame["label"]).to_numpy()  # an image of no class (label None) is never right
@@ -317,7 +317,7 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     from quorum.calibration import calibrate, fit_temperature
     from quorum.models.bundle import read_val_predictions
     from quorum.predict.members import read_members, tie_breaker_index
-    from quorum.predict.trust import trust_table
+    from quorum.predict.trust_table import trust_table
     from quorum.predict.unknown import load_neighbours, validation_scores
     from quorum.predict.validation import read_validation
     from quorum.predict.vote import vote

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import quorum
 from image_factory import write_labelled_folder
 from quorum import files
+from quorum.data.pseudo_labels import read_pseudo_labels
 from quorum.data.split import load_or_make_split
-from quorum.data.unlabelled import read_pseudo_labels
 from quorum.predict.review import review
 from quorum.predict.table import (
     MemberOutputs,

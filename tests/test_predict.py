@@ -24,7 +24,7 @@ from quorum.predict.members import load_members, read_members, select_models
 from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict, predict_arrays
 from quorum.predict.table import closing_lines
-from quorum.predict.trust import trust_table
+from quorum.predict.trust_table import trust_table
 from quorum.predict.vote import vote
 
 CAT, DOG, FOX = range(3)

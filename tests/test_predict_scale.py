@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from image_factory import write_good_images, write_labelled_folder
 from quorum import files
 from quorum.cli import main
-from quorum.data.unlabelled import changed_files
+from quorum.data.predictions_csv import changed_files
 from quorum.models.bundle import load_model
 from quorum.predict.members import select_models
 from quorum.predict.options import PredictOptions, Shard

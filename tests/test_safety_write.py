@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from quorum import files
 from quorum.cli import main
-from quorum.data.unlabelled import paths_digest, read_pseudo_labels, read_soft_targets, sidecar
+from quorum.data.predictions_csv import paths_digest, sidecar
+from quorum.data.pseudo_labels import read_pseudo_labels, read_soft_targets
 from quorum.errors import QuorumError
 from quorum.predict.table import read_predictions
 

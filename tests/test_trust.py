@@ -22,7 +22,7 @@ from quorum.predict.members import select_models
 from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 from quorum.predict.table import DTYPES, read_predictions, write_predictions
-from quorum.predict.trust import coverage_curve, trust_table
+from quorum.predict.trust_table import coverage_curve, trust_table
 from quorum.predict.vote import vote
 from quorum.train.finetune import finetune
 from quorum.train.recipe import Recipe
@@ -304,7 +304,7 @@ def test_report_says_a_lazy_csvs_members_are_scored_only_where_they_ran(colour_m
 
 @pytest.mark.parametrize("correct, images", [(152, 159), (2, 3), (57, 57)])
 def test_a_trust_line_gives_the_validation_accuracy_with_its_wilson_interval(correct, images):
-    from quorum.predict.trust import on_validation
+    from quorum.predict.trust_table import on_validation
 
     p, z = correct / images, 1.959964  # Wilson's score interval, by its formula
     centre = (p + z**2 / (2 * images)) / (1 + z**2 / images)

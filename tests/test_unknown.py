@@ -195,7 +195,7 @@ def test_flagged_rows_are_left_out_of_the_trusted_lines(predicted):
 def test_the_trust_lines_leave_out_the_validation_images_above_the_line(world, predicted):
     """predict leaves flagged rows out of its trusted lines; the validation line they are read against
     leaves out the validation images above the same line, so both describe rows the flag passes."""
-    from quorum.report.trust import validation_trust
+    from quorum.report.validation_trust import validation_trust
 
     recorded = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]
     models = select_models(world / "models")

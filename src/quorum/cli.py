@@ -116,7 +116,8 @@ def finetune(resplit, resume, quiet, **fields):
     frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The best epoch by
     validation accuracy is kept. Run `quorum backbones` for the choices of BACKBONE.
     """
-    from quorum.data.unlabelled import check_distill_csv, check_predictions_csv
+    from quorum.data.predictions_csv import check_predictions_csv
+    from quorum.data.pseudo_labels import check_distill_csv
 
     recipe = Recipe(**fields)
     recipe.check()  # a mistake costs well under a second: importing torch takes several
@@ -302,7 +303,7 @@ def _print_closing_lines(frame, out, model_dirs=None) -> None:
     from quorum.console import say
     from quorum.predict.folder_check import compare, labelled_root
     from quorum.predict.table import closing_lines
-    from quorum.report.trust import validation_trust
+    from quorum.report.validation_trust import validation_trust
 
     trust = (validation_trust(model_dirs, frame.attrs.get("tie_breaker"), frame.attrs.get("unknown"))
              if model_dirs else None)
@@ -438,7 +439,7 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
     agreement, tie-breaker decisions, each member left out), every vote rule side by side
     (accuracy, macro F1, ECE) with the one these images support, and training curves.
     """
-    from quorum.data.unlabelled import check_predictions_csv
+    from quorum.data.predictions_csv import check_predictions_csv
     from quorum.models.engine import check_engine
 
     if preds is not None:

@@ -25,11 +25,11 @@ from pathlib import Path
 import pandas as pd
 
 from quorum import files
-from quorum.data.unlabelled import changed_files, check_inside, check_predictions_csv, read_sidecar
+from quorum.data.predictions_csv import changed_files, check_inside, check_predictions_csv, read_sidecar
 from quorum.errors import QuorumError
 from quorum.predict import ranking
 from quorum.predict.table import OK, member_columns, members_of, read_predictions
-from quorum.predict.trust import below
+from quorum.predict.trust_table import below
 from quorum.predict.vote import MAJORITY, TIE_BREAKER, UNKNOWN
 
 UNKNOWN_DIR = "_unknown"  # rows of no known class; README's copy command leaves folders starting "_" out

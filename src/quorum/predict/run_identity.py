@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quorum import files
+from quorum.data.predictions_csv import paths_digest
 from quorum.errors import QuorumError
 from quorum.models.bundle import MODEL_JSON, WEIGHTS, ModelInfo
 
@@ -33,7 +34,8 @@ def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], op
 
     The options that change a row, with those resolved for these members: the tie-breaker's name, each
     member's engine, the unknown line and the vote (the rule, its fitted weights and the TTA views)."""
-    return {"folder": str(Path(folder).resolve()), "files": len(relative_paths), "listing": digest(relative_paths),
+    return {"folder": str(Path(folder).resolve()), "files": len(relative_paths),
+            "listing": paths_digest(relative_paths),
             "members": {info.path.name: member_digest(info.path) for info in infos},
             "classes": list(infos[0].classes), "tie_breaker": tie_breaker, "lazy": options.lazy,
             "probs": options.probs, "min_agreement": options.min_agreement, "shard": str(options.shard),
@@ -44,11 +46,6 @@ def describe_vote(voting: dict) -> str:
     weights = voting.get("weights")
     shown = f" ({', '.join(f'{name} {w:.2f}' for name, w in weights.items())})" if weights else ""
     return f"--vote {voting['rule']}{shown} --tta {voting.get('tta', 1)}"
-
-
-def digest(lines: list[str]) -> str:
-    """A short hash of a list of paths: enough to tell two file lists apart."""
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def member_digest(model_dir: Path) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from quorum.data.predictions_csv import paths_digest
 from quorum.errors import QuorumError
 from quorum.predict import run_identity
 from quorum.predict.options import WHOLE, Shard, parse_shard
@@ -81,7 +82,7 @@ def _read_part(part: Path, shard: Shard, info: dict, run: dict) -> pd.DataFrame:
     expected = columns(names, tuple(run["classes"]), run["probs"], run["min_agreement"] is not None)
     positions = shard.positions(run["files"])
     if (table.columns.tolist() != expected or len(table) != len(positions)
-            or run_identity.digest(table["path"].tolist()) != info["paths"]):
+            or paths_digest(table["path"].tolist()) != info["paths"]):
         raise QuorumError(f"{part} is not the CSV its {sidecar(part).name} describes (edited or replaced?): "
                           f"predict shard {shard} again")
     labels = table[["prediction", *(member_columns(name)[0] for name in names)]].to_numpy().ravel()

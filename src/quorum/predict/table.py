@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from quorum import files
-from quorum.data.unlabelled import paths_digest, sidecar
+from quorum.data.predictions_csv import paths_digest, sidecar
 from quorum.errors import QuorumError
-from quorum.predict.trust import at_least, at_least_lines, below, decided_by_lines
+from quorum.predict.trust_table import at_least, at_least_lines, below, decided_by_lines
 from quorum.predict.unknown import ENTROPY, Threshold, unknown_score
 from quorum.predict.vote import DECIDED_BY, MAJORITY_RULE, UNKNOWN, vote
 
@@ -241,7 +241,7 @@ def file_fingerprint(path: Path) -> str:
 
 def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> list[str]:
     """A few lines for a person: rows, errors, predictions per class, how rows were decided and, with
-    `trust` (`trust.trust_table` on validation), how often each kind was right there."""
+    `trust` (`trust_table.trust_table` on validation), how often each kind was right there."""
     ok = frame[frame["status"] == OK]
     lines = [f"{len(frame)} rows, {len(frame) - len(ok)} errors"]
     flagged = ok["unknown"].fillna(False).astype(bool) if "unknown" in ok else pd.Series(False, index=ok.index)

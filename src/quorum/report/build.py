@@ -45,7 +45,7 @@ from quorum.report.sources import (
     run_on_folder,
     stack_validation,
 )
-from quorum.report.trust import trust
+from quorum.report.validation_trust import trust
 
 ENSEMBLE = "ensemble"
 
@@ -60,8 +60,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     preds: dict | None = None  # scores.describe_predictions of a predict CSV
-    trust: pd.DataFrame | None = None  # predict.trust.trust_table of the vote where labels are known
-    curve: pd.DataFrame | None = None  # predict.trust.coverage_curve of the same
+    trust: pd.DataFrame | None = None  # predict.trust_table.trust_table of the vote where labels are known
+    curve: pd.DataFrame | None = None  # predict.trust_table.coverage_curve of the same
     galleries: dict = field(default_factory=dict)  # gallery tiles: "review" and "wrong", with "*_note"
     reliability: dict[str, Reliability] = field(default_factory=dict)  # per model and `ensemble`: ECE, curves
     rules: dict | None = None  # report.rules.compare_rules: every vote rule on the same images
@@ -166,7 +166,7 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
 
 def folder_check(preds: Path, frame: pd.DataFrame, infos: list[ModelInfo]) -> list[str]:
     """predict's folder check (is the --preds folder like the labelled one?), where both folders are here."""
-    from quorum.data.unlabelled import read_sidecar, sidecar
+    from quorum.data.predictions_csv import read_sidecar, sidecar
     from quorum.predict.folder_check import compare, labelled_root
 
     try:

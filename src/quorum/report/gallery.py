@@ -19,7 +19,7 @@ import pandas as pd
 
 from quorum import files
 from quorum.data.images import UnreadableImage, load_rgb
-from quorum.data.unlabelled import read_sidecar
+from quorum.data.predictions_csv import read_sidecar
 from quorum.errors import QuorumError
 from quorum.predict.vote import vote
 from quorum.report.sources import Labelled

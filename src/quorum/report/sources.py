@@ -15,8 +15,8 @@ from rich.markup import escape
 
 from quorum import files
 from quorum.console import say
+from quorum.data.predictions_csv import check_predictions_csv
 from quorum.data.split import scan_labelled_counting
-from quorum.data.unlabelled import check_predictions_csv
 from quorum.errors import QuorumError
 from quorum.models.bundle import ModelInfo
 from quorum.predict.table import (

@@ -23,8 +23,8 @@ from rich.markup import escape
 
 from quorum import distributed, files
 from quorum.console import say
+from quorum.data.pseudo_labels import PseudoLabels, SoftTargets, read_pseudo_labels, read_soft_targets
 from quorum.data.split import SPLIT_FILE, SPLIT_SETTINGS, Split, find_unreadable, load_or_make_split
-from quorum.data.unlabelled import PseudoLabels, SoftTargets, read_pseudo_labels, read_soft_targets
 from quorum.device import pick_device, threads_for
 from quorum.errors import QuorumError
 from quorum.models import bundle, onnx_export, weights

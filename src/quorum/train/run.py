@@ -22,8 +22,8 @@ from quorum import distributed, files
 from quorum.calibration import fit_calibration
 from quorum.console import say
 from quorum.data.datasets import LabelledImages, make_loader
+from quorum.data.pseudo_labels import PseudoLabels, SoftTargets
 from quorum.data.split import Split
-from quorum.data.unlabelled import PseudoLabels, SoftTargets
 from quorum.errors import QuorumError
 from quorum.metrics import classification_metrics
 from quorum.models import bundle

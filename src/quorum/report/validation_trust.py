@@ -10,7 +10,7 @@ import pandas as pd
 
 from quorum.errors import QuorumError
 from quorum.predict.members import read_members, tie_breaker_index
-from quorum.predict.trust import coverage_curve, trust_table
+from quorum.predict.trust_table import coverage_curve, trust_table
 from quorum.predict.unknown import NEIGHBOURS, load_neighbours, validation_scores
 from quorum.predict.vote import vote
 from quorum.report.sources import Labelled, mismatch, read_validation, stack_validation

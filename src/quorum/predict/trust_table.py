@@ -13,7 +13,7 @@ import pandas as pd
 
 # Agreement levels are fractions like 2/3; a level typed as 0.67 means "2 of 3", so levels are
 # compared to two decimals rather than exactly (2/3 < 0.67 would otherwise flag every 2-of-3 row).
-from quorum.data.unlabelled import AGREEMENT_TOLERANCE
+from quorum.data.predictions_csv import AGREEMENT_TOLERANCE
 from quorum.predict.vote import DECIDED_BY, Votes
 
 TRUST_COLUMNS = ["group", "level", "images", "coverage", "correct", "accuracy"]
