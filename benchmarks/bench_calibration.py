@@ -80,7 +80,7 @@ def measure(model_dirs: list[Path], test: Path, engines: list[str]) -> dict:
     from quorum.predict.vote import vote
 
     infos = [read_info(d) for d in model_dirs]
-    names, classes = [info.name for info in infos], infos[0].classes
+    names, classes = [info.path.name for info in infos], infos[0].classes
     raws = [raw_test_probs(d, test) for d in model_dirs]
     paths, y = raws[0][2], raws[0][1]
     assert all(r[2] == paths for r in raws)
@@ -89,7 +89,7 @@ def measure(model_dirs: list[Path], test: Path, engines: list[str]) -> dict:
     result = {"members": {}, "vote": {}, "images": len(y)}
     for info, probs in zip(infos, raw):
         block = info.raw["calibration"]
-        result["members"][info.name] = {"temperature": block["temperature"], "val_ece_before": block["ece_before"],
+        result["members"][info.path.name] = {"temperature": block["temperature"], "val_ece_before": block["ece_before"],
                                         "val_ece_after": block["ece_after"], "val_images": block["images"],
                                         "accuracy": float((probs.argmax(1) == y).mean()),
                                         "ece_before": expected_calibration_error(probs, y)}

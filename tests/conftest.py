@@ -33,8 +33,8 @@ def save_model(models_dir: Path, name: str, backbone: str, image_size: int, clas
     model_dir.mkdir(parents=True)
     bundle.save_weights(model, model_dir)
     bundle.write_model_json(model_dir, {
-        "name": name, "backbone": backbone, "image_size": image_size, "mean": list(entry.mean),
-        "std": list(entry.std), "classes": list(classes), "metrics": {"accuracy": accuracy},
+        "name": name, "backbone": backbone, **entry.preprocessing(image_size).as_dict(),
+        "classes": list(classes), "metrics": {"accuracy": accuracy},
     })
     return model_dir
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 from quorum.cli import main
@@ -16,15 +15,6 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 QUICK_MODELS = ["mobilenet_v2-32", "mobilenet_v2-48", "resnet50-32"]
 REPORT_FILES = ["summary.csv", "scores.json", "confusion_matrices.png", "best_vs_ensemble.png", "training_curves.png",
                 "accuracy_vs_time.png", "preds_agreement.png", "preds_classes.png", "index.html", "predictions.csv"]
-
-
-@pytest.fixture
-def one_thread():
-    """On a busy 2-core machine OpenMP's spinning threads make small models many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -135,7 +135,7 @@ def test_each_member_sees_the_pixels_torchvisions_eval_transform_gives(mixed, ti
     for m, member in enumerate(members):
         info = member.info
         transform = T.Compose([T.Resize(int(info.image_size / 0.875), antialias=True), T.CenterCrop(info.image_size),
-                               T.ToTensor(), T.Normalize(info.mean, info.std)])
+                               T.ToTensor(), T.Normalize(info.preprocessing.mean, info.preprocessing.std)])
         x = torch.stack([transform(load_rgb(path)) for path in paths])
         with torch.inference_mode():
             # member.run is the calibrated wrapper; these models have no val_predictions.csv, so T = 1.

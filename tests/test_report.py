@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 from sklearn.metrics import (
     accuracy_score,
@@ -69,8 +68,8 @@ def write_handmade(models_dir: Path, name: str, labels, digest: str = "split-1",
     if real_weights:
         bundle.save_weights(weights.build(entry, len(classes), "none"), model_dir)
     bundle.write_model_json(model_dir, {
-        "name": name, "backbone": "tinyvgg", "image_size": 32, "mean": list(entry.mean), "std": list(entry.std),
-        "classes": list(classes), "num_params": 1000, "metrics": {"accuracy": VAL_ACCURACY.get(name, 0.5)},
+        "name": name, "backbone": "tinyvgg", **entry.preprocessing(32).as_dict(), "classes": list(classes),
+        "num_params": 1000, "metrics": {"accuracy": VAL_ACCURACY.get(name, 0.5)},
         "split": {"file": "split.csv", "digest": digest, "val_images": len(paths)},
     })
     return model_dir
@@ -273,15 +272,6 @@ def test_preds_that_is_not_a_predict_csv_is_refused(trio, tmp_path, content, mes
         preds.write_text(content)
     with pytest.raises(QuorumError, match=message):
         build_report(trio, preds=preds, timing=False)
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine OpenMP's spinning slows them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_data_scores_the_same_vote_predict_casts(tiny_models, tmp_path, one_thread):

@@ -34,10 +34,8 @@ class Preprocessing:
 
     @classmethod
     def from_model_json(cls, raw: dict) -> Preprocessing:
-        """Bundles written before crop_fraction and interpolation were saved used the defaults."""
         return cls(size=int(raw["image_size"]), mean=tuple(raw["mean"]), std=tuple(raw["std"]),
-                   crop_fraction=float(raw.get("crop_fraction", CROP_FRACTION)),
-                   interpolation=str(raw.get("interpolation", "bilinear")))
+                   crop_fraction=float(raw["crop_fraction"]), interpolation=str(raw["interpolation"]))
 
     def as_dict(self) -> dict:
         """The fields model.json keeps (image_size, not size: the name the rest of model.json uses)."""
@@ -54,7 +52,7 @@ class Preprocessing:
     @property
     def resize_mode(self) -> T.InterpolationMode:
         """The model's own interpolation, for training and evaluation alike."""
-        return INTERPOLATIONS.get(self.interpolation, T.InterpolationMode.BILINEAR)
+        return INTERPOLATIONS[self.interpolation]
 
     def eval_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
         """Resize the short side to size / crop_fraction (floored, as timm does), centre-crop: uint8 (3, size, size)."""
@@ -68,8 +66,7 @@ class Preprocessing:
         and shifted crops the same way). Beyond the eval crop's margin, a shift reads black padding."""
         if not 1 <= views <= TTA_MAX_VIEWS:
             raise ValueError(f"views must be 1..{TTA_MAX_VIEWS}, got {views}")
-        mode = INTERPOLATIONS.get(self.interpolation, T.InterpolationMode.BILINEAR)
-        resize = T.Resize(round(self.size / self.crop_fraction), interpolation=mode, antialias=True)
+        resize = T.Resize(round(self.size / self.crop_fraction), interpolation=self.resize_mode, antialias=True)
         shift = max(1, self.size // 16)
         offsets = [(0, 0), (-shift, -shift), (shift, shift), (-shift, shift), (shift, -shift)]
 

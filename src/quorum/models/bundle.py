@@ -44,14 +44,10 @@ class ModelInfo:
     """What `model.json` says, typed where the rest of quorum reads it."""
 
     path: Path
-    name: str
     backbone: str
     image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     classes: tuple[str, ...]
-    metrics: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict, repr=False)
+    raw: dict = field(default_factory=dict, repr=False)  # all of model.json, for the keys read once
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -59,7 +55,13 @@ class ModelInfo:
 
     @property
     def val_accuracy(self) -> float:
-        return float(self.metrics.get("accuracy", 0.0))
+        return float(self.raw.get("metrics", {}).get("accuracy", 0.0))
+
+    @property
+    def labelled_root(self) -> Path | None:
+        """The labelled folder the model was fine-tuned on, where model.json records it."""
+        root = self.raw.get("split", {}).get("root")
+        return Path(root) if root else None
 
 
 def lock_path(model_dir: Path) -> Path:
@@ -97,9 +99,8 @@ def read_info(model_dir: Path) -> ModelInfo:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise QuorumError(f"{model_dir / MODEL_JSON} is broken ({exc!r}): fine-tune the model again") from None
     check_model_json(raw, model_dir / MODEL_JSON)
-    return ModelInfo(path=model_dir, name=raw["name"], backbone=raw["backbone"], image_size=raw["image_size"],
-                     mean=tuple(raw["mean"]), std=tuple(raw["std"]), classes=tuple(raw["classes"]),
-                     metrics=raw.get("metrics", {}), raw=raw)
+    return ModelInfo(path=model_dir, backbone=raw["backbone"], image_size=raw["image_size"],
+                     classes=tuple(raw["classes"]), raw=raw)
 
 
 def _number(value) -> bool:
@@ -125,8 +126,8 @@ SCHEMA = {
                    "a positive whole number of pixels"),
     "mean": (True, _rgb, "a list of 3 numbers, one per RGB channel"),
     "std": (True, lambda v: _rgb(v, above_zero=True), "a list of 3 numbers above 0, one per RGB channel"),
-    "crop_fraction": (False, lambda v: _number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
-    "interpolation": (False, lambda v: v in INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}"),
+    "crop_fraction": (True, lambda v: _number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
+    "interpolation": (True, lambda v: v in INTERPOLATIONS, f"one of {', '.join(INTERPOLATIONS)}"),
     "classes": (True, _class_names, "a non-empty list of distinct class names"),
     "metrics": (False, lambda v: isinstance(v, dict), "an object"),
 }

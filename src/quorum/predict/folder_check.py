@@ -72,9 +72,7 @@ def looks(paths: list[Path]) -> Looks | None:
 
 def labelled_root(model_dirs: list[Path]) -> Path | None:
     """The labelled folder the first member was fine-tuned on, as its model.json records it."""
-    raw = read_info(sorted(model_dirs, key=lambda path: Path(path).name)[0]).raw
-    root = raw.get("split", {}).get("root") or raw.get("recipe", {}).get("data")
-    return Path(root) if root else None
+    return read_info(sorted(model_dirs, key=lambda path: Path(path).name)[0]).labelled_root
 
 
 def compare(frame: pd.DataFrame, folder: Path, labelled_root: Path | None) -> list[str]:

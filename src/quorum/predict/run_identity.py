@@ -43,9 +43,9 @@ def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], op
 
 
 def describe_vote(voting: dict) -> str:
-    weights = voting.get("weights")
+    weights = voting["weights"]
     shown = f" ({', '.join(f'{name} {w:.2f}' for name, w in weights.items())})" if weights else ""
-    return f"--vote {voting['rule']}{shown} --tta {voting.get('tta', 1)}"
+    return f"--vote {voting['rule']}{shown} --tta {voting['tta']}"
 
 
 def member_digest(model_dir: Path) -> str:
@@ -78,10 +78,9 @@ def difference(one: dict, other: dict, where: tuple[str, str] = ("then", "now"),
                     "(give the same --engine)")
         if key == "members":
             a, b = ", ".join(a or []), ", ".join(b or [])
-        if key == "vote":  # runs from before the rule was recorded voted by majority, without TTA
-            a, b = (describe_vote(x or {"rule": "majority", "tta": 1}) for x in (a, b))
-        if key == "engines":  # a run from before engines were recorded, or other members
-            a, b = (", ".join(f"{name} {e}" for name, e in x.items()) if isinstance(x, dict) else "unrecorded"
-                    for x in (a, b))
+        if key == "vote":
+            a, b = describe_vote(a), describe_vote(b)
+        if key == "engines":  # other members
+            a, b = (", ".join(f"{name} {e}" for name, e in x.items()) for x in (a, b))
         return f"{label} {a} {where[0]} but {b} {where[1]}"
     return None

@@ -49,9 +49,7 @@ def stack_validation(infos: list[ModelInfo], runs: list[OwnValidation]) -> Label
     """The members' validation predictions aligned by path (call only when `mismatch` is None)."""
     order = runs[0].paths
     source = f"the shared validation split ({len(order)} images)"
-    split = infos[0].raw.get("split", {})
-    root = split.get("root") or infos[0].raw.get("recipe", {}).get("data")  # older bundles: as given to finetune
-    return Labelled(source, order, runs[0].y_true, aligned_probs(runs), root=Path(root) if root else None)
+    return Labelled(source, order, runs[0].y_true, aligned_probs(runs), root=infos[0].labelled_root)
 
 
 def run_on_folder(folder: Path, members: list, tie_breaker: int, device, batch_size: int = 32, workers: int = 2,

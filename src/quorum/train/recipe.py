@@ -85,7 +85,7 @@ class Recipe:
 
     @property
     def keeps_norm_stats(self) -> bool:
-        """Phase 2 BatchNorm uses running statistics (a recipe saved before norm_stats existed: no)."""
+        """Phase 2 BatchNorm uses running statistics (`resolve` sets norm_stats)."""
         return self.norm_stats == "keep"
 
     def as_dict(self) -> dict:
