@@ -39,3 +39,11 @@ def test_eval_pixels_are_timms_own(size, photo):
     theirs = timm_data.create_transform(**config, is_training=False)(photo)
     ours = quorum_input(get_backbone("timm/tf_efficientnet_lite0"), size, photo)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [224, 96])  # 96 / 0.875 = 109.7: floored, as eval_pixels does
+def test_tta_view_0_is_the_eval_crop(size, photo):
+    preprocessing = get_backbone("timm/tf_efficientnet_lite0").preprocessing(size)
+    views = preprocessing.tta_pixels(2)(photo)
+    assert torch.equal(views[0], preprocessing.eval_pixels()(photo))
+    assert torch.equal(views[1], views[0].flip(-1))

@@ -56,8 +56,10 @@ class Preprocessing:
 
     def eval_pixels(self) -> Callable[[Image.Image], torch.Tensor]:
         """Resize the short side to size / crop_fraction (floored, as timm does), centre-crop: uint8 (3, size, size)."""
-        resize = T.Resize(math.floor(self.size / self.crop_fraction), interpolation=self.resize_mode, antialias=True)
-        return T.Compose([resize, T.CenterCrop(self.size), T.PILToTensor()])
+        return T.Compose([self._eval_resize(), T.CenterCrop(self.size), T.PILToTensor()])
+
+    def _eval_resize(self) -> T.Resize:
+        return T.Resize(math.floor(self.size / self.crop_fraction), interpolation=self.resize_mode, antialias=True)
 
     def tta_pixels(self, views: int) -> Callable[[Image.Image], torch.Tensor]:
         """Test-time augmentation: uint8 (views, 3, size, size) from one decode and one resize. View 0 is
@@ -66,7 +68,7 @@ class Preprocessing:
         and shifted crops the same way). Beyond the eval crop's margin, a shift reads black padding."""
         if not 1 <= views <= TTA_MAX_VIEWS:
             raise ValueError(f"views must be 1..{TTA_MAX_VIEWS}, got {views}")
-        resize = T.Resize(round(self.size / self.crop_fraction), interpolation=self.resize_mode, antialias=True)
+        resize = self._eval_resize()
         shift = max(1, self.size // 16)
         offsets = [(0, 0), (-shift, -shift), (shift, shift), (-shift, shift), (shift, -shift)]
 
