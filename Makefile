@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --all
 
 clean:
 	rm -rf $(VENV) models reports preds.csv

@@ -1,7 +1,7 @@
 """Which images to label next (issue 21, part a): does `review --budget --rank disagreement` pick images worth
 more than a random pick of the same size?
 
-    python benchmarks/bench_active.py [--draws 0 1 2] [--budget 100] [--jobs 2] [--write]
+    python benchmarks/bench_active.py [--draws 0 1 2] [--budget 100] [--jobs 2] [--out FILE] [--no-write]
 
 Per draw of Fashion-MNIST (benchmarks/fashion_mnist.py: 30 labelled images per class, as sample_data has,
 3,000 unlabelled, 2,000 test):
@@ -17,9 +17,7 @@ The figure: test accuracy per ranking, and disagreement's gain over random, per 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,29 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fashion_mnist import DATA, ROOT, make_slice
+from common import DATA, WEIGHTS, finetune_lite, marked, output_args, publish, quorum, step
+from fashion_mnist import make_slice
 from quorum.predict.ranking import select
 from quorum.predict.table import read_predictions
 
 RUNS = DATA / "active"
 RANKS = ("disagreement", "margin", "random")
-WEIGHTS = ROOT.parent / "shared" / "weights"
-SECTION = "## Which images to label next (`bench_active.py`)"
-
-
-def quorum(*args: str) -> None:
-    """A quorum command in its own process on one thread (nice: the machine is shared)."""
-    subprocess.run(["nice", "-n", "10", sys.executable, "-m", "quorum", *args], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def finetune(data: Path, models: Path, lite: int, weights_dir: Path) -> Path:
-    name = f"lite{lite}"
-    if not (models / name / "model.json").is_file():
-        quorum("finetune", f"timm/tf_efficientnet_lite{lite}", "--data", str(data), "--image-size", "96", "--epochs",
-               "8", "--unfreeze-after", "4", "--weights", str(weights_dir / f"tf_efficientnet_lite{lite}.safetensors"),
-               "--models-dir", str(models), "--name", name, "--workers", "0", "--device", "cpu", "--quiet")
-    return models / name
 
 
 def accuracy(model_dir: Path, test: Path) -> float:
@@ -84,7 +66,7 @@ def run_draw(draw: int, budget: int, jobs: int, weights_dir: Path) -> dict[str, 
     root = RUNS / f"draw{draw}"
     committee = root / "committee"
     with ThreadPoolExecutor(jobs) as pool:
-        members = list(pool.map(lambda lite: finetune(data.train, committee, lite, weights_dir), range(3)))
+        members = list(pool.map(lambda n: finetune_lite(committee, f"lite{n}", n, data.train, weights_dir), range(3)))
     preds = root / "unlabelled.csv"
     if not preds.is_file():
         quorum("predict", str(data.unlabelled), "--out", str(preds), "--models-dir", str(committee), "--probs", "-q")
@@ -94,15 +76,15 @@ def run_draw(draw: int, budget: int, jobs: int, weights_dir: Path) -> dict[str, 
                                      select(frame, budget, rank, seed=draw)[0]["path"].tolist(), root / rank / "data")
                for rank in RANKS}
     with ThreadPoolExecutor(jobs) as pool:
-        retrained = dict(zip(RANKS, pool.map(lambda rank: finetune(folders[rank], root / rank / "models", 0,
-                                                                     weights_dir), RANKS)))
+        retrained = dict(zip(RANKS, pool.map(lambda rank: finetune_lite(root / rank / "models", "lite0", 0,
+                                                                          folders[rank], weights_dir), RANKS)))
     scores = {"before": accuracy(members[0], data.test)}
     scores.update({rank: accuracy(model_dir, data.test) for rank, model_dir in retrained.items()})
     return scores
 
 
 def render(results: dict[int, dict[str, float]], budget: int, command: str, minutes: float) -> str:
-    lines = [SECTION, "",
+    lines = ["## Which images to label next (`bench_active.py`)", "",
              "Fashion-MNIST, 30 labelled images per class, 3,000 unlabelled, 2,000 test images per draw; "
              "the committee "
              f"is the Lite trio at 96 px (4+4 epochs); each ranking adds {budget} labelled images, then Lite0 is "
@@ -118,7 +100,7 @@ def render(results: dict[int, dict[str, float]], budget: int, command: str, minu
     means = {key: np.mean([scores[key] for scores in results.values()]) for key in ("before", *RANKS)}
     lines.append("| mean | " + " | ".join(f"{means[key]:.2%}" for key in ("before", *RANKS))
                  + f" | **{np.mean(gains):+.2f}** (from {min(gains):+.2f} to {max(gains):+.2f}) |")
-    return "\n".join(lines) + "\n"
+    return marked("bench_active", lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,20 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS)
-    parser.add_argument("--write", action="store_true", help="add or replace the section in benchmarks/RESULTS.md")
+    output_args(parser)
     args = parser.parse_args(argv)
     began = time.perf_counter()
     results = {}
     for draw in args.draws:
         results[draw] = run_draw(draw, args.budget, args.jobs, args.weights_dir)
-        print(f"[{time.strftime('%H:%M:%S')}] draw {draw}: {results[draw]}", file=sys.stderr, flush=True)
+        step(f"draw {draw}: {results[draw]}")
     command = " ".join(["python benchmarks/bench_active.py", *(argv if argv is not None else sys.argv[1:])])
     text = render(results, args.budget, command, (time.perf_counter() - began) / 60)
-    print(text)
-    if args.write:
-        from bench_loop import write_section
-
-        write_section(text, SECTION)
+    publish(text, args.out, write=not args.no_write)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Calibration on held-out real images: each member's and the vote's ECE before and after the temperatures
 `quorum finetune` fits on validation, and whether any label changed.
 
-    python benchmarks/bench_calibration.py [--lites 0 1 2] [--out benchmarks/RESULTS.md]
+    python benchmarks/bench_calibration.py [--lites 0 1 2] [--out FILE] [--no-write]
 
 1. A Fashion-MNIST slice (benchmarks/fashion_mnist.py): 100 train images per class, which quorum splits
    80/20 into train/val once, and a disjoint test set of 200 per class (2,000).
@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: the machine
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,24 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fashion_mnist import DATA, ROOT, make_slice
-from recipe_report import replace_section
+from common import DATA, finetune_lite, marked, output_args, publish
+from fashion_mnist import make_slice
 
 MODELS = DATA / "calibration" / "models"
-WEIGHTS = ROOT.parent / "shared" / "weights"
-
-
-def train(lite: int, train_dir: Path) -> Path:
-    """`quorum finetune` Lite`lite` 4+4 at 96 px on one thread, niced; a finished model is reused."""
-    model_dir = MODELS / f"lite{lite}"
-    if not (model_dir / "model.json").is_file():
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT / "src")}
-        subprocess.run(["nice", "-n", "10", sys.executable, "-m", "quorum", "finetune",
-                        f"timm/tf_efficientnet_lite{lite}", "--data", str(train_dir), "--image-size", "96",
-                        "--epochs", "8", "--unfreeze-after", "4", "--weights",
-                        str(WEIGHTS / f"tf_efficientnet_lite{lite}.safetensors"), "--models-dir", str(MODELS),
-                        "--name", f"lite{lite}", "--workers", "0", "--device", "cpu", "--quiet"], env=env, check=True)
-    return model_dir
 
 
 def raw_test_probs(model_dir: Path, test: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -123,7 +108,7 @@ def measure(model_dirs: list[Path], test: Path, engines: list[str]) -> dict:
 
 def render(result: dict, engines: list[str], command: str) -> str:
     e0 = engines[0]
-    lines = ["<!-- bench_calibration: start -->", "## Calibration: ECE before and after the temperatures", "",
+    lines = ["## Calibration: ECE before and after the temperatures", "",
              f"`{command}`, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC. Data: 100 Fashion-MNIST train images "
              "per class, quorum's 80/20 split (800 train, 200 val); EfficientNet-Lite0/1/2 with the ImageNet weights "
              "of ../shared/weights, `quorum finetune` 4+4 epochs at 96 px, batch 32, one thread each. Each member's "
@@ -149,26 +134,24 @@ def render(result: dict, engines: list[str], command: str) -> str:
               f"{v['ece_test_fitted']:.3f} |", "",
               f"Where two numbers are given they are for the {' and '.join(engines)} engines. "
               f"`quorum predict` on the 2,000 images took {v[f'predict_seconds_{e0}']:.0f} s ({e0}) on a shared, "
-              f"busy machine (load average {os.getloadavg()[0]:.1f} at the end).",
-              "<!-- bench_calibration: end -->", ""]
-    return "\n".join(lines)
+              f"busy machine (load average {os.getloadavg()[0]:.1f} at the end)."]
+    return marked("bench_calibration", lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lites", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--engines", nargs="+", default=["torch", "onnx"])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    output_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = make_slice(100, 200)
-    model_dirs = [train(lite, data.train) for lite in args.lites]
+    model_dirs = [finetune_lite(MODELS, f"lite{lite}", lite, data.train) for lite in args.lites]
     result = measure(model_dirs, data.test, args.engines)
     (DATA / "calibration" / "result.json").write_text(json.dumps(result, indent=1))
     command = "python benchmarks/bench_calibration.py" + " ".join([""] + sys.argv[1:])
     section = render(result, args.engines, command)
-    print(section)
-    replace_section(args.out, section)
+    publish(section, args.out, write=not args.no_write)
     return 0
 
 

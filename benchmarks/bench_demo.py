@@ -27,12 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_recipe import train_in_process
-from fashion_mnist import DATA, make_slice
-from recipe_report import publish
+from common import DATA, marked, members_vote, output_args, publish, train_in_process
+from fashion_mnist import make_slice
 
 RUNS = DATA / "demo"
-HERE = Path(__file__).resolve().parent
 TRAIN_PER_CLASS, TEST_PER_CLASS = 30, 100  # sample_data/labelled has 30 per class
 
 # Recipe fields each variant changes, per member (Lite0, Lite1, Lite2), on top of the demo's plan:
@@ -67,13 +65,10 @@ def run_member(draw: Path, split: Path, variant: str, lite: int, fields: dict) -
 
 
 def score(members: list[dict]) -> dict:
-    from quorum.predict.vote import default_tie_breaker, vote
-
     labels = members[0]["labels"]
     probs = np.stack([m["probs"] for m in members])
     accuracies = [float((m["probs"].argmax(1) == labels).mean()) for m in members]
-    names = [f"member{k}" for k in range(len(members))]  # in the given order: Lite0, Lite1, Lite2
-    votes = vote(probs, default_tie_breaker([max(m["val_accuracy"]) for m in members], names))
+    votes = members_vote(probs, [max(m["val_accuracy"]) for m in members])  # equal: Lite0, Lite1, Lite2
     vote_accuracy = float((votes.label == labels).mean())
     return {"members": accuracies, "vote": vote_accuracy, "margin": vote_accuracy - max(accuracies),
             "ties": float((votes.decided_by == "tie-breaker").mean()),
@@ -81,7 +76,7 @@ def score(members: list[dict]) -> dict:
 
 
 def render(scores: dict, variants: list[str], draws: list[int], command: str) -> str:
-    lines = ["<!-- bench_demo: start -->", "## The demo's vote beyond its sample (`bench_demo.py`)", "",
+    lines = ["## The demo's vote beyond its sample (`bench_demo.py`)", "",
              f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Each draw: {TRAIN_PER_CLASS} "
              f"Fashion-MNIST train images per class (as sample_data/labelled; quorum's 80/20 split) and a disjoint "
              f"test set of {TEST_PER_CLASS * 10} images. Members: the demo's offline plan (EfficientNet-Lite0/1/2, "
@@ -100,7 +95,7 @@ def render(scores: dict, variants: list[str], draws: list[int], command: str) ->
         lines.append(f"| **{variant}** | mean | " + " | ".join(f"{a:.1%}" for a in members)
                      + f" | {mean['vote']:.1%} | **{mean['margin'] * 100:+.1f}** "
                        f"(above on {wins} of {len(draws)}) | | | |")
-    return "\n".join(lines + ["<!-- bench_demo: end -->"]) + "\n"
+    return marked("bench_demo", lines)
 
 
 def main() -> int:
@@ -108,8 +103,7 @@ def main() -> int:
     parser.add_argument("--draws", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--no-write", action="store_true", help="print the section, leave --out alone")
+    output_args(parser)
     args = parser.parse_args()
     from quorum.data.split import load_or_make_split
 

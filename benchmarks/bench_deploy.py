@@ -1,6 +1,6 @@
 """One model to ship (issue 22): students distilled from the ensemble, and int8 graphs, against the members.
 
-    python benchmarks/bench_deploy.py [--steps train predict students int8 speed] [--out FILE]
+    python benchmarks/bench_deploy.py [--steps train predict students int8 speed] [--out FILE] [--no-write]
 
 1. Data: the recipe benchmark's Fashion-MNIST slice (100 labelled images per class, which quorum splits 80/20),
    3,000 unlabelled images (300 per class, disjoint) and 2,000 test images (benchmarks/fashion_mnist.py).
@@ -24,15 +24,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench_predict import _round_folders, naive_predict
-from fashion_mnist import DATA, ROOT, make_slice
+from bench_predict import naive_predict, round_folders
+from common import DATA, WEIGHTS, finetune_lite, interleaved_speeds, marked, output_args, publish, quorum, step, table
+from fashion_mnist import make_slice
 from make_photos import make_labelled_set, make_predict_set
 from members import build, trios
 from quorum.data.images import scan_images
@@ -48,20 +48,6 @@ MODELS = RUNS / "models"
 TEACHERS = ("lite0", "lite1", "lite2")
 STUDENTS = ("student-lite0", "student-lite2")
 STEPS = ("train", "predict", "students", "int8", "speed")
-
-
-def quorum(*args: str) -> None:
-    """A quorum command in its own process on one thread, as a user runs it (nice: the machine is shared)."""
-    subprocess.run(["nice", "-n", "10", sys.executable, "-m", "quorum", *args], check=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def finetune(name: str, lite: int, train: Path, weights_dir: Path, *extra: str) -> None:
-    if (MODELS / name / "model.json").is_file():
-        return
-    quorum("finetune", f"timm/tf_efficientnet_lite{lite}", "--data", str(train), "--image-size", "96", "--epochs",
-           "8", "--unfreeze-after", "4", "--weights", str(weights_dir / f"tf_efficientnet_lite{lite}.safetensors"),
-           "--models-dir", str(MODELS), "--name", name, "--workers", "0", "--device", "cpu", "--quiet", *extra)
 
 
 def scores(test: Path, model_dirs: list[Path]) -> list[list[str]]:
@@ -108,18 +94,10 @@ def graph_speeds(model_dir: Path, repeats: int = 5, batch: int = 32) -> tuple[fl
     """images/s of model.onnx and model.int8.onnx on random pixels, interleaved, median of `repeats`."""
     size = read_info(model_dir).image_size
     x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
-    sessions = [onnx_session(model_dir / graph, engine_threads()) for graph in (ONNX, INT8_ONNX)]
-    speeds = [[], []]
-    for session in sessions:
-        session.run(None, {"pixels": x})
-    for repeat in range(repeats):
-        for k in (0, 1) if repeat % 2 == 0 else (1, 0):
-            n, began = 0, time.perf_counter()
-            while n < 2 or time.perf_counter() - began < 1.0:
-                sessions[k].run(None, {"pixels": x})
-                n += 1
-            speeds[k].append(n * batch / (time.perf_counter() - began))
-    return statistics.median(speeds[0]), statistics.median(speeds[1])
+    sessions = {graph: onnx_session(model_dir / graph, engine_threads()) for graph in (ONNX, INT8_ONNX)}
+    runs = {graph: (lambda s=session: s.run(None, {"pixels": x})) for graph, session in sessions.items()}
+    speeds = interleaved_speeds(runs, batch, repeats)
+    return statistics.median(speeds[ONNX]), statistics.median(speeds[INT8_ONNX])
 
 
 def speed_rows(model_dirs: list[Path]) -> list[list[str]]:
@@ -137,7 +115,7 @@ def predict_speeds(folder: Path, model_dirs: list[Path], tie_breaker: str, round
     paths = scan_images(folder).images
     for path in paths:
         path.read_bytes()  # every way then reads from the page cache
-    parts = _round_folders(folder, paths, rounds)
+    parts = round_folders(folder, paths, rounds)
     tie = [path.name for path in model_dirs].index(tie_breaker)
     ways = ["naive", "onnx", "int8"]
     for engine in ways[1:]:  # warm-up: sessions, kernels
@@ -156,42 +134,33 @@ def predict_speeds(folder: Path, model_dirs: list[Path], tie_breaker: str, round
     return {way: len(paths) / s for way, s in seconds.items()}
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(row) + " |" for row in rows], ""]
-
-
-def _step(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def main(args: argparse.Namespace) -> int:
     began, load = time.perf_counter(), os.getloadavg()[0]
     data = make_slice(100, 200, 300)
     preds = RUNS / "unlabelled.csv"
     lines = []
     if "train" in args.steps:
-        _step("teachers")
+        step("teachers")
         for lite, name in enumerate(TEACHERS):
-            finetune(name, lite, data.train, args.weights_dir)
+            finetune_lite(MODELS, name, lite, data.train, args.weights_dir)
     if "predict" in args.steps and not preds.is_file():
-        _step("predict --probs on the unlabelled images")
+        step("predict --probs on the unlabelled images")
         quorum("predict", str(data.unlabelled), "--out", str(preds), "--models-dir", str(MODELS), "--probs", "-q",
                *[part for name in TEACHERS for part in ("--model", name)])
     if "students" in args.steps:
-        _step("students")
+        step("students")
         for name in STUDENTS:
-            finetune(name, int(name[-1]), data.train, args.weights_dir, "--distill", str(preds))
+            finetune_lite(MODELS, name, int(name[-1]), data.train, args.weights_dir, "--distill", preds)
     models = [MODELS / name for name in (*TEACHERS, *STUDENTS) if (MODELS / name / "model.json").is_file()]
     if "int8" in args.steps:
-        _step("int8 graphs and scores")
+        step("int8 graphs and scores")
         quantize_models(models, quiet=True)
         lines += [f"Accuracy on the validation split ({read_info(models[0]).raw['split']['val_images']} images) and on "
                   f"{len(scan_images(data.test).images)} test images; agreement = share of test images where the "
                   "model's label is the teachers' vote's:", ""]
-        lines += _table(["model", "val", "test", "agrees with the vote"], scores(data.test, models))
+        lines += table(["model", "val", "test", "agrees with the vote"], scores(data.test, models))
     if "speed" in args.steps:
-        _step("graph speeds")
+        step("graph speeds")
         labelled = make_labelled_set()
         reference = next(t for t in trios(DATA / "models", labelled, args.weights_dir,
                                           {"reference": (64, 224, 224), "pretrained": (64, 224, 260)}, 20, 2)
@@ -201,24 +170,21 @@ def main(args: argparse.Namespace) -> int:
             quantize_for_speed(model_dir)
         lines += [f"Graph speed under ONNX Runtime ({engine_threads()} threads, no spinning): ms per image on random "
                   "pixels, batch 32, float32 and int8 interleaved, median of 5 one-second runs:", ""]
-        lines += _table(["model", "fp32 ms/image", "int8 ms/image", "int8 speed-up", "fp32 MB", "int8 MB"],
+        lines += table(["model", "fp32 ms/image", "int8 ms/image", "int8 speed-up", "fp32 MB", "int8 MB"],
                         speed_rows([*models, *reference_dirs]))
-        _step("predict against the naive way")
+        step("predict against the naive way")
         folder = make_predict_set(args.images)
         speeds = predict_speeds(folder, reference_dirs, reference.tie_breaker, args.rounds)
         lines += [f"`quorum predict` with the reference trio on {args.images} photos (500x375 JPEG) against the naive "
                   "way (each member decodes the folder alone, torch), in turns:", ""]
-        lines += _table(["way", "images/s", "vs naive"],
+        lines += table(["way", "images/s", "vs naive"],
                         [[way, f"{s:.1f}", f"{s / speeds['naive']:.2f}x"] for way, s in speeds.items()])
     command = " ".join(["python benchmarks/bench_deploy.py", *sys.argv[1:]])
     header = ["## One model to ship: students and int8 (issue 22)", "",
               f"`{command}`: {(time.perf_counter() - began) / 60:.0f} min on {os.cpu_count()} cores, load average "
               f"{load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
-    report = "\n".join(header + lines)
-    print(report)
-    if args.out:
-        args.out.write_text(report + "\n")
+    publish(marked("bench_deploy", header + lines), args.out, write=not args.no_write)
     return 0
 
 
@@ -227,8 +193,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--images", type=int, default=1000, help="photos in the predict set (default 1000)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--weights-dir", type=Path, default=ROOT.parent / "shared" / "weights")
-    parser.add_argument("--out", type=Path, help="write the section to this file too")
+    parser.add_argument("--weights-dir", type=Path, default=WEIGHTS)
+    output_args(parser)
     return parser
 
 

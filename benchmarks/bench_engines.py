@@ -2,7 +2,7 @@
 (ONNX Runtime on the CPU), each with and without --lazy, on the same photos; each member's share of
 the matmul limit per engine; label agreement between the engines.
 
-    python benchmarks/bench_engines.py [--images N] [--rounds R] [--trio reference|pretrained] [--out FILE]
+    python benchmarks/bench_engines.py [--images N] [--rounds R] [--trio reference|pretrained] [--out FILE] [--no-write]
 
 Same data and members as run.py (made under benchmarks/data/ on first use). The ways take turns
 going first, round by round, so load from other work on a shared machine falls on all alike.
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from bench_flops import matmul_gflops
-from bench_predict import _round_folders, naive_predict
-from make_photos import DATA, ROOT, make_labelled_set, make_predict_set
+from bench_flops import gflop_per_image, matmul_gflops
+from bench_predict import naive_predict, round_folders
+from common import DATA, WEIGHTS, interleaved_speeds, marked, output_args, publish, step, table
+from make_photos import make_labelled_set, make_predict_set
 from members import build, trios
 from quorum.data.images import scan_images
 from quorum.models.bundle import ONNX, load_model, read_info
@@ -61,7 +61,7 @@ def bench_trio(name: str, folder: Path, model_dirs: list[Path], tie_breaker: str
     paths = scan_images(folder).images
     for path in paths:  # every way then reads the files from the page cache
         path.read_bytes()
-    parts = _round_folders(folder, paths, rounds)
+    parts = round_folders(folder, paths, rounds)
     tie = [path.name for path in model_dirs].index(tie_breaker)
     warm = scan_images(parts[0]).images[:batch_size]
     naive_predict(warm, model_dirs, tie, batch_size, workers)
@@ -108,26 +108,15 @@ def model_speeds(model_dir: Path, batch_size: int, repeats: int = 5) -> ModelSpe
     """images/s on random pixels (no decoding), the three contenders interleaved, median of `repeats`."""
     model, info = load_model(model_dir, "cpu")
     size = info.image_size
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.randn(1, 3, size, size))
     x = info.preprocessing.normalizer()(torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8))
     channels_last = load_model(model_dir, "cpu")[0].to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     session = onnx_session(model_dir / ONNX, engine_threads())
     runs = {"torch NCHW": lambda: model(x), "torch channels_last": lambda: channels_last(x_cl),
             "onnxruntime": lambda: session.run(None, {"pixels": x.numpy()})}
-    speeds = {way: [] for way in runs}
     with torch.inference_mode():
-        for run in runs.values():
-            run(), run()
-        for repeat in range(repeats):
-            for way in list(runs)[repeat % 3:] + list(runs)[:repeat % 3]:
-                n, began = 0, time.perf_counter()
-                while n < 2 or time.perf_counter() - began < 1.0:
-                    runs[way]()
-                    n += 1
-                speeds[way].append(n * batch_size / (time.perf_counter() - began))
-    return ModelSpeed(model_dir.name, size, counter.get_total_flops() / 1e9,
+        speeds = interleaved_speeds(runs, batch_size, repeats)
+    return ModelSpeed(model_dir.name, size, gflop_per_image(model, size),
                       {way: statistics.median(values) for way, values in speeds.items()})
 
 
@@ -146,11 +135,11 @@ def render(results: list[TrioResult], speeds: list[ModelSpeed], matmul: float, c
             rows.append([r.trio, way, f"{r.seconds[way]:.1f}", f"{r.images / r.seconds[way]:.1f}",
                          f"{r.seconds['naive'] / r.seconds[way]:.2f}x",
                          "-" if way == "naive" else str(r.vs_naive_labels[way])])
-    lines += _table(["trio", "way", "seconds", "images/s", "vs naive", "labels differing from naive"], rows)
+    lines += table(["trio", "way", "seconds", "images/s", "vs naive", "labels differing from naive"], rows)
     rows = [[r.trio, f"{r.engine_labels} of {r.images}", f"{r.member_labels} of {r.images * len(r.members)}",
              f"{r.max_prob_diff:.1e}", f"{r.lazy_tie_ran:.0%}"] for r in results]
     lines += ["Agreement between `--engine torch` and the default engine (full runs):", ""]
-    lines += _table(["trio", "votes differing", "member labels differing", "largest probability difference",
+    lines += table(["trio", "votes differing", "member labels differing", "largest probability difference",
                      "tie-breaker ran (--lazy)"], rows)
     rows = []
     for s in speeds:
@@ -162,7 +151,7 @@ def render(results: list[TrioResult], speeds: list[ModelSpeed], matmul: float, c
     lines += [(f"Each member against the hardware: float32 2048x2048 matmul **{matmul:.0f} GFLOP/s**; images/s on "
                "random pixels (no decoding), batch 32, the three interleaved, median of 5 one-second runs; "
                "share = GFLOP/s / matmul's."), ""]
-    lines += _table(["model", "px", "GFLOP/image", "torch NCHW img/s", "share", "channels_last img/s", "share",
+    lines += table(["model", "px", "GFLOP/image", "torch NCHW img/s", "share", "channels_last img/s", "share",
                      "onnxruntime img/s", "share", "ORT / channels_last"], rows)
     rows = []
     for r in results:
@@ -175,13 +164,8 @@ def render(results: list[TrioResult], speeds: list[ModelSpeed], matmul: float, c
         rows.append([f"labels identical to --engine torch on >= 99.9%, probabilities within 1e-4 ({r.trio})",
                      f"{agree:.2%}, {r.max_prob_diff:.1e}", "yes" if agree >= 0.999 and r.max_prob_diff <= 1e-4
                      else "**no**"])
-    lines += ["Targets:", ""] + _table(["target", "measured", "met"], rows)
-    return "\n".join(lines)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(row) + " |" for row in rows], ""]
+    lines += ["Targets:", ""] + table(["target", "measured", "met"], rows)
+    return marked("bench_engines", lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -190,8 +174,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5, help="slices the photos are timed in (default 5)")
     parser.add_argument("--trio", choices=["reference", "pretrained"], action="append",
                         help="only this trio (repeatable; default both)")
-    parser.add_argument("--weights-dir", type=Path, default=ROOT.parent / "shared" / "weights")
-    parser.add_argument("--out", type=Path, help="write the section to this file too")
+    parser.add_argument("--weights-dir", type=Path, default=WEIGHTS)
+    output_args(parser)
     return parser
 
 
@@ -205,16 +189,14 @@ def main(args: argparse.Namespace) -> int:
             continue
         model_dirs = build(trio)
         select_models(model_dirs[0].parent)  # fails now, not after an hour, if a bundle is broken
-        print(f"[{time.strftime('%H:%M:%S')}] {trio.name}: predict, 5 ways", file=sys.stderr, flush=True)
+        step(f"{trio.name}: predict, 5 ways")
         results.append(bench_trio(trio.name, folder, model_dirs, trio.tie_breaker, args.rounds, 32, 2))
-        print(f"[{time.strftime('%H:%M:%S')}] {trio.name}: each member's images/s", file=sys.stderr, flush=True)
+        step(f"{trio.name}: each member's images/s")
         speeds += [model_speeds(path, 32) for path in model_dirs if path.name not in {s.model for s in speeds}]
     matmul = matmul_gflops()
     command = " ".join(["python benchmarks/bench_engines.py", *sys.argv[1:]])
     report = render(results, speeds, matmul, command, (time.perf_counter() - began) / 60, (load, os.getloadavg()[0]))
-    print(report)
-    if args.out:
-        args.out.write_text(report + "\n")
+    publish(report, args.out, write=not args.no_write)
     return 0
 
 

@@ -38,16 +38,22 @@ def matmul_gflops(size: int = MATMUL_SIZE, repeats: int = 5) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e9
 
 
+def gflop_per_image(model: torch.nn.Module, size: int) -> float:
+    """The forward pass's GFLOP on one `size` x `size` image, as torch counts them."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.randn(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
 def model_flops(model_dir: Path, batch_size: int) -> FlopsResult:
     model, info = load_model(model_dir, "cpu")
     size = info.image_size
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.randn(1, 3, size, size))
+    gflop = gflop_per_image(model, size)
     x = torch.randn(batch_size, 3, size, size)
     plain = _images_per_s(model, x)
     channels_last = _images_per_s(model.to(memory_format=torch.channels_last),
                                   x.contiguous(memory_format=torch.channels_last))
-    return FlopsResult(model_dir.name, size, counter.get_total_flops() / 1e9, plain, channels_last)
+    return FlopsResult(model_dir.name, size, gflop, plain, channels_last)
 
 
 @torch.inference_mode()

@@ -13,7 +13,7 @@ For each draw, on a Fashion-MNIST slice (benchmarks/fashion_mnist.py, 100 train 
    - label: of the 50 flipped files, how many are in the first 100 label rows (2x as many), how many
      are flagged at all, the precision of the rows, and the share of clean images flagged;
    - conflict and leak: of the 10 planted pairs, how many are found; the share of rows that are planted.
-Prints a Markdown table; `--write` replaces the "Check" section of benchmarks/RESULTS.md.
+Prints a Markdown table and replaces the "Check" section of RESULTS.md (`--no-write`: print only).
 (Part a, active-learning rounds with retraining, is benchmarks/bench_active.py.)
 """
 
@@ -31,9 +31,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from fashion_mnist import DATA, make_slice
+from common import DATA, marked, output_args, publish
+from fashion_mnist import make_slice
 from quorum.data.split import make_split
 from quorum.report.check import run_check
 
@@ -45,12 +44,8 @@ CAVEATS = """\
   (other flips of it), so these figures flatter `check` somewhat.
 - "Clean" images are the ones not flipped and not in a planted pair; Fashion-MNIST has some wrong or
   ambiguous labels of its own (Shirt against T-shirt_top), counted here as clean images flagged.
-- The seconds are wall time on the shared 2-core machine under load (load average about 20).
-- Part a of issue 21 (adding 100 labels chosen by each ranking to 30 per class, fine-tuning again, 3
-  draws) was not run: on this machine at this load it would not have finished in the time there was."""
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+- The seconds are wall time on the shared 2-core machine under load (load average about 20)."""
 COUNTS = {"label: rows", "copies: rows not planted"}  # numbers; every other measure is a share
-SECTION = "## Check: planted label flips and copies (`bench_loop.py`)"
 
 
 def corrupt(source: Path, work: Path, seed: int) -> dict:
@@ -118,7 +113,7 @@ def score(findings: pd.DataFrame, planted: dict) -> dict:
     return result
 
 
-def table(runs: list[dict], seconds: list[float]) -> str:
+def findings_table(runs: list[dict], seconds: list[float]) -> str:
     names = list(runs[0])
     lines = ["| measure | " + " | ".join(f"draw {i}" for i in range(len(runs))) + " | mean |",
              "| --- |" + " ---: |" * (len(runs) + 1)]
@@ -130,23 +125,11 @@ def table(runs: list[dict], seconds: list[float]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, section: str = SECTION) -> None:
-    """Replace `section` (its heading to the next) in RESULTS.md with `text`, or add it at the end."""
-    results = RESULTS.read_text()
-    start = results.find(section)
-    if start < 0:
-        results = results.rstrip("\n") + "\n\n" + text + "\n"
-    else:
-        end = results.find("\n## ", start + len(section))
-        results = results[:start] + text + ("\n" + results[end:] if end >= 0 else "\n")
-    RESULTS.write_text(results)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--write", action="store_true", help="replace the section in benchmarks/RESULTS.md")
+    output_args(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     source = make_slice(100, 200).train
@@ -164,12 +147,10 @@ def main(argv: list[str] | None = None) -> int:
              f"features at {args.image_size} px; "
              f"{args.draws} draws of 50 flipped labels (5%) and 10 planted copies (5 exact, 5 near: JPEG at quality "
              "90, 4 grey levels brighter), each across classes and across the split.")
-    text = "\n".join([SECTION, "", intro, "",
-                      "    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_loop.py --write",
-                      "", table(runs, seconds), "", CAVEATS, ""])
-    print(text)
-    if args.write:
-        write_section(text)
+    text = marked("bench_loop", ["## Check: planted label flips and copies (`bench_loop.py`)", "", intro, "",
+                                 "    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_loop.py", "",
+                                 findings_table(runs, seconds), "", CAVEATS])
+    publish(text, args.out, write=not args.no_write)
     return 0
 
 

@@ -87,7 +87,7 @@ def bench_predict(trio: str, folder: Path, labels_csv: Path, model_dirs: list[Pa
     for path in paths:  # every way then reads the files from the page cache, none from disk
         path.read_bytes()
     run_order, channels_last = _warm_up(paths[:warmup_images], model_dirs, tie, batch_size, workers)
-    seconds, labels, frames = _timed_rounds(_round_folders(folder, paths, rounds), model_dirs, tie_breaker,
+    seconds, labels, frames = _timed_rounds(round_folders(folder, paths, rounds), model_dirs, tie_breaker,
                                             batch_size, workers)
 
     classes = np.asarray(read_info(model_dirs[0]).classes, dtype=object)
@@ -130,7 +130,7 @@ def _timed_rounds(parts: list[Path], model_dirs: list[Path], tie_breaker: str, b
     return seconds, np.concatenate(labels), {way: pd.concat(parts, ignore_index=True) for way, parts in frames.items()}
 
 
-def _round_folders(folder: Path, paths: list[Path], rounds: int) -> list[Path]:
+def round_folders(folder: Path, paths: list[Path], rounds: int) -> list[Path]:
     """`rounds` folders holding consecutive slices of the photos, as hard links of the same names."""
     base = folder.with_name(f"{folder.name}-rounds-{rounds}")
     parts = [base / f"round-{number}" for number in range(rounds)]

@@ -1,7 +1,7 @@
 """quorum's two-phase recipe against fastai's `fine_tune`, on real data with real pretrained weights.
 
     python benchmarks/bench_recipe.py [--lites 0 1 2] [--budgets 4+4 4+12] [--fastai-budgets 4+4]
-                                      [--jobs 2] [--loaded] [--out benchmarks/RESULTS.md]
+                                      [--jobs 2] [--loaded] [--out FILE] [--no-write]
 
 1. A Fashion-MNIST slice (benchmarks/fashion_mnist.py): 100 train images per class, which quorum
    splits 80/20 into train/val once (split.csv, shared by every run and by fastai), and a disjoint
@@ -30,11 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_mnist import DATA, ROOT, make_slice
-from recipe_report import render, replace_section
+from common import (
+    DATA,
+    WEIGHTS,
+    members_vote,
+    one_thread_env,
+    output_args,
+    publish,
+    scores,
+    step,
+    train_in_process,
+)
+from fashion_mnist import make_slice
+from recipe_report import render
 
 RUNS = DATA / "recipe"
-HERE = Path(__file__).resolve().parent
 
 
 def budget(text: str) -> tuple[int, int]:
@@ -55,20 +65,6 @@ def run_one(job: dict, data: Path, split: Path) -> dict:
     arguments = [job["system"], str(job["lite"]), str(job["frozen"]), str(job["unfrozen"]), str(RUNS / job["name"]),
                  "--data", str(data), "--split", str(split), *[f"--set={item}" for item in job.get("set", [])]]
     return train_in_process(arguments, RUNS / job["name"], job["name"])
-
-
-def train_in_process(arguments: list[str], out: Path, label: str) -> dict:
-    """`recipe_runs.py ARGUMENTS` (which writes to `out`) in a process of its own on one thread; its
-    result.json. A finished run is reused: delete its folder to measure it again."""
-    if not (out / "result.json").is_file():
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": _pythonpath()}
-        _step(f"start {label}")
-        done = subprocess.run([sys.executable, str(HERE / "recipe_runs.py"), *arguments], env=env,
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{label} failed:\n{done.stderr[-3000:]}")
-        _step(f"done  {label}")
-    return json.loads((out / "result.json").read_text())
 
 
 def jobs(lites: list[int], long_lites: list[int], budgets: list[tuple[int, int]],
@@ -107,10 +103,10 @@ def loaded_runs(data: Path, split: Path) -> dict:
         models.mkdir(parents=True, exist_ok=True)
         (models / "split.csv").write_bytes(split.read_bytes())
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-        env.update(overrides, PYTHONPATH=_pythonpath())
+        env.update(overrides, PYTHONPATH=one_thread_env()["PYTHONPATH"])
         command = [sys.executable, "-m", "quorum", "finetune", "timm/tf_efficientnet_lite0", "--data",
                    str(data / "train"), "--image-size", "96", "--epochs", "5", "--unfreeze-after", "4",
-                   "--weights", str(ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite0.safetensors"),
+                   "--weights", str(WEIGHTS / "tf_efficientnet_lite0.safetensors"),
                    "--models-dir", str(models), "--quiet"]
         competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         load, began = os.getloadavg()[0], time.perf_counter()
@@ -120,27 +116,16 @@ def loaded_runs(data: Path, split: Path) -> dict:
             if competitor is not None:
                 competitor.kill()
         seconds[label] = {"seconds": time.perf_counter() - began, "load_start": load}
-        _step(f"{label}: {seconds[label]['seconds']:.0f} s")
+        step(f"{label}: {seconds[label]['seconds']:.0f} s")
     saved.write_text(json.dumps(seconds, indent=1))
     return seconds
 
 
 def vote_accuracy(results: list[dict], names: list[str]) -> dict:
     """quorum's vote over the members' test probabilities; ties go to the best member by val accuracy."""
-    from quorum.predict.vote import default_tie_breaker, vote
-
     probs = np.stack([np.load(r["probs_path"]) for r in results])
-    labels = np.load(results[0]["labels_path"])
-    tie = default_tie_breaker([max(r["val_accuracy"]) for r in results], names)
-    return _scores(vote(probs, tie).label, labels)
-
-
-def _pythonpath() -> str:
-    return os.pathsep.join([str(ROOT / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])
-
-
-def _step(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    votes = members_vote(probs, [max(r["val_accuracy"]) for r in results], names)
+    return scores(votes.label, np.load(results[0]["labels_path"]))
 
 
 def main() -> int:
@@ -153,7 +138,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--loaded", action="store_true", help="also time a run idle and beside a busy process")
     parser.add_argument("--only", nargs="*", metavar="TEXT", help="run only the runs whose name holds one of these")
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    output_args(parser)
     args = parser.parse_args()
     began = time.perf_counter()
     data = make_slice(100, 200).root
@@ -174,7 +159,7 @@ def main() -> int:
                              "val_accuracy": result["val_accuracy"][:result["frozen"]],
                              "probs_path": str(RUNS / name / "head_test_probs.npy")}
     for result in results.values():
-        result["test"] = _scores(np.load(result["probs_path"]).argmax(1), np.load(result["labels_path"]))
+        result["test"] = scores(np.load(result["probs_path"]).argmax(1), np.load(result["labels_path"]))
     votes = {}
     for prefix in {name.rsplit("-lite", 1)[0] for name in results if not name.startswith("old-switch")}:
         names = [f"{prefix}-lite{n}" for n in args.lites]
@@ -183,17 +168,8 @@ def main() -> int:
     loaded = loaded_runs(data, split) if args.loaded else None
     command = " ".join(["python benchmarks/bench_recipe.py", *sys.argv[1:]])
     section = render(results, votes, loaded, args.lites, command, (time.perf_counter() - began) / 60)
-    print(section)
-    replace_section(args.out, section)
-    _step(f"wrote {args.out}")
+    publish(section, args.out, write=not args.no_write)
     return 0
-
-
-def _scores(predicted: np.ndarray, labels: np.ndarray) -> dict:
-    from sklearn.metrics import f1_score
-
-    return {"accuracy": float((predicted == labels).mean()),
-            "macro_f1": float(f1_score(labels, predicted, average="macro"))}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Images of no known class in the folder: which score flags them, and does the trust line still hold?
 
-    python benchmarks/bench_unknown.py [--jobs 2] [--out benchmarks/RESULTS.md] [--no-write]
+    python benchmarks/bench_unknown.py [--jobs 2] [--out FILE] [--no-write]
 
 1. Data: the Fashion-MNIST slice of bench_recipe.py (100 train images per class, quorum's 80/20 split,
    a disjoint test set of 2,000) and images of no class from no_class.py (scikit-learn's handwritten
@@ -39,17 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench_recipe import train_in_process
-from fashion_mnist import DATA, make_slice
+from common import DATA, WEIGHTS, marked, output_args, publish, train_in_process
+from fashion_mnist import make_slice
 from no_class import SOURCES, make_no_class
-from recipe_report import replace_section
 
 RUNS = DATA / "unknown"  # per split seed: unknown/ for seed 0, unknown-split<N>/ for --split-seed N
 SPLIT_SEED = 0
-HERE = Path(__file__).resolve().parent
-WEIGHTS = HERE.parent.parent / "shared" / "weights"  # the worktree's or the checkout's sibling
-if not WEIGHTS.is_dir():
-    WEIGHTS = Path("/work/shared/weights")
 LITES = (0, 1, 2)
 COUNTS = {"digits": 250, "photos": 250, "textures": 150}
 IN = "in-class"
@@ -374,7 +369,7 @@ def render(m: dict, command: str, minutes: float) -> str:
     frame, keep = m["frame"], m["keep"]
     counts = frame["source"].value_counts()
     others = len(frame) - counts[IN]
-    lines = ["<!-- bench_unknown: start -->", "## Images of no known class (`bench_unknown.py`)", "",
+    lines = ["## Images of no known class (`bench_unknown.py`)", "",
              f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {minutes:.0f} min (trained members "
              f"and arrays reused from benchmarks/data/unknown/). Folder: {counts[IN]} in-class Fashion-MNIST test "
              f"images and {others} of no class ({others / len(frame):.1%}): "
@@ -422,15 +417,14 @@ def render(m: dict, command: str, minutes: float) -> str:
                f"no-class flagged {p['flagged full']:.1%}. With --lazy (each row scored by the members that ran): "
                f"{p['lazy differ']} of {len(frame)} rows flagged differently, in-class kept {p['kept lazy']:.1%}, "
                f"no-class flagged {p['flagged lazy']:.1%}.")]
-    return "\n".join(lines + ["<!-- bench_unknown: end -->"]) + "\n"
+    return marked("bench_unknown", lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time, one thread each")
     parser.add_argument("--keep", type=float, default=0.95, help="share of in-class validation images kept")
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--no-write", action="store_true", help="print the section, leave --out alone")
+    output_args(parser)
     parser.add_argument("--arrays-only", type=int, nargs="+", metavar="LITE",
                         help="only make the arrays of these trained members (while the others still train)")
     parser.add_argument("--split-seed", type=int, default=0, help="the 80/20 split's seed: another draw of the "
@@ -448,9 +442,7 @@ def main() -> int:
         return 0
     section = render(measured, " ".join(["python benchmarks/bench_unknown.py", *sys.argv[1:]]),
                      (time.perf_counter() - began) / 60)
-    print(section)
-    if not args.no_write:
-        replace_section(args.out, section)
+    publish(section, args.out, write=not args.no_write)
     return 0
 
 

@@ -1,12 +1,12 @@
 """Which vote rule, with or without test-time augmentation? quorum's rules on real members and data.
 
-    python benchmarks/bench_vote.py [--tta 2] [--jobs 2] [--evaluate-only] [--out benchmarks/RESULTS.md]
+    python benchmarks/bench_vote.py [--tta 2] [--jobs 2] [--evaluate-only] [--out FILE] [--no-write]
 
 1. Data sets: bench_demo's draws 1-3 (30 Fashion-MNIST train images per class, as sample_data) and
    bench_recipe's slice (100 per class); each with a disjoint test set of 2,000 images (200 per class).
    quorum splits each train/ 80/20 once; the three members share that split.
 2. Members: the Lite trio (EfficientNet-Lite0/1/2, ImageNet weights, 96 px, 4+4 epochs), each trained
-   in its own process on one thread (bench_recipe.train_in_process), at most --jobs at a time.
+   in its own process on one thread (common.train_in_process), at most --jobs at a time.
 3. Each member predicts the val and test images as `quorum predict` does (pipeline.predict_arrays),
    once plain and once with --tta N views (timed: the cost of TTA). Each member's temperature is
    fitted on its val probabilities (quorum.calibration), as quorum calibrates members.
@@ -32,12 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_recipe import train_in_process
-from fashion_mnist import DATA, make_slice
-from recipe_report import publish
+from common import DATA, marked, output_args, publish, train_in_process
+from fashion_mnist import make_slice
 
 RUNS = DATA / "vote"
-HERE = Path(__file__).resolve().parent
 TEST_PER_CLASS = 200  # 2,000 test images per data set
 # (train images per class, draw): bench_demo's draws (sample-sized) and bench_recipe's slice (draw 0)
 DATASETS = [(30, 1), (30, 2), (30, 3), (100, 0)]
@@ -155,7 +153,7 @@ def mcnemar(right_a: list[bool], right_b: list[bool]) -> tuple[int, int, float]:
 def render(results: dict, tta: int, command: str) -> str:
     names = list(results)
     members, rules = [f"Lite{n}" for n in LITES], list(RULES)
-    lines = ["<!-- bench_vote: start -->", "## Vote rules and test-time augmentation (`bench_vote.py`)", "",
+    lines = ["## Vote rules and test-time augmentation (`bench_vote.py`)", "",
              f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Data sets: "
              + ", ".join(f"{n} ({results[n][1]['images']:,} test, {results[n][1]['val_images']} val)" for n in names)
              + f". Members: EfficientNet-Lite0/1/2, ImageNet weights, 96 px, {FROZEN}+{UNFROZEN} epochs, each "
@@ -209,9 +207,8 @@ def render(results: dict, tta: int, command: str) -> str:
               + "; ".join(f"{n} " + "/".join(f"{w:.2f}" for w in results[n][1]["weights"]["weighted"]) for n in names)
               + ". Temperatures (TTA 1): "
               + "; ".join(f"{n} " + "/".join(f"{t:.2f}" for t in results[n][1]["temperatures"])
-                                                        for n in names) + ".",
-              "<!-- bench_vote: end -->"]
-    return "\n".join(lines) + "\n"
+                                                        for n in names) + "."]
+    return marked("bench_vote", lines)
 
 
 def _mean(results: dict, views: int, rule: str, metric: str = "accuracy") -> float:
@@ -228,8 +225,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time, one thread each")
     parser.add_argument("--evaluate-only", action="store_true", help="train nothing; evaluate the data sets whose "
                         "three members are trained")
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--no-write", action="store_true", help="print the section, leave --out alone")
+    output_args(parser)
     args = parser.parse_args()
     prepared = [prepare(n, d) for n, d in DATASETS]
     if not args.evaluate_only:

@@ -4,22 +4,8 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from pathlib import Path
 
-START, END = "<!-- bench_recipe: start -->", "<!-- bench_recipe: end -->"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _points(x: float) -> str:
-    return f"{100 * x:+.1f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(row) + " |" for row in rows], ""]
+from common import marked, pct, points, table
 
 
 def _members(results: dict, votes: dict, lites: list[int], frozen: int, unfrozen: int) -> list[str]:
@@ -32,18 +18,18 @@ def _members(results: dict, votes: dict, lites: list[int], frozen: int, unfrozen
             continue
         val = q["val_accuracy"]
         phase = 1 if q["best_epoch"] <= frozen else 2
-        row = [f"Lite{n}", _pct(val[frozen - 1]), f"{_pct(val[frozen])} ({_points(val[frozen] - val[frozen - 1])})",
-               f"{q['best_epoch']} (phase {phase})", _pct(q["test"]["accuracy"]), f"{q['test']['macro_f1']:.3f}"]
-        row += [f"{_pct(head['test']['accuracy'])} ({_points(q['test']['accuracy'] - head['test']['accuracy'])})"
+        row = [f"Lite{n}", pct(val[frozen - 1]), f"{pct(val[frozen])} ({points(val[frozen] - val[frozen - 1])})",
+               f"{q['best_epoch']} (phase {phase})", pct(q["test"]["accuracy"]), f"{q['test']['macro_f1']:.3f}"]
+        row += [f"{pct(head['test']['accuracy'])} ({points(q['test']['accuracy'] - head['test']['accuracy'])})"
                 if head else "-"]
-        row += [f"{_pct(fast['test']['accuracy'])} ({_points(q['test']['accuracy'] - fast['test']['accuracy'])})"
+        row += [f"{pct(fast['test']['accuracy'])} ({points(q['test']['accuracy'] - fast['test']['accuracy'])})"
                 if fast else "-", f"{fast['test']['macro_f1']:.3f}" if fast else "-"]
         row += [f"{q['seconds']:.0f} / {fast['seconds']:.0f}" if fast else f"{q['seconds']:.0f} / -"]
         rows.append(row)
     header = ["member", f"val, epoch {frozen} (frozen)", f"val, epoch {frozen + 1} (unfrozen)", "best epoch",
               "quorum test", "quorum F1", "head only (quorum vs it)", "fastai test (quorum vs it)", "fastai F1",
               "train s quorum / fastai"]
-    lines = [f"### {tag}: {frozen} frozen + {unfrozen} unfrozen epochs", ""] + _table(header, rows)
+    lines = [f"### {tag}: {frozen} frozen + {unfrozen} unfrozen epochs", ""] + table(header, rows)
     not_run = [f"{system} Lite{n}" for system in ("quorum", "fastai") for n in lites
                if f"{system}-{tag}-lite{n}" not in results]
     if not_run:
@@ -56,15 +42,15 @@ def _members(results: dict, votes: dict, lites: list[int], frozen: int, unfrozen
             continue
         best = max(members, key=lambda r: r["test"]["accuracy"])
         vote = votes[prefix]
-        vote_rows.append([system, f"{_pct(best['test']['accuracy'])} (Lite{best['lite']})", _pct(vote["accuracy"]),
-                          _points(vote["accuracy"] - best["test"]["accuracy"]), f"{vote['macro_f1']:.3f}"])
-    return lines + _table(["system", "best member, test", "vote of 3, test", "vote - best", "vote F1"], vote_rows)
+        vote_rows.append([system, f"{pct(best['test']['accuracy'])} (Lite{best['lite']})", pct(vote["accuracy"]),
+                          points(vote["accuracy"] - best["test"]["accuracy"]), f"{vote['macro_f1']:.3f}"])
+    return lines + table(["system", "best member, test", "vote of 3, test", "vote - best", "vote F1"], vote_rows)
 
 
 def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], command: str, minutes: float) -> str:
     budgets = sorted({(r["frozen"], r["unfrozen"]) for r in results.values()
                       if r["system"] == "quorum" and r["unfrozen"] > 0 and "norm_stats" not in r["fields"]})
-    lines = [START, "## Recipe: quorum's two phases against fastai's fine_tune (Fashion-MNIST, real weights)", "",
+    lines = ["## Recipe: quorum's two phases against fastai's fine_tune (Fashion-MNIST, real weights)", "",
              (f"`{command}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.0f} min (runs finished "
               "earlier are reused, not timed again); "
               f"load average {os.getloadavg()[0]:.1f} at the end (seconds compare only between runs made at a "
@@ -79,11 +65,11 @@ def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], co
     old = [r for r in results.values() if r["fields"].get("norm_stats") == "update"]
     for r in old:
         f = r["frozen"]
-        val = " ".join(_pct(v) for v in r["val_accuracy"])
+        val = " ".join(pct(v) for v in r["val_accuracy"])
         lines += [("The old switch (`--norm-stats update`: BatchNorm on batch statistics once unfrozen), "
                    f"Lite{r['lite']} "
                    f"{f}+{r['unfrozen']}: val per epoch {val}; best epoch {r['best_epoch']}; test "
-                   f"{_pct(r['test']['accuracy'])}."), ""]
+                   f"{pct(r['test']['accuracy'])}."), ""]
     if loaded:
         idle = loaded["idle"]["seconds"]
         rows = [[label, f"{r['seconds']:.0f}", f"{r['load_start']:.1f}", f"{r['seconds'] / idle:.2f}x"]
@@ -92,26 +78,5 @@ def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], co
                    "--unfreeze-after 4` (2 loader workers, quorum's own threads), idle and beside one busy "
                    "process (`python -c 'while True: pass'`); old settings = OpenMP's default waiting and a "
                    "torch thread per core, as quorum ran before."), ""]
-        lines += _table(["run", "seconds", "load average at start", "vs idle"], rows)
-    return "\n".join(lines + [END]) + "\n"
-
-
-def replace_section(path: Path, section: str) -> None:
-    """Put `section` in place of the previous one in `path`, or at its end; the rest stays as it is.
-    A section is known by its first line, its start marker (e.g. <!-- bench_demo: start -->)."""
-    start = section.split("\n", 1)[0]
-    end = start.replace(": start -->", ": end -->")
-    text = path.read_text() if path.is_file() else ""
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text)
-
-
-def publish(section: str, out: Path, write: bool = True) -> None:
-    """Print a benchmark's section and, unless told not to, put it in place in `out`."""
-    print(section)
-    if write:
-        replace_section(out, section)
+        lines += table(["run", "seconds", "load average at start", "vs idle"], rows)
+    return marked("bench_recipe", lines)

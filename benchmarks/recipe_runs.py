@@ -24,11 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fashion_mnist import ROOT
+from common import WEIGHTS as WEIGHTS_DIR
 
-# Beside the checkout (/work/main) or, from a worktree (/work/wt/NAME), one level further up.
-WEIGHTS_DIR = next((d for d in (ROOT.parent / "shared" / "weights", ROOT.parent.parent / "shared" / "weights")
-                    if d.is_dir()), ROOT.parent / "shared" / "weights")
 SIZE, BATCH = 96, 32
 
 

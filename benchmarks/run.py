@@ -1,10 +1,12 @@
 """quorum's benchmarks: predict (naive vs quorum vs --lazy), finetune (cached vs plain), GFLOP/s.
 
-    python benchmarks/run.py [--images N] [--quick] [--weights-dir DIR] [--out FILE]
+    python benchmarks/run.py [--images N] [--quick] [--weights-dir DIR] [--out FILE] [--all]
 
-Prints a markdown report and writes it to benchmarks/RESULTS.md (a --quick run writes only with
---out). Every speed is a ratio against a baseline timed in the same run, since the CPU may be
-shared. Photos and fine-tuned members are made under benchmarks/data/ on first use and reused.
+Prints a markdown report and puts it in place of its own section of benchmarks/RESULTS.md (a --quick
+run writes only with --out). Every speed is a ratio against a baseline timed in the same run, since
+the CPU may be shared. Photos and fine-tuned members are made under benchmarks/data/ on first use and
+reused. --all (`make bench`) then runs every other benchmark of RESULTS.md (OTHERS), each replacing
+its own section: hours on 2 cores, though each reuses what it trained before.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,9 +29,23 @@ import torch
 from bench_finetune import bench_finetune
 from bench_flops import matmul_gflops, model_flops
 from bench_predict import bench_predict
-from make_photos import DATA, ROOT, make_labelled_set, make_predict_set
+from common import DATA, HERE, RESULTS, WEIGHTS, publish, step
+from make_photos import make_labelled_set, make_predict_set
 from members import build, trios
 from report import Results, machine, render
+
+# The other benchmarks whose sections of RESULTS.md are current, with the arguments that wrote them.
+OTHERS = [
+    ("bench_engines.py", []),
+    ("bench_recipe.py", ["--loaded"]),
+    ("bench_demo.py", []),
+    ("bench_loop.py", []),
+    ("bench_calibration.py", []),
+    ("bench_unknown.py", []),
+    ("bench_vote.py", []),
+    ("bench_active.py", []),
+    ("bench_deploy.py", []),
+]
 
 
 @dataclass(frozen=True)
@@ -55,14 +72,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, help="photos in the predict set (default 1000; 32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a small smoke run: minutes, not figures to quote")
-    parser.add_argument("--weights-dir", type=Path, default=ROOT.parent / "shared" / "weights",
+    parser.add_argument("--weights-dir", type=Path, default=WEIGHTS,
                         help="folder with tf_efficientnet_lite{0,2}.safetensors (default <repo>/../shared/weights)")
-    parser.add_argument("--out", type=Path, help="report file (default benchmarks/RESULTS.md; none with --quick)")
+    parser.add_argument("--out", type=Path, help="the file whose section it replaces (default benchmarks/RESULTS.md; "
+                        "none with --quick)")
+    parser.add_argument("--all", action="store_true", help="then run every other benchmark of RESULTS.md (OTHERS)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.quick and args.all:
+        print("Error: --all runs the full benchmarks; leave out --quick", file=sys.stderr)
+        return 2
     settings = QUICK if args.quick else Settings()
     images = args.images or settings.images
     missing = [name for name in ("tf_efficientnet_lite0", "tf_efficientnet_lite2")
@@ -74,41 +96,51 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     began, results = time.perf_counter(), Results(machine(settings.batch_size, settings.workers))
 
-    _step(f"photos: {images} to predict on, 400 labelled")
+    step(f"photos: {images} to predict on, 400 labelled")
     folder, labelled = make_predict_set(images), make_labelled_set()
     for trio in trios(settings.models_dir, labelled, args.weights_dir, settings.sizes, settings.member_epochs,
                       settings.workers):
-        _step(f"{trio.name} trio: fine-tune the members that are missing")
+        step(f"{trio.name} trio: fine-tune the members that are missing")
         model_dirs = build(trio)
-        _step(f"{trio.name} trio: predict naive, quorum, --lazy")
+        step(f"{trio.name} trio: predict naive, quorum, --lazy")
         results.predict.append(bench_predict(trio.name, folder, folder.with_suffix(".csv"), model_dirs,
                                              trio.tie_breaker, settings.batch_size, settings.workers,
                                              warmup_images=settings.batch_size, rounds=settings.rounds))
         results.model_dirs += [path for path in model_dirs if path.name not in {p.name for p in results.model_dirs}]
 
-    _step(f"finetune: {settings.finetune_epochs} frozen epochs, plain then cached")
+    step(f"finetune: {settings.finetune_epochs} frozen epochs, plain then cached")
     results.finetune = bench_finetune(labelled, args.weights_dir / "tf_efficientnet_lite0.safetensors",
                                       DATA / ("finetune-quick" if args.quick else "finetune"), settings.finetune_size,
                                       settings.finetune_epochs, settings.workers)
-    _step("GFLOP/s: matmul, then each member")
+    step("GFLOP/s: matmul, then each member")
     results.matmul, results.flops_batch = matmul_gflops(), settings.flops_batch
     results.flops = [model_flops(path, settings.flops_batch) for path in results.model_dirs]
 
     results.minutes = (time.perf_counter() - began) / 60
     report = render(results, command=" ".join(["python benchmarks/run.py", *sys.argv[1:]]), quick=args.quick)
-    print(report)
-    out = args.out or (None if args.quick else ROOT / "benchmarks" / "RESULTS.md")
-    if out:
-        out.write_text(report)
-        print(f"wrote {out}", file=sys.stderr)
+    out = args.out or (None if args.quick else RESULTS)
+    publish(report, out, write=out is not None)
     differ = [(r.trio, way, n) for r in results.predict for way, n in r.mismatches.items() if n]
     for trio, way, n in differ:  # a speed-up that changes predictions is a bug, not a result
         print(f"Error: {way} gave other labels than the naive way on {n} images ({trio} trio)", file=sys.stderr)
-    return 1 if differ else 0
+    if differ:
+        return 1
+    return run_others(out or RESULTS, args.weights_dir) if args.all else 0
 
 
-def _step(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def run_others(out: Path, weights_dir: Path) -> int:
+    """Each of OTHERS in its own process, one after another (each picks its own threads); the first
+    failure stops the run."""
+    for script, arguments in OTHERS:
+        step(f"{script} {' '.join(arguments)}")
+        extra = ["--weights-dir", str(weights_dir)] if script in ("bench_active.py", "bench_deploy.py",
+                                                                   "bench_engines.py") else []
+        done = subprocess.run([sys.executable, str(HERE / script), *arguments, *extra, "--out", str(out)])
+        if done.returncode != 0:
+            print(f"Error: {script} failed (exit {done.returncode}); the sections before it are written",
+                  file=sys.stderr)
+            return done.returncode
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """One pseudo-label round on Fashion-MNIST, measured on a disjoint test set: before and after.
 
-    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_pseudo.py [--labelled-per-class 40]
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/studies/bench_pseudo.py [--labelled-per-class 40]
         [--unlabelled 3000] [--test-per-class 100] [--epochs 8] [--unfreeze-after 4] [--min-agreement 1.0]
 
 1. Slices (from Debian's dataset-fashion-mnist, made once under benchmarks/data/pseudo/):
@@ -13,9 +13,9 @@
 4. Both rounds' members and vote scored on `test/` (`quorum report --data test`'s sources), plus
    the trust table of each vote on validation and on test.
 
-Writes the "Pseudo-labels" section of benchmarks/RESULTS.md (only that section) for this one run;
-with --no-write it prints it (and keeps it as data/pseudo/[TAG/]section-<level>.md). The section
-in RESULTS.md now combines three runs (see the commands there).
+A study: it prints a section for this one run (and keeps it as data/pseudo/[TAG/]section-<level>.md);
+the "Pseudo-labels" section of RESULTS.md combines three runs by hand (the commands are there). Its
+slices are its own (not fashion_mnist.make_slice's), so that those figures can be measured again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,18 +33,17 @@ import pandas as pd
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from make_sample_data import CLASS_NAMES, DEBIAN_SOURCE, read_split
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared modules are
+import common
+from common import WEIGHTS, quorum
+from fashion_mnist import CLASS_NAMES, DEBIAN_SOURCE, read_split
 from quorum.predict.members import load_members, read_members, tie_breaker_index
 from quorum.predict.trust_table import trust_table
 from quorum.predict.vote import vote
 from quorum.report.sources import read_validation, run_on_folder, stack_validation
 
-DATA = ROOT / "benchmarks" / "data" / "pseudo"
-WEIGHTS = ROOT.parent / "shared" / "weights"
+DATA = common.DATA / "pseudo"
 MEMBERS = [("tf_efficientnet_lite0", 64), ("tf_efficientnet_lite1", 72), ("tf_efficientnet_lite2", 80)]
-SECTION = "## Pseudo-labels"
 
 
 def make_slices(labelled_per_class: int, unlabelled: int, test_per_class: int, seed: int = 12) -> None:
@@ -80,15 +78,6 @@ def make_slices(labelled_per_class: int, unlabelled: int, test_per_class: int, s
 def _save(pixels: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, "L").save(path)
-
-
-def quorum(*args: str) -> float:
-    """Run the quorum CLI as a user would; returns its seconds."""
-    command = [sys.executable, "-m", "quorum", *map(str, args)]
-    print("$ quorum " + " ".join(map(str, args)), flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    return time.perf_counter() - start
 
 
 def train_round(models_dir: Path, args, pseudo: Path | None) -> dict[str, float]:
@@ -136,7 +125,7 @@ def pseudo_quality(preds: Path, min_agreement: float) -> dict:
 
 
 def markdown(args, before: dict, after: dict, quality: dict, seconds: dict, commands: list[str]) -> str:
-    lines = [SECTION, "",
+    lines = ["## Pseudo-labels", "",
              f"Fashion-MNIST (Debian `dataset-fashion-mnist`, 28x28 grey, upscaled by each member's preprocessing): "
              f"{args.labelled_per_class} labelled images per class ({args.labelled_per_class * 10}; the shared split "
              f"keeps 20% for validation), {args.unlabelled} unlabelled train images, a disjoint test set of "
@@ -144,7 +133,7 @@ def markdown(args, before: dict, after: dict, quality: dict, seconds: dict, comm
              f"at {', '.join(str(s) for _, s in MEMBERS)} px, {args.epochs} epochs ({args.unfreeze_after} frozen), "
              f"one torch thread, OMP_WAIT_POLICY=PASSIVE. Round 1 retrains the same recipes from the same ImageNet "
              f"weights with `--pseudo-labels` (agreement at least {args.min_agreement:g}). "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; `python benchmarks/bench_pseudo.py` "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; `python benchmarks/studies/bench_pseudo.py` "
              f"took {seconds['total'] / 60:.0f} min.", "",
              f"Pseudo-labels taken: {quality['taken']} of {quality['rows']} rows "
              f"({quality['taken'] / quality['rows']:.0%}); {quality['taken_right']:.1%} of them were right "
@@ -169,19 +158,6 @@ def markdown(args, before: dict, after: dict, quality: dict, seconds: dict, comm
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace only this benchmark's section of RESULTS.md (others write the other sections)."""
-    results = ROOT / "benchmarks" / "RESULTS.md"
-    current = results.read_text() if results.is_file() else "# quorum benchmarks\n"
-    if SECTION in current:
-        start = current.index(SECTION)
-        end = current.find("\n## ", start + len(SECTION))
-        current = current[:start] + text + ("" if end == -1 else current[end + 1:])
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    results.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labelled-per-class", type=int, default=40)
@@ -191,7 +167,6 @@ def main() -> None:
     parser.add_argument("--unfreeze-after", type=int, default=4)
     parser.add_argument("--min-agreement", type=float, default=1.0)
     parser.add_argument("--tag", default="", help="keep this run's models and CSV apart, under data/pseudo/TAG/")
-    parser.add_argument("--no-write", action="store_true", help="print the section instead of writing RESULTS.md")
     args = parser.parse_args()
     start = time.perf_counter()
     make_slices(args.labelled_per_class, args.unlabelled, args.test_per_class)
@@ -208,7 +183,7 @@ def main() -> None:
     before, after = score(before_dir), score(after_dir)
     seconds["total"] = time.perf_counter() - start
     quality = pseudo_quality(preds, args.min_agreement)
-    commands = [f"OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_pseudo.py "
+    commands = [f"OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/studies/bench_pseudo.py "
                 f"--labelled-per-class {args.labelled_per_class} --unlabelled {args.unlabelled} "
                 f"--test-per-class {args.test_per_class} --epochs {args.epochs} --unfreeze-after {args.unfreeze_after} "
                 f"--min-agreement {args.min_agreement:g}" + (f" --tag {args.tag}" if args.tag else ""),
@@ -223,8 +198,6 @@ def main() -> None:
     text = markdown(args, before, after, quality, seconds, commands)
     print(text)
     (base / f"section-{args.min_agreement:g}.md").write_text(text)
-    if not args.no_write:
-        write_section(text)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 sleep, and that spin) and OpenVINO, on the same exported graphs, interleaved in one process.
 
     pip install openvino   # only for this comparison; quorum itself needs onnxruntime
-    python benchmarks/bench_runtimes.py THREADS [REPEATS] [MODEL...]
+    python benchmarks/studies/bench_runtimes.py THREADS [REPEATS] [MODEL...]
 
 Models are quorum Classifiers (blocks + head, 10 classes): MobileNetV2 at 64 and 224 px and ResNet50
 at 224 with random weights, EfficientNet-Lite0/1/2 from the offline ImageNet weights in
@@ -16,20 +16,21 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared modules are
+from common import WEIGHTS, interleaved_speeds
 from quorum.models import weights
 from quorum.models.inference import onnx_session
 from quorum.models.registry import get_backbone
 
-WEIGHTS = Path(__file__).resolve().parent.parent.parent / "shared" / "weights"
 MODELS = {  # name: (backbone, size, weights)
     "mobilenet_v2-64": ("mobilenet_v2", 64, "none"),
     "mobilenet_v2-224": ("mobilenet_v2", 224, "none"),
@@ -89,15 +90,8 @@ def main(threads: int, repeats: int, names: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
             runs = contenders(name, threads, Path(folder))
-            speeds = {way: [] for way in runs}
             with torch.inference_mode():
-                for repeat in range(repeats):
-                    for way in list(runs)[repeat % len(runs):] + list(runs)[:repeat % len(runs)]:
-                        n, began = 0, time.perf_counter()
-                        while n < 2 or time.perf_counter() - began < 1.0:
-                            runs[way]()
-                            n += 1
-                        speeds[way].append(n * BATCH / (time.perf_counter() - began))
+                speeds = interleaved_speeds(runs, BATCH, repeats)
             median = {way: statistics.median(values) for way, values in speeds.items()}
             cells = [f"{way} {median[way]:.1f} [{min(speeds[way]):.0f}-{max(speeds[way]):.0f}]" for way in runs]
             ratio = (f"  openvino / onnxruntime {median['openvino'] / median['onnxruntime']:.2f}x"
@@ -106,4 +100,9 @@ def main(threads: int, repeats: int, names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 5, sys.argv[3:] or list(MODELS))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("threads", type=int, help="torch and ONNX Runtime threads")
+    parser.add_argument("repeats", type=int, nargs="?", default=5, help="one-second runs per contender (default 5)")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help=f"default all: {', '.join(MODELS)}")
+    args = parser.parse_args()
+    main(args.threads, args.repeats, args.models or list(MODELS))
