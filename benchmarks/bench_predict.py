@@ -50,9 +50,9 @@ def naive_predict(paths: list[Path], model_dirs: list[Path], tie_breaker: int, b
     for model_dir in model_dirs:
         model, info = load_model(model_dir, "cpu")
         # What a user writes by hand: torchvision's float transforms, the resize-then-crop model.json gives
-        # (timm's crop and interpolation for timm models, as quorum validates them).
+        # (timm's crop and interpolation for timm models, the resize floored as timm does).
         p = info.preprocessing
-        transform = T.Compose([T.Resize(round(p.size / p.crop_fraction), interpolation=INTERPOLATIONS[p.interpolation],
+        transform = T.Compose([T.Resize(int(p.size / p.crop_fraction), interpolation=INTERPOLATIONS[p.interpolation],
                                         antialias=True),
                                T.CenterCrop(p.size), T.ToTensor(), T.Normalize(p.mean, p.std)])
         dataset = _Files(paths, transform)
@@ -153,8 +153,10 @@ def _warm_up(paths: list[Path], model_dirs: list[Path], tie: int, batch_size: in
         predict_arrays(paths, members, tie, torch.device("cpu"), batch_size=batch_size, workers=workers, lazy=lazy,
                        quiet=True)
     order = [member.name for member in sorted(members, key=lambda member: member.cost)]
-    torch_run = members[0].run if members[0].engine == "torch" else None  # ONNX Runtime picks its own layout
-    return order, torch_run is not None and _channels_last(torch_run.model)
+    if members[0].engine != "torch":  # ONNX Runtime picks its own layout
+        return order, False
+    run = members[0].run
+    return order, _channels_last(getattr(run, "run", run).model)  # under the temperature (inference.Calibrated)
 
 
 def _channels_last(model: torch.nn.Module) -> bool:
