@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA, marked, output_args, publish, train_in_process
+from common import DATA, marked, output_args, publish, scores, train_in_process
 from fashion_mnist import make_slice
 
 RUNS = DATA / "vote"
@@ -104,8 +104,6 @@ def member_outputs(root: Path, runs: Path, tta: int) -> dict:
 
 def evaluate(outputs: dict, tta: int) -> dict:
     """Members and rules on test, plain and with TTA; members calibrated on val first."""
-    from sklearn.metrics import f1_score
-
     from quorum.calibration import (
         calibrate,
         expected_calibration_error,
@@ -129,9 +127,7 @@ def evaluate(outputs: dict, tta: int) -> dict:
             result = vote(test, tie, rule=rule, weights=weights[label])
             rows[label] = (result.label, result.combined)
         scored[views] = {
-            "rows": {label: {"accuracy": float((pred == y).mean()),
-                             "macro_f1": float(f1_score(y, pred, average="macro")),
-                             "ece": expected_calibration_error(p, y), "right": (pred == y).tolist()}
+            "rows": {label: {**scores(pred, y), "ece": expected_calibration_error(p, y), "right": (pred == y).tolist()}
                      for label, (pred, p) in rows.items()},
             "ceiling": float((test.argmax(2) == y).any(axis=0).mean()), "weights": weights,
             "temperatures": temperatures, "seconds": float(outputs[f"val_seconds_tta{views}"]),
