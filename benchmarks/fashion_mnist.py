@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from make_sample_data import (  # noqa: E402
+from common import DATA, ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))  # the Debian reader and the class names scripts/make_sample_data.py uses
+from make_sample_data import (
     CLASS_NAMES,
     DEBIAN_SOURCE,
     SampleDataError,
@@ -33,7 +34,6 @@ from make_sample_data import (  # noqa: E402
     write_numbered,
 )
 
-DATA = ROOT / "benchmarks" / "data"
 SEED = 2017  # as scripts/make_sample_data.py; the slices differ through their own generator streams
 DONE = ".complete"  # written last: a folder without it was interrupted and is made again
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import DATA, ROOT
+
 SAMPLE = ROOT / "sample_data"
-DATA = ROOT / "benchmarks" / "data"
 WIDTH, HEIGHT = 500, 375
 SEED = 375
 VERSION = 1  # bump when the rendering changes, so old sets are remade
