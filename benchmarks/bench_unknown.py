@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import DATA, WEIGHTS, marked, output_args, publish, train_in_process
+from common import DATA, ROOT, WEIGHTS, marked, output_args, publish, train_in_process
 from fashion_mnist import make_slice
 from no_class import SOURCES, make_no_class
 
@@ -369,10 +369,12 @@ def render(m: dict, command: str, minutes: float) -> str:
     frame, keep = m["frame"], m["keep"]
     counts = frame["source"].value_counts()
     others = len(frame) - counts[IN]
-    lines = ["## Images of no known class (`bench_unknown.py`)", "",
+    marker = "bench_unknown" + (f"-split{SPLIT_SEED}" if SPLIT_SEED else "")  # a section per split
+    title = "Images of no known class" + (f", another split (seed {SPLIT_SEED})" if SPLIT_SEED else "")
+    lines = [f"## {title} (`bench_unknown.py`)", "",
              f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {minutes:.0f} min (trained members "
-             f"and arrays reused from benchmarks/data/unknown/). Folder: {counts[IN]} in-class Fashion-MNIST test "
-             f"images and {others} of no class ({others / len(frame):.1%}): "
+             f"and arrays reused from {RUNS.relative_to(ROOT)}/). Folder: {counts[IN]} in-class Fashion-MNIST "
+             f"test images and {others} of no class ({others / len(frame):.1%}): "
              + ", ".join(f"{source} {counts[source]}" for source in SOURCES)
              + " (benchmarks/no_class.py; all 28x28 grayscale PNG). Members: EfficientNet-Lite0/1/2, ImageNet "
              f"weights, 96 px, 4+4 epochs, 800 train / 200 val images (bench_recipe.py's slice; quorum's split, seed "
@@ -417,7 +419,7 @@ def render(m: dict, command: str, minutes: float) -> str:
                f"no-class flagged {p['flagged full']:.1%}. With --lazy (each row scored by the members that ran): "
                f"{p['lazy differ']} of {len(frame)} rows flagged differently, in-class kept {p['kept lazy']:.1%}, "
                f"no-class flagged {p['flagged lazy']:.1%}.")]
-    return marked("bench_unknown", lines)
+    return marked(marker, lines)
 
 
 def main() -> int:
