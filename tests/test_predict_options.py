@@ -25,3 +25,13 @@ def test_the_defaults_pass_and_a_shard_parses():
     assert parse_shard(" 2/4 ") == Shard(2, 4) and str(Shard(2, 4)) == "2/4" and PredictOptions().shard.is_whole
     with pytest.raises(QuorumError, match="--shard takes I/N with I from 0 to N-1"):
         parse_shard("4/4")
+
+
+def test_a_run_record_without_its_vote_or_engines_is_named_not_a_crash():
+    """A run.json or part sidecar edited by hand (or by an older quorum) may lack an entry: resume and merge
+    say how the runs differ instead of stopping with a TypeError."""
+    from quorum.predict.run_identity import difference
+
+    now = {"members": {"a": "1"}, "engines": {"a": "onnx"}, "vote": {"rule": "majority", "weights": None, "tta": 1}}
+    assert difference({**now, "vote": None}, now) == "--vote and --tta unrecorded then but --vote majority --tta 1 now"
+    assert difference({**now, "engines": None}, now) == "engine unrecorded then but a onnx now"

@@ -78,9 +78,10 @@ def difference(one: dict, other: dict, where: tuple[str, str] = ("then", "now"),
                     "(give the same --engine)")
         if key == "members":
             a, b = ", ".join(a or []), ", ".join(b or [])
-        if key == "vote":
-            a, b = describe_vote(a), describe_vote(b)
+        if key == "vote":  # a hand-edited record may lack one: said, not a crash
+            a, b = (describe_vote(x) if isinstance(x, dict) else "unrecorded" for x in (a, b))
         if key == "engines":  # other members
-            a, b = (", ".join(f"{name} {e}" for name, e in x.items()) for x in (a, b))
+            a, b = (", ".join(f"{name} {e}" for name, e in x.items()) if isinstance(x, dict) else "unrecorded"
+                    for x in (a, b))
         return f"{label} {a} {where[0]} but {b} {where[1]}"
     return None
