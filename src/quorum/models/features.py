@@ -122,10 +122,9 @@ def add_training_features(info: ModelInfo, quiet: bool = False) -> str | None:
     from quorum.models.bundle import load_model, read_val_predictions
     from quorum.models.inference import TorchInference
 
-    split = info.raw.get("split", {})
-    root, table = Path(split.get("root") or ""), info.path.parent / split.get("file", "split.csv")
-    if not split.get("root") or not root.is_dir() or not table.is_file():
-        return f"its labelled folder ({split.get('root') or 'not recorded'}) or {table} is not there"
+    root, table = info.labelled_root, info.path.parent / info.raw.get("split", {}).get("file", "split.csv")
+    if root is None or not root.is_dir() or not table.is_file():
+        return f"its labelled folder ({root or 'not recorded'}) or {table} is not there"
     train_paths = files.read_csv(table, dtype={"path": str}).query("subset == 'train'")["path"].tolist()
     val_paths = read_val_predictions(info.path, info.classes)[0]
     model, _ = load_model(info.path, "cpu")
