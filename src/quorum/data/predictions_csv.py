@@ -27,7 +27,8 @@ def check_predictions_csv(csv: Path | str, option: str = "") -> Path:
     csv = Path(csv)
     if not csv.is_file():
         named = f"{option} {csv}" if option else str(csv)
-        raise QuorumError(f"{named} does not exist: write one with quorum predict FOLDER --out {csv}")
+        probs = " --probs" if option == "--distill" else ""  # the soft targets are its p_<class> columns
+        raise QuorumError(f"{named} does not exist: write one with quorum predict FOLDER{probs} --out {csv}")
     return csv
 
 
