@@ -35,3 +35,12 @@ def test_a_run_record_without_its_vote_or_engines_is_named_not_a_crash():
     now = {"members": {"a": "1"}, "engines": {"a": "onnx"}, "vote": {"rule": "majority", "weights": None, "tta": 1}}
     assert difference({**now, "vote": None}, now) == "--vote and --tta unrecorded then but --vote majority --tta 1 now"
     assert difference({**now, "engines": None}, now) == "engine unrecorded then but a onnx now"
+
+
+def test_a_member_calibrated_since_is_named_as_changed_not_only_retrained():
+    """member_digest covers model.json, which `quorum calibrate` rewrites: the words must allow for that."""
+    from quorum.predict.run_identity import difference
+
+    then, now = {"members": {"a": "1", "b": "2"}}, {"members": {"a": "1", "b": "3"}}
+    assert difference(then, now) == ("member b has a different model.json or weights then and now "
+                                     "(fine-tuned or calibrated again?)")

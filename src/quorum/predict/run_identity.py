@@ -71,7 +71,8 @@ def difference(one: dict, other: dict, where: tuple[str, str] = ("then", "now"),
             return "the folder's file names differ (the same number of files)"
         if key == "members" and isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b):
             changed = next(name for name in a if a[name] != b[name])
-            return f"member {changed} has different weights {where[0]} and {where[1]} (fine-tuned again?)"
+            return (f"member {changed} has a different model.json or weights {where[0]} and {where[1]} "
+                    "(fine-tuned or calibrated again?)")
         if key == "engines" and isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b):
             changed = next(name for name in a if a[name] != b[name])
             return (f"member {changed} ran on {a[changed]} {where[0]} but on {b[changed]} {where[1]} "
