@@ -92,6 +92,41 @@ def test_student_trains_on_every_readable_row_with_the_ensembles_probabilities(r
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
+def test_report_shows_the_student_and_each_int8_graph_with_its_engine(run, tmp_path):
+    """The comparison table and the accuracy-against-time picture: the student marked as one, and a row per int8
+    graph (model.json's accuracies, the graph's own size and measured time)."""
+    from quorum.report.build import build_report
+    from quorum.report.html import figures, write_report
+
+    data, models, preds = run
+    finetune(recipe(data, models, "student", distill=str(preds)), quiet=True)
+    assert cli("export", "--int8", "--models-dir", models).exit_code == 0
+    report = build_report(models, quiet=True)
+    write_report(report, tmp_path / "report")
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv").set_index("model")
+    names = ["student", "t0", "t1"]
+    assert list(summary.index) == [*names, *(f"{name} (int8)" for name in names), "ensemble"]
+    for name in names:
+        recorded = json.loads((models / name / "model.json").read_text())["int8"]
+        row, kind = summary.loc[f"{name} (int8)"], "student" if name == "student" else "member"
+        assert (row["engine"], row["kind"], summary.loc[name, "engine"], summary.loc[name, "kind"]) == (
+            "int8", kind, "onnx", kind)
+        assert row["accuracy"] == pytest.approx(recorded["val_accuracy_int8"])
+        assert row["vs_float32"] == pytest.approx(recorded["val_accuracy_int8"] - recorded["val_accuracy_fp32"])
+        assert row["size_mb"] == pytest.approx((models / name / "model.int8.onnx").stat().st_size / 1e6)
+        assert row["ms_per_image"] > 0
+    # The vote's cost is its members' alone.
+    assert summary.loc["ensemble", "size_mb"] == pytest.approx(summary.loc[names, "size_mb"].sum())
+    assert summary.loc["ensemble", "ms_per_image"] == pytest.approx(summary.loc[names, "ms_per_image"].sum())
+    axes = figures(report)["accuracy_vs_time.png"].axes[0]
+    labels = [text.get_text().split("\n") for text in axes.texts]
+    assert [label[0] for label in labels] == list(summary.index)
+    assert all(label[1].startswith("int8, ") for label in labels if label[0].endswith("(int8)"))
+    assert [entry.get_text() for entry in axes.get_legend().get_texts()] == [
+        "member", "member, int8", "student", "student, int8", "vote"]
+
+
 def test_rows_flagged_unknown_and_unreadable_are_left_out_and_counted(run, tmp_path):
     data, models, preds = run
     frame = pd.read_csv(preds, keep_default_na=False)

@@ -111,3 +111,14 @@ def test_no_table_header_cell_is_empty(trio):  # noqa: F811
     _, html = page(trio)
     headers = re.findall(r"<th>(.*?)</th>", html)
     assert headers and all(h.strip() for h in headers)
+
+
+def test_every_dot_is_drawn_when_no_model_records_its_parameters():
+    # Bundles without num_params gave every dot a NaN area: nothing was drawn (and a legend failed to).
+    table = pd.DataFrame({"model": ["a", "a (int8)", "ensemble"], "ms_per_image": [1.0, 0.5, 2.0],
+                          "accuracy": [0.6, 0.55, 0.7], "parameters": pd.array([None] * 3, dtype="Int64"),
+                          "engine": ["onnx", "int8", "onnx"], "kind": ["member", "member", "vote"]})
+    fig = plots.accuracy_vs_time(table, "ensemble")
+    FigureCanvasAgg(fig).draw()
+    sizes = np.concatenate([collection.get_sizes() for collection in fig.axes[0].collections])
+    assert len(sizes) == 3 and np.isfinite(sizes).all() and (sizes > 0).all()

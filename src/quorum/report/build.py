@@ -4,14 +4,16 @@
    on a labelled folder (`data`). Stored ones are stacked into a vote only if every model was
    validated on the same images; otherwise each model is scored alone and the reason is noted.
 2. Scores: `metrics.classification_metrics` for each model and for `vote.vote` of them all.
-3. The table: one row per model plus the ensemble, with size and measured time per image.
+3. The table: one row per model plus the ensemble, with size and measured time per image, the engine
+   each row was timed on and its kind (a member, a student distilled from an ensemble, the vote); and a row
+   per int8 graph (`quorum export --int8`), so what int8 costs and saves reads beside its float32 model.
 This module computes; `report.html.write_report` writes the folder.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +24,8 @@ from rich.table import Table
 from quorum import files
 from quorum.console import console, say
 from quorum.errors import QuorumError
-from quorum.models.bundle import HISTORY, WEIGHTS, ModelInfo
+from quorum.models import onnx_export
+from quorum.models.bundle import HISTORY, INT8_ONNX, WEIGHTS, ModelInfo
 from quorum.predict.members import read_members, select_models, tie_breaker_index
 from quorum.predict.validation import fitted_weights
 from quorum.predict.vote import MAJORITY_RULE, WEIGHTED, check_rule
@@ -48,6 +51,7 @@ from quorum.report.sources import (
 from quorum.report.validation_trust import trust
 
 ENSEMBLE = "ensemble"
+INT8 = " (int8)"  # an int8 graph's row: its model's name and this
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Report:
     galleries: dict = field(default_factory=dict)  # gallery tiles: "review" and "wrong", with "*_note"
     reliability: dict[str, Reliability] = field(default_factory=dict)  # per model and `ensemble`: ECE, curves
     rules: dict | None = None  # report.rules.compare_rules: every vote rule on the same images
+    int8: dict[str, dict] = field(default_factory=dict)  # "<model> (int8)" -> int8_scores' row
 
     @property
     def names(self) -> list[str]:
@@ -78,7 +83,7 @@ class Report:
         return {"source": self.source, "classes": list(self.classes), "notes": self.notes,
                 "models": self.members, "ensemble": self.ensemble,
                 "summary": self.table.astype(object).where(self.table.notna(), None).to_dict(orient="records"),
-                "preds": self.preds, "rules": self.rules, "trust": None if self.trust is None else
+                "int8": self.int8, "preds": self.preds, "rules": self.rules, "trust": None if self.trust is None else
                 self.trust.astype(object).where(self.trust.notna(), None).to_dict(orient="records")}
 
 
@@ -88,7 +93,8 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
                  quiet: bool = False, rule: str = MAJORITY_RULE, tta: int = 1) -> Report:
     """Everything `quorum report` shows, computed; nothing is written. `rule` scores the ensemble row;
     every rule is compared in `Report.rules`. `tta`: views per image and member (with it, the validation
-    images are run again: the stored predictions have one view)."""
+    images are run again: the stored predictions have one view). The members run on `engine` (int8 as onnx:
+    each int8 graph gets a row of its own, beside its float32 model's, whatever the engine)."""
     if labels is not None and preds is None:
         raise QuorumError("--labels holds the true labels of a --preds CSV: add --preds PREDICTIONS.csv")
     check_rule(rule)
@@ -105,9 +111,11 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
                f"(tie-breaker {member_names[tie]})"), quiet)
 
     members = _Members(infos, device, engine, quiet)  # loaded once, for --data and timing alike
+    int8_run = None  # the int8 graphs' probabilities where the models run now
     if data is not None:
         say(escape(f"Running every model on every image of {data}"), quiet)
-        labelled = run_on_folder(Path(data), members.get(), tie, members.device, workers=workers, quiet=quiet, tta=tta)
+        labelled = run_on_folder(Path(data), members.all(), tie, members.device, workers=workers, quiet=quiet, tta=tta)
+        labelled, int8_run = split_int8(labelled, len(infos))
         source, metrics = labelled.source, member_scores(labelled, member_names, infos[0].classes)
         if labelled.skipped:
             notes.append(f"{labelled.skipped} unreadable file(s) in {data} were left out of every score")
@@ -119,7 +127,8 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
                                   f"{'there is none' if labelled is None else 'its folder is not recorded'}: "
                                   "give the labelled images with --data")
             say(escape(f"Running every model on the {len(labelled.paths)} validation images, {tta} views each"), quiet)
-            labelled = run_again(labelled, members.get(), tie, members.device, workers=workers, quiet=quiet, tta=tta)
+            labelled = run_again(labelled, members.all(), tie, members.device, workers=workers, quiet=quiet, tta=tta)
+            labelled, int8_run = split_int8(labelled, len(infos))
             source, metrics = labelled.source, member_scores(labelled, member_names, infos[0].classes)
 
     ensemble = None
@@ -135,6 +144,10 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
                             "table cross-fits them)" if rule == WEIGHTED and data is None else ""))
 
     report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos), preds_part)
+    report.int8 = int8_scores(members.int8_infos, metrics, int8_run)
+    if report.int8 and int8_run is None:
+        notes.append("int8 rows: each int8 graph's accuracy on its model's validation split, as quorum export --int8 "
+                     "recorded it (model.json's int8); `vs float32` is against the float32 graph on the same images")
     if labelled is not None:  # the probabilities are calibrated ones: ECE with and without the temperatures
         from quorum.models.temperature import temperature
 
@@ -157,10 +170,10 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
                          + "), so its accuracy there is not comparable with the others'")
     if timing:
         say("Timing each model on this machine (a few seconds each; --no-timing skips this)", quiet)
-    seconds = measure_times(members.get(), members.device.type == "cpu", quiet, notes) if timing else {}
+    seconds = measure_times(members.all(), members.device.type == "cpu", quiet, notes) if timing else {}
     if not timing:
         notes.append("time per image was not measured (--no-timing)")
-    report.table = summary_table(report, seconds)
+    report.table = summary_table(report, seconds, members.engines())
     return report
 
 
@@ -212,13 +225,40 @@ def read_histories(infos: list[ModelInfo]) -> dict[str, pd.DataFrame]:
     return {info.path.name: files.read_csv(info.path / HISTORY) for info in infos if (info.path / HISTORY).is_file()}
 
 
+def split_int8(labelled: Labelled, n_members: int) -> tuple[Labelled, Labelled]:
+    """A run of the members followed by their int8 graphs, as two: the members' (the vote's) and the graphs'."""
+    return replace(labelled, probs=labelled.probs[:n_members]), replace(labelled, probs=labelled.probs[n_members:])
+
+
+def int8_scores(infos: list[ModelInfo], metrics: dict[str, dict], run: Labelled | None) -> dict[str, dict]:
+    """Per int8 graph: its scores on the images of `run` (the graphs run now), else the validation accuracy
+    `quorum export --int8` recorded; `vs_float32`: its accuracy less its float32 model's on the same images."""
+    names = [info.path.name for info in infos]
+    if run is not None:
+        found = member_scores(run, names, infos[0].classes) if infos else {}
+        return {name + INT8: {"model": name, "metrics": found[name],
+                              "vs_float32": found[name]["accuracy"] - metrics[name]["accuracy"]} for name in names}
+    scores = {}
+    for info, name in zip(infos, names):
+        recorded = info.raw["int8"]
+        accuracy = recorded["val_accuracy_int8"]
+        scores[name + INT8] = {"model": name, "vs_float32": accuracy - recorded["val_accuracy_fp32"],
+                               "metrics": {"accuracy": accuracy, "balanced_accuracy": None, "macro_f1": None,
+                                           "images": metrics[name]["images"]}}
+    return scores
+
+
 class _Members:
-    """The members on their engine, loaded on first use: a report from stored predictions with --no-timing
-    loads no model at all."""
+    """The members on their engine, and the int8 graphs of those that have a current one, loaded on first use:
+    a report from stored predictions with --no-timing loads no model at all."""
 
     def __init__(self, infos: list[ModelInfo], device: str, engine: str, quiet: bool):
-        self.infos, self.requested, self.engine, self.quiet = infos, device, engine, quiet
-        self.members, self.device = None, None
+        # The int8 graphs have rows of their own: with --engine int8 the members' rows are their float32 graphs.
+        self.infos, self.requested, self.quiet = infos, device, quiet
+        self.engine = "onnx" if engine == "int8" else engine
+        self.int8_infos = [info for info in infos if info.raw.get("int8")
+                           and onnx_export.is_current(info.path, graph=INT8_ONNX)]
+        self.members, self.int8, self.device = None, [], None
 
     def get(self):
         if self.members is None:
@@ -230,7 +270,17 @@ class _Members:
             self.device = pick_device(device_for_engine(self.engine, self.requested))
             engines = member_engines(self.infos, self.engine, self.device.type, self.quiet)
             self.members = load_members(self.infos, self.device, engines, threads=engine_threads())
+            int8 = load_members(self.int8_infos, self.device, ["int8"] * len(self.int8_infos), threads=engine_threads())
+            self.int8 = [replace(member, name=member.name + INT8) for member in int8]
         return self.members
+
+    def all(self):
+        """The members, then the int8 graphs (named `<model> (int8)`)."""
+        return self.get() + self.int8
+
+    def engines(self) -> dict[str, str]:
+        """What runs each member and int8 graph, by name; nothing where none was loaded."""
+        return {member.name: member.engine for member in self.members + self.int8} if self.members else {}
 
 
 def measure_times(members: list, on_cpu: bool, quiet: bool, notes: list[str]) -> dict[str, float]:
@@ -245,28 +295,48 @@ def measure_times(members: list, on_cpu: bool, quiet: bool, notes: list[str]) ->
     return timings.seconds
 
 
-def summary_table(report: Report, seconds: dict[str, float]) -> pd.DataFrame:
-    """One row per model, then the ensemble's (its cost: every member runs on every image)."""
+def summary_table(report: Report, seconds: dict[str, float], engines: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per model, one per int8 graph, then the ensemble's (its cost: every member runs on every image).
+    `engines`: what timed each row (Member.engine, by name)."""
     preds_scores = (report.preds or {}).get("scores", {})
+    engines = engines or {}
     rows = []
     for info in report.infos:
         name, metrics = info.path.name, report.members[info.path.name]
-        weights = info.path / WEIGHTS
-        rows.append({"model": name, "backbone": info.backbone, "image_size": info.image_size,
-                     "parameters": info.raw.get("num_params"),
-                     "size_mb": weights.stat().st_size / 1e6 if weights.is_file() else None,
-                     **_headline(metrics), **_ece(report, name), "ms_per_image": _ms(seconds.get(name)),
+        rows.append({**_model_columns(info, info.path / WEIGHTS), **_headline(metrics), **_ece(report, name),
+                     "ms_per_image": _ms(seconds.get(name)), "engine": engines.get(name), "kind": _kind(info),
                      "preds_accuracy": preds_scores.get(name, {}).get("accuracy")})
+    members = pd.DataFrame(rows)
+    infos = {info.path.name: info for info in report.infos}
+    for name, scored in report.int8.items():
+        info = infos[scored["model"]]
+        rows.append({**_model_columns(info, info.path / INT8_ONNX), "model": name, **_headline(scored["metrics"]),
+                     "ece_raw": None, "ece": None, "ms_per_image": _ms(seconds.get(name)), "engine": "int8",
+                     "kind": _kind(info), "vs_float32": scored["vs_float32"]})
     if report.ensemble is not None:
-        members = pd.DataFrame(rows)
         total = lambda column: members[column].sum(min_count=len(members))  # noqa: E731 (None if any is missing)
-        rows.append({"model": ENSEMBLE, "backbone": f"vote of {len(rows)}", "image_size": None,
+        rows.append({"model": ENSEMBLE, "backbone": f"vote of {len(members)}", "image_size": None,
                      "parameters": total("parameters"), "size_mb": total("size_mb"),
                      **_headline(report.ensemble["metrics"]), **_ece(report, ENSEMBLE),
                      "ms_per_image": total("ms_per_image") if seconds else None,
+                     "engine": ", ".join(dict.fromkeys(members["engine"].dropna())) or None, "kind": "vote",
                      "preds_accuracy": preds_scores.get(ENSEMBLE, {}).get("accuracy")})
     table = pd.DataFrame(rows).astype({"image_size": "Int64", "parameters": "Int64", "images": "Int64"})
+    if "vs_float32" in table:  # after the columns every table has
+        table = table[[column for column in table if column != "vs_float32"] + ["vs_float32"]]
     return table.drop(columns=["preds_accuracy"]) if not preds_scores else table
+
+
+def _model_columns(info: ModelInfo, graph: Path) -> dict:
+    """What a row says about the model itself; `graph`: the file whose size it is (weights, or the int8 graph)."""
+    return {"model": info.path.name, "backbone": info.backbone, "image_size": info.image_size,
+            "parameters": info.raw.get("num_params"),
+            "size_mb": graph.stat().st_size / 1e6 if graph.is_file() else None}
+
+
+def _kind(info: ModelInfo) -> str:
+    """A student (`finetune --distill`) learned an ensemble's probabilities; any other model is a member."""
+    return "student" if info.raw.get("distill") else "member"
 
 
 def best_name(accuracies: dict[str, float]) -> str | None:
@@ -295,7 +365,8 @@ def print_table(report: Report, quiet: bool = False) -> None:
     table = Table(title=escape(f"Scored on {report.source}"), title_justify="left")
     headers = {"model": "model", "backbone": "backbone", "image_size": "size", "parameters": "params",
                "size_mb": "MB", "accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro F1",
-               "ece_raw": "ECE raw", "ece": "ECE", "ms_per_image": "ms/image", "preds_accuracy": "acc. on --preds"}
+               "ece_raw": "ECE raw", "ece": "ECE", "ms_per_image": "ms/image", "engine": "engine", "kind": "kind",
+               "preds_accuracy": "acc. on --preds", "vs_float32": "vs float32"}
     columns = [column for column in headers if column in report.table.columns]
     for column in columns:
         table.add_column(headers[column], justify="left" if column in ("model", "backbone") else "right")
@@ -321,6 +392,8 @@ def format_cell(column: str, value) -> str:
         return "-"
     if column in ("accuracy", "balanced_accuracy", "preds_accuracy"):
         return f"{value:.1%}"
+    if column == "vs_float32":
+        return f"{100 * value:+.1f} points"
     formats = {"macro_f1": "{:.3f}", "ece_raw": "{:.3f}", "ece": "{:.3f}", "parameters": "{:,.0f}",
                "size_mb": "{:.1f}", "ms_per_image": "{:.1f}",
                "image_size": "{:.0f}"}

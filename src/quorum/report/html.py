@@ -44,8 +44,9 @@ code{background:#f3f3f3;padding:0 .2em}"""
 SUMMARY_HEADERS = {"model": "model", "backbone": "backbone", "image_size": "image size", "parameters": "parameters",
                    "size_mb": "size on disk (MB)", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                    "macro_f1": "macro F1", "ece_raw": "ECE before calibration", "ece": "ECE (calibrated)",
-                   "ms_per_image": "time per image (ms)", "images": "images",
-                   "preds_accuracy": "accuracy on --preds (true labels)"}
+                   "ms_per_image": "time per image (ms)", "images": "images", "engine": "engine", "kind": "kind",
+                   "preds_accuracy": "accuracy on --preds (true labels)",
+                   "vs_float32": "accuracy against the float32 graph"}
 
 
 def figures(report: Report) -> dict[str, object]:
@@ -61,7 +62,8 @@ def figures(report: Report) -> dict[str, object]:
         kept = {info.path.name: info.raw.get("best_epoch") for info in report.infos}
         out["training_curves.png"] = plots.training_curves(report.histories, kept)
     if report.table["ms_per_image"].notna().any():
-        out["accuracy_vs_time.png"] = plots.accuracy_vs_time(report.table.dropna(subset=["ms_per_image"]), ENSEMBLE)
+        out["accuracy_vs_time.png"] = plots.accuracy_vs_time(report.table.dropna(subset=["ms_per_image", "accuracy"]),
+                                                             ENSEMBLE)
     if report.curve is not None and len(report.curve):
         levels = report.trust[report.trust["group"] == "at least"]
         out["coverage_accuracy.png"] = plots.coverage_accuracy(report.curve, levels)
@@ -134,8 +136,11 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
         "<h2>Comparison</h2>",
         table_html(headers, rows, highlight=best_name(dict(zip(report.table["model"], report.table["accuracy"])))),
         "<p>In bold: the best accuracy.</p>",
-        "<p>Time per image: eval forward passes on random pixels at each model's input size, on this machine; "
-        "the ensemble's is the sum of its members' (every member runs on every image).</p>",
+        "<p>Time per image: eval forward passes on random pixels at each model's input size, on this machine, on "
+        "the engine named; the ensemble's is the sum of its members' (every member runs on every image). "
+        "Kind: a student learned an ensemble's probabilities (quorum finetune --distill). A row named "
+        "<code>(int8)</code> is that model's int8 graph (quorum export --int8; quorum predict --engine int8), "
+        "its size the graph's.</p>",
         pseudo_section(report),
         ensemble_section(report),
         rules_section(report),

@@ -139,19 +139,38 @@ def _clip_spikes(ax, epochs: pd.Series, losses: pd.DataFrame, factor: float = 10
                             ha="center", fontsize=7, color="tab:red")
 
 
+KIND_COLOURS = {"member": "tab:blue", "student": "tab:purple", "vote": "tab:red"}
+
+
 def accuracy_vs_time(table: pd.DataFrame, ensemble_name: str) -> Figure:
-    """Each model (and the ensemble) by measured time per image and accuracy; dot area follows parameters."""
+    """Each model (and the ensemble) by measured time per image and accuracy; dot area follows parameters,
+    colour the kind (member, student, vote; the ensemble is red without one), a square an int8 graph, and
+    each label names the engine."""
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.subplots()
-    params = table["parameters"].astype(float).fillna(table["parameters"].astype(float).median())
+    params = table["parameters"].astype(float)
+    params = params.fillna(params.median()).fillna(1.0)  # no count at all (older bundles): one size for every dot
     area = 60 + 900 * params / params.max()
-    colors = ["tab:red" if name == ensemble_name else "tab:blue" for name in table["model"]]
-    ax.scatter(table["ms_per_image"], table["accuracy"], s=area, c=colors, alpha=0.6, edgecolors="black")
-    rows = zip(table["model"], table["ms_per_image"], table["accuracy"], table["parameters"])
-    for k, (name, x, y, p) in enumerate(rows):
-        label = f"{name}\n{p / 1e6:.1f} M params" if pd.notna(p) else name
+    kinds = table["kind"] if "kind" in table else pd.Series("member", index=table.index)
+    kinds = kinds.where(table["model"] != ensemble_name, "vote").fillna("member")
+    engines = table["engine"] if "engine" in table else pd.Series(None, index=table.index, dtype=object)
+    int8 = engines == "int8"
+    for kind, colour in KIND_COLOURS.items():
+        for square in (False, True):
+            shown = (kinds == kind) & (int8 == square)
+            if shown.any():
+                ax.scatter(table["ms_per_image"][shown], table["accuracy"][shown], s=area[shown], c=colour,
+                           marker="s" if square else "o", alpha=0.6, edgecolors="black",
+                           label=kind + (", int8" if square else ""))
+    rows = zip(table["model"], table["ms_per_image"], table["accuracy"], table["parameters"], engines)
+    for k, (name, x, y, p, engine) in enumerate(rows):
+        details = [part for part in (engine if pd.notna(engine) else None,
+                                     f"{p / 1e6:.1f} M params" if pd.notna(p) else None) if part]
+        label = "\n".join([name, ", ".join(details)]) if details else name
         # Alternate above and below, so neighbours with equal accuracy do not print over each other.
         ax.annotate(label, (x, y), xytext=(8, 8 if k % 2 == 0 else -22), textcoords="offset points", fontsize=8)
+    if kinds.nunique() > 1 or int8.any():
+        ax.legend(fontsize=8, loc="lower right", markerscale=0.5)
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain)
@@ -163,7 +182,7 @@ def accuracy_vs_time(table: pd.DataFrame, ensemble_name: str) -> Figure:
     ax.set_ylabel("accuracy")
     ax.margins(x=0.3, y=0.15)
     ax.grid(alpha=0.3)
-    ax.set_title("accuracy against time per image (dot size: parameters)", fontsize=10)
+    ax.set_title("accuracy against time per image (dot size: parameters; square: int8)", fontsize=10)
     return fig
 
 
