@@ -125,6 +125,12 @@ def test_report_shows_the_student_and_each_int8_graph_with_its_engine(run, tmp_p
     assert all(label[1].startswith("int8, ") for label in labels if label[0].endswith("(int8)"))
     assert [entry.get_text() for entry in axes.get_legend().get_texts()] == [
         "member", "member, int8", "student", "student, int8", "vote"]
+    # On --data the int8 graphs run there too, beside (never in) the vote.
+    on_data = build_report(models, data=data, timing=False, workers=0, quiet=True)
+    table = on_data.table.set_index("model")
+    assert on_data.ensemble["members"] == names and table.loc["t0 (int8)", "images"] == table.loc["t0", "images"]
+    assert table.loc["t0 (int8)", "vs_float32"] == pytest.approx(
+        table.loc["t0 (int8)", "accuracy"] - table.loc["t0", "accuracy"])
 
 
 def test_rows_flagged_unknown_and_unreadable_are_left_out_and_counted(run, tmp_path):
