@@ -1,6 +1,6 @@
 """One model to ship (issue 22): students distilled from the ensemble, and int8 graphs, against the members.
 
-    python benchmarks/bench_deploy.py [--steps train predict students int8 speed] [--out FILE] [--no-write]
+    python benchmarks/bench_deploy.py [--steps train predict students int8 int8-study speed] [--out FILE] [--no-write]
 
 1. Data: the recipe benchmark's Fashion-MNIST slice (100 labelled images per class, which quorum splits 80/20),
    3,000 unlabelled images (300 per class, disjoint) and 2,000 test images (benchmarks/fashion_mnist.py).
@@ -10,7 +10,11 @@
    and `..._lite2 --distill` on that CSV (same 4+4 plan, same split).
 4. `quorum export --int8` for every model; accuracy (validation and test), agreement with the teachers' vote,
    ms per image (graph alone, random pixels, batch 32) and MB, float32 and int8.
-5. Speed: the reference trio (mobilenet_v2 at 64 and 224 px, resnet50 at 224; random weights, heads trained as
+5. `--steps int8-study`: what the field tries when int8 post-training quantization costs a MobileNet-class CNN
+   accuracy, each of ONNX Runtime's options on the teachers (float32 nodes at the edges, symmetric or signed
+   activations, moving-average calibration, per-tensor weights, reduce_range, QOperator, float bias): validation
+   and test accuracy of each graph, and its speed against float32.
+6. Speed: the reference trio (mobilenet_v2 at 64 and 224 px, resnet50 at 224; random weights, heads trained as
    benchmarks/members.py does: speed does not depend on the weights) float32 against int8 graphs, and
    `quorum predict --engine onnx` / `--engine int8` against the naive way on the predict benchmark's photos.
 Everything made is kept under benchmarks/data/deploy/ and reused.
@@ -25,21 +29,24 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench_predict import naive_predict, round_folders
 from common import DATA, WEIGHTS, finetune_lite, interleaved_speeds, marked, output_args, publish, quorum, step, table
 from fashion_mnist import make_slice
 from make_photos import make_labelled_set, make_predict_set
 from members import build, trios
-from quorum.data.images import scan_images
+from quorum import files
+from quorum.data.images import load_rgb, scan_images
 from quorum.models import onnx_export
 from quorum.models.bundle import INT8_ONNX, ONNX, read_info
 from quorum.models.inference import engine_threads, onnx_session
-from quorum.models.quantize import quantize_graph, quantize_models
+from quorum.models.quantize import CalibrationReader, quantize_graph, quantize_models, training_images
 from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 
@@ -47,7 +54,7 @@ RUNS = DATA / "deploy"
 MODELS = RUNS / "models"
 TEACHERS = ("lite0", "lite1", "lite2")
 STUDENTS = ("student-lite0", "student-lite2")
-STEPS = ("train", "predict", "students", "int8", "speed")
+STEPS = ("train", "predict", "students", "int8", "int8-study", "speed")
 
 
 def scores(test: Path, model_dirs: list[Path]) -> list[list[str]]:
@@ -90,14 +97,81 @@ def quantize_for_speed(model_dir: Path) -> None:
         onnx_export.tag_weights(model_dir / INT8_ONNX, onnx_export.weights_digest(model_dir))
 
 
-def graph_speeds(model_dir: Path, repeats: int = 5, batch: int = 32) -> tuple[float, float]:
-    """images/s of model.onnx and model.int8.onnx on random pixels, interleaved, median of `repeats`."""
+def graph_speeds(model_dir: Path, graphs: tuple[Path, Path] | None = None, repeats: int = 5,
+                 batch: int = 32) -> tuple[float, float]:
+    """images/s of two graphs (model.onnx and model.int8.onnx by default) on random pixels, interleaved, median
+    of `repeats`."""
     size = read_info(model_dir).image_size
     x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
-    sessions = {graph: onnx_session(model_dir / graph, engine_threads()) for graph in (ONNX, INT8_ONNX)}
-    runs = {graph: (lambda s=session: s.run(None, {"pixels": x})) for graph, session in sessions.items()}
+    graphs = graphs or (model_dir / ONNX, model_dir / INT8_ONNX)
+    sessions = {"fp32": onnx_session(graphs[0], engine_threads()), "int8": onnx_session(graphs[1], engine_threads())}
+    runs = {name: (lambda s=session: s.run(None, {"pixels": x})) for name, session in sessions.items()}
     speeds = interleaved_speeds(runs, batch, repeats)
-    return statistics.median(speeds[ONNX]), statistics.median(speeds[INT8_ONNX])
+    return statistics.median(speeds["fp32"]), statistics.median(speeds["int8"])
+
+
+def int8_variants() -> dict[str, dict]:
+    """quantize_graph's settings for each thing tried; {} is what `quorum export --int8` does."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    return {
+        "all int8 (last round's): QDQ, per-channel, U8S8, MinMax": {"exclude": ()},
+        "quorum's: stem conv and head in float32": {},
+        "head in float32": {"exclude": ("head",)},
+        "depthwise convs in float32": {"exclude": ("depthwise",)},
+        "S8S8, symmetric activations": {"exclude": (), "activation_type": QuantType.QInt8,
+                                        "extra_options": {"ActivationSymmetric": True}},
+        "MinMax moving average": {"exclude": (), "extra_options": {"CalibMovingAverage": True}},
+        "bias in float32": {"exclude": (), "extra_options": {"QuantizeBias": False}},
+        "per-tensor weights": {"exclude": (), "per_channel": False},
+        "reduce_range (7-bit weights)": {"exclude": (), "reduce_range": True},
+        "QOperator format": {"exclude": (), "quant_format": QuantFormat.QOperator},
+    }
+
+
+class Labelled:
+    """Decoded images of one preprocessing and their class indices, scored through any graph of the model."""
+
+    def __init__(self, info, paths: list[Path], labels: list[str]):
+        pixels = info.preprocessing.eval_pixels()
+        self.x = torch.stack([pixels(load_rgb(path)) for path in paths])
+        self.y = np.array([info.classes.index(label) for label in labels])
+        self.normalize = info.preprocessing.normalizer()
+
+    def accuracy(self, graph: Path, batch: int = 100) -> float:
+        session = onnx_session(graph, 1)
+        with torch.inference_mode():
+            predicted = np.concatenate([session.run(None, {"pixels": self.normalize(self.x[k: k + batch]).numpy()})[0]
+                                        .argmax(axis=1) for k in range(0, len(self.x), batch)])
+        return float((predicted == self.y).mean())
+
+
+def int8_study(model_dirs: list[Path], test: Path, only: list[str] | None = None) -> list[list[str]]:
+    """Every variant on every model: validation and test accuracy against float32 (points), speed-up."""
+    rows, variants = [], int8_variants()
+    test_paths = scan_images(test).images
+    for model_dir in model_dirs:
+        info = read_info(model_dir)
+        val = files.read_csv(model_dir / "val_predictions.csv", keep_default_na=False, dtype=str)
+        sets = {"val": Labelled(info, [Path(info.raw["split"]["root"]) / path for path in val.path],
+                                list(val.true_label)),
+                "test": Labelled(info, test_paths, [path.parent.name for path in test_paths])}
+        fp32 = {name: labelled.accuracy(model_dir / ONNX) for name, labelled in sets.items()}
+        for variant, settings in variants.items():
+            if only and variant not in only:
+                continue
+            with tempfile.TemporaryDirectory() as scratch:
+                graph = Path(scratch) / "int8.onnx"
+                reader = CalibrationReader(info, training_images(info))
+                quantize_graph(model_dir / ONNX, graph, reader, **settings)
+                int8 = {name: labelled.accuracy(graph) for name, labelled in sets.items()}
+                fast32, fast8 = graph_speeds(model_dir, (model_dir / ONNX, graph))
+            step(f"{model_dir.name} {variant}: val {int8['val'] - fp32['val']:+.2%} test "
+                 f"{int8['test'] - fp32['test']:+.2%} speed {fast8 / fast32:.2f}x")
+            rows.append([model_dir.name, variant, *(f"{fp32[name]:.2%} -> {int8[name]:.2%} "
+                                                    f"({100 * (int8[name] - fp32[name]):+.2f})" for name in sets),
+                         f"{fast8 / fast32:.2f}x"])
+    return rows
 
 
 def speed_rows(model_dirs: list[Path]) -> list[list[str]]:
@@ -159,6 +233,14 @@ def main(args: argparse.Namespace) -> int:
                   f"{len(scan_images(data.test).images)} test images; agreement = share of test images where the "
                   "model's label is the teachers' vote's:", ""]
         lines += table(["model", "val", "test", "agrees with the vote"], scores(data.test, models))
+    if "int8-study" in args.steps:
+        step("int8 variants")
+        rows = int8_study([MODELS / name for name in TEACHERS], data.test, args.variants)
+        lines += ["int8 variants tried on the teachers: accuracy float32 -> int8 (change in points) on the validation "
+                  f"split and the {len(scan_images(data.test).images)} test images, 128 training-share calibration "
+                  "images; speed-up of the int8 graph over float32 (ONNX Runtime, batch 32, median of 5 one-second "
+                  "runs):", ""]
+        lines += table(["model", "int8 variant", "val", "test", "speed-up"], rows)
     if "speed" in args.steps:
         step("graph speeds")
         labelled = make_labelled_set()
@@ -193,6 +275,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--images", type=int, default=1000, help="photos in the predict set (default 1000)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="int8-study: only these variants")
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS)
     output_args(parser)
     return parser

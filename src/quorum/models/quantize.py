@@ -68,17 +68,32 @@ def quantize(model_dir: Path) -> dict:
     return scores
 
 
-def quantize_graph(source: Path, target: Path, reader) -> None:
-    """ONNX Runtime's static int8 quantization of the graph at `source`, calibrated on `reader`'s batches."""
+def quantize_graph(source: Path, target: Path, reader, exclude: tuple[str, ...] = (), **options) -> None:
+    """ONNX Runtime's static int8 quantization of the graph at `source`, calibrated on `reader`'s batches.
+
+    `exclude`: nodes left in float32, by name or as "stem" (the convolution that reads the pixels) and "head"
+    (the Gemm or MatMul that writes the logits); `options`: quantize_static's own keywords, over these defaults.
+    """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    settings = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax) | options
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        nodes = edge_nodes(onnx.load(str(prepared)).graph, exclude) if exclude else None
+        quantize_static(str(prepared), str(target), reader, nodes_to_exclude=nodes, **settings)
+
+
+def edge_nodes(graph, names: tuple[str, ...]) -> list[str]:
+    """Node names for `names`: "stem" and "head" (see quantize_graph) are found in `graph`, others kept as given."""
+    inputs, outputs = {value.name for value in graph.input}, {value.name for value in graph.output}
+    found = {"stem": [node.name for node in graph.node if node.op_type == "Conv" and inputs & set(node.input)],
+             "head": [node.name for node in graph.node if node.op_type in ("Gemm", "MatMul")
+                      and outputs & set(node.output)]}
+    return [node for name in names for node in found.get(name, [name])]
 
 
 def training_images(info: ModelInfo, limit: int = CALIBRATION_IMAGES) -> list[Path]:
