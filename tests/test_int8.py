@@ -60,6 +60,20 @@ def test_export_int8_records_both_accuracies_and_the_weights(trained):
     assert "is current" in cli("export", "--int8", "--models-dir", trained).output
 
 
+def test_the_stem_conv_and_the_head_stay_float32_and_every_other_conv_is_int8(trained):
+    import onnx
+
+    graph = onnx.load(str(select_models(trained)[0] / bundle.INT8_ONNX)).graph
+    made_by = {output: node for node in graph.node for output in node.output}
+    float_weights = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    stem = next(node for node in convs if made_by.get(node.input[0]) is None)  # reads the pixels as given
+    [head] = [node for node in graph.node if node.op_type in ("Gemm", "MatMul")]
+    assert stem.input[0] == "pixels" and stem.input[1] in float_weights and head.input[1] in float_weights
+    assert len(convs) > 1 and all(made_by[node.input[1]].op_type == "DequantizeLinear" for node in convs
+                                  if node is not stem)
+
+
 def test_int8_graph_holds_int8_weights_and_runs_with_onnxruntime_numpy_and_pillow_only(trained, images):
     model_dir = select_models(trained)[0]
     script = textwrap.dedent("""

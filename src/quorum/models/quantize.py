@@ -1,8 +1,9 @@
 """`model.int8.onnx`: a bundle's graph with int8 weights and activations, for `--engine int8`.
 
 1. ONNX Runtime's static quantization (`quantize_static`): QDQ format, int8 weights per output channel,
-   uint8 activations (the U8S8 kernels that AVX-512 VNNI runs). Its own pre-processing (shape inference,
-   graph optimisation) runs first, as its documentation asks.
+   uint8 activations (the U8S8 kernels that AVX-512 VNNI runs); the stem convolution and the classifier head
+   stay float32 (FLOAT_NODES). Its own pre-processing (shape inference, graph optimisation) runs first, as its
+   documentation asks.
 2. Activation ranges are calibrated on training-share images (models/split.csv) through the model's own
    `Preprocessing` and `Normalizer`: the pixels predict will feed it, never validation's.
 3. Both graphs are then scored on the validation split and the two accuracies recorded in model.json
@@ -28,6 +29,11 @@ from quorum.models import onnx_export
 from quorum.models.bundle import INT8_ONNX, MODEL_JSON, ONNX, VAL_PREDICTIONS, ModelInfo, read_info
 from quorum.models.inference import OnnxInference, onnx_session
 
+# Float32 where int8 costs accuracy and saves little time (the usual mixed-precision practice for MobileNet-class
+# CNNs): the stem reads the pixels through 3 channels, the head writes the logits. bench_deploy's int8 study
+# (benchmarks/RESULTS.md): on real Lite members this keeps validation and test accuracy within 0.5 points, where
+# quantizing them too lost up to 1.7 (one image of 60), and last round's Lite1 and Lite2 1.3 test points.
+FLOAT_NODES = ("stem", "head")
 CALIBRATION_IMAGES = 128  # ORT's examples use 100-500; more barely moves the ranges of these small graphs
 BATCH = 16
 
@@ -62,17 +68,19 @@ def quantize(model_dir: Path) -> dict:
         onnx_export.tag_weights(tmp, onnx_export.weights_digest(model_dir))
         scores = {"val_accuracy_fp32": validation_accuracy(info, model_dir / ONNX),
                   "val_accuracy_int8": validation_accuracy(info, tmp),
-                  "calibration_images": reader.count, "format": "QDQ, per-channel int8 weights, uint8 activations"}
+                  "calibration_images": reader.count,
+                  "format": "QDQ, per-channel int8 weights, uint8 activations; stem conv and head in float32"}
     raw = dict(info.raw, int8=scores)
     files.write_json(model_dir / MODEL_JSON, raw)
     return scores
 
 
-def quantize_graph(source: Path, target: Path, reader, exclude: tuple[str, ...] = (), **options) -> None:
+def quantize_graph(source: Path, target: Path, reader, exclude: tuple[str, ...] = FLOAT_NODES, **options) -> None:
     """ONNX Runtime's static int8 quantization of the graph at `source`, calibrated on `reader`'s batches.
 
-    `exclude`: nodes left in float32, by name or as "stem" (the convolution that reads the pixels) and "head"
-    (the Gemm or MatMul that writes the logits); `options`: quantize_static's own keywords, over these defaults.
+    `exclude`: nodes left in float32, by name or as "stem" (the convolution that reads the pixels), "head"
+    (the Gemm or MatMul that writes the logits) and "depthwise" (every convolution of one channel per group);
+    `options`: quantize_static's own keywords, over these defaults.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -88,11 +96,14 @@ def quantize_graph(source: Path, target: Path, reader, exclude: tuple[str, ...] 
 
 
 def edge_nodes(graph, names: tuple[str, ...]) -> list[str]:
-    """Node names for `names`: "stem" and "head" (see quantize_graph) are found in `graph`, others kept as given."""
+    """Node names for `names`: "stem", "head" and "depthwise" (see quantize_graph) are found in `graph`, others
+    kept as given."""
     inputs, outputs = {value.name for value in graph.input}, {value.name for value in graph.output}
+    groups = {node.name: next((a.i for a in node.attribute if a.name == "group"), 1) for node in graph.node}
     found = {"stem": [node.name for node in graph.node if node.op_type == "Conv" and inputs & set(node.input)],
              "head": [node.name for node in graph.node if node.op_type in ("Gemm", "MatMul")
-                      and outputs & set(node.output)]}
+                      and outputs & set(node.output)],
+             "depthwise": [node.name for node in graph.node if node.op_type == "Conv" and groups[node.name] > 1]}
     return [node for name in names for node in found.get(name, [name])]
 
 
