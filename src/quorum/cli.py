@@ -434,10 +434,12 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
     \b
     Scores (accuracy, balanced accuracy, macro F1, per class, confusion matrix) for each
     model and for the vote (the rule quorum predict uses), on the shared validation split
-    by default or on --data. The table adds size, parameters and time per image measured
-    on this machine. Also: what the vote adds (the any-member-right ceiling, pairwise
-    agreement, tie-breaker decisions, each member left out), every vote rule side by side
-    (accuracy, macro F1, ECE) with the one these images support, and training curves.
+    by default or on --data. The table adds size, parameters, time per image measured
+    on this machine, the engine and kind (member, student, vote), and a row per int8
+    graph (quorum export --int8) beside its float32 model. Also: what the vote adds (the
+    any-member-right ceiling, pairwise agreement, tie-breaker decisions, each member left
+    out), every vote rule side by side (accuracy, macro F1, ECE) with the one these images
+    support, and training curves.
     """
     from quorum.data.predictions_csv import check_predictions_csv
     from quorum.models.engine import check_engine
