@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -26,9 +27,9 @@ ROWS = [  # path, member votes, p_cat, p_dog, p_fox, unknown
 ]
 
 
-def hand_made(folder, with_probs=True, with_unknown=True) -> pd.DataFrame:
+def hand_made(folder, with_probs=True, with_unknown=True, rows_=ROWS) -> pd.DataFrame:
     rows = []
-    for path, votes, p_cat, p_dog, p_fox, unknown in ROWS:
+    for path, votes, p_cat, p_dog, p_fox, unknown in rows_:
         probs = {"cat": p_cat, "dog": p_dog, "fox": p_fox}
         row = {"path": path, "prediction": max(probs, key=probs.get), "votes": max(votes.count(v) for v in votes),
                "members": 3, "decided_by": "", "confidence": max(probs.values())}
@@ -46,15 +47,23 @@ def hand_made(folder, with_probs=True, with_unknown=True) -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture
-def preds_csv(tmp_path):
-    """The hand-made rows as a real CSV with its .json, over real image files."""
+def write_csv(tmp_path, rows=ROWS, with_probs=True):
+    """Hand-made rows as a real CSV with its .json, over real image files."""
     folder = tmp_path / "unlabelled"
-    for (path, *_), written in zip(ROWS + [("broken.png",)], write_good_images(folder, len(ROWS) + 1)):
+    for (path, *_), written in zip(rows + [("broken.png",)], write_good_images(folder, len(rows) + 1)):
         written.rename(folder / path)
     out = tmp_path / "preds.csv"
-    write_predictions(hand_made(folder), out)
+    write_predictions(hand_made(folder, with_probs, rows_=rows), out)
     return out
+
+
+def review_budget(csv, out, *options):
+    return CliRunner().invoke(main, ["review", str(csv), "--out", str(out), "--budget", *map(str, options)])
+
+
+@pytest.fixture
+def preds_csv(tmp_path):
+    return write_csv(tmp_path)
 
 
 def test_disagreement_ranks_by_vote_entropy_then_margin_and_keeps_unknown_apart(preds_csv):
@@ -79,17 +88,61 @@ def test_random_is_a_seeded_shuffle_of_the_same_rows(preds_csv):
     assert ranking.rank(frame, "random", 3)[0]["path"].tolist() == ranking.rank(frame, "random", 3)[0]["path"].tolist()
 
 
-def test_without_probabilities_disagreement_still_ranks_and_margin_says_what_it_needs(tmp_path):
+# Two cat rows lead on margin; balanced takes the best row of each predicted class in turn.
+#   margin score: e 0.95 (cat), g 0.92 (cat), h 0.70 (dog), i 0.60 (fox).
+CLASS_ROWS = [
+    ("e.png", ("cat", "dog", "cat"), 0.50, 0.45, 0.05, False),
+    ("g.png", ("cat", "dog", "cat"), 0.48, 0.40, 0.12, False),
+    ("h.png", ("dog", "dog", "cat"), 0.30, 0.60, 0.10, False),
+    ("i.png", ("fox", "fox", "fox"), 0.20, 0.20, 0.60, False),
+]
+
+
+def test_balanced_takes_the_most_uncertain_row_of_each_predicted_class_in_turn(tmp_path):
+    frame = hand_made(tmp_path, rows_=CLASS_ROWS)
+    assert ranking.rank(frame, "margin")[0]["path"].tolist() == ["e.png", "g.png", "h.png", "i.png"]
+    ranked, _ = ranking.rank(frame, "balanced")
+    assert ranked["path"].tolist() == ["e.png", "h.png", "i.png", "g.png"]  # cat, dog, fox, then cat's second
+    assert ranked["score"].tolist() == pytest.approx([0.95, 0.70, 0.60, 0.92])  # each row's own margin score
+    assert ranking.select(frame, 3, "balanced")[0]["prediction"].tolist() == ["cat", "dog", "fox"]
+
+
+def test_review_ranks_by_margin_unless_told(tmp_path):
+    out = tmp_path / "review"
+    result = review_budget(write_csv(tmp_path, CLASS_ROWS), out, 3)
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out / "review.csv")["file"].tolist() == ["cat/e.png", "cat/g.png", "dog/h.png"]
+    assert "the 3 rows most worth a label, by margin" in (out / "README.txt").read_text()
+
+
+def test_diverse_takes_the_most_uncertain_row_of_each_cluster_of_features(preds_csv):
+    # a and b look alike, c and d look alike: with a budget of 2, one of each pair, each pair's thinner margin.
+    looks = {"a.png": [1.0, 0.0], "b.png": [0.9, 0.1], "c.png": [0.0, 1.0], "d.png": [0.1, 0.9]}
+    asked = []
+
+    def features(paths):
+        asked.extend(paths)
+        return np.array([looks[path] for path in paths])
+
+    ranked, apart = ranking.select(read_predictions(preds_csv), 2, "diverse", features=features)
+    assert ranked["path"].tolist() == ["c.png", "b.png"]  # margin alone takes c and d, the same look twice
+    assert sorted(asked) == ["a.png", "b.png", "c.png", "d.png"] and apart == 1  # neither unknown nor broken rows
+    with pytest.raises(QuorumError, match="--rank diverse needs the images' features"):
+        ranking.rank(read_predictions(preds_csv), "diverse")
+
+
+def test_without_probabilities_every_ranking_ranks_by_the_votes_confidence(tmp_path):
     frame = hand_made(tmp_path, with_probs=False, with_unknown=False)
     ranked, apart = ranking.rank(frame, "disagreement")
     assert ranked["path"].iloc[0] == "f.png" and apart == 0  # without the column nothing is kept apart
-    with pytest.raises(QuorumError, match="run quorum predict with --probs"):
-        ranking.rank(frame, "margin")
+    # margin and balanced fall back on 1 - the vote's confidence: cat f .66, d .55, b .40, a .10; dog c .50
+    assert ranking.rank(frame, "margin")[0]["path"].tolist() == ["f.png", "d.png", "c.png", "b.png", "a.png"]
+    assert ranking.rank(frame, "balanced")[0]["path"].tolist() == ["f.png", "c.png", "d.png", "b.png", "a.png"]
 
 
 def test_review_budget_places_the_top_rows_and_lists_them_in_order(preds_csv, tmp_path):
     out = tmp_path / "review"
-    result = CliRunner().invoke(main, ["review", str(preds_csv), "--out", str(out), "--budget", "2"])
+    result = review_budget(preds_csv, out, 2, "--rank", "disagreement")
     assert result.exit_code == 0, result.output
     listing = pd.read_csv(out / "review.csv")
     assert listing["file"].tolist() == ["cat/d.png", "dog/c.png"]  # in the folder of the vote (mean probabilities)
@@ -99,14 +152,27 @@ def test_review_budget_places_the_top_rows_and_lists_them_in_order(preds_csv, tm
     assert "the 2 rows most worth a label, by disagreement" in (out / "README.txt").read_text()
 
 
-def test_review_margin_without_probs_is_one_error_line(tmp_path):
-    folder = tmp_path / "unlabelled"
-    for (path, *_), written in zip(ROWS + [("broken.png",)], write_good_images(folder, len(ROWS) + 1)):
-        written.rename(folder / path)
-    write_predictions(hand_made(folder, with_probs=False), tmp_path / "preds.csv")
+def test_review_diverse_clusters_the_real_images_features(preds_csv, tmp_path):
     out = tmp_path / "review"
-    result = CliRunner().invoke(main, ["review", str(tmp_path / "preds.csv"), "--out", str(out), "--budget", "2",
-                                       "--rank", "margin"])
-    assert result.exit_code == 1 and not out.exists()
-    assert result.stderr == ("Error: --rank margin needs the members' mean probabilities: "
-                             "run quorum predict with --probs\n")
+    result = review_budget(preds_csv, out, 2, "--rank", "diverse")
+    assert result.exit_code == 0, result.output
+    listing = pd.read_csv(out / "review.csv")
+    assert listing["rank"].tolist() == [1, 2] and listing["file"].nunique() == 2
+    assert {file.split("/")[1] for file in listing["file"]} <= {"a.png", "b.png", "c.png", "d.png"}  # never f or broken
+    assert "the 2 rows most worth a label, by diverse" in (out / "README.txt").read_text()
+
+
+def test_review_without_probs_ranks_by_the_votes_confidence(tmp_path):
+    out = tmp_path / "review"
+    result = review_budget(write_csv(tmp_path, with_probs=False), out, 2)
+    assert result.exit_code == 0, result.output
+    # confidence (hand_made: the top mean probability) a .90, b .60, c .50, d .45; f unknown, kept apart
+    assert pd.read_csv(out / "review.csv")["file"].tolist() == ["cat/d.png", "dog/c.png"]
+
+
+def test_review_unknown_ranking_is_one_error_line(preds_csv, tmp_path):
+    result = review_budget(preds_csv, tmp_path / "r", 2, "--rank", "entropy")
+    assert result.exit_code == 2 and not (tmp_path / "r").exists()
+    assert result.output.endswith("Error: Invalid value for '--rank': 'entropy' is not one of 'disagreement', "
+                                  "'margin', 'balanced', 'diverse', 'random'.\n")
+    assert ranking.RANKINGS == ("disagreement", "margin", "balanced", "diverse", "random")  # the CLI's list

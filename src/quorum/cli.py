@@ -324,10 +324,14 @@ def _print_closing_lines(frame, out, model_dirs=None) -> None:
               "not unanimous; 0.67: fewer than 2 of 3 agree).")
 @click.option("--budget", type=click.IntRange(min=1), metavar="N", help="Instead: the N rows most worth a person's "
               "label, in the order to label them (review.csv gets rank and score). Rows flagged unknown are left out.")
-@click.option("--rank", type=click.Choice(["disagreement", "margin", "random"]), default="disagreement",
-              show_default=True, help="With --budget: disagreement (the members' vote entropy, ties to the thinner "
-              "margin), margin (of the mean probabilities: needs predict --probs) or random.")
-@click.option("--seed", type=int, default=0, show_default=True, help="With --rank random: the draw.")
+@click.option("--rank", type=click.Choice(["disagreement", "margin", "balanced", "diverse", "random"]),
+              default="margin", show_default=True, help="With --budget: margin (the thinnest margins of the members' "
+              "mean probabilities), balanced (the same, each predicted class in turn), diverse (the thinnest margin "
+              "of each group of look-alike images: k-means on image features), disagreement (the members' vote "
+              "entropy, ties to the thinner margin) or random. Without predict --probs, 1 - the vote's confidence "
+              "stands for the margin.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="With --rank random: the draw; with diverse: the k-means start.")
 @user_errors
 def review(csv, out, min_agreement, budget, rank, seed):
     """Put the rows of a quorum predict CSV that a person should check into OUT/<predicted class>/.

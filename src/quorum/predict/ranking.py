@@ -1,11 +1,16 @@
 """Which rows of a predictions table a person should label first: query-by-committee ranking.
 
-Read straight from a `quorum predict` CSV, so it needs no model run:
+Read from a `quorum predict` CSV (and, for `diverse`, the listed images' frozen features):
 - `disagreement`: vote entropy over the members' labels (modAL's `vote_entropy`: the entropy of
   the share of members voting each class), highest first. Ties (e.g. every 2-of-3 row) go to the
   thinner margin of the members' mean probabilities when the CSV has p_<class> (predict --probs),
   else to the lower `confidence`.
-- `margin`: 1 - (top mean probability - second), from the p_<class> columns: needs --probs.
+- `margin`: 1 - (top mean probability - second), from the p_<class> columns (predict --probs); in a
+  CSV without them, 1 - the vote's confidence. `balanced` and `diverse` order by it too.
+- `balanced`: margin, but the most uncertain row of each predicted class in turn (class-balanced
+  uncertainty sampling), so that a budget is not spent on two or three confusable classes.
+- `diverse`: margin, but the most uncertain row of each k-means cluster of the images' features (k =
+  the budget; Cluster-Margin / TypiClust's lesson: in the low-budget regime cover the data, then be uncertain).
 - `random`: a seeded shuffle, the baseline every ranking must beat.
 
 modAL's consensus KL (each member's KL divergence from the mean) and consensus entropy need every
@@ -18,6 +23,8 @@ no known class is not worth a label of a known one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 from scipy.stats import entropy
@@ -25,7 +32,8 @@ from scipy.stats import entropy
 from quorum.errors import QuorumError
 from quorum.predict.table import OK, member_columns, members_of
 
-RANKINGS = ("disagreement", "margin", "random")
+RANKINGS = ("disagreement", "margin", "balanced", "diverse", "random")
+DEFAULT = "margin"  # the largest gain over random in benchmarks/bench_active.py (RESULTS.md), if within its noise
 
 
 def probability_columns(frame: pd.DataFrame) -> list[str]:
@@ -42,10 +50,13 @@ def vote_entropy(frame: pd.DataFrame) -> np.ndarray:
 def margin_score(frame: pd.DataFrame) -> np.ndarray:
     """1 - (largest - second largest mean probability): 1 where the two lead classes tie, 0 where one has it all."""
     columns = probability_columns(frame)
-    if len(columns) < 2:
-        raise QuorumError("--rank margin needs the members' mean probabilities: run quorum predict with --probs")
     top_two = -np.sort(-frame[columns].to_numpy(dtype=float), axis=1)[:, :2]
     return 1.0 - (top_two[:, 0] - top_two[:, 1])
+
+
+def doubt(frame: pd.DataFrame) -> np.ndarray:
+    """The margin score where the CSV has the mean probabilities (predict --probs), else 1 - the vote's confidence."""
+    return margin_score(frame) if len(probability_columns(frame)) >= 2 else 1.0 - frame["confidence"].to_numpy(float)
 
 
 def flagged_unknown(frame: pd.DataFrame) -> pd.Series:
@@ -55,7 +66,31 @@ def flagged_unknown(frame: pd.DataFrame) -> pd.Series:
     return frame["unknown"].astype(str).str.lower().isin(["true", "1", "1.0"])
 
 
-def rank(frame: pd.DataFrame, how: str = "disagreement", seed: int = 0) -> tuple[pd.DataFrame, int]:
+def round_robin(groups: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Row positions taking the highest-scoring row of each group in turn (the groups in order of their best)."""
+    within = np.lexsort((-score, groups))  # by group, best first inside each
+    sorted_groups = groups[within]
+    turn = np.arange(len(groups)) - np.searchsorted(sorted_groups, sorted_groups)  # 0 for each group's best
+    return within[np.lexsort((-score[within], turn))]
+
+
+def feature_clusters(features: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """k-means cluster of each row's image features (cosine: the vectors are L2-normalised first)."""
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import normalize
+
+    vectors = normalize(np.nan_to_num(features))  # an unreadable image's row of NaN: the zero vector
+    clusters = min(clusters, len(np.unique(vectors, axis=0)))
+    if clusters < 2:
+        return np.zeros(len(vectors), dtype=int)
+    return KMeans(clusters, n_init=1, random_state=seed).fit_predict(vectors)
+
+
+Features = Callable[[list[str]], np.ndarray]  # paths -> (paths, features): only `diverse` asks
+
+
+def rank(frame: pd.DataFrame, how: str = DEFAULT, seed: int = 0, budget: int = 100,
+         features: Features | None = None) -> tuple[pd.DataFrame, int]:
     """(the readable rows not flagged unknown, best first, with `rank` from 1 and `score`; how many were kept apart)."""
     if how not in RANKINGS:
         raise QuorumError(f"unknown ranking '{how}': choose one of {', '.join(RANKINGS)}")
@@ -66,19 +101,28 @@ def rank(frame: pd.DataFrame, how: str = "disagreement", seed: int = 0) -> tuple
         score = np.random.default_rng(seed).random(len(rows))
         order = np.argsort(-score, kind="stable")
     elif how == "margin":
-        score = margin_score(rows)
+        score = doubt(rows)
         order = np.argsort(-score, kind="stable")
+    elif how == "balanced":
+        score = doubt(rows)
+        order = round_robin(rows["prediction"].astype(str).to_numpy(), score)
+    elif how == "diverse":
+        score = doubt(rows)
+        if features is None:
+            raise QuorumError("--rank diverse needs the images' features: give the images' folder")
+        order = round_robin(feature_clusters(features(rows["path"].tolist()), budget, seed), score) if len(rows) \
+            else np.arange(0)
     else:
         score = vote_entropy(rows)
-        tie = margin_score(rows) if len(probability_columns(rows)) >= 2 else 1.0 - rows["confidence"].to_numpy(float)
-        order = np.lexsort((-tie, -score))  # the last key sorts first
+        order = np.lexsort((-doubt(rows), -score))  # the last key sorts first
     ranked = rows.iloc[order].assign(score=score[order], rank=np.arange(1, len(rows) + 1))
     return ranked, int(apart.sum())
 
 
-def select(frame: pd.DataFrame, budget: int, how: str = "disagreement", seed: int = 0) -> tuple[pd.DataFrame, int]:
+def select(frame: pd.DataFrame, budget: int, how: str = DEFAULT, seed: int = 0,
+           features: Features | None = None) -> tuple[pd.DataFrame, int]:
     """The `budget` rows a person should label first, in order; and how many unknown rows were kept apart."""
     if budget < 1:
         raise QuorumError(f"--budget must be at least 1 (got {budget})")
-    ranked, apart = rank(frame, how, seed)
+    ranked, apart = rank(frame, how, seed, budget, features)
     return ranked.head(budget), apart

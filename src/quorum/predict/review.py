@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from quorum import files
@@ -80,7 +81,7 @@ def flagged_rows(frame: pd.DataFrame, min_agreement: float = 1.0) -> tuple[pd.Da
     return ok[below(agreement, min_agreement)], int(agreement.isna().sum())
 
 
-def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None = None, rank: str = "disagreement",
+def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None = None, rank: str = ranking.DEFAULT,
            seed: int = 0) -> ReviewResult:
     """Place the rows below `min_agreement`; with `budget`, the `budget` rows `rank` puts first instead."""
     csv, out = Path(csv), Path(out)
@@ -99,7 +100,8 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
         flagged = frame[frame.index.isin(flagged.index) | no_class]
         flagged = flagged.assign(folder=flagged["prediction"].where(~no_class[flagged.index], UNKNOWN_DIR))
     else:
-        flagged, kept_apart = ranking.select(frame, budget, rank, seed)
+        flagged, kept_apart = ranking.select(frame, budget, rank, seed,
+                                             features=lambda paths: image_features(csv, folder, paths))
     _check_labels(csv, flagged["prediction"], (info.get("run") or {}).get("classes"))
     check_inside(csv, folder, flagged["path"].tolist())
     fingerprints = [info["fingerprints"][i] for i in flagged.index]
@@ -129,6 +131,14 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     per_class = flagged.get("folder", flagged["prediction"]).value_counts().to_dict()
     return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how,
                         kept_apart, int((flagged.get("folder", flagged["prediction"]) == UNKNOWN_DIR).sum()))
+
+
+def image_features(csv: Path, folder: Path, paths: list[str]) -> np.ndarray:
+    """The frozen backbone's features of the rows `--rank diverse` clusters (at quorum check's size: 96 px)."""
+    from quorum.models.features import frozen_features  # torch: loaded only when a ranking needs it
+
+    check_inside(csv, folder, paths)  # read no file outside the run's folder, whatever the CSV says
+    return frozen_features(folder, paths, image_size=96, quiet=True)
 
 
 def _check_new_folder(out: Path) -> None:
