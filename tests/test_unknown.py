@@ -192,24 +192,30 @@ def test_flagged_rows_are_left_out_of_the_trusted_lines(predicted):
     assert lines[3].startswith(f"decided: {unanimous} unanimous, 0 majority, {len(kept) - unanimous} tie-breaker")
 
 
-def test_the_trust_lines_leave_out_the_validation_images_above_the_line(world, predicted):
+def test_the_trust_lines_leave_out_the_validation_images_above_the_line(world):
     """predict leaves flagged rows out of its trusted lines; the validation line they are read against
     leaves out the validation images above the same line, so both describe rows the flag passes."""
+    from quorum.predict.members import read_members
+    from quorum.predict.unknown import load_neighbours, threshold
     from quorum.report.validation_trust import validation_trust
 
-    recorded = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]
     models = select_models(world / "models")
-    scores = validation_scores_by_hand(world)
-    recorded["threshold"] = float(np.sort(scores)[12])  # as --unknown-keep 0.7 would draw it
-    above = int((scores > recorded["threshold"]).sum())
+    scores, paths = validation_scores_by_hand(world), sorted(pd.read_csv(models[0] / "val_predictions.csv").path)
+    # What predict hands the trust lines: the validation images at or under its line, by hand.
+    line = threshold(read_members(models), 0.7, neighbours=load_neighbours(read_members(models))[0])
+    assert line.value == pytest.approx(float(np.sort(scores)[12]), abs=1e-5)  # as --unknown-keep 0.7 draws it
+    assert line.passed == {path for path, score in zip(paths, scores) if score <= line.value}
+    frame = predict(world / "unlabelled", models, PredictOptions(workers=0, unknown_keep=0.7), quiet=True)
+    assert frame.attrs["unknown_passed"] == line.passed
+    above = 18 - len(line.passed)
     assert above == 5
 
     def images(table: pd.DataFrame) -> int:
         return int(table.loc[table["group"] == "decided_by", "images"].sum())
 
     assert images(validation_trust(models)) == 18
-    assert images(validation_trust(models, None, recorded)) == 18 - above
-    assert images(validation_trust(models, None, {**recorded, "threshold": None})) == 18
+    assert images(validation_trust(models, None, line.passed)) == 18 - above
+    assert images(validation_trust(models, None, None)) == 18
 
 
 def test_review_puts_the_flagged_rows_in_unknown(predicted, tmp_path):

@@ -305,7 +305,7 @@ def _print_closing_lines(frame, out, model_dirs=None) -> None:
     from quorum.predict.table import closing_lines
     from quorum.report.validation_trust import validation_trust
 
-    trust = (validation_trust(model_dirs, frame.attrs.get("tie_breaker"), frame.attrs.get("unknown"))
+    trust = (validation_trust(model_dirs, frame.attrs.get("tie_breaker"), frame.attrs.get("unknown_passed"))
              if model_dirs else None)
     first, *rest = closing_lines(frame, trust)
     if model_dirs and frame.attrs.get("folder"):

@@ -193,7 +193,7 @@ def _assemble(plan: _Plan, parts: list[pd.DataFrame], identity: dict | None) -> 
     frame = assemble(parts, plan.chosen, plan.names)
     frame.attrs.update(members=plan.names, tie_breaker=plan.tie_breaker, min_agreement=plan.options.min_agreement,
                        lazy=plan.options.lazy, identity=identity, folder=str(plan.folder.resolve()),
-                       unknown=plan.unknown_at.as_dict(), vote=plan.voting,
+                       unknown=plan.unknown_at.as_dict(), unknown_passed=plan.unknown_at.passed, vote=plan.voting,
                        fingerprints=frame.pop(FINGERPRINT).tolist())
     return frame
 

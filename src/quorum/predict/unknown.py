@@ -19,7 +19,7 @@ class, so the threshold is the score that `keep` of them stay at or under (`--un
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -87,6 +87,9 @@ class Threshold:
     images: int  # validation images it was set on
     reason: str = ""
     score: str = ENTROPY  # NEIGHBOURS or ENTROPY: what `unknown_score` measures
+    # The validation images at or under `value` (None: no line), for the trust lines printed beside the flag;
+    # not part of the run's record (`as_dict`).
+    passed: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     def flag(self, scores: np.ndarray) -> np.ndarray | None:
         return None if self.value is None else np.asarray(scores) > self.value
@@ -129,7 +132,9 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
         return Threshold(keep, None, 0, str(exc), score)
     scores = validation_scores(runs, neighbours)
     # The smallest score that at least `keep` of the validation images are at or under.
-    return Threshold(keep, float(np.quantile(scores, keep, method="inverted_cdf")), len(scores), fallback, score)
+    value = float(np.quantile(scores, keep, method="inverted_cdf"))
+    passed = frozenset(path for path, image_score in zip(runs[0].paths, scores) if image_score <= value)
+    return Threshold(keep, value, len(scores), fallback, score, passed)
 
 
 def validation_scores(runs: list[OwnValidation], neighbours: list[Neighbours] | None) -> np.ndarray:

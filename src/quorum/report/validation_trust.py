@@ -4,14 +4,15 @@ stacked (the same images for every member), replayed through the vote `quorum pr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from quorum.errors import QuorumError
 from quorum.predict.members import read_members, tie_breaker_index
 from quorum.predict.trust_table import coverage_curve, trust_table
-from quorum.predict.unknown import NEIGHBOURS, load_neighbours, validation_scores
 from quorum.predict.vote import vote
 from quorum.report.sources import Labelled, mismatch, read_validation, stack_validation
 
@@ -23,12 +24,13 @@ def trust(labelled: Labelled, tie_breaker: int) -> tuple[pd.DataFrame, pd.DataFr
 
 
 def validation_trust(model_dirs: list[Path], tie_breaker: str | None = None,
-                     unknown: dict | None = None) -> pd.DataFrame | None:
+                     passed: Collection[str] | None = None) -> pd.DataFrame | None:
     """The trust table on the shared validation split, or None where there is none to replay
     (one member, members validated on different images, or stored predictions missing).
 
-    With `unknown` (a predict run's line, `unknown.Threshold.as_dict`), the images that line flags are left
-    out, as predict leaves flagged rows out of its trusted lines: each line then describes the same rows."""
+    With `passed` (the validation images a predict run's unknown line lets through, `Threshold.passed`), the
+    others are left out, as predict leaves flagged rows out of its trusted lines: each line then describes
+    the same rows."""
     try:
         infos = read_members(sorted(model_dirs, key=lambda path: Path(path).name))
         if len(infos) < 2:
@@ -37,11 +39,10 @@ def validation_trust(model_dirs: list[Path], tie_breaker: str | None = None,
         if mismatch(infos, runs) is not None:
             return None
         labelled = stack_validation(infos, runs)
-        if unknown and unknown.get("threshold") is not None:
-            neighbours = load_neighbours(infos)[0] if unknown.get("score") == NEIGHBOURS else None
-            passed = validation_scores(runs, neighbours) <= unknown["threshold"]
-            labelled = dataclasses.replace(labelled, paths=[p for p, keep in zip(labelled.paths, passed) if keep],
-                                           y_true=labelled.y_true[passed], probs=labelled.probs[:, passed])
+        if passed is not None:
+            kept = np.isin(labelled.paths, list(passed))
+            labelled = dataclasses.replace(labelled, paths=[p for p, keep in zip(labelled.paths, kept) if keep],
+                                           y_true=labelled.y_true[kept], probs=labelled.probs[:, kept])
         return trust(labelled, tie_breaker_index(infos, tie_breaker))[0]
     except QuorumError:  # a summary line is not worth failing a finished predict over
         return None
