@@ -128,25 +128,27 @@ def onnx_logits(bundle: Path, paths: list[Path]) -> np.ndarray:
 
 def product_run(bundles: list[Path], frame: pd.DataFrame, lazy: bool = False) -> pd.DataFrame:
     """`quorum predict` itself on the folder (default engine, the default line): its unknown_score, unknown,
-    prediction and decided_by, in `frame`'s order; attrs["unknown"]: the line it drew."""
+    prediction, decided_by and confidence, in `frame`'s order; attrs["unknown"]: the line it drew, attrs["vote"]:
+    its vote (with the vote's temperature)."""
     from quorum.predict.options import PredictOptions
     from quorum.predict.pipeline import predict
 
     name = "product_lazy" if lazy else "product"
     path, line = RUNS / "arrays" / f"{name}.csv", RUNS / "arrays" / f"{name}.json"
-    if not path.is_file():
+    if not path.is_file() or "confidence" not in pd.read_csv(path, nrows=0).columns:  # or from before the vote's T
         made = predict(RUNS / "folder", bundles, PredictOptions(workers=0, lazy=lazy), quiet=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        made[["path", "prediction", "decided_by", "unknown_score", "unknown"]].to_csv(path, index=False)
-        line.write_text(json.dumps(made.attrs["unknown"]))
+        made[["path", "prediction", "decided_by", "confidence", "unknown_score", "unknown"]].to_csv(path, index=False)
+        line.write_text(json.dumps({"unknown": made.attrs["unknown"], "vote": made.attrs["vote"]}))
     made = pd.read_csv(path).set_index("path").loc[frame["path"]].reset_index()
-    made.attrs["unknown"] = json.loads(line.read_text())
+    made.attrs.update(json.loads(line.read_text()))
     return made
 
 
 def product_lines(bundles: list[Path], frame: pd.DataFrame, classes: tuple[str, ...]) -> dict:
     """What a user of `quorum predict` sees: the unanimous rows it does not flag, against the trust line it
     prints (the validation images its line passes, `report.validation_trust.validation_trust`); and --lazy's flags."""
+    from quorum.calibration import confidence_calibration_error
     from quorum.report.validation_trust import validation_trust
 
     full, lazy = product_run(bundles, frame), product_run(bundles, frame, lazy=True)
@@ -157,6 +159,8 @@ def product_lines(bundles: list[Path], frame: pd.DataFrame, classes: tuple[str, 
     inside = (frame["source"] == IN).to_numpy()
     flags = {"full": full["unknown"].astype(bool).to_numpy(), "lazy": lazy["unknown"].astype(bool).to_numpy()}
     return {"unknown": full.attrs["unknown"], "score": full["unknown_score"].to_numpy(),
+            "vote temperature": full.attrs["vote"]["temperature"],
+            "ece": confidence_calibration_error(full["confidence"].to_numpy()[inside], right[inside]),
             "rows": int(kept.sum()), "no-class": int((kept & ~inside).sum()), "accuracy": float(right[kept].mean()),
             "val rows": int(line["images"]), "val accuracy": float(line["accuracy"]),
             "lazy differ": int((flags["full"] != flags["lazy"]).sum()),
@@ -242,17 +246,18 @@ def detection(score: np.ndarray, val_score: np.ndarray, frame: pd.DataFrame, kee
 
 
 def calibration_rows(raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, tie: int, val_probs: np.ndarray,
-                     val_y: np.ndarray) -> list[dict]:
-    """ECE (15 bins) of each member and of the vote's confidence, before and after; labels unchanged?
-    And the accuracy on validation (where the temperature was fitted) against the test images'."""
+                     val_y: np.ndarray, vote_temperature: float) -> list[dict]:
+    """ECE (15 bins) of each member and of the vote's confidence, before and after (the vote: after the
+    members' temperatures alone, and after the vote's own too); labels unchanged? And the accuracy on
+    validation (where the temperatures were fitted) against the test images'."""
     import torch
     from torchmetrics.functional.classification import binary_calibration_error
 
     from quorum.calibration import expected_calibration_error
     from quorum.predict.vote import vote
 
-    def vote_ece(probs: np.ndarray) -> tuple[float, np.ndarray]:  # confidence against right or wrong
-        result = vote(probs, tie)
+    def vote_ece(probs: np.ndarray, temperature: float = 1.0) -> tuple[float, np.ndarray]:  # confidence: right?
+        result = vote(probs, tie, temperature=temperature)
         right = torch.as_tensor(result.label == y, dtype=torch.long)
         return float(binary_calibration_error(torch.as_tensor(result.confidence), right, n_bins=15)), result.label
 
@@ -260,10 +265,13 @@ def calibration_rows(raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, tie
              "test accuracy": float((raw[m].argmax(1) == y).mean()), "before": expected_calibration_error(raw[m], y),
              "after": expected_calibration_error(calibrated[m], y),
              "same labels": bool((raw[m].argmax(1) == calibrated[m].argmax(1)).all())} for m, lite in enumerate(LITES)]
-    (before, labels_before), (after, labels_after) = vote_ece(raw), vote_ece(calibrated)
-    rows.append({"who": "vote (confidence)", "val accuracy": float((vote(val_probs, tie).label == val_y).mean()),
-                 "test accuracy": float((labels_before == y).mean()), "before": before, "after": after,
-                 "same labels": bool((labels_before == labels_after).all())})
+    (before, labels_before) = vote_ece(raw)
+    own = f"vote (confidence), and the vote's own (T {vote_temperature:.3f}): predict's"
+    for who, temperature in (("vote (confidence), the members' temperatures only", 1.0), (own, vote_temperature)):
+        after, labels_after = vote_ece(calibrated, temperature)
+        rows.append({"who": who, "val accuracy": float((vote(val_probs, tie).label == val_y).mean()),
+                     "test accuracy": float((labels_before == y).mean()), "before": before, "after": after,
+                     "same labels": bool((labels_before == labels_after).all())})
     return rows
 
 
@@ -315,7 +323,7 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     from quorum.predict.trust_table import trust_table
     from quorum.predict.unknown import load_neighbours, validation_scores
     from quorum.predict.validation import read_validation
-    from quorum.predict.vote import vote
+    from quorum.predict.vote import fit_vote_temperature, vote
 
     slice_root = make_slice(100, 200).root
     make_split(slice_root)
@@ -358,7 +366,8 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     val_unanimous = trust_table(val_y, vote(val_cal, tie)).set_index(["group", "level"]).loc[
         ("decided_by", "unanimous")]
     return {"frame": frame, "temperatures": temperatures, "keep": keep,
-            "calibration": calibration_rows(probs[:, inside], cal[:, inside], y, tie, val_probs, val_y),
+            "calibration": calibration_rows(probs[:, inside], cal[:, inside], y, tie, val_probs, val_y,
+                                            fit_vote_temperature(val_cal, val_y)),
             "detection": {name: detection(scores[name], val_scores[name], frame, keep) for name in scores},
             "unanimous": unanimous_lines(cal, frame, classes, tie, flags),
             "val_unanimous": {"rows": int(val_unanimous["images"]), "accuracy": float(val_unanimous["accuracy"])},
@@ -418,7 +427,8 @@ def render(m: dict, command: str, minutes: float) -> str:
                f"{(p['accuracy'] - p['val accuracy']) * 100:+.1f} points. In-class kept {p['kept full']:.1%}, "
                f"no-class flagged {p['flagged full']:.1%}. With --lazy (each row scored by the members that ran): "
                f"{p['lazy differ']} of {len(frame)} rows flagged differently, in-class kept {p['kept lazy']:.1%}, "
-               f"no-class flagged {p['flagged lazy']:.1%}.")]
+               f"no-class flagged {p['flagged lazy']:.1%}. The ECE of the `confidence` predict wrote, on the "
+               f"in-class rows: {p['ece']:.3f} (vote temperature {p['vote temperature']:.3f}).")]
     return marked(marker, lines)
 
 

@@ -18,9 +18,10 @@ from quorum.cli import main
 from quorum.data.images import load_rgb
 from quorum.models import bundle, temperature
 from quorum.models.inference import TorchInference
-from quorum.predict.members import select_models
+from quorum.predict.members import read_members, select_models
 from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
+from quorum.predict.vote import fit_vote_temperature
 from quorum.report.sources import read_validation
 from quorum.train.finetune import finetune
 from quorum.train.recipe import Recipe
@@ -73,15 +74,18 @@ def test_predict_writes_calibrated_probabilities_with_unchanged_labels(trained, 
         copy_bundle(trained, models, name, calibration={"temperature": t, "fitted_on": "validation"})
     folder = tmp_path / "unlabelled"
     paths = write_good_images(folder, 6, size=(40, 30), tint=(0, 0, 200))
-    frame = predict(folder, select_models(models), PredictOptions(engine=engine, probs=True, workers=0),
-                    quiet=True).set_index("path")
+    frame = predict(folder, select_models(models), PredictOptions(engine=engine, probs=True, workers=0), quiet=True)
+    vote_temperature = frame.attrs["vote"]["temperature"]  # the vote's own, from the members' validation rows
+    validation = np.stack([read_validation(info).probs for info in read_members(select_models(models))])
+    assert vote_temperature == fit_vote_temperature(validation, read_validation(bundle.read_info(trained)).y_true)
+    frame = frame.set_index("path")
     raw = raw_probs(trained, paths)
     rows = [path.name for path in paths]
     for name, t in (("hot", 2.5), ("cold", 0.4)):
         expected = calibrate(raw, t)
         np.testing.assert_allclose(frame.loc[rows, f"{name}_confidence"], expected.max(axis=1), atol=2e-4)
         assert list(frame.loc[rows, f"{name}_prediction"]) == [("blue", "green", "red")[k] for k in raw.argmax(1)]
-    mean = (calibrate(raw, 2.5) + calibrate(raw, 0.4)) / 2
+    mean = calibrate((calibrate(raw, 2.5) + calibrate(raw, 0.4)) / 2, vote_temperature)
     np.testing.assert_allclose(frame.loc[rows, ["p_blue", "p_green", "p_red"]], mean, atol=2e-4)
     np.testing.assert_allclose(frame.loc[rows, "confidence"], mean.max(axis=1), atol=2e-4)
 

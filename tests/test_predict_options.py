@@ -1,7 +1,11 @@
 """PredictOptions.check: each mistake a library caller can make, named before any model loads."""
 
+import hashlib
+import os
+
 import pytest
 
+from quorum import files
 from quorum.errors import QuorumError
 from quorum.predict.options import PredictOptions, Shard, parse_shard
 
@@ -44,3 +48,18 @@ def test_a_member_calibrated_since_is_named_as_changed_not_only_retrained():
     then, now = {"members": {"a": "1", "b": "2"}}, {"members": {"a": "1", "b": "3"}}
     assert difference(then, now) == ("member b has a different model.json or weights then and now "
                                      "(fine-tuned or calibrated again?)")
+
+
+def test_a_weights_file_rewritten_in_place_gets_its_new_digest(tmp_path):
+    """files.sha256 remembers a digest per process (predict checks a member's weights up to three times);
+    a file rewritten with the same size, in place or by a rename over it, is read again."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 4096)
+    first = files.sha256(weights)
+    assert files.sha256(weights) == first == hashlib.sha256(b"a" * 4096).hexdigest()
+    with open(weights, "r+b") as handle:  # same size, same inode
+        handle.write(b"b")
+    assert files.sha256(weights) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest()
+    (tmp_path / "new").write_bytes(b"c" * 4096)
+    os.replace(tmp_path / "new", weights)
+    assert files.sha256(weights) == hashlib.sha256(b"c" * 4096).hexdigest()

@@ -181,6 +181,22 @@ def test_members_without_stored_features_fall_back_to_entropy(world, tmp_path):
     assert frame["unknown"].tolist() == (frame["unknown_score"] > recorded["threshold"]).tolist()
 
 
+def test_features_of_other_validation_images_fall_back_to_entropy_and_say_why(world, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(world / "models", models)
+    with np.load(models / "m1" / "features.npz") as stored:
+        arrays = dict(stored)
+    arrays["val_paths"] = np.array([f"elsewhere/{path}" for path in arrays["val_paths"]])  # e.g. copied in by hand
+    np.savez(models / "m1" / "features.npz", **arrays)
+    out = tmp_path / "preds.csv"
+    result = cli("predict", world / "unlabelled", "--out", out, "--models-dir", models, "--workers", 0)
+    assert result.exit_code == 0, result.output  # was: Error: a member's features.npz lists other validation images
+    recorded = json.loads(out.with_name("preds.csv.json").read_text())["unknown"]
+    assert recorded["score"] == "entropy of the members' mean probability"
+    assert recorded["reason"] == ("m1's features.npz lists other validation images than its val_predictions.csv "
+                                  "(fine-tune it again for the distance score)")
+
+
 def test_flagged_rows_are_left_out_of_the_trusted_lines(predicted):
     frame = read_predictions(predicted)
     frame.attrs["unknown"] = json.loads(predicted.with_name("preds.csv.json").read_text())["unknown"]

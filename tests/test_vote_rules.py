@@ -95,7 +95,63 @@ def test_caruana_picks_the_member_that_is_right_and_log_loss_weights_agree():
     assert log_loss_weights(probs, y).argmax() == 1
 
 
+def independent_members(n_images: int = 600, right: float = 0.8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(members, images, classes) probabilities and labels: three members, each calibrated on its own (right
+    `right` of the time at confidence `right`) and wrong on different images, so their mean is under-confident."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n_images)
+    probs = np.full((3, n_images, 3), (1 - right) / 2)
+    for member in probs:
+        top = np.where(rng.random(n_images) < right, y, (y + rng.integers(1, 3, n_images)) % 3)
+        member[np.arange(n_images), top] = right
+    return probs, y
+
+
+@pytest.mark.parametrize("rule", ["majority", "soft"])
+def test_the_vote_temperature_makes_an_under_confident_mean_mean_what_it_says_and_changes_no_label(rule):
+    from quorum.calibration import calibrate, confidence_calibration_error
+    from quorum.predict.vote import fit_vote_temperature
+
+    probs, y = independent_members()
+    temperature = fit_vote_temperature(probs[:, :300], y[:300], rule)  # fitted on one half, scored on the other
+    assert temperature < 0.9  # sharper: the winner's mean probability understates how often the vote is right
+    plain, calibrated = (vote(probs[:, 300:], 0, rule=rule, temperature=t) for t in (1.0, temperature))
+    np.testing.assert_array_equal(calibrated.label, plain.label)
+    np.testing.assert_allclose(calibrated.combined, calibrate(plain.combined, temperature))
+    np.testing.assert_allclose(calibrated.confidence, calibrated.combined[np.arange(300), calibrated.label])
+    errors = [confidence_calibration_error(r.confidence, r.label == y[300:]) for r in (plain, calibrated)]
+    assert errors[1] < errors[0] / 2, errors
+
+
+def test_one_member_has_no_vote_temperature_of_its_own():
+    from quorum.predict.vote import fit_vote_temperature
+
+    probs, y = independent_members()
+    assert fit_vote_temperature(probs[:1], y) == 1.0
+
+
 # --- predict ----------------------------------------------------------------------------------------
+
+
+def test_predict_calibrates_the_vote_by_the_temperature_fitted_on_validation_and_records_it(images, tiny_models,
+                                                                                           tmp_path):
+    from quorum.calibration import calibrate
+    from quorum.predict.vote import fit_vote_temperature, mean_probability
+
+    models = copy_models(tiny_models, tmp_path / "models")
+    truth = [CAT, DOG, FOX, DOG, CAT, FOX, DOG, DOG]
+    with_validation(models, images, truth)
+    out = tmp_path / "p.csv"
+    assert cli("predict", images, "--models-dir", models, "--out", out, "--probs", "--workers", 0,
+               "--quiet").exit_code == 0
+    probs = member_probs(images, models)  # calibrated by each member's temperature, as predict votes with them
+    expected = fit_vote_temperature(probs, np.array(truth))  # the validation images are these same images
+    recorded = json.loads(Path(f"{out}.json").read_text())["vote"]["temperature"]
+    assert recorded == pytest.approx(expected, abs=1e-4) and abs(recorded - 1) > 0.01
+    frame = read_predictions(out)
+    mean = mean_probability(probs, np.ones(probs.shape[:2], bool))
+    np.testing.assert_allclose(frame[P_COLUMNS].to_numpy(), calibrate(mean, recorded), atol=2e-6)
+    assert frame["prediction"].tolist() == [CLASSES[i] for i in vote(probs, 2).label]  # tie-breaker: the MobileNet
 
 
 def test_soft_prediction_is_the_argmax_of_the_p_columns_written(images, tiny_models, tmp_path):
@@ -106,7 +162,8 @@ def test_soft_prediction_is_the_argmax_of_the_p_columns_written(images, tiny_mod
     frame = read_predictions(out)
     assert frame["prediction"].tolist() == [CLASSES[i] for i in frame[P_COLUMNS].to_numpy().argmax(axis=1)]
     assert np.allclose(frame["confidence"], frame[P_COLUMNS].max(axis=1))
-    assert json.loads(Path(f"{out}.json").read_text())["vote"] == {"rule": "soft", "weights": None, "tta": 1}
+    assert json.loads(Path(f"{out}.json").read_text())["vote"] == {"rule": "soft", "weights": None, "tta": 1,
+                                                                      "temperature": 1.0}  # no validation: none
 
 
 def test_weighted_prediction_is_its_recorded_weights_applied(images, tiny_models, tmp_path):

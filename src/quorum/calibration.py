@@ -9,9 +9,7 @@ taking the softmax again fixes the scale without changing any row's top label (T
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.optimize import minimize_scalar
-from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
 ECE_BINS = 15  # as Guo et al. and torchmetrics' examples
 TINY = 1e-12  # a stored probability of 0 (rounded, or float32 underflow) still has a finite log
@@ -44,6 +42,9 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE with equal-width confidence bins (torchmetrics' definition, L1): 0 is perfectly calibrated."""
+    import torch  # here, not above: the vote calibrates with this module, and a CLI mistake must not load torch
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     probs = torch.as_tensor(np.asarray(probs, dtype=np.float32))
     if len(probs) == 0:
         return float("nan")
@@ -54,6 +55,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 def confidence_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE of one confidence per row against whether that row's label was right: the vote's `confidence`
     (mean probability of the voted label, which need not be the top of the mean) is scored this way."""
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error
+
     confidence = torch.as_tensor(np.asarray(confidence, dtype=np.float32))
     if len(confidence) == 0:
         return float("nan")

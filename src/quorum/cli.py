@@ -158,7 +158,7 @@ def backbones():
                 "image's winner: the same predictions, fewer model runs. Skipped members' columns stay empty; where a "
                 "skipped member could have changed them, votes and agreement are empty and decided_by is unknown.")
 @predict_option("probs", is_flag=True, help="Add p_<class> columns: the rule's probability of every class "
-                "(majority, soft: the members' mean).")
+                "(majority, soft: the members' mean), calibrated by the vote's temperature.")
 @predict_option("min_agreement", type=click.FloatRange(0, 1), metavar="F",
                 help="Add a review column, true where agreement (votes / members) is below F, compared to 2 "
                 "decimals: 1 flags every row that is not unanimous, 0.67 those where fewer than 2 of 3 agree.")
@@ -194,13 +194,16 @@ def predict(folder, out, models_dir, models, shard, resume, quiet, force, **fiel
 
     \b
     Columns: path, prediction, votes, members, agreement, decided_by (unanimous,
-    majority or tie-breaker), confidence (the rule's probability of the winner), then for each
+    majority or tie-breaker), confidence (the rule's probability of the winner: each member
+    calibrated by its temperature, the vote by its own, both fitted on validation), then for each
     member in name order <member>_prediction and <member>_confidence, then unknown_score
-    (entropy of the members' mean probability: higher = less like the labelled classes)
-    and unknown (true above the --unknown-keep line; with --lazy, scored over the members
-    that ran), then status (ok or error) and error. An unreadable file gets a row with status error and the reason; it
-    never changes another row. OUT.json beside it records the folder and each file's size
-    and mtime, for quorum review and finetune --pseudo-labels.
+    (distance to the nearest training images in the members' features, or the entropy of
+    their mean probability for bundles without features.npz: higher = less like the labelled
+    classes) and unknown (true above the --unknown-keep line; with --lazy, scored over the
+    members that ran), then status (ok or error) and error. An unreadable file gets a row
+    with status error and the reason; it never changes another row. OUT.json beside it
+    records the folder and each file's size and mtime, for quorum review and finetune
+    --pseudo-labels.
 
     \b
     Under `torchrun --nproc_per_node K -m quorum predict ...` the K processes share

@@ -166,10 +166,18 @@ def fingerprint(path: Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+_digests: dict[tuple, str] = {}  # per process: predict checks a member's weights up to three times at start
+
+
 def sha256(path: Path) -> str:
-    """The file's SHA-256 as hex, read in blocks (a weights file may be large)."""
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+    """The file's SHA-256 as hex, read in blocks (a weights file may be large); read again only when the
+    file's inode, size or times have changed since this process last read it."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _digests:
+        with open(path, "rb") as file:
+            _digests[key] = hashlib.file_digest(file, "sha256").hexdigest()
+    return _digests[key]
 
 
 @contextmanager

@@ -57,7 +57,7 @@ from quorum.predict.table import (
     to_frame,
 )
 from quorum.predict.unknown import Neighbours, Threshold, load_neighbours, threshold
-from quorum.predict.validation import fitted_weights
+from quorum.predict.validation import fitted_vote_temperature, fitted_weights
 from quorum.predict.vote import WEIGHTED, settled
 
 
@@ -104,6 +104,7 @@ class _Plan:
     unknown_at: Threshold
     neighbours: list[Neighbours] | None  # each member's training features, for unknown_score (None: entropy)
     weights: list[float] | None  # --vote weighted's, one per member
+    vote_temperature: float  # the vote's own, on top of the members' (`vote.fit_vote_temperature`)
     options: PredictOptions
 
     @property
@@ -127,13 +128,15 @@ class _Plan:
     @property
     def voting(self) -> dict:  # for the sidecar and `run_identity`
         weights = None if self.weights is None else dict(zip(self.names, self.weights))
-        return {"rule": self.options.rule, "weights": weights, "tta": self.options.tta}
+        return {"rule": self.options.rule, "weights": weights, "tta": self.options.tta,
+                "temperature": self.vote_temperature}
 
     def rows(self, positions: list[int], outputs: MemberOutputs) -> pd.DataFrame:
         """The rows of these positions, indexed by position."""
         options = self.options
         frame = to_frame([self.relative[i] for i in positions], self.names, self.infos[0].classes, outputs, self.tie,
-                         options.probs, options.min_agreement, self.unknown_at, rule=options.rule, weights=self.weights)
+                         options.probs, options.min_agreement, self.unknown_at, rule=options.rule, weights=self.weights,
+                         vote_temperature=self.vote_temperature)
         frame[FINGERPRINT] = outputs.fingerprints
         return frame.set_axis(pd.Index(positions, dtype="int64"))
 
@@ -154,8 +157,9 @@ def _plan(folder: Path, model_dirs: list[Path], options: PredictOptions, quiet: 
     neighbours, no_neighbours = load_neighbours(infos)
     unknown_at = threshold(infos, options.unknown_keep, options.flag_unknown, neighbours, no_neighbours)
     weights = fitted_weights(infos) if options.rule == WEIGHTED else None  # from stored CSVs: before any model loads
+    vote_temperature = fitted_vote_temperature(infos, options.rule, weights)
     relative = [path.relative_to(folder).as_posix() for path in scan.images]
-    return _Plan(folder, scan.images, relative, infos, tie, unknown_at, neighbours, weights, options)
+    return _Plan(folder, scan.images, relative, infos, tie, unknown_at, neighbours, weights, vote_temperature, options)
 
 
 def _start(plan: _Plan, engines: list[str], world: distributed.World, progress: Path | None, resume: bool,

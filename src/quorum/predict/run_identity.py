@@ -45,7 +45,9 @@ def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], op
 def describe_vote(voting: dict) -> str:
     weights = voting["weights"]
     shown = f" ({', '.join(f'{name} {w:.2f}' for name, w in weights.items())})" if weights else ""
-    return f"--vote {voting['rule']}{shown} --tta {voting['tta']}"
+    temperature = voting.get("temperature")  # not in a record from before the vote's temperature
+    calibrated = f", vote temperature {temperature:.3f}" if temperature is not None else ""
+    return f"--vote {voting['rule']}{shown} --tta {voting['tta']}{calibrated}"
 
 
 def member_digest(model_dir: Path) -> str:

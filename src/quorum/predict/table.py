@@ -92,10 +92,10 @@ def check_columns(names: list[str], classes: tuple[str, ...], with_probs: bool, 
 def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outputs: MemberOutputs, tie_breaker: int,
              with_probs: bool = False, min_agreement: float | None = None,
              unknown_at: Threshold | None = None, rule: str = MAJORITY_RULE,
-             weights: list[float] | None = None) -> pd.DataFrame:
-    """Vote on the readable rows by `rule` (with `weights` for weighted) and lay everything out as the
-    CSV's table (`paths` relative, POSIX). `unknown_at`: where `unknown` starts (None or no value: the
-    column stays empty)."""
+             weights: list[float] | None = None, vote_temperature: float = 1.0) -> pd.DataFrame:
+    """Vote on the readable rows by `rule` (with `weights` for weighted, and the vote's temperature) and lay
+    everything out as the CSV's table (`paths` relative, POSIX). `unknown_at`: where `unknown` starts (None or
+    no value: the column stays empty)."""
     ok = np.array([error is None for error in outputs.errors])
     good = np.flatnonzero(ok)
     label_of = np.asarray(classes, dtype=object)
@@ -103,7 +103,7 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
     table = {}
     if len(good):  # vote only where some member ran: unreadable rows take no part at all
         probs, ran = outputs.probs[:, good], outputs.ran[:, good]
-        result = vote(probs, tie_breaker, ran, rule, weights, decimals=CSV_DECIMALS)
+        result = vote(probs, tie_breaker, ran, rule, weights, decimals=CSV_DECIMALS, temperature=vote_temperature)
         n_members = len(names)
         complete = result.members == n_members  # lazy: a skipped member might have agreed or not
         agreement = result.votes / n_members

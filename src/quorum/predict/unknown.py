@@ -68,7 +68,9 @@ class Neighbours:
 
 
 def load_neighbours(infos: list[ModelInfo]) -> tuple[list[Neighbours] | None, str]:
-    """Every member's `Neighbours`, or (None, why not) when a member has no stored training features."""
+    """Every member's `Neighbours`, or (None, why not) when a member has no stored training features, or
+    features of other validation images than its val_predictions.csv (the line could not be drawn on them)."""
+    from quorum.models.bundle import read_val_predictions
     from quorum.models.features import read_training_features
 
     stored = [read_training_features(info) for info in infos]
@@ -77,6 +79,14 @@ def load_neighbours(infos: list[ModelInfo]) -> tuple[list[Neighbours] | None, st
     if missing:
         return None, (f"no training features in {', '.join(missing)} (fine-tuned before quorum stored them; "
                       "quorum calibrate adds them)")
+    for info, features in zip(infos, stored):
+        try:
+            validated = read_val_predictions(info.path, info.classes)[0]
+        except QuorumError:
+            continue  # no validation predictions: `threshold` draws no line and says why
+        if set(validated) != set(features.val_paths):
+            return None, (f"{info.path.name}'s features.npz lists other validation images than its "
+                          "val_predictions.csv (fine-tune it again for the distance score)")
     return [Neighbours(features) for features in stored], ""
 
 
@@ -112,7 +122,7 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
     entropy (`fallback` says why). `keep` None: DEFAULT_KEEP where the members' validation predictions
     allow it, else no line (old or copied bundles still predict); a number: the line, or a QuorumError.
     `flag` False: no line (`--no-unknown-flag`)."""
-    from quorum.predict.validation import mismatch, read_validation
+    from quorum.predict.validation import shared_runs
 
     required = keep is not None
     keep = DEFAULT_KEEP if keep is None else float(keep)
@@ -121,11 +131,7 @@ def threshold(infos: list[ModelInfo], keep: float | None = None, flag: bool = Tr
     if not flag:
         return Threshold(keep, None, 0, "--no-unknown-flag", score)
     try:
-        runs = [read_validation(info) for info in infos]
-        why = mismatch(infos, runs) if len(infos) > 1 else None
-        if why:
-            raise QuorumError(f"{why}: fine-tune the members on one split "
-                              "(quorum finetune reuses MODELS_DIR/split.csv)")
+        runs = shared_runs(infos)
     except QuorumError as exc:
         if required:
             raise QuorumError(f"--unknown-keep needs the members' validation predictions: {exc}") from None

@@ -1,6 +1,6 @@
 """Each member's stored predictions on the shared validation split (`val_predictions.csv`), read and
-aligned: where the truth is known, so the trust table, the `unknown` threshold and the weighted vote's
-weights are set there."""
+aligned: where the truth is known, so the trust table, the `unknown` threshold, the weighted vote's
+weights and the vote's temperature are set there."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from quorum.calibration import calibrate
 from quorum.errors import QuorumError
 from quorum.models.bundle import ModelInfo, read_val_predictions
 from quorum.models.temperature import temperature
+from quorum.predict.vote import fit_vote_temperature
 from quorum.predict.weights import METHODS
 
 
@@ -44,6 +45,15 @@ def mismatch(infos: list[ModelInfo], runs: list[OwnValidation]) -> str | None:
     return None
 
 
+def shared_runs(infos: list[ModelInfo]) -> list[OwnValidation]:
+    """Every member's validation predictions, on one shared split (else a QuorumError saying why not)."""
+    runs = [read_validation(info) for info in infos]
+    why = mismatch(infos, runs) if len(infos) > 1 else None
+    if why:
+        raise QuorumError(f"{why}: fine-tune the members on one split (quorum finetune reuses MODELS_DIR/split.csv)")
+    return runs
+
+
 def aligned_probs(runs: list[OwnValidation]) -> np.ndarray:
     """(members, images, classes): every member's probabilities in the first member's image order
     (call only when `mismatch` is None)."""
@@ -63,3 +73,13 @@ def fitted_weights(infos: list[ModelInfo], method: str = "caruana") -> list[floa
         raise QuorumError(f"--vote weighted fits its weights on the shared validation split, but {reason}: "
                           "fine-tune the models again so they share models/split.csv, or use --vote soft")
     return [float(w) for w in METHODS[method](aligned_probs(runs), runs[0].y_true)]
+
+
+def fitted_vote_temperature(infos: list[ModelInfo], rule: str, weights: list[float] | None = None) -> float:
+    """The vote's temperature for `rule` (with the weighted rule's `weights`), fitted on the members' shared
+    validation split; 1 where they share none (their own temperatures still apply; the unknown line says why)."""
+    try:
+        runs = shared_runs(infos)
+    except QuorumError:
+        return 1.0
+    return fit_vote_temperature(aligned_probs(runs), runs[0].y_true, rule, weights)

@@ -14,6 +14,12 @@ probabilities, which a hard vote throws away (issue 20: +1.2 points over majorit
 check). For every rule `votes` and `decided_by` still describe the members' top-1 labels: how many
 voted for the winner, and whether they were unanimous, had a majority or tied.
 
+The vote's own temperature: a mean of calibrated members is under-confident (each member's errors are
+partly its own, so averaging flattens the winner's probability), so every rule's `combined` is calibrated
+once more by one temperature fitted on the shared validation split (`fit_vote_temperature`: pool, then
+calibrate). Like the members' temperatures it never changes a label. Issue 19: the vote's ECE on a
+held-out folder 0.031 / 0.025 / 0.032 -> 0.030 / 0.018 / 0.018 on three validation draws.
+
 Lazy mode runs members one at a time and skips an image for the remaining members once
 `settled` says no later vote can change its winner; `vote(..., ran=mask)` then counts only the
 members that ran. The winning label is the same as if every member had run. `decided_by` is
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quorum.calibration import calibrate, fit_temperature
 from quorum.errors import QuorumError
 
 DECIDED_BY = ("unanimous", "majority", "tie-breaker")
@@ -48,13 +55,14 @@ class Votes:
 
 
 def vote(probs: np.ndarray, tie_breaker: int, ran: np.ndarray | None = None, rule: str = MAJORITY_RULE,
-         weights=None, decimals: int | None = None) -> Votes:
+         weights=None, decimals: int | None = None, temperature: float = 1.0) -> Votes:
     """Apply the vote `rule` to `probs` of shape (members, images, classes).
 
     `ran` (members, images), if given, is False where a member skipped an image: that member
     neither votes nor counts in the mean probability there. `weights` (members,): the weighted
     rule's. `decimals`: soft and weighted take the argmax of `combined` rounded to that many
     decimals (ties to the lowest class), so a CSV that holds it rounded gives the same label.
+    `temperature`: the vote's own (`fit_vote_temperature`), applied to `combined`.
     """
     probs = np.asarray(probs, dtype=float)
     if probs.ndim != 3:
@@ -87,6 +95,8 @@ def vote(probs: np.ndarray, tie_breaker: int, ran: np.ndarray | None = None, rul
     # With one leader, tb_in_tie means the tie-breaker voted it and by_mean is it anyway.
     label = np.where(tb_in_tie, tb_label, by_mean)
     combined = mean if rule == MAJORITY_RULE else mean_probability(probs, ran, weights)
+    if temperature != 1:  # keeps each row's order, so majority's ties above are settled as without it
+        combined = calibrate(combined, temperature)
     if rule != MAJORITY_RULE:
         combined = combined if decimals is None else combined.round(decimals)
         label = combined.argmax(axis=1)  # the first maximum: the lowest class on an exact tie
@@ -120,6 +130,17 @@ def mean_probability(probs: np.ndarray, ran: np.ndarray, weights=None) -> np.nda
     if (counted.sum(axis=0) <= 0).any():
         raise ValueError("every image needs a member with a positive weight that ran")
     return (np.where(ran[..., None], probs, 0.0) * w[:, None, None]).sum(axis=0) / counted.sum(axis=0)[:, None]
+
+
+def fit_vote_temperature(probs: np.ndarray, y_true: np.ndarray, rule: str = MAJORITY_RULE, weights=None) -> float:
+    """The vote's temperature: the one that calibrates `rule`'s combined probabilities of `probs` (members,
+    images, classes; the members' calibrated validation predictions) against `y_true`. 1 for one member,
+    whose own temperature already is the vote's."""
+    probs = np.asarray(probs, dtype=float)
+    if len(probs) == 1:
+        return 1.0
+    combined = mean_probability(probs, np.ones(probs.shape[:2], bool), weights if rule == WEIGHTED else None)
+    return round(fit_temperature(combined, y_true), 6)  # as model.json rounds the members'
 
 
 def default_tie_breaker(accuracies: list[float], names: list[str], among: list[int] | None = None) -> int:

@@ -27,7 +27,7 @@ from quorum.errors import QuorumError
 from quorum.models import onnx_export
 from quorum.models.bundle import HISTORY, INT8_ONNX, WEIGHTS, ModelInfo
 from quorum.predict.members import read_members, select_models, tie_breaker_index
-from quorum.predict.validation import fitted_weights
+from quorum.predict.validation import fitted_vote_temperature, fitted_weights
 from quorum.predict.vote import MAJORITY_RULE, WEIGHTED, check_rule
 from quorum.report.gallery import review_gallery, wrong_gallery
 from quorum.report.reliability import Reliability, reliability
@@ -152,7 +152,8 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         from quorum.models.temperature import temperature
 
         report.reliability = reliability(labelled, member_names, [temperature(info, quiet) for info in infos],
-                                         tie if ensemble is not None else None)
+                                         tie if ensemble is not None else None, rule, weights,
+                                         fitted_vote_temperature(infos, rule, weights))
     if ensemble is not None:
         report.rules = compare_rules(labelled, tie, infos[0].classes, rules_weights(infos, data, notes))
         report.trust, report.curve = trust(labelled, tie)

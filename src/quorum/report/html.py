@@ -114,7 +114,8 @@ def calibration_section(images: dict[str, bytes], source: str) -> str:
         return ""
     return (f"<h2>Calibration</h2><p>On {escape(source)}. Every probability quorum writes is divided, in log "
             "space, by the model's temperature, fitted on its validation predictions (model.json's "
-            "<code>calibration</code>); no label changes. On the diagonal a confidence of 80% is right 80% of the "
+            "<code>calibration</code>), and the vote's by one more, fitted on the members' shared validation "
+            "predictions; no label changes. On the diagonal a confidence of 80% is right 80% of the "
             "time. ECE: the mean gap, weighted by images (15 bins); the vote is scored on its "
             "<code>confidence</code>.</p>"
             + _image(images, "reliability.png", "reliability diagrams"))

@@ -3,8 +3,9 @@ before and after the members' temperatures, and the reliability curves the repor
 
 The report's probabilities are calibrated ones (predict.members and report.sources apply the temperatures),
 so the raw ones are recovered with the inverse temperature: calibrate(calibrate(p, T), 1 / T) is p again
-(softmax of log-probabilities scaled by T, then by 1/T). The vote is scored on its `confidence` (the mean
-probability of the voted label) against whether the vote was right.
+(softmax of log-probabilities scaled by T, then by 1/T). The vote is scored on its `confidence` (the rule's
+probability of the voted label) against whether the vote was right: before, the raw members' mean; after,
+the calibrated members' and then the vote's own temperature, as predict writes it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from quorum.calibration import (
     confidence_calibration_error,
     expected_calibration_error,
 )
-from quorum.predict.vote import vote
+from quorum.predict.vote import MAJORITY_RULE, vote
 from quorum.report.sources import Labelled
 
 
@@ -32,9 +33,11 @@ class Reliability:
     curve: pd.DataFrame
 
 
-def reliability(labelled: Labelled, names: list[str], temperatures: list[float],
-                tie_breaker: int | None) -> dict[str, Reliability]:
-    """Per member (and, given a tie-breaker, for the vote under `ensemble`): ECE and curves, raw and calibrated."""
+def reliability(labelled: Labelled, names: list[str], temperatures: list[float], tie_breaker: int | None,
+                rule: str = MAJORITY_RULE, weights: list[float] | None = None,
+                vote_temperature: float = 1.0) -> dict[str, Reliability]:
+    """Per member (and, given a tie-breaker, for the vote by `rule` under `ensemble`): ECE and curves, raw and
+    calibrated."""
     calibrated = labelled.probs
     raw = np.stack([calibrate(p, 1.0 / t) for p, t in zip(calibrated, temperatures)])
     y = labelled.y_true
@@ -44,7 +47,8 @@ def reliability(labelled: Labelled, names: list[str], temperatures: list[float],
         out[name] = Reliability(expected_calibration_error(raw[m], y), expected_calibration_error(calibrated[m], y),
                                 reliability_curve(conf_raw, right_raw), reliability_curve(conf, right))
     if tie_breaker is not None:
-        before, after = vote(raw, tie_breaker), vote(calibrated, tie_breaker)
+        before = vote(raw, tie_breaker, rule=rule, weights=weights)
+        after = vote(calibrated, tie_breaker, rule=rule, weights=weights, temperature=vote_temperature)
         out["ensemble"] = Reliability(
             confidence_calibration_error(before.confidence, before.label == y),
             confidence_calibration_error(after.confidence, after.label == y),
