@@ -128,18 +128,19 @@ def onnx_logits(bundle: Path, paths: list[Path]) -> np.ndarray:
 
 def product_run(bundles: list[Path], frame: pd.DataFrame, lazy: bool = False) -> pd.DataFrame:
     """`quorum predict` itself on the folder (default engine, the default line): its unknown_score, unknown,
-    prediction, decided_by and confidence, in `frame`'s order; attrs["unknown"]: the line it drew, attrs["vote"]:
-    its vote (with the vote's temperature)."""
+    prediction, decided_by and confidence, in `frame`'s order; attrs["unknown"]: the line it drew,
+    "unknown_passed": the validation images under it, "vote": its vote (with the vote's temperature)."""
     from quorum.predict.options import PredictOptions
     from quorum.predict.pipeline import predict
 
     name = "product_lazy" if lazy else "product"
     path, line = RUNS / "arrays" / f"{name}.csv", RUNS / "arrays" / f"{name}.json"
-    if not path.is_file() or "confidence" not in pd.read_csv(path, nrows=0).columns:  # or from before the vote's T
+    if not path.is_file() or "unknown_passed" not in json.loads(line.read_text()):  # kept by an older version
         made = predict(RUNS / "folder", bundles, PredictOptions(workers=0, lazy=lazy), quiet=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         made[["path", "prediction", "decided_by", "confidence", "unknown_score", "unknown"]].to_csv(path, index=False)
-        line.write_text(json.dumps({"unknown": made.attrs["unknown"], "vote": made.attrs["vote"]}))
+        line.write_text(json.dumps({"unknown": made.attrs["unknown"], "vote": made.attrs["vote"],
+                                    "unknown_passed": sorted(made.attrs["unknown_passed"])}))
     made = pd.read_csv(path).set_index("path").loc[frame["path"]].reset_index()
     made.attrs.update(json.loads(line.read_text()))
     return made
@@ -154,7 +155,7 @@ def product_lines(bundles: list[Path], frame: pd.DataFrame, classes: tuple[str, 
     full, lazy = product_run(bundles, frame), product_run(bundles, frame, lazy=True)
     right = (full["prediction"] == frame["label"]).to_numpy()  # an image of no class (label None) is never right
     kept = ((full["decided_by"] == "unanimous") & ~full["unknown"].astype(bool)).to_numpy()
-    table = validation_trust(bundles, None, full.attrs["unknown"]).set_index(["group", "level"])
+    table = validation_trust(bundles, None, frozenset(full.attrs["unknown_passed"])).set_index(["group", "level"])
     line = table.loc[("decided_by", "unanimous")]
     inside = (frame["source"] == IN).to_numpy()
     flags = {"full": full["unknown"].astype(bool).to_numpy(), "lazy": lazy["unknown"].astype(bool).to_numpy()}
