@@ -5,6 +5,8 @@ scored on (that flatters it), so there they are cross-fitted: fitted on four fif
 fifth left out, five times. On --data the weights are predict's own, from the validation split.
 Which rule to use: the most accurate, but only above majority (the default) when the paired
 bootstrap interval of the difference excludes zero; otherwise the images are too few to tell.
+The ECE column is of each rule's combined probabilities before the vote's own temperature (fitted per
+rule on the validation split by predict): it compares the rules as they combine, not as predict scales them.
 """
 
 from __future__ import annotations

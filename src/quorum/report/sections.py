@@ -65,7 +65,8 @@ def rules_section(report: Report) -> str:
     return "\n".join([
         "<h2>Vote rules side by side</h2>",
         f"<p>On {escape(report.source)} (quorum predict --vote RULE). Ceiling (any member right): "
-        f"{rules['ceiling']:.1%}. ECE: expected calibration error of the rule's probabilities (0 is calibrated). "
+        f"{rules['ceiling']:.1%}. ECE: expected calibration error of the rule's probabilities (0 is calibrated), "
+        "before the vote's own temperature (the Calibration section's ensemble has it). "
         f"Weighted rule's weights: {escape(how)}.</p>",
         table_html(["rule", "accuracy", "macro F1", "ECE"], rows, highlight=rules["best"]),
         f"<p><b>Recommended:</b> {escape(rules['advice'])}.</p>",
