@@ -228,8 +228,10 @@ def test_lazy_runs_exactly_the_members_that_can_change_the_winner(tmp_path, make
 def test_probs_and_min_agreement_add_their_columns(mixed, tiny_models):
     frame = run(mixed, tiny_models, probs=True, min_agreement=0.9)
     p_columns = [f"p_{name}" for name in CLASSES]
-    assert frame.columns.tolist() == FIXED + MEMBER_COLUMNS + p_columns + UNKNOWN + ["review", "status", "error"]
+    assert frame.columns.tolist() == (FIXED + MEMBER_COLUMNS + p_columns + ["consensus_kl"] + UNKNOWN
+                                      + ["review", "status", "error"])
     ok = frame[frame["status"] == "ok"]
+    assert ok["consensus_kl"].between(0, np.log(len(TRIO))).all() and ok["consensus_kl"].max() > 0
     np.testing.assert_allclose(ok[p_columns].sum(axis=1), 1.0, atol=1e-5)
     winner = [row[f"p_{row['prediction']}"] for _, row in ok.iterrows()]
     np.testing.assert_allclose(winner, ok["confidence"], atol=1e-6)

@@ -64,7 +64,7 @@ def assert_same_csv(path: Path, expected: Path) -> None:
     got, want = pd.read_csv(path, keep_default_na=False), pd.read_csv(expected, keep_default_na=False)
     assert got.columns.tolist() == want.columns.tolist() and got["path"].tolist() == want["path"].tolist()
     numeric = [c for c in want.columns if c.endswith("_confidence") or c.startswith("p_")
-               or c in ("agreement", "confidence")]
+               or c in ("agreement", "confidence", "consensus_kl")]
     pd.testing.assert_frame_equal(got.drop(columns=numeric), want.drop(columns=numeric))
     np.testing.assert_allclose(got[numeric].replace("", np.nan).to_numpy(float),
                                want[numeric].replace("", np.nan).to_numpy(float), atol=1e-5)

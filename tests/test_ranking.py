@@ -27,7 +27,8 @@ ROWS = [  # path, member votes, p_cat, p_dog, p_fox, unknown
 ]
 
 
-def hand_made(folder, with_probs=True, with_unknown=True, rows_=ROWS) -> pd.DataFrame:
+def hand_made(folder, with_probs=True, with_unknown=True, rows_=ROWS, kl=None) -> pd.DataFrame:
+    """The rows as predict writes them; `kl` {path: consensus_kl} adds that column (predict --probs writes it)."""
     rows = []
     for path, votes, p_cat, p_dog, p_fox, unknown in rows_:
         probs = {"cat": p_cat, "dog": p_dog, "fox": p_fox}
@@ -38,6 +39,8 @@ def hand_made(folder, with_probs=True, with_unknown=True, rows_=ROWS) -> pd.Data
             row[f"m{m}_prediction"], row[f"m{m}_confidence"] = label, 0.6
         if with_probs:
             row.update({f"p_{name}": p for name, p in probs.items()})
+        if kl is not None:
+            row["consensus_kl"] = kl[path]
         if with_unknown:
             row["unknown"] = unknown
         rows.append({**row, "status": "ok", "error": ""})
@@ -47,13 +50,13 @@ def hand_made(folder, with_probs=True, with_unknown=True, rows_=ROWS) -> pd.Data
     return frame
 
 
-def write_csv(tmp_path, rows=ROWS, with_probs=True):
+def write_csv(tmp_path, rows=ROWS, with_probs=True, kl=None):
     """Hand-made rows as a real CSV with its .json, over real image files."""
     folder = tmp_path / "unlabelled"
     for (path, *_), written in zip(rows + [("broken.png",)], write_good_images(folder, len(rows) + 1)):
         written.rename(folder / path)
     out = tmp_path / "preds.csv"
-    write_predictions(hand_made(folder, with_probs, rows_=rows), out)
+    write_predictions(hand_made(folder, with_probs, rows_=rows, kl=kl), out)
     return out
 
 
@@ -66,7 +69,20 @@ def preds_csv(tmp_path):
     return write_csv(tmp_path)
 
 
-def test_disagreement_ranks_by_vote_entropy_then_margin_and_keeps_unknown_apart(preds_csv):
+# The members' consensus KL, as predict --probs writes it: b's two-to-one split is sure, c's a near tie.
+KL = {"a.png": 0.02, "b.png": 0.40, "c.png": 0.05, "d.png": 0.40, "f.png": 0.90}
+
+
+def test_disagreement_ranks_by_consensus_kl_then_margin_where_the_csv_has_it(tmp_path):
+    ranked, apart = ranking.rank(read_predictions(write_csv(tmp_path, kl=KL)), "disagreement")
+    assert ranked["path"].tolist() == ["d.png", "b.png", "c.png", "a.png"]  # d before b: the thinner margin
+    assert ranked["score"].tolist() == pytest.approx([0.40, 0.40, 0.05, 0.02]) and apart == 1
+    # Vote entropy alone puts c (two to one) level with b and ahead of it on margin.
+    assert ranking.rank(hand_made(tmp_path), "disagreement")[0]["path"].tolist() == ["d.png", "c.png", "b.png",
+                                                                                      "a.png"]
+
+
+def test_without_consensus_kl_disagreement_ranks_by_vote_entropy_then_margin_and_keeps_unknown_apart(preds_csv):
     ranked, apart = ranking.rank(read_predictions(preds_csv), "disagreement")
     assert ranked["path"].tolist() == ["d.png", "c.png", "b.png", "a.png"]  # c before b: the thinner margin
     assert ranked["rank"].tolist() == [1, 2, 3, 4]

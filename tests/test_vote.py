@@ -1,9 +1,10 @@
 import itertools
+import math
 
 import numpy as np
 import pytest
 
-from quorum.predict.vote import DECIDED_BY, settled, vote
+from quorum.predict.vote import DECIDED_BY, consensus_kl, settled, vote
 
 CAT, DOG, FOX, OWL = range(4)
 
@@ -239,3 +240,20 @@ def test_lazy_decided_by_is_the_full_runs_wherever_it_is_not_unknown(n_members, 
         assert (lazy.decided_by[~complete] == "unknown").all() and (~complete).any()
     if n_members == 5:  # 3-1 after four members, one left: a majority whatever the fifth says
         assert ((lazy.decided_by == "majority") & ~complete).any()
+
+
+def test_consensus_kl_is_the_members_mean_kl_from_their_mean_over_the_members_that_ran():
+    probs = np.array([
+        [[0.8, 0.2], [0.5, 0.5], [0.9, 0.1]],
+        [[0.4, 0.6], [0.5, 0.5], [np.nan, np.nan]],  # image 3: this member was skipped (--lazy)
+        [[0.6, 0.4], [0.5, 0.5], [0.1, 0.9]],
+    ])
+    ran = np.array([[True, True, True], [True, True, False], [True, True, True]])
+    # By hand, image 1: the mean is (0.6, 0.4); the middle member's KL from it 0.4 ln(0.4/0.6) + 0.6 ln(0.6/0.4),
+    # the others' a ln(a/0.6) + b ln(b/0.4). Image 3: two members (0.9, 0.1) and (0.1, 0.9), the mean (0.5, 0.5).
+    def kl(p, q):
+        return sum(a * math.log(a / b) for a, b in zip(p, q))
+    first = np.mean([kl(p, (0.6, 0.4)) for p in ((0.8, 0.2), (0.4, 0.6), (0.6, 0.4))])
+    assert consensus_kl(probs, ran) == pytest.approx([first, 0.0, kl((0.9, 0.1), (0.5, 0.5))])
+    # Members sure of different classes: ln(members), the most there is.
+    assert consensus_kl(np.eye(3)[:, None, :], np.ones((3, 1), bool)) == pytest.approx([math.log(3)])

@@ -1,10 +1,11 @@
 """Which rows of a predictions table a person should label first: query-by-committee ranking.
 
 Read from a `quorum predict` CSV (and, for `diverse`, the listed images' frozen features):
-- `disagreement`: vote entropy over the members' labels (modAL's `vote_entropy`: the entropy of
-  the share of members voting each class), highest first. Ties (e.g. every 2-of-3 row) go to the
-  thinner margin of the members' mean probabilities when the CSV has p_<class> (predict --probs),
-  else to the lower `confidence`.
+- `disagreement`: the members' consensus KL (`consensus_kl`, which predict --probs writes: each member's
+  calibrated probabilities' KL divergence from their mean, averaged; modAL's `KL_max_disagreement` takes
+  the largest instead of the mean), highest first. In a CSV without it, vote entropy over the members'
+  labels (modAL's `vote_entropy`): three members' labels give only three levels of disagreement, their
+  probabilities a scale. Ties (e.g. every 2-of-3 row) go to the higher `margin` score.
 - `margin`: 1 - (top mean probability - second), from the p_<class> columns (predict --probs); in a
   CSV without them, 1 - the vote's confidence. `balanced` and `diverse` order by it too.
 - `balanced`: margin, but the most uncertain row of each predicted class in turn (class-balanced
@@ -12,10 +13,6 @@ Read from a `quorum predict` CSV (and, for `diverse`, the listed images' frozen 
 - `diverse`: margin, but the most uncertain row of each k-means cluster of the images' features (k =
   the budget; Cluster-Margin / TypiClust's lesson: in the low-budget regime cover the data, then be uncertain).
 - `random`: a seeded shuffle, the baseline every ranking must beat.
-
-modAL's consensus KL (each member's KL divergence from the mean) and consensus entropy need every
-member's whole probability vector; the CSV holds each member's label and the probability it gave
-that label only, so they are not offered here.
 
 Rows flagged `unknown` (a column some predictions carry) are kept apart, never ranked: an image of
 no known class is not worth a label of a known one.
@@ -30,7 +27,7 @@ import pandas as pd
 from scipy.stats import entropy
 
 from quorum.errors import QuorumError
-from quorum.predict.table import OK, member_columns, members_of
+from quorum.predict.table import CONSENSUS_KL, OK, member_columns, members_of
 
 RANKINGS = ("disagreement", "margin", "balanced", "diverse", "random")
 DEFAULT = "margin"  # the largest gain over random in benchmarks/bench_active.py (RESULTS.md), if within its noise
@@ -45,6 +42,11 @@ def vote_entropy(frame: pd.DataFrame) -> np.ndarray:
     labels = frame[[member_columns(name)[0] for name in members_of(frame.columns)]]
     counts = labels.apply(lambda row: row.value_counts().to_numpy(), axis=1)
     return np.array([entropy(row) if len(row) else 0.0 for row in counts], dtype=float)
+
+
+def disagreement(frame: pd.DataFrame) -> np.ndarray:
+    """The members' consensus KL where the CSV has it (predict --probs), else their vote entropy."""
+    return frame[CONSENSUS_KL].to_numpy(float) if CONSENSUS_KL in frame.columns else vote_entropy(frame)
 
 
 def margin_score(frame: pd.DataFrame) -> np.ndarray:
@@ -113,7 +115,7 @@ def rank(frame: pd.DataFrame, how: str = DEFAULT, seed: int = 0, budget: int = 1
         order = round_robin(feature_clusters(features(rows["path"].tolist()), budget, seed), score) if len(rows) \
             else np.arange(0)
     else:
-        score = vote_entropy(rows)
+        score = disagreement(rows)
         order = np.lexsort((-doubt(rows), -score))  # the last key sorts first
     ranked = rows.iloc[order].assign(score=score[order], rank=np.arange(1, len(rows) + 1))
     return ranked, int(apart.sum())

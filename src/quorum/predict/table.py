@@ -1,7 +1,8 @@
 """The predictions table: its columns, the check that --out can be written, the CSV and the summary.
 
 Columns, in order: path, prediction, votes, members, agreement, decided_by, confidence, then per
-member (in name order) <name>_prediction and <name>_confidence, then p_<class> (with probs),
+member (in name order) <name>_prediction and <name>_confidence, then p_<class> and consensus_kl
+(with probs: the members' disagreement, `vote.consensus_kl`, that review --rank disagreement ranks by),
 unknown_score and unknown (`predict.unknown`: no known class; empty where no line could be drawn),
 review (with min_agreement), status, error. A member's two columns are named like the vote's own
 `prediction` and `confidence`; `p_` only ever prefixes a class, as in val_predictions.csv.
@@ -31,10 +32,11 @@ from quorum.data.predictions_csv import paths_digest, sidecar
 from quorum.errors import QuorumError
 from quorum.predict.trust_table import at_least, at_least_lines, below, decided_by_lines
 from quorum.predict.unknown import ENTROPY, Threshold, unknown_score
-from quorum.predict.vote import DECIDED_BY, MAJORITY_RULE, UNKNOWN, vote
+from quorum.predict.vote import DECIDED_BY, MAJORITY_RULE, UNKNOWN, consensus_kl, vote
 
 VOTE_COLUMNS = ["path", "prediction", "votes", "members", "agreement", "decided_by", "confidence"]
 UNKNOWN_COLUMNS = ["unknown_score", "unknown"]
+CONSENSUS_KL = "consensus_kl"
 STATUS_COLUMNS = ["status", "error"]
 # Each file's fingerprint as it was decoded: carried with its row (and through --resume) into the sidecar, not the CSV.
 FINGERPRINT = "fingerprint"
@@ -76,7 +78,7 @@ class MemberOutputs:
 
 def columns(names: list[str], classes: tuple[str, ...], with_probs: bool, with_review: bool) -> list[str]:
     per_member = [column for name in names for column in member_columns(name)]
-    class_columns = [f"p_{name}" for name in classes] if with_probs else []
+    class_columns = [*(f"p_{name}" for name in classes), CONSENSUS_KL] if with_probs else []
     return (VOTE_COLUMNS + per_member + class_columns + UNKNOWN_COLUMNS + (["review"] if with_review else [])
             + STATUS_COLUMNS)
 
@@ -117,6 +119,7 @@ def to_frame(paths: list[str], names: list[str], classes: tuple[str, ...], outpu
             table[p_column] = np.where(ran[m], np.nan_to_num(probs[m], nan=-1.0).max(axis=1).astype(float), np.nan)
         if with_probs:  # the rule's probabilities, as the confidence is: soft's label is their argmax
             table.update({f"p_{name}": result.combined[:, c] for c, name in enumerate(classes)})
+            table[CONSENSUS_KL] = consensus_kl(probs, ran)
         distances = None if outputs.distances is None else outputs.distances[:, good]
         table["unknown_score"] = unknown_score(probs, ran, distances)
         flags = unknown_at.flag(table["unknown_score"]) if unknown_at is not None else None

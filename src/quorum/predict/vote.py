@@ -31,6 +31,7 @@ they could (two cheap members agree: the third may make it unanimous or not); `v
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import rel_entr
 
 from quorum.calibration import calibrate, fit_temperature
 from quorum.errors import QuorumError
@@ -141,6 +142,15 @@ def fit_vote_temperature(probs: np.ndarray, y_true: np.ndarray, rule: str = MAJO
         return 1.0
     combined = mean_probability(probs, np.ones(probs.shape[:2], bool), weights if rule == WEIGHTED else None)
     return round(fit_temperature(combined, y_true), 6)  # as model.json rounds the members'
+
+
+def consensus_kl(probs: np.ndarray, ran: np.ndarray) -> np.ndarray:
+    """(images,): the mean KL divergence (nats) of each member's probabilities from their mean, over the
+    members that ran (McCallum and Nigam's consensus KL, query-by-committee's disagreement; it equals the
+    entropy of the mean less the members' mean entropy). 0 where they agree exactly, ln(members) at most."""
+    mean = mean_probability(probs, ran)
+    each = rel_entr(np.where(ran[..., None], probs, 0.0), mean[None]).sum(axis=2)  # a skipped member: 0
+    return (each * ran).sum(axis=0) / ran.sum(axis=0)
 
 
 def default_tie_breaker(accuracies: list[float], names: list[str], among: list[int] | None = None) -> int:
