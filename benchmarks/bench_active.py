@@ -9,7 +9,8 @@ Per draw of Fashion-MNIST (benchmarks/fashion_mnist.py: 30 labelled images per c
 1. The committee: EfficientNet-Lite0/1/2 at 96 px, 4 frozen + 4 unfrozen epochs, offline ImageNet weights,
    each `quorum finetune` in its own process on one thread; then `quorum predict UNLABELLED --probs`.
 2. Each ranking picks `--budget` rows from that CSV with the code `quorum review --budget` runs
-   (`quorum.predict.ranking.select`); a simulated person labels them from the data set's own labels.
+   (`quorum.predict.ranking.select`; disagreement from its `consensus_kl` column; rows flagged unknown left
+   out, random's included); a simulated person labels them from the data set's own labels.
 3. Lite0 is fine-tuned again on the labelled training share plus those images (the validation share
    unchanged, given as DATA/train and DATA/val), and scored on the test images with `quorum predict`.
 4. The rankings that draw (random; diverse's k-means start) pick `--picks` times per draw (seeds draw,

@@ -330,9 +330,9 @@ def _print_closing_lines(frame, out, model_dirs=None) -> None:
 @click.option("--rank", type=click.Choice(["disagreement", "margin", "balanced", "diverse", "random"]),
               default="margin", show_default=True, help="With --budget: margin (the thinnest margins of the members' "
               "mean probabilities), balanced (the same, each predicted class in turn), diverse (the thinnest margin "
-              "of each group of look-alike images: k-means on image features), disagreement (the members' vote "
-              "entropy, ties to the thinner margin) or random. Without predict --probs, 1 - the vote's confidence "
-              "stands for the margin.")
+              "of each group of look-alike images: k-means on image features), disagreement (the members' "
+              "consensus KL, which predict --probs writes, else their vote entropy; ties to the thinner margin) or "
+              "random. Without predict --probs, 1 - the vote's confidence stands for the margin.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="With --rank random: the draw; with diverse: the k-means start.")
 @user_errors
