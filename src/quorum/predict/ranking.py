@@ -30,7 +30,7 @@ from quorum.errors import QuorumError
 from quorum.predict.table import CONSENSUS_KL, OK, member_columns, members_of
 
 RANKINGS = ("disagreement", "margin", "balanced", "diverse", "random")
-DEFAULT = "margin"  # the largest gain over random in benchmarks/bench_active.py (RESULTS.md), if within its noise
+DEFAULT = "margin"  # level with disagreement in benchmarks/bench_active.py (RESULTS.md), both within its noise
 
 
 def probability_columns(frame: pd.DataFrame) -> list[str]:
