@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
 from quorum.cli import main
+from quorum.data.pseudo_labels import check_distill_csv, read_soft_targets
 from quorum.errors import QuorumError
 from quorum.train.finetune import finetune
 from quorum.train.recipe import Recipe
@@ -191,3 +192,31 @@ def test_a_missing_distill_csv_says_to_write_it_with_probabilities(tmp_path):
     assert result.exit_code == 1
     assert result.stderr == (f"Error: --distill {missing} does not exist: write one with quorum predict FOLDER "
                              f"--probs --out {missing}\n")
+
+
+
+def test_teachers_named_like_a_probability_column_are_teachers_not_classes(run, tmp_path):
+    """A model may be named `p_...`: its `p_..._prediction` and `_confidence` columns are a teacher's, not classes."""
+    data, models, preds = run
+    finetune(recipe(data, models, "p_t2", seed=2), quiet=True)
+    csvs = {"probs": tmp_path / "probs.csv", "plain": tmp_path / "plain.csv"}
+    for kind, csv in csvs.items():
+        probs = ["--probs"] if kind == "probs" else []
+        result = cli("predict", preds.parent / "unlabelled", "--out", csv, "--models-dir", models, "--model", "p_t2",
+                     "--model", "t1", "--workers", 0, "-q", "--no-unknown-flag", *probs)
+        assert result.exit_code == 0, result.output
+    soft = read_soft_targets(csvs["probs"], tuple(sorted(COLOUR_CLASSES)))
+    assert soft.teachers == ["p_t2", "t1"] and len(soft.items) == 12
+    with pytest.raises(QuorumError, match="has no p_<class> columns"):
+        check_distill_csv(csvs["plain"])
+
+
+def test_probabilities_of_other_classes_are_refused_by_name(teachers, tmp_path):
+    _, _, preds = teachers
+    frame = pd.read_csv(preds, keep_default_na=False).rename(columns={"p_red": "p_purple"})
+    other = tmp_path / "other.csv"
+    frame.to_csv(other, index=False)
+    shutil.copy(preds.with_name("preds.csv.json"), other.with_name("other.csv.json"))
+    with pytest.raises(QuorumError, match=f"--distill {other} gives probabilities of other classes \\(blue, green, "
+                                          "purple\\) than this model's \\(blue, green, red\\)"):
+        read_soft_targets(other, tuple(sorted(COLOUR_CLASSES)))

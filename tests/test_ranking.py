@@ -97,6 +97,15 @@ def test_margin_ranks_by_the_gap_between_the_two_lead_classes(preds_csv):
     assert ranked["score"].tolist() == pytest.approx([0.95, 0.85, 0.75, 0.15])
 
 
+
+def test_members_named_p_something_are_not_taken_for_classes(tmp_path):
+    """A model may be named `p_...`: its two columns are a member's, and the margin is the classes' alone."""
+    frame = hand_made(tmp_path)
+    frame = frame.rename(columns={f"m0{suffix}": f"p_m0{suffix}" for suffix in ("_prediction", "_confidence")})
+    ranked, _ = ranking.rank(frame, "margin")
+    assert ranked["path"].tolist() == ["c.png", "d.png", "b.png", "a.png"]
+    assert ranked["score"].tolist() == pytest.approx([0.95, 0.85, 0.75, 0.15])
+
 def test_random_is_a_seeded_shuffle_of_the_same_rows(preds_csv):
     frame = read_predictions(preds_csv)
     draws = {tuple(ranking.rank(frame, "random", seed)[0]["path"]) for seed in range(6)}

@@ -87,6 +87,20 @@ def changed_files(folder: Path, paths: list[str], fingerprints: list[str]) -> li
     return changed
 
 
+def members_of(frame_columns) -> list[str]:
+    """The member names of a predictions table, from its `<name>_prediction` columns, in order."""
+    suffix = "_prediction"
+    return [column[: -len(suffix)] for column in frame_columns
+            if column.endswith(suffix) and f"{column[: -len(suffix)]}_confidence" in frame_columns]
+
+
+def class_columns(frame_columns) -> list[str]:
+    """The `p_<class>` columns (predict --probs): every `p_` column but a member's own two, since a model may be
+    named `p_...`."""
+    members = {f"{name}{suffix}" for name in members_of(frame_columns) for suffix in ("_prediction", "_confidence")}
+    return [column for column in frame_columns if column.startswith("p_") and column not in members]
+
+
 def flagged_unknown(frame: pd.DataFrame) -> pd.Series:
     """The rows predict flagged `unknown` (no known class); none where the CSV has no such column."""
     if "unknown" not in frame:

@@ -16,7 +16,9 @@ from quorum.data.predictions_csv import (
     AGREEMENT_TOLERANCE,
     check_predictions_csv,
     check_rows_usable,
+    class_columns,
     flagged_unknown,
+    members_of,
     read_sidecar,
 )
 from quorum.errors import QuorumError
@@ -99,7 +101,7 @@ def check_distill_csv(csv: Path | str) -> Path:
         header = pd.Index([])
     if not {"path", "status"} <= set(header):
         raise QuorumError(f"--distill {csv} is not a quorum predict CSV (it needs path and status columns)")
-    if not any(column.startswith("p_") for column in header):
+    if not class_columns(header):
         raise QuorumError(f"--distill {csv} has no p_<class> columns: write it with quorum predict FOLDER --out {csv} "
                           "--probs")
     return csv
@@ -113,7 +115,7 @@ def read_soft_targets(csv: Path, classes: tuple[str, ...]) -> SoftTargets:
     """
     csv = check_distill_csv(csv)
     frame = files.read_csv(csv, dtype={"path": object, "status": object}, keep_default_na=False, na_values=[""])
-    given = [column.removeprefix("p_") for column in frame.columns if column.startswith("p_")]
+    given = [column.removeprefix("p_") for column in class_columns(frame.columns)]
     if set(given) != set(classes):
         raise QuorumError(f"--distill {csv} gives probabilities of other classes ({', '.join(sorted(given))}) than "
                           f"this model's ({', '.join(classes)})")
@@ -125,7 +127,5 @@ def read_soft_targets(csv: Path, classes: tuple[str, ...]) -> SoftTargets:
     probs = chosen[[f"p_{name}" for name in classes]].to_numpy(np.float32)
     probs /= probs.sum(axis=1, keepdims=True)  # the CSV rounds to 6 decimals
     items = [(str(info["folder"] / path), p) for path, p in zip(chosen["path"], probs)]
-    teachers = [column.removesuffix("_prediction") for column in frame.columns
-                if column.endswith("_prediction") and f"{column.removesuffix('_prediction')}_confidence" in frame]
-    return SoftTargets(csv, info["folder"], items, files.sha256(csv)[:16], len(frame), teachers,
+    return SoftTargets(csv, info["folder"], items, files.sha256(csv)[:16], len(frame), members_of(frame.columns),
                        {"unreadable": int((~readable).sum()), "unknown": int(flagged.sum())})

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import entropy
 
+from quorum.data.predictions_csv import class_columns
 from quorum.errors import QuorumError
 from quorum.predict.table import CONSENSUS_KL, OK, member_columns, members_of
 
@@ -34,7 +35,7 @@ DEFAULT = "margin"  # level with disagreement in benchmarks/bench_active.py (RES
 
 
 def probability_columns(frame: pd.DataFrame) -> list[str]:
-    return [column for column in frame.columns if column.startswith("p_")]
+    return class_columns(frame.columns)
 
 
 def vote_entropy(frame: pd.DataFrame) -> np.ndarray:

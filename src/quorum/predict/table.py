@@ -5,7 +5,8 @@ member (in name order) <name>_prediction and <name>_confidence, then p_<class> a
 (with probs: the members' disagreement, `vote.consensus_kl`, that review --rank disagreement ranks by),
 unknown_score and unknown (`predict.unknown`: no known class; empty where no line could be drawn),
 review (with min_agreement), status, error. A member's two columns are named like the vote's own
-`prediction` and `confidence`; `p_` only ever prefixes a class, as in val_predictions.csv.
+`prediction` and `confidence`; `p_<class>` as in val_predictions.csv (a member may be named `p_...`: `class_columns`
+tells them apart).
 An unreadable file's row has only path, status=error and error filled in.
 
 In a lazy run a row where members were skipped has `members` = every member (what a full run
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from quorum import files
-from quorum.data.predictions_csv import paths_digest, sidecar
+from quorum.data.predictions_csv import members_of, paths_digest, sidecar
 from quorum.errors import QuorumError
 from quorum.predict.trust_table import at_least, at_least_lines, below, decided_by_lines
 from quorum.predict.unknown import ENTROPY, Threshold, unknown_score
@@ -51,13 +52,6 @@ DTYPES = {"path": "str", "prediction": "str", "votes": "Int64", "members": "Int6
 def member_columns(name: str) -> tuple[str, str]:
     """A member's label column and the probability it gave that label."""
     return f"{name}_prediction", f"{name}_confidence"
-
-
-def members_of(frame_columns) -> list[str]:
-    """The member names of a predictions table, from its `<name>_prediction` columns, in order."""
-    suffix = "_prediction"
-    return [column[: -len(suffix)] for column in frame_columns
-            if column.endswith(suffix) and f"{column[: -len(suffix)]}_confidence" in frame_columns]
 
 
 @dataclass(frozen=True)
