@@ -7,7 +7,8 @@
 2. Teachers: the Lite trio (EfficientNet-Lite0/1/2 at 96 px, 4 frozen + 4 unfrozen epochs, offline ImageNet
    weights), each trained by `quorum finetune` in its own process on one thread, as a user would.
 3. `quorum predict UNLABELLED --probs`, then students of two sizes, `quorum finetune timm/tf_efficientnet_lite0`
-   and `..._lite2 --distill` on that CSV (same 4+4 plan, same split).
+   and `..._lite2 --distill` on that CSV (same split; 4 frozen + 12 unfrozen epochs: with the teachers' 4+4 the
+   students were still learning at the last epoch and read 0.6-1.0 points below the best teacher, RESULTS.md).
 4. `quorum export --int8` for every model; accuracy (validation and test), agreement with the teachers' vote,
    ms per image (graph alone, random pixels, batch 32) and MB, float32 and int8.
 5. `--steps int8-study`: what the field tries when int8 post-training quantization costs a MobileNet-class CNN
@@ -54,6 +55,7 @@ RUNS = DATA / "deploy"
 MODELS = RUNS / "models"
 TEACHERS = ("lite0", "lite1", "lite2")
 STUDENTS = ("student-lite0", "student-lite2")
+STUDENT_EPOCHS = 16  # 4 frozen + 12 unfrozen (the teachers: 4 + 4)
 STEPS = ("train", "predict", "students", "int8", "int8-study", "speed")
 
 
@@ -224,7 +226,8 @@ def main(args: argparse.Namespace) -> int:
     if "students" in args.steps:
         step("students")
         for name in STUDENTS:
-            finetune_lite(MODELS, name, int(name[-1]), data.train, args.weights_dir, "--distill", preds)
+            finetune_lite(MODELS, name, int(name[-1]), data.train, args.weights_dir, "--distill", preds,
+                          epochs=STUDENT_EPOCHS)
     models = [MODELS / name for name in (*TEACHERS, *STUDENTS) if (MODELS / name / "model.json").is_file()]
     if "int8" in args.steps:
         step("int8 graphs and scores")

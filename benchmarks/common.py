@@ -39,11 +39,12 @@ def quorum(*args, quiet: bool = True) -> float:
     return time.perf_counter() - began
 
 
-def finetune_lite(models: Path, name: str, lite: int, data: Path, weights_dir: Path = WEIGHTS, *extra) -> Path:
-    """EfficientNet-Lite`lite` at 96 px, 4 frozen + 4 unfrozen epochs, from the offline weights; a model
+def finetune_lite(models: Path, name: str, lite: int, data: Path, weights_dir: Path = WEIGHTS, *extra,
+                  epochs: int = 8) -> Path:
+    """EfficientNet-Lite`lite` at 96 px, 4 frozen + `epochs` - 4 unfrozen epochs, from the offline weights; a model
     already there is reused (delete it to train again)."""
     if not (models / name / "model.json").is_file():
-        quorum("finetune", f"timm/tf_efficientnet_lite{lite}", "--data", data, "--image-size", 96, "--epochs", 8,
+        quorum("finetune", f"timm/tf_efficientnet_lite{lite}", "--data", data, "--image-size", 96, "--epochs", epochs,
                "--unfreeze-after", 4, "--weights", weights_dir / f"tf_efficientnet_lite{lite}.safetensors",
                "--models-dir", models, "--name", name, "--workers", 0, "--device", "cpu", "--quiet", *extra)
     return models / name
