@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from image_factory import write_good_images, write_labelled_folder
 from quorum.cli import main
 from quorum.errors import QuorumError
 from quorum.models import bundle, onnx_export
+from quorum.models.quantize import quantize
 from quorum.predict.members import member_engines, read_members, select_models
 from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
@@ -60,18 +62,58 @@ def test_export_int8_records_both_accuracies_and_the_weights(trained):
     assert "is current" in cli("export", "--int8", "--models-dir", trained).output
 
 
-def test_the_stem_conv_and_the_head_stay_float32_and_every_other_conv_is_int8(trained):
+def float32_edges(graph_file: Path) -> dict[str, bool]:
+    """Whether the stem conv and the head of an int8 graph read float32 weights; asserts every other conv is int8."""
     import onnx
 
-    graph = onnx.load(str(select_models(trained)[0] / bundle.INT8_ONNX)).graph
+    graph = onnx.load(str(graph_file)).graph
     made_by = {output: node for node in graph.node for output in node.output}
     float_weights = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
     convs = [node for node in graph.node if node.op_type == "Conv"]
-    stem = next(node for node in convs if made_by.get(node.input[0]) is None)  # reads the pixels as given
+
+    def source(name: str) -> str:  # what a tensor is, through int8's QuantizeLinear -> DequantizeLinear pairs
+        node = made_by.get(name)
+        quantized = node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear")
+        return source(node.input[0]) if quantized else name
+
+    [stem] = [node for node in convs if source(node.input[0]) == "pixels"]
     [head] = [node for node in graph.node if node.op_type in ("Gemm", "MatMul")]
-    assert stem.input[0] == "pixels" and stem.input[1] in float_weights and head.input[1] in float_weights
     assert len(convs) > 1 and all(made_by[node.input[1]].op_type == "DequantizeLinear" for node in convs
                                   if node is not stem)
+    return {"stem": stem.input[1] in float_weights, "head": head.input[1] in float_weights}
+
+
+@pytest.fixture
+def copied(trained, tmp_path) -> Path:
+    """The trained bundle in a models dir of the test's own, to quantize again."""
+    models = shutil.copytree(trained, tmp_path / "models")
+    return select_models(models)[0]
+
+
+def test_the_graph_kept_is_the_one_model_json_names(trained):
+    model_dir = select_models(trained)[0]
+    scores = json.loads((model_dir / bundle.MODEL_JSON).read_text())["int8"]
+    edges = float32_edges(model_dir / bundle.INT8_ONNX)
+    assert scores["float32_nodes"] == [name for name, is_float in edges.items() if is_float]
+    assert scores["tried"][scores["kept"]] == scores["val_accuracy_int8"] and scores["tolerance"] == 0.005
+
+
+def test_every_node_is_int8_when_that_loses_no_more_than_the_tolerance(copied):
+    scores = quantize(copied, tolerance=1.0)  # 100 points: nothing can lose more
+    assert scores["kept"] == "every node int8" and list(scores["tried"]) == ["every node int8"]
+    assert float32_edges(copied / bundle.INT8_ONNX) == {"stem": False, "head": False}
+    assert "within the tolerance of 100" in scores["why"]
+    assert json.loads((copied / bundle.MODEL_JSON).read_text())["int8"] == scores
+
+
+def test_the_stem_conv_and_head_go_back_to_float32_when_every_node_int8_loses_more(copied):
+    # A tolerance of -1 point: even an all-int8 graph as accurate as float32 has lost "more" than that.
+    scores = quantize(copied, tolerance=-0.01)
+    assert scores["kept"] == "stem conv and head in float32" and scores["float32_nodes"] == ["stem", "head"]
+    assert list(scores["tried"]) == ["every node int8", "stem conv and head in float32"]
+    assert float32_edges(copied / bundle.INT8_ONNX) == {"stem": True, "head": True}
+    assert scores["why"].startswith("every node int8 lost ") and "more than the tolerance of -1" in scores["why"]
+    assert onnx_export.is_current(copied, graph=bundle.INT8_ONNX)
 
 
 def test_int8_graph_holds_int8_weights_and_runs_with_onnxruntime_numpy_and_pillow_only(trained, images):
