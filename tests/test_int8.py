@@ -102,7 +102,7 @@ def test_every_node_is_int8_when_that_loses_no_more_than_the_tolerance(copied):
     scores = quantize(copied, tolerance=1.0)  # 100 points: nothing can lose more
     assert scores["kept"] == "every node int8" and list(scores["tried"]) == ["every node int8"]
     assert float32_edges(copied / bundle.INT8_ONNX) == {"stem": False, "head": False}
-    assert "within the tolerance of 100" in scores["why"]
+    assert scores["why"].endswith(", within the tolerance of 100 points")
     assert json.loads((copied / bundle.MODEL_JSON).read_text())["int8"] == scores
 
 
@@ -112,7 +112,8 @@ def test_the_stem_conv_and_head_go_back_to_float32_when_every_node_int8_loses_mo
     assert scores["kept"] == "stem conv and head in float32" and scores["float32_nodes"] == ["stem", "head"]
     assert list(scores["tried"]) == ["every node int8", "stem conv and head in float32"]
     assert float32_edges(copied / bundle.INT8_ONNX) == {"stem": True, "head": True}
-    assert scores["why"].startswith("every node int8 lost ") and "more than the tolerance of -1" in scores["why"]
+    assert scores["why"].startswith("every node int8: validation accuracy ")
+    assert scores["why"].endswith(" points against float32, a loss beyond the tolerance of -1 points")
     assert onnx_export.is_current(copied, graph=bundle.INT8_ONNX)
 
 

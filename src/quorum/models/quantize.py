@@ -83,11 +83,12 @@ def quantize(model_dir: Path, tolerance: float = TOLERANCE) -> dict:
                 break
         onnx_export.tag_weights(tmp, onnx_export.weights_digest(model_dir))
     first = next(iter(VARIANTS))
-    loss = f"{first} lost {100 * (fp32 - tried[first]):.2f} points of validation accuracy"
+    verdict = "within" if kept == first else "a loss beyond"
+    why = (f"{first}: validation accuracy {100 * (tried[first] - fp32):+.2f} points against float32, {verdict} the "
+           f"tolerance of {100 * tolerance:g} points")
     scores = {"val_accuracy_fp32": fp32, "val_accuracy_int8": tried[kept], "calibration_images": reader.count,
               "kept": kept, "float32_nodes": list(VARIANTS[kept]), "tolerance": tolerance, "tried": tried,
-              "why": f"{loss}, {'within' if kept == first else 'more than'} the tolerance of {100 * tolerance:g}",
-              "format": f"QDQ, per-channel int8 weights, uint8 activations; {kept}"}
+              "why": why, "format": f"QDQ, per-channel int8 weights, uint8 activations; {kept}"}
     files.write_json(model_dir / MODEL_JSON, dict(info.raw, int8=scores))
     return scores
 
