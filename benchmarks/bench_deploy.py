@@ -147,16 +147,18 @@ class Labelled:
         self.y = np.array([info.classes.index(label) for label in labels])
         self.normalize = info.preprocessing.normalizer()
 
-    def accuracy(self, graph: Path, batch: int = 100) -> float:
+    def right(self, graph: Path, batch: int = 100) -> np.ndarray:
+        """Per image, whether the graph's label is the true one."""
         session = onnx_session(graph, 1)
         with torch.inference_mode():
             predicted = np.concatenate([session.run(None, {"pixels": self.normalize(self.x[k: k + batch]).numpy()})[0]
                                         .argmax(axis=1) for k in range(0, len(self.x), batch)])
-        return float((predicted == self.y).mean())
+        return predicted == self.y
 
 
 def int8_study(model_dirs: list[Path], test: Path, only: list[str] | None = None) -> list[list[str]]:
-    """Every variant on every model: validation and test accuracy against float32 (points), speed-up."""
+    """Every variant on every model: validation and test accuracy against float32 (points), the validation images
+    it turned wrong and right (what the accuracy change is the difference of: its noise), speed-up."""
     rows, variants = [], int8_variants()
     test_paths = scan_images(test).images
     for model_dir in model_dirs:
@@ -165,7 +167,7 @@ def int8_study(model_dirs: list[Path], test: Path, only: list[str] | None = None
         sets = {"val": Labelled(info, [Path(info.raw["split"]["root"]) / path for path in val.path],
                                 list(val.true_label)),
                 "test": Labelled(info, test_paths, [path.parent.name for path in test_paths])}
-        fp32 = {name: labelled.accuracy(model_dir / ONNX) for name, labelled in sets.items()}
+        fp32 = {name: labelled.right(model_dir / ONNX) for name, labelled in sets.items()}
         for variant, settings in variants.items():
             if only and variant not in only:
                 continue
@@ -173,13 +175,15 @@ def int8_study(model_dirs: list[Path], test: Path, only: list[str] | None = None
                 graph = Path(scratch) / "int8.onnx"
                 reader = CalibrationReader(info, training_images(info))
                 quantize_graph(model_dir / ONNX, graph, reader, **settings)
-                int8 = {name: labelled.accuracy(graph) for name, labelled in sets.items()}
+                right = {name: labelled.right(graph) for name, labelled in sets.items()}
                 fast32, fast8 = graph_speeds(model_dir, (model_dir / ONNX, graph))
-            step(f"{model_dir.name} {variant}: val {int8['val'] - fp32['val']:+.2%} test "
-                 f"{int8['test'] - fp32['test']:+.2%} speed {fast8 / fast32:.2f}x")
-            rows.append([model_dir.name, variant, *(f"{fp32[name]:.2%} -> {int8[name]:.2%} "
-                                                    f"({100 * (int8[name] - fp32[name]):+.2f})" for name in sets),
-                         f"{fast8 / fast32:.2f}x"])
+            before, after = {name: fp32[name].mean() for name in sets}, {name: right[name].mean() for name in sets}
+            flips = f"{(fp32['val'] & ~right['val']).sum()} / {(~fp32['val'] & right['val']).sum()}"
+            step(f"{model_dir.name} {variant}: val {after['val'] - before['val']:+.2%} test "
+                 f"{after['test'] - before['test']:+.2%} speed {fast8 / fast32:.2f}x")
+            rows.append([model_dir.name, variant, *(f"{before[name]:.2%} -> {after[name]:.2%} "
+                                                    f"({100 * (after[name] - before[name]):+.2f})" for name in sets),
+                         flips, f"{fast8 / fast32:.2f}x"])
     return rows
 
 
@@ -254,7 +258,7 @@ def main(args: argparse.Namespace) -> int:
                   f"the validation split and the {len(scan_images(data.test).images)} test images, 128 training-share "
                   "calibration images; speed-up of the int8 graph over float32 (ONNX Runtime, batch 32, median of 5 "
                   "one-second runs):", ""]
-        lines += table(["model", "int8 variant", "val", "test", "speed-up"], rows)
+        lines += table(["model", "int8 variant", "val", "test", "val images lost / gained", "speed-up"], rows)
     if "speed" in args.steps:
         step("graph speeds")
         labelled = make_labelled_set()
