@@ -60,11 +60,22 @@ class Neighbours:
 
         self.val, self.val_paths = features.val, features.val_paths
         self.detector = OutOfDistribution({"k": min(NEAREST, len(features.train) - 1)})
-        self.detector.fit(features=features.train, verbose=False)
+        with one_blas_thread():
+            self.detector.fit(features=features.train, verbose=False)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """(images,) in [0, 1): higher = farther from the training images."""
-        return 1.0 - self.detector.score(features=np.asarray(features, np.float32))
+        with one_blas_thread():
+            return 1.0 - self.detector.score(features=np.asarray(features, np.float32))
+
+
+def one_blas_thread():
+    """BLAS (the kNN's distances) on one thread: the products are small, a batch against a few hundred training
+    images, and on a busy machine a second OpenBLAS thread, preempted, makes each wait for it (ResNet50's 2048
+    features, 32 images against 300, load average 6 on 2 cores: 300 ms a batch on OpenBLAS's 2 threads, 14 on one)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def load_neighbours(infos: list[ModelInfo]) -> tuple[list[Neighbours] | None, str]:
