@@ -102,10 +102,11 @@ def class_columns(frame_columns) -> list[str]:
 
 
 def flagged_unknown(frame: pd.DataFrame) -> pd.Series:
-    """The rows predict flagged `unknown` (no known class); none where the CSV has no such column."""
+    """The rows predict flagged `unknown` (no known class); none where the CSV has no such column. A cell
+    edited to 1 counts too: such a row is kept out of review's ranking and out of training alike."""
     if "unknown" not in frame:
         return pd.Series(False, index=frame.index)
-    return frame["unknown"].astype(str).str.lower().eq("true")
+    return frame["unknown"].astype(str).str.lower().isin(["true", "1", "1.0"])
 
 
 def check_rows_usable(csv: Path, info: dict, chosen: pd.DataFrame, what: str) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import entropy
 
-from quorum.data.predictions_csv import class_columns
+from quorum.data.predictions_csv import class_columns, flagged_unknown
 from quorum.errors import QuorumError
 from quorum.predict.table import CONSENSUS_KL, OK, member_columns, members_of
 
@@ -60,13 +60,6 @@ def margin_score(frame: pd.DataFrame) -> np.ndarray:
 def doubt(frame: pd.DataFrame) -> np.ndarray:
     """The margin score where the CSV has the mean probabilities (predict --probs), else 1 - the vote's confidence."""
     return margin_score(frame) if len(probability_columns(frame)) >= 2 else 1.0 - frame["confidence"].to_numpy(float)
-
-
-def flagged_unknown(frame: pd.DataFrame) -> pd.Series:
-    """True where an `unknown` column says the image is of no known class (False without the column)."""
-    if "unknown" not in frame.columns:
-        return pd.Series(False, index=frame.index)
-    return frame["unknown"].astype(str).str.lower().isin(["true", "1", "1.0"])
 
 
 def round_robin(groups: np.ndarray, score: np.ndarray) -> np.ndarray:

@@ -26,7 +26,13 @@ import numpy as np
 import pandas as pd
 
 from quorum import files
-from quorum.data.predictions_csv import changed_files, check_inside, check_predictions_csv, read_sidecar
+from quorum.data.predictions_csv import (
+    changed_files,
+    check_inside,
+    check_predictions_csv,
+    flagged_unknown,
+    read_sidecar,
+)
 from quorum.errors import QuorumError
 from quorum.predict import ranking
 from quorum.predict.table import OK, member_columns, members_of, read_predictions
@@ -96,7 +102,7 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     if budget is None:
         flagged, unknown = flagged_rows(frame, min_agreement)
         # Rows of no known class go to _unknown/ whatever their agreement (the vote's label is wrong there).
-        no_class = ranking.flagged_unknown(frame) & (frame["status"] == OK)
+        no_class = flagged_unknown(frame) & (frame["status"] == OK)
         flagged = frame[frame.index.isin(flagged.index) | no_class]
         flagged = flagged.assign(folder=flagged["prediction"].where(~no_class[flagged.index], UNKNOWN_DIR))
     else:
