@@ -1,6 +1,7 @@
 """One model to ship (issue 22): students distilled from the ensemble, and int8 graphs, against the members.
 
-    python benchmarks/bench_deploy.py [--steps train predict students int8 int8-study speed] [--out FILE] [--no-write]
+    python benchmarks/bench_deploy.py [--steps train predict students int8 int8-study speed] [--draw N] [--jobs N]
+                                      [--out FILE] [--no-write]
 
 1. Data: the recipe benchmark's Fashion-MNIST slice (100 labelled images per class, which quorum splits 80/20),
    3,000 unlabelled images (300 per class, disjoint) and 2,000 test images (benchmarks/fashion_mnist.py).
@@ -23,7 +24,10 @@
    benchmarks/members.py does: speed does not depend on the weights; every node int8, quorum's first try, as
    calibrated on random pixels no accuracy can choose) float32 against int8 graphs, and
    `quorum predict --engine onnx` / `--engine int8` against the naive way on the predict benchmark's photos.
-Everything made is kept under benchmarks/data/deploy/ and reused.
+Everything made is kept under benchmarks/data/deploy/ and reused. `--draw N` (N > 0) runs the same benchmark, nothing
+changed, on another draw of the slice's images (fashion_mnist.py's `draw`), kept under benchmarks/data/deploy-drawN/;
+ResNet50-64 is trained on draw 0 only (it is there for int8 accuracy, not for the students). `--jobs 2` trains two
+teachers or the two students at once, each in its own one-thread process.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +62,6 @@ from quorum.models.quantize import FLOAT_NODES, CalibrationReader, quantize_grap
 from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 
-RUNS = DATA / "deploy"
-MODELS = RUNS / "models"
 TEACHERS = ("lite0", "lite1", "lite2")
 STUDENTS = ("student-lite0", "student-lite2")
 STUDENT_EPOCHS = 16  # 4 frozen + 12 unfrozen (the teachers: 4 + 4)
@@ -65,13 +69,24 @@ RESNET = "resnet50-64"  # trained from random weights at 64 px: the ResNet50 who
 STEPS = ("train", "predict", "students", "int8", "int8-study", "speed")
 
 
-def scores(test: Path, model_dirs: list[Path]) -> list[list[str]]:
+def runs_dir(draw: int) -> Path:
+    """Where a draw's models and predictions are kept: draw 0 where every earlier run kept them."""
+    return DATA / ("deploy" if draw == 0 else f"deploy-draw{draw}")
+
+
+def train_all(trainings: list, jobs: int) -> None:
+    """Run the trainings (callables starting a quorum process each), `jobs` at a time; the first failure raises."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for done in [pool.submit(training) for training in trainings]:
+            done.result()
+
+
+def scores(test: Path, model_dirs: list[Path], teacher_dirs: list[Path]) -> list[list[str]]:
     """Per model, float32 and int8: val and test accuracy, agreement with the teachers' float32 vote."""
     frames = {engine: predict(test, model_dirs, PredictOptions(engine=engine, device="cpu", workers=2), quiet=True)
               for engine in ("onnx", "int8")}
     truth = frames["onnx"]["path"].str.split("/").str[0].to_numpy()
-    teachers = predict(test, [MODELS / name for name in TEACHERS], PredictOptions(engine="onnx", device="cpu",
-                                                                                  workers=2), quiet=True)
+    teachers = predict(test, teacher_dirs, PredictOptions(engine="onnx", device="cpu", workers=2), quiet=True)
     vote = teachers["prediction"].to_numpy()
     rows = [["vote of the 3 teachers (fp32)", "", f"{(vote == truth).mean():.2%}", "100%"]]
     for model_dir in model_dirs:
@@ -223,34 +238,36 @@ def predict_speeds(folder: Path, model_dirs: list[Path], tie_breaker: str, round
 
 def main(args: argparse.Namespace) -> int:
     began, load = time.perf_counter(), os.getloadavg()[0]
-    data = make_slice(100, 200, 300)
-    preds = RUNS / "unlabelled.csv"
+    data = make_slice(100, 200, 300, draw=args.draw)
+    runs = runs_dir(args.draw)
+    models_dir, preds = runs / "models", runs / "unlabelled.csv"
     lines = []
     if "train" in args.steps:
         step("teachers")
-        for lite, name in enumerate(TEACHERS):
-            finetune_lite(MODELS, name, lite, data.train, args.weights_dir)
-        if not (MODELS / RESNET / "model.json").is_file():
+        train_all([partial(finetune_lite, models_dir, name, lite, data.train, args.weights_dir)
+                   for lite, name in enumerate(TEACHERS)], args.jobs)
+        if args.draw == 0 and not (models_dir / RESNET / "model.json").is_file():
             quorum("finetune", "resnet50", "--data", data.train, "--image-size", 64, "--epochs", 16,
-                   "--finetune-lr", 1e-3, "--weights", "none", "--models-dir", MODELS, "--name", RESNET,
+                   "--finetune-lr", 1e-3, "--weights", "none", "--models-dir", models_dir, "--name", RESNET,
                    "--workers", 0, "--device", "cpu", "--quiet")
     if "predict" in args.steps and not preds.is_file():
         step("predict --probs on the unlabelled images")
-        quorum("predict", str(data.unlabelled), "--out", str(preds), "--models-dir", str(MODELS), "--probs", "-q",
+        quorum("predict", str(data.unlabelled), "--out", str(preds), "--models-dir", str(models_dir), "--probs", "-q",
                *[part for name in TEACHERS for part in ("--model", name)])
     if "students" in args.steps:
         step("students")
-        for name in STUDENTS:
-            finetune_lite(MODELS, name, int(name[-1]), data.train, args.weights_dir, "--distill", preds,
-                          epochs=STUDENT_EPOCHS)
-    models = [MODELS / name for name in (*TEACHERS, *STUDENTS, RESNET) if (MODELS / name / "model.json").is_file()]
+        train_all([partial(finetune_lite, models_dir, name, int(name[-1]), data.train, args.weights_dir, "--distill",
+                           preds, epochs=STUDENT_EPOCHS) for name in STUDENTS], args.jobs)
+    models = [models_dir / name for name in (*TEACHERS, *STUDENTS, RESNET)
+              if (models_dir / name / "model.json").is_file()]
     if "int8" in args.steps:
         step("int8 graphs and scores")
         quantize_models(models, force=True, quiet=True)
         lines += [f"Accuracy on the validation split ({read_info(models[0]).raw['split']['val_images']} images) and on "
                   f"{len(scan_images(data.test).images)} test images; agreement = share of test images where the "
                   "model's label is the teachers' vote's:", ""]
-        lines += table(["model", "val", "test", "agrees with the vote"], scores(data.test, models))
+        teachers = [models_dir / name for name in TEACHERS]
+        lines += table(["model", "val", "test", "agrees with the vote"], scores(data.test, models, teachers))
     if "int8-study" in args.steps:
         step("int8 variants")
         rows = int8_study([model for model in models if model.name in (*TEACHERS, RESNET)], data.test, args.variants)
@@ -295,6 +312,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", nargs="+", metavar="NAME", help="int8-study: only these variants")
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS)
+    parser.add_argument("--draw", type=int, default=0, help="another N runs on other images of the slice (default 0)")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once, one thread each (default 1)")
     output_args(parser)
     return parser
 
