@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from image_factory import COLOUR_CLASSES, write_good_images, write_labelled_folder
+from quorum import files
 from quorum.cli import main
 from quorum.data.pseudo_labels import check_distill_csv, read_soft_targets
 from quorum.errors import QuorumError
@@ -85,7 +86,8 @@ def test_student_trains_on_every_readable_row_with_the_ensembles_probabilities(r
     assert labelled and all(target.max() == pytest.approx(0.9 + 0.1 / 3) for target in labelled)
     assert not {str(preds.parent / "unlabelled" / p) for p in frame["path"]} & set(seen["val"])
     info = json.loads((model_dir / "model.json").read_text())["distill"]
-    assert info["added"] == 12 and info["rows"] == 12 and info["teachers"] == ["t0", "t1"] and info["digest"]
+    assert info["added"] == 12 and info["rows"] == 12 and info["teachers"] == ["t0", "t1"]
+    assert info["file"] == str(preds) and info["digest"] == files.sha256(preds)[:16]  # the CSV it learnt from
     assert info["left_out"] == {"unreadable": 0, "unknown": 0}
     # An ordinary bundle: predict runs it alone.
     result = cli("predict", preds.parent / "unlabelled", "--out", models.parent / "s.csv", "--models-dir", models,
