@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision.models as tvm
+from torchvision import transforms as T
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
@@ -47,3 +48,14 @@ def test_tta_view_0_is_the_eval_crop(size, photo):
     views = preprocessing.tta_pixels(2)(photo)
     assert torch.equal(views[0], preprocessing.eval_pixels()(photo))
     assert torch.equal(views[1], views[0].flip(-1))
+
+
+def test_the_normalizer_is_torchvisions_arithmetic_to_the_bit_and_leaves_its_input_alone(photo):
+    preprocessing = get_backbone("resnet50").preprocessing(64)
+    pixels = preprocessing.eval_pixels()(photo)[None]
+    theirs = T.Normalize(preprocessing.mean, preprocessing.std)(T.ConvertImageDtype(torch.float32)(pixels))
+    assert torch.equal(preprocessing.normalizer()(pixels), theirs)
+    floats = pixels.float()  # normalised in place, a float input would come back changed without the copy
+    before = floats.clone()
+    preprocessing.normalizer()(floats)
+    assert torch.equal(floats, before)

@@ -72,10 +72,12 @@ class Neighbours:
 def one_blas_thread():
     """BLAS (the kNN's distances) on one thread: the products are small, a batch against a few hundred training
     images, and on a busy machine a second OpenBLAS thread, preempted, makes each wait for it (ResNet50's 2048
-    features, 32 images against 300, load average 6 on 2 cores: 300 ms a batch on OpenBLAS's 2 threads, 14 on one)."""
-    from threadpoolctl import threadpool_limits
+    features, 32 images against 300, load average 6 on 2 cores: 300 ms a batch on OpenBLAS's 2 threads, 14 on one).
+    The cached controller: finding the loaded libraries anew (`threadpool_limits`) took 5 ms a call, 27 calls per
+    200 images with three members, a twentieth of predict --engine int8's time on the reference trio."""
+    from threadpoolctl import get_cached_controller
 
-    return threadpool_limits(limits=1, user_api="blas")
+    return get_cached_controller().limit(limits=1, user_api="blas")
 
 
 def load_neighbours(infos: list[ModelInfo]) -> tuple[list[Neighbours] | None, str]:
