@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision.models as tvm
-from torchvision import transforms as T
 from PIL import Image
 from sklearn.datasets import load_sample_image
+from torchvision import transforms as T
 
 from quorum.models.registry import BACKBONES, get_backbone
 
