@@ -1,6 +1,6 @@
 """Images of no known class in the folder: which score flags them, and does the trust line still hold?
 
-    python benchmarks/bench_unknown.py [--jobs 2] [--out FILE] [--no-write]
+    python benchmarks/bench_unknown.py [--jobs 2] [--split-seed N] [--keep-epoch best|last] [--out FILE] [--no-write]
 
 1. Data: the Fashion-MNIST slice of bench_recipe.py (100 train images per class, quorum's 80/20 split,
    a disjoint test set of 2,000) and images of no class from no_class.py (scikit-learn's handwritten
@@ -18,7 +18,9 @@
    table's unanimous line; and `quorum predict` itself (its score, the kNN distance in every member's
    features, and its printed trust line), in full and with --lazy.
 Runs and arrays are kept under benchmarks/data/unknown/ and reused; the section between the
-bench_unknown markers of --out is replaced.
+bench_unknown markers of --out is replaced. --keep-epoch last: the members keep their final epoch
+(`quorum finetune --keep last`), in unknown[-split<N>]-last/, on the same split.csv and folder as the
+best-kept members (paired: the same images and seeds).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from fashion_mnist import make_slice
 from no_class import SOURCES, make_no_class
 
 RUNS = DATA / "unknown"  # per split seed: unknown/ for seed 0, unknown-split<N>/ for --split-seed N
+BEST_RUNS = RUNS  # the best-kept members' folder: its split.csv and folder serve --keep-epoch last too
 SPLIT_SEED = 0
+KEEP = "best"  # the epoch each member keeps (Recipe.keep); last: runs in <RUNS>-last/
 LITES = (0, 1, 2)
 COUNTS = {"digits": 250, "photos": 250, "textures": 150}
 IN = "in-class"
@@ -52,8 +56,8 @@ PRODUCT = "quorum predict's score: kNN distance, members' mean"
 KNN_MEMBER = 1  # kNN in one member's features (the brief: "a member's"); a torch pass per image is slow here
 
 
-def train_members(slice_root: Path, jobs: int) -> list[Path]:
-    """The three members' bundles, trained once on quorum's split of the slice (`make_split`)."""
+def train_members(slice_root: Path, jobs: int, lites: tuple[int, ...] = LITES) -> list[Path]:
+    """The members' bundles, trained once on quorum's split of the slice (`make_split`)."""
 
     def run(lite: int) -> Path:
         out = RUNS / f"lite{lite}"
@@ -61,24 +65,29 @@ def train_members(slice_root: Path, jobs: int) -> list[Path]:
             return out / "models" / f"lite{lite}"
         weights = json.dumps(str(WEIGHTS / f"tf_efficientnet_lite{lite}.safetensors"))
         train_in_process(["quorum", str(lite), "4", "4", str(out), "--data", str(slice_root), "--split",
-                          str(RUNS / "split.csv"), f"--set=weights={weights}"], out, f"unknown/lite{lite}")
+                          str(RUNS / "split.csv"), f"--set=weights={weights}", f"--set=keep={json.dumps(KEEP)}"],
+                         out, f"{RUNS.name}/lite{lite}")
         return out / "models" / f"lite{lite}"
 
     with ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(run, LITES))
+        return list(pool.map(run, lites))
 
 
 def make_split(slice_root: Path) -> None:
-    """RUNS/split.csv: quorum's 80/20 split of the slice's training images, drawn with SPLIT_SEED."""
-    from quorum.data.split import load_or_make_split
+    """RUNS/split.csv: quorum's 80/20 split of the slice's training images, drawn with SPLIT_SEED (with
+    --keep-epoch last: the best-kept runs' own file, copied)."""
+    from quorum.data.split import SPLIT_FILE, SPLIT_SETTINGS, load_or_make_split
 
     RUNS.mkdir(parents=True, exist_ok=True)
+    for name in (SPLIT_FILE, SPLIT_SETTINGS):
+        if RUNS != BEST_RUNS and not (RUNS / name).is_file():
+            shutil.copy(BEST_RUNS / name, RUNS / name)
     load_or_make_split(slice_root / "train", RUNS, val_fraction=0.2, seed=SPLIT_SEED)
 
 
 def make_folder(slice_root: Path) -> pd.DataFrame:
-    """RUNS/folder: the in-class test images and the no-class ones; path (relative), label, source."""
-    folder, sources = RUNS / "folder", make_no_class(DATA / "no-class", COUNTS)
+    """BEST_RUNS/folder: the in-class test images and the no-class ones; path (relative), label, source."""
+    folder, sources = BEST_RUNS / "folder", make_no_class(DATA / "no-class", COUNTS)
     if not (folder / ".complete").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(slice_root / "test", folder / IN)
@@ -136,7 +145,7 @@ def product_run(bundles: list[Path], frame: pd.DataFrame, lazy: bool = False) ->
     name = "product_lazy" if lazy else "product"
     path, line = RUNS / "arrays" / f"{name}.csv", RUNS / "arrays" / f"{name}.json"
     if not path.is_file() or "unknown_passed" not in json.loads(line.read_text()):  # kept by an older version
-        made = predict(RUNS / "folder", bundles, PredictOptions(workers=0, lazy=lazy), quiet=True)
+        made = predict(BEST_RUNS / "folder", bundles, PredictOptions(workers=0, lazy=lazy), quiet=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         made[["path", "prediction", "decided_by", "confidence", "unknown_score", "unknown"]].to_csv(path, index=False)
         line.write_text(json.dumps({"unknown": made.attrs["unknown"], "vote": made.attrs["vote"],
@@ -312,10 +321,10 @@ def member_arrays(lite: int, bundle: Path, passes: dict[str, list[Path]]) -> dic
 def image_lists(slice_root: Path, frame: pd.DataFrame) -> dict[str, list[Path]]:
     split = pd.read_csv(RUNS / "split.csv")
     return {**{part: [slice_root / "train" / p for p in split.loc[split["subset"] == part, "path"]]
-               for part in ("train", "val")}, "folder": [RUNS / "folder" / p for p in frame["path"]]}
+               for part in ("train", "val")}, "folder": [BEST_RUNS / "folder" / p for p in frame["path"]]}
 
 
-def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | None:
+def measure(jobs: int, keep: float, only: list[int] | None = None, train_only: list[int] | None = None) -> dict | None:
     from scipy.stats import entropy
 
     from quorum.calibration import calibrate, fit_temperature
@@ -333,6 +342,9 @@ def measure(jobs: int, keep: float, only: list[int] | None = None) -> dict | Non
     if only:  # arrays of members already trained, while the others still train
         for lite in only:
             member_arrays(lite, RUNS / f"lite{lite}" / "models" / f"lite{lite}", passes)
+        return None
+    if train_only:  # these members alone, e.g. one backbone over every split seed first
+        train_members(slice_root, jobs, tuple(train_only))
         return None
     bundles = train_members(slice_root, jobs)
     arrays = [member_arrays(lite, bundle, passes) for lite, bundle in zip(LITES, bundles)]
@@ -379,16 +391,18 @@ def render(m: dict, command: str, minutes: float) -> str:
     frame, keep = m["frame"], m["keep"]
     counts = frame["source"].value_counts()
     others = len(frame) - counts[IN]
-    marker = "bench_unknown" + (f"-split{SPLIT_SEED}" if SPLIT_SEED else "")  # a section per split
-    title = "Images of no known class" + (f", another split (seed {SPLIT_SEED})" if SPLIT_SEED else "")
+    # A section per split and kept epoch.
+    marker = "bench_unknown" + (f"-split{SPLIT_SEED}" if SPLIT_SEED else "") + ("-last" if KEEP == "last" else "")
+    title = ("Images of no known class" + (f", another split (seed {SPLIT_SEED})" if SPLIT_SEED else "")
+             + (", members keeping their last epoch (`--keep last`)" if KEEP == "last" else ""))
     lines = [f"## {title} (`bench_unknown.py`)", "",
              f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {minutes:.0f} min (trained members "
              f"and arrays reused from {RUNS.relative_to(ROOT)}/). Folder: {counts[IN]} in-class Fashion-MNIST "
              f"test images and {others} of no class ({others / len(frame):.1%}): "
              + ", ".join(f"{source} {counts[source]}" for source in SOURCES)
              + " (benchmarks/no_class.py; all 28x28 grayscale PNG). Members: EfficientNet-Lite0/1/2, ImageNet "
-             f"weights, 96 px, 4+4 epochs, 800 train / 200 val images (bench_recipe.py's slice; quorum's split, seed "
-             f"{SPLIT_SEED}).", "",
+             f"weights, 96 px, 4+4 epochs (kept: the {KEEP} one), 800 train / 200 val images (bench_recipe.py's "
+             f"slice; quorum's split, seed {SPLIT_SEED}).", "",
              "### Calibration (one temperature per member, fitted on the 200 validation images)", "",
              "Temperatures: " + ", ".join(f"Lite{lite} {t:.3f}" for lite, t in zip(LITES, m["temperatures"]))
              + f". ECE (15 bins) on the {counts[IN]} in-class test images:", "",
@@ -440,17 +454,24 @@ def main() -> int:
     output_args(parser)
     parser.add_argument("--arrays-only", type=int, nargs="+", metavar="LITE",
                         help="only make the arrays of these trained members (while the others still train)")
+    parser.add_argument("--train-only", type=int, nargs="+", metavar="LITE",
+                        help="only train these members (then run again without it to measure)")
     parser.add_argument("--split-seed", type=int, default=0, help="the 80/20 split's seed: another draw of the "
                         "200 validation images (members trained again, under benchmarks/data/unknown-split<N>/)")
+    parser.add_argument("--keep-epoch", choices=["best", "last"], default="best",
+                        help="the epoch each member keeps (quorum finetune --keep); last: under <runs>-last/")
     args = parser.parse_args()
-    global RUNS, SPLIT_SEED
+    global RUNS, BEST_RUNS, SPLIT_SEED, KEEP
     if args.split_seed:
         RUNS, SPLIT_SEED = DATA / f"unknown-split{args.split_seed}", args.split_seed
+    BEST_RUNS, KEEP = RUNS, args.keep_epoch
+    if KEEP == "last":
+        RUNS = RUNS.with_name(f"{RUNS.name}-last")
     import torch
 
     torch.set_num_threads(1)
     began = time.perf_counter()
-    measured = measure(args.jobs, args.keep, args.arrays_only)
+    measured = measure(args.jobs, args.keep, args.arrays_only, args.train_only)
     if measured is None:
         return 0
     section = render(measured, " ".join(["python benchmarks/bench_unknown.py", *sys.argv[1:]]),

@@ -71,13 +71,15 @@ def run_quorum(lite: int, frozen: int, unfrozen: int, data: Path, test_root: Pat
     probs, labels, _ = evaluate(TorchInference(model, info.preprocessing, torch.device("cpu")), loader, quiet=True)
     history = pd.read_csv(model_dir / "history.csv")
     result = {"classes": list(info.classes), "seconds": seconds, "val_accuracy": list(history.val_accuracy),
-              "best_epoch": int(info.raw["best_epoch"]), "lr": list(history.lr), "probs": probs, "labels": labels}
+              "best_epoch": int(info.raw["best_epoch"]),
+              "kept_epoch": int(info.kept_epoch), "lr": list(history.lr), "probs": probs, "labels": labels}
     if head_dir.is_dir():
         shutil.copy(model_dir / "model.json", head_dir / "model.json")  # same backbone, size and classes
         head, _ = load_model(head_dir)
         head_probs, _, _ = evaluate(TorchInference(head, info.preprocessing, torch.device("cpu")), loader, quiet=True)
         np.save(out / "head_test_probs.npy", head_probs)
-        result["head_val_accuracy"] = max(history.val_accuracy[:frozen])
+        phase1 = history.val_accuracy[:frozen]
+        result["head_val_accuracy"] = max(phase1) if recipe.keep == "best" else phase1.iloc[-1]
     return result
 
 

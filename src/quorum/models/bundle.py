@@ -58,6 +58,11 @@ class ModelInfo:
         return float(self.raw.get("metrics", {}).get("accuracy", 0.0))
 
     @property
+    def kept_epoch(self) -> int | None:
+        """The epoch whose weights the bundle holds (bundles from before `--keep` say best_epoch: the same)."""
+        return self.raw.get("kept_epoch", self.raw.get("best_epoch"))
+
+    @property
     def labelled_root(self) -> Path | None:
         """The labelled folder the model was fine-tuned on, where model.json records it."""
         root = self.raw.get("split", {}).get("root")

@@ -59,7 +59,7 @@ def figures(report: Report) -> dict[str, object]:
         best = max(report.names, key=lambda name: report.members[name]["accuracy"])
         out["best_vs_ensemble.png"] = plots.best_vs_ensemble(best, matrices[best], matrices[ENSEMBLE], report.classes)
     if report.histories:
-        kept = {info.path.name: info.raw.get("best_epoch") for info in report.infos}
+        kept = {info.path.name: info.kept_epoch for info in report.infos}
         out["training_curves.png"] = plots.training_curves(report.histories, kept)
     if report.table["ms_per_image"].notna().any():
         out["accuracy_vs_time.png"] = plots.accuracy_vs_time(report.table.dropna(subset=["ms_per_image", "accuracy"]),

@@ -91,7 +91,7 @@ def best_vs_ensemble(best: str, best_matrix, ensemble_matrix, classes) -> Figure
 
 def training_curves(histories: dict[str, pd.DataFrame], kept: dict[str, int] | None = None) -> Figure:
     """Loss and accuracy per epoch, train and val, per model; a dashed line where the backbone unfroze,
-    a star on the epoch each model kept (`kept`: model.json's best_epoch, by name)."""
+    a star on the epoch each model kept (`kept`: model.json's kept_epoch, by name)."""
     fig = Figure(figsize=(11, 3.0 * len(histories) + 0.4), layout="constrained")
     axes = fig.subplots(len(histories), 2, squeeze=False)
     for (loss_ax, acc_ax), (name, history) in zip(axes, histories.items()):

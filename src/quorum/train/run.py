@@ -1,4 +1,4 @@
-"""The state of one fine-tuning run, epoch by epoch: phases, optimizer, cache, best epoch.
+"""The state of one fine-tuning run, epoch by epoch: phases, optimizer, cache, the epoch it keeps.
 
 Under torchrun every process holds a `TrainingRun`: each trains on its share of every epoch
 through DistributedDataParallel, validates its share, and the shares are gathered so the metrics
@@ -44,7 +44,7 @@ from quorum.train.summary import print_finished_model, provenance
 
 
 class TrainingRun:
-    """The state of one fine-tuning run: model, current phase's optimizer, history, best epoch."""
+    """The state of one fine-tuning run: model, current phase's optimizer, history, the epoch it keeps."""
 
     def __init__(self, recipe: Recipe, split: Split, model, device: torch.device, work_dir: Path,
                  world: distributed.World, quiet: bool, pseudo: PseudoLabels | None = None,
@@ -71,12 +71,12 @@ class TrainingRun:
         # One for the run: its loss scale is learnt across steps (fp16 on CUDA only; a no-op elsewhere).
         self.scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
         self.history: list[dict] = []
-        self.best = {"accuracy": -1.0, "loss": float("inf"), "epoch": -1}
+        self.kept = {"epoch": -1}  # the epoch the bundle keeps (recipe.keep): its number, metrics, calibration
         self.phase, self.optimizer, self.scheduler, self.next_epoch = 0, None, None, 0
         self.trainer: nn.Module = model  # the model, or its DistributedDataParallel wrapper
         self.cache: cache.FeatureCache | None = None
-        self.best_model: dict[str, torch.Tensor] = {}  # the best epoch's weights and val_predictions.csv (rank 0)
-        self.best_predictions = ""
+        self.kept_model: dict[str, torch.Tensor] = {}  # the kept epoch's weights and val_predictions.csv (rank 0)
+        self.kept_predictions = ""
 
     def phase_of(self, epoch: int) -> int:
         return 1 if epoch < self.recipe.frozen_epochs else 2
@@ -142,9 +142,8 @@ class TrainingRun:
         say(f"epoch {epoch + 1}/{recipe.epochs} phase {phase} trainable {row['trainable_params']:,} lr {lr:.1e} "
             f"train {stats['loss']:.3f}/{stats['accuracy']:.1%} val {val_loss:.3f}/{val_acc:.1%} "
             f"{stats['seconds']:.1f}s", self.quiet)
-        if (val_acc, -val_loss) > (self.best["accuracy"], -self.best["loss"]):
-            self.best = {"accuracy": val_acc, "loss": val_loss, "epoch": epoch + 1}
-            self.save_best(probs, labels, positions)
+        if recipe.keep == "last" or best_epoch(self.history) == epoch + 1:  # last: each epoch replaces the one before
+            self.keep_epoch(epoch + 1, probs, labels, positions)
         if self.world.is_main:
             checkpoint.save(self.work_dir, self.state(epoch))
 
@@ -179,9 +178,9 @@ class TrainingRun:
                                  recipe.seed + 100_003 * self.world.rank, self.quiet)
         return self.cache
 
-    def save_best(self, probs, labels, positions) -> None:
+    def keep_epoch(self, number: int, probs, labels, positions) -> None:
         classes = self.split.classes
-        self.best["metrics"] = classification_metrics(labels, probs.argmax(1), classes)
+        self.kept = {"epoch": number, "metrics": classification_metrics(labels, probs.argmax(1), classes)}
         if not self.world.is_main:
             return
         val_items = self.split.items("val")
@@ -192,20 +191,21 @@ class TrainingRun:
             frame[f"p_{name}"] = probs[:, k].round(6)
         # Kept for the checkpoint, not written: the checkpoint is the one file that commits an epoch,
         # so a crash can never pair one epoch's weights with another's metrics.
-        self.best_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        self.best_predictions = files.csv_text(frame)
+        self.kept_model = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self.kept_predictions = files.csv_text(frame)
 
     def state(self, epoch: int) -> dict:
+        # The "best*" keys name the kept epoch (recipe.keep): so named before --keep, and a checkpoint of then resumes.
         return {"epoch": epoch, "phase": self.phase, "recipe": self.recipe.as_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": json.dumps(self.history),
-                "best": json.dumps(self.best), "best_model": self.best_model,
-                "best_predictions": self.best_predictions, "scaler": self.scaler.state_dict()}
+                "best": json.dumps(self.kept), "best_model": self.kept_model,
+                "best_predictions": self.kept_predictions, "scaler": self.scaler.state_dict()}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.history, self.best = json.loads(state["history"]), json.loads(state["best"])
-        self.best_model, self.best_predictions = state["best_model"], state["best_predictions"]
+        self.history, self.kept = json.loads(state["history"]), json.loads(state["best"])
+        self.kept_model, self.kept_predictions = state["best_model"], state["best_predictions"]
         self.next_epoch = state["epoch"] + 1
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -217,20 +217,23 @@ class TrainingRun:
     def finish(self) -> None:
         """Write the bundle, model.json last, then drop the checkpoint: the work folder is now a complete
         bundle. Killed before that, --resume runs no epoch and writes it all again."""
-        recipe, best = self.recipe, self.best
-        self.model.load_state_dict(self.best_model)
+        recipe, kept = self.recipe, self.kept
+        self.model.load_state_dict(self.kept_model)
         bundle.save_weights(self.model, self.work_dir)
-        files.write_text(self.work_dir / bundle.VAL_PREDICTIONS, self.best_predictions)
+        files.write_text(self.work_dir / bundle.VAL_PREDICTIONS, self.kept_predictions)
         files.write_csv(self.work_dir / bundle.HISTORY, pd.DataFrame(self.history))
         self.save_features()
         # One temperature, fitted on the raw probabilities just written: `quorum calibrate` refits the same one.
         _, labels, probs = bundle.read_val_predictions(self.work_dir, self.split.classes)
-        best["calibration"] = fit_calibration(probs, labels)
+        kept["calibration"] = fit_calibration(probs, labels)
         bundle.write_model_json(self.work_dir, {
             "name": recipe.name, "backbone": recipe.backbone, **self.preprocessing.as_dict(),
             "classes": list(self.split.classes), "num_params": count_parameters(self.model),
-            "weights_source": recipe.weights, "best_epoch": best["epoch"], "epochs_run": len(self.history),
-            "metrics": best["metrics"], "calibration": best["calibration"],
+            "weights_source": recipe.weights, "epochs_run": len(self.history),
+            # kept_epoch: the weights, val_predictions.csv, metrics and calibration here; best_epoch: the one
+            # highest on validation (the same one unless keep is last).
+            "keep": recipe.keep, "kept_epoch": kept["epoch"], "best_epoch": best_epoch(self.history),
+            "metrics": kept["metrics"], "calibration": kept["calibration"],
             "split": {"file": "split.csv", "digest": self.split.digest,
                       "val_images": len(self.val_set), **self.split.drawn_with,
                       "root": str(Path(self.split.root).resolve())},
@@ -249,7 +252,12 @@ class TrainingRun:
                                 self.recipe.workers, self.quiet)
 
     def print_finished_model(self, final_dir: Path) -> None:
-        print_finished_model(final_dir, self.history, self.best, self.quiet)
+        print_finished_model(final_dir, self.history, self.kept, self.recipe.keep, self.quiet)
+
+
+def best_epoch(history: list[dict]) -> int:
+    """The epoch highest in validation accuracy, then lowest in validation loss; the first of equals."""
+    return max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))["epoch"]
 
 
 def smoothed(label: int, classes: int, smoothing: float) -> np.ndarray:

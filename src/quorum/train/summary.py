@@ -22,16 +22,16 @@ def provenance() -> dict:
     return versions
 
 
-def print_finished_model(model_dir: Path, history: list[dict], best: dict, quiet: bool) -> None:
+def print_finished_model(model_dir: Path, history: list[dict], kept: dict, keep: str, quiet: bool) -> None:
     if quiet:
         return
-    metrics = best["metrics"]
+    metrics = kept["metrics"]
     table = Table(title=f"Saved {model_dir}", title_justify="left")
-    calibration = best["calibration"]
-    for column in ("best epoch", "val accuracy", "balanced accuracy", "macro F1", "val ECE raw -> calibrated",
+    calibration = kept["calibration"]
+    for column in (f"kept epoch ({keep})", "val accuracy", "balanced accuracy", "macro F1", "val ECE raw -> calibrated",
                    "temperature", "epochs", "train time"):
         table.add_column(column, justify="right")
-    table.add_row(str(best["epoch"]), f"{metrics['accuracy']:.1%}", f"{metrics['balanced_accuracy']:.1%}",
+    table.add_row(str(kept["epoch"]), f"{metrics['accuracy']:.1%}", f"{metrics['balanced_accuracy']:.1%}",
                   f"{metrics['macro_f1']:.3f}", f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}",
                   f"{calibration['temperature']:.3f}", str(len(history)), f"{sum(r['seconds'] for r in history):.0f} s")
     console.print(table)
