@@ -447,6 +447,13 @@ def render(m: dict, command: str, minutes: float) -> str:
     return marked(marker, lines)
 
 
+def keep_summary(measured: dict) -> None:
+    """RUNS/measured.json: the tables' figures, for keep_report.py's paired best-vs-last comparison."""
+    summary = {**{k: v for k, v in measured.items() if k != "frame"},
+               "product": {k: v for k, v in measured["product"].items() if k != "score"}}
+    (RUNS / "measured.json").write_text(json.dumps(summary, indent=1, default=float))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time, one thread each")
@@ -474,6 +481,7 @@ def main() -> int:
     measured = measure(args.jobs, args.keep, args.arrays_only, args.train_only)
     if measured is None:
         return 0
+    keep_summary(measured)
     section = render(measured, " ".join(["python benchmarks/bench_unknown.py", *sys.argv[1:]]),
                      (time.perf_counter() - began) / 60)
     publish(section, args.out, write=not args.no_write)
