@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA, marked, members_vote, output_args, publish, train_in_process
+from common import DATA, kept_epoch, marked, members_vote, output_args, publish, train_in_process
 from fashion_mnist import make_slice
 
 RUNS = DATA / "demo"
@@ -68,11 +68,11 @@ def score(members: list[dict]) -> dict:
     labels = members[0]["labels"]
     probs = np.stack([m["probs"] for m in members])
     accuracies = [float((m["probs"].argmax(1) == labels).mean()) for m in members]
-    votes = members_vote(probs, [max(m["val_accuracy"]) for m in members])  # equal: Lite0, Lite1, Lite2
+    votes = members_vote(probs, [m["val_accuracy"][kept_epoch(m) - 1] for m in members])  # equal: Lite0, Lite1, Lite2
     vote_accuracy = float((votes.label == labels).mean())
     return {"members": accuracies, "vote": vote_accuracy, "margin": vote_accuracy - max(accuracies),
             "ties": float((votes.decided_by == "tie-breaker").mean()),
-            "best_epochs": [m["best_epoch"] for m in members], "minutes": sum(m["seconds"] for m in members) / 60}
+            "best_epochs": [kept_epoch(m) for m in members], "minutes": sum(m["seconds"] for m in members) / 60}
 
 
 def render(scores: dict, variants: list[str], draws: list[int], command: str) -> str:

@@ -65,6 +65,11 @@ def train_in_process(arguments: list[str], out: Path, label: str) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
+def kept_epoch(result: dict) -> int:
+    """The epoch a recipe_runs.py run kept (results from before `--keep` call it best_epoch: the same one)."""
+    return result.get("kept_epoch", result["best_epoch"])
+
+
 def scores(predicted: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy and macro F1 of predicted class indices."""
     from sklearn.metrics import f1_score

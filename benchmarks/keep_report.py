@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import DATA, marked, output_args, publish
+from common import DATA, kept_epoch, marked, output_args, publish
 
 SEEDS, LITES = (0, 1, 2), (0, 1, 2)
 PRODUCT = "quorum predict's score: kNN distance, members' mean"
@@ -42,9 +42,8 @@ def member_rows(seed: int, best: tuple, last: tuple) -> list[str]:
         if b["val_accuracy"] != la["val_accuracy"] or b["lr"] != la["lr"]:
             raise SystemExit(f"seed {seed} Lite{lite}: the two runs' epochs differ, so they are not paired")
         cb, cl = best[0]["calibration"][m], last[0]["calibration"][m]
-        kept_b, kept_l = b.get("kept_epoch", b["best_epoch"]), la.get("kept_epoch", la["best_epoch"])
         gap = [(c["val accuracy"] - c["test accuracy"]) * 100 for c in (cb, cl)]
-        rows.append(f"| {seed} | Lite{lite} | {kept_b} / {kept_l} "
+        rows.append(f"| {seed} | Lite{lite} | {kept_epoch(b)} / {kept_epoch(la)} "
                     f"| {cb['val accuracy']:.1%} / {cl['val accuracy']:.1%} "
                     f"| {cb['test accuracy']:.1%} / {cl['test accuracy']:.1%} "
                     f"({(cl['test accuracy'] - cb['test accuracy']) * 100:+.1f}) "

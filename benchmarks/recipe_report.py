@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
-from common import marked, pct, points, table
+from common import kept_epoch, marked, pct, points, table
 
 
 def _members(results: dict, votes: dict, lites: list[int], frozen: int, unfrozen: int) -> list[str]:
@@ -17,9 +17,9 @@ def _members(results: dict, votes: dict, lites: list[int], frozen: int, unfrozen
         if q is None:
             continue
         val = q["val_accuracy"]
-        phase = 1 if q["best_epoch"] <= frozen else 2
+        phase = 1 if kept_epoch(q) <= frozen else 2
         row = [f"Lite{n}", pct(val[frozen - 1]), f"{pct(val[frozen])} ({points(val[frozen] - val[frozen - 1])})",
-               f"{q['best_epoch']} (phase {phase})", pct(q["test"]["accuracy"]), f"{q['test']['macro_f1']:.3f}"]
+               f"{kept_epoch(q)} (phase {phase})", pct(q["test"]["accuracy"]), f"{q['test']['macro_f1']:.3f}"]
         row += [f"{pct(head['test']['accuracy'])} ({points(q['test']['accuracy'] - head['test']['accuracy'])})"
                 if head else "-"]
         row += [f"{pct(fast['test']['accuracy'])} ({points(q['test']['accuracy'] - fast['test']['accuracy'])})"
@@ -68,7 +68,7 @@ def render(results: dict, votes: dict, loaded: dict | None, lites: list[int], co
         val = " ".join(pct(v) for v in r["val_accuracy"])
         lines += [("The old switch (`--norm-stats update`: BatchNorm on batch statistics once unfrozen), "
                    f"Lite{r['lite']} "
-                   f"{f}+{r['unfrozen']}: val per epoch {val}; best epoch {r['best_epoch']}; test "
+                   f"{f}+{r['unfrozen']}: val per epoch {val}; best epoch {kept_epoch(r)}; test "
                    f"{pct(r['test']['accuracy'])}."), ""]
     if loaded:
         idle = loaded["idle"]["seconds"]
