@@ -56,8 +56,9 @@ def run_quorum(lite: int, frozen: int, unfrozen: int, data: Path, test_root: Pat
     work_dir, head_dir = models / f".lite{lite}.partial", out / "head-only"
 
     def keep_head_only(epoch: int) -> None:
-        """After the last frozen epoch the checkpoint holds phase 1's best weights: the head-only
-        model, exactly what a run of `frozen` epochs alone would keep (same seed, same phase 1)."""
+        """After the last frozen epoch the checkpoint holds phase 1's kept weights (its best, or with keep
+        last its last): the head-only model, exactly what a run of `frozen` epochs alone would keep (same
+        seed, same phase 1)."""
         if epoch == frozen - 1 and unfrozen > 0:
             head_dir.mkdir()
             save_file(checkpoint.load(work_dir)["best_model"], str(head_dir / "model.safetensors"))
