@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared modules are
-from common import DATA, table  # noqa: E402
+from common import DATA, kept_epoch, table  # noqa: E402
 
 
 def kept_epochs(root: Path) -> pd.DataFrame:
@@ -31,9 +31,9 @@ def kept_epochs(root: Path) -> pd.DataFrame:
         epochs = pd.read_csv(history)
         test = pd.read_csv(test_csv, keep_default_na=False)
         truth = test["path"].str.split("/").str[0]
-        rows.append({"model": model.relative_to(root).as_posix(),
-                     "kept": json.loads((model / "model.json").read_text())["best_epoch"], "run": len(epochs),
-                     "val_kept": epochs["val_accuracy"].max(), "val_last": epochs["val_accuracy"].iloc[-1],
+        kept = kept_epoch(json.loads((model / "model.json").read_text()))
+        rows.append({"model": model.relative_to(root).as_posix(), "kept": kept, "run": len(epochs),
+                     "val_kept": epochs["val_accuracy"].iloc[kept - 1], "val_last": epochs["val_accuracy"].iloc[-1],
                      "test": (test["prediction"] == truth).mean()})
     return pd.DataFrame(rows)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared modules are
-from common import DATA, WEIGHTS  # noqa: E402
+from common import DATA, WEIGHTS, kept_epoch  # noqa: E402
 
 OUT = DATA / "paired-epochs"
 
@@ -42,7 +42,7 @@ def run_once(snapshot: Path, pick: Path, test: Path, out: Path, seed: int) -> di
                         str(WEIGHTS / "tf_efficientnet_lite0.safetensors"), "--models-dir", str(out), "--name", name,
                         "--workers", "0", "--device", "cpu", "--quiet", "--seed", str(seed)], env=env, check=True)
     history = pd.read_csv(out / name / "history.csv")
-    kept = json.loads((out / name / "model.json").read_text())["best_epoch"]
+    kept = kept_epoch(json.loads((out / name / "model.json").read_text()))
     return {"run": f"{out.parent.name}/{out.name}/{name}", "kept": kept,
             "test_kept": round(float(history["test_accuracy"][kept - 1]), 4),
             "test_last": round(float(history["test_accuracy"].iloc[-1]), 4)}
