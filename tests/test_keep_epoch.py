@@ -17,7 +17,7 @@ from image_factory import write_labelled_folder
 from quorum.cli import main
 from quorum.errors import QuorumError
 from quorum.models import bundle
-from quorum.train import checkpoint
+from quorum.train import checkpoint, summary
 from quorum.train.finetune import finetune
 from quorum.train.recipe import Recipe
 
@@ -70,7 +70,7 @@ def test_keep_last_keeps_the_final_epoch_though_an_earlier_one_read_higher(label
         torch.testing.assert_close(kept[key], value, rtol=0, atol=0, msg=key)
 
     # The same run keeping the best epoch: the same epochs (seeded), a different kept one.
-    best_dir = finetune(recipe(labelled, tmp_path / "models"), quiet=True)
+    best_dir = finetune(recipe(labelled, tmp_path / "models", keep="best"), quiet=True)
     pd.testing.assert_frame_equal(pd.read_csv(best_dir / "history.csv").drop(columns="seconds"),
                                   history.drop(columns="seconds"))
     best_info = json.loads((best_dir / "model.json").read_text())
@@ -89,10 +89,33 @@ def test_resume_keeps_the_last_epoch_and_refuses_another_keep(labelled, last_run
     with pytest.raises(KeyboardInterrupt):
         finetune(run, quiet=True, on_epoch_end=stop)
     with pytest.raises(QuorumError, match=r"--resume cannot change --keep \(last then, best now\)"):
-        finetune(recipe(labelled, tmp_path / "models"), resume=True, quiet=True)
+        finetune(recipe(labelled, tmp_path / "models", keep="best"), resume=True, quiet=True)
     resumed = finetune(run, resume=True, quiet=True)
     assert_same_model(resumed, last_run[0])
     assert json.loads((resumed / "model.json").read_text())["kept_epoch"] == 3
+
+
+def test_the_default_keeps_the_last_epoch_and_says_when_it_read_far_below_the_best(labelled, last_run, tmp_path,
+                                                                                   capsys):
+    model_dir = finetune(recipe(labelled, tmp_path / "models"), quiet=True)  # no keep given
+    assert_same_model(model_dir, last_run[0])
+    assert json.loads((model_dir / "model.json").read_text())["keep"] == "last"
+    history = pd.read_csv(model_dir / "history.csv")
+    best = int(history["val_accuracy"].idxmax()) + 1
+    assert f"Warning: the last epoch, kept, reads {history['val_accuracy'].iloc[2]:.1%} on validation" in " ".join(
+        capsys.readouterr().err.split())
+    assert summary.last_epoch_warning(history.to_dict("records"), "best") is None  # best kept: nothing to say
+    steady = history.assign(val_accuracy=history["val_accuracy"].max()).to_dict("records")
+    assert summary.last_epoch_warning(steady, "last") is None
+    assert f"epoch {best}" in summary.last_epoch_warning(history.to_dict("records"), "last")
+
+
+def test_a_run_from_before_keep_resumes_keeping_its_best_epoch(labelled, tmp_path):
+    saved = recipe(labelled, tmp_path).resolve(native_size=32, pretrained_available=False).as_dict()
+    del saved["keep"]  # as a checkpoint written before --keep existed
+    assert checkpoint.resumed_recipe(saved, recipe(labelled, tmp_path), done=1).keep == "best"
+    with pytest.raises(QuorumError, match=r"--resume cannot change --keep \(best then, last now\)"):
+        checkpoint.resumed_recipe(saved, recipe(labelled, tmp_path, keep="last"), done=1)
 
 
 def test_a_bundle_from_before_keep_reads_its_best_epoch_as_the_kept_one(tmp_path):

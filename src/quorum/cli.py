@@ -97,9 +97,10 @@ def main():
 @recipe_option("norm_stats", type=click.Choice(["keep", "update"]),
                help="BatchNorm once unfrozen: keep normalising with the running statistics phase 1 saw, or update "
                "them from each batch. [default: keep for pretrained weights, update for --weights none]")
-@recipe_option("keep", type=click.Choice(["best", "last"]), show_default=True,
-               help="The epoch whose weights the model keeps: the best on validation, or the last (then the "
-               "validation images that fit the temperature and the trust table did not also choose the epoch).")
+@recipe_option("keep", type=click.Choice(["best", "last"]),
+               help="The epoch whose weights the model keeps: the last (the validation images that fit the "
+               "temperature and the trust table do not also choose the epoch), or the best on validation. "
+               "[default: last]")
 @recipe_option("pseudo_labels", type=click.Path(dir_okay=False), metavar="CSV",
                help="A quorum predict CSV: its rows with agreement at least --pseudo-min-agreement join the training "
                "share (never validation) with the vote's label. Needs the CSV's .json beside it.")
@@ -116,8 +117,8 @@ def finetune(resplit, resume, quiet, **fields):
     """Fine-tune BACKBONE on a labelled image folder and save it under MODELS_DIR/<name>/.
 
     Phase 1 trains the new head (and the last --train-blocks blocks) with the rest of the backbone
-    frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The epoch best on
-    validation is kept (--keep last: the final one). Run `quorum backbones` for the choices of BACKBONE.
+    frozen; after --unfreeze-after epochs everything trains at --finetune-lr. The last epoch is
+    kept (--keep best: the one best on validation). Run `quorum backbones` for the choices of BACKBONE.
     """
     from quorum.data.predictions_csv import check_predictions_csv
     from quorum.data.pseudo_labels import check_distill_csv

@@ -66,7 +66,7 @@ def resumed_recipe(saved: dict, asked: Recipe, done: int) -> Recipe:
     `asked` is the recipe as given, before `resolve`: an option left to its default (None) keeps
     the interrupted run's value, so --unfreeze-after's default (3/4 of --epochs) does not move
     with a larger --epochs."""
-    then = Recipe(**saved)
+    then = Recipe(**{"keep": "best", **saved})  # a run from before --keep kept its best epoch
     free = {"device", "workers", "epochs"}
     if not then.cache_features:  # the run turned its cache off (too big): that stands
         free.add("cache_features")

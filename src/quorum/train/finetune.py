@@ -6,7 +6,7 @@
 2. Phase 2: everything trains at the lower `finetune_lr`, each phase with its own warm-up. A
    pretrained backbone's BatchNorm keeps normalising with its running statistics (`norm_stats`),
    so the features phase 1 fitted the head to do not change at the unfreeze.
-3. The epoch best on validation is kept (`keep`: best), or the final one (last). The run works in
+3. The final epoch is kept (`keep`: last), or the one best on validation (best). The run works in
    `models/.<name>.partial/` and is moved to `models/<name>/` only when finished, so a model folder is
    never half-written.
 """
