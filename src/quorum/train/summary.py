@@ -11,10 +11,11 @@ from rich.table import Table
 
 from quorum.console import console
 
-# How far the kept last epoch may read below the best one on validation before finetune says so: above the
-# epoch-to-epoch noise of the benchmarks' runs (0.5-2 points on 200 validation images, 1-2 images on 60), so
-# the line means the run ended unsettled (too high a --finetune-lr, too few epochs), not chance.
-LAST_EPOCH_GAP = 0.05
+# How far the kept last epoch may read below the best one on validation before finetune says so: twice the
+# epoch-to-epoch noise seen on small validation shares (0.5-2 points on 200 images; the demo's 60 images put
+# one member's last epoch 5 points, 3 images, below its best, and that last epoch was the better one on the
+# unlabelled images), so the line means the run ended unsettled (too high a --finetune-lr), not chance.
+LAST_EPOCH_GAP = 0.10
 
 
 def provenance() -> dict:
