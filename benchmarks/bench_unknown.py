@@ -172,6 +172,7 @@ def product_lines(bundles: list[Path], frame: pd.DataFrame, classes: tuple[str, 
             "vote temperature": full.attrs["vote"]["temperature"],
             "ece": confidence_calibration_error(full["confidence"].to_numpy()[inside], right[inside]),
             "rows": int(kept.sum()), "no-class": int((kept & ~inside).sum()), "accuracy": float(right[kept].mean()),
+            "expected": float(full["confidence"].to_numpy()[kept].mean()),  # the line's own estimate, by confidence
             "val rows": int(line["images"]), "val accuracy": float(line["accuracy"]),
             "lazy differ": int((flags["full"] != flags["lazy"]).sum()),
             **{f"kept {k}": float((~f)[inside].mean()) for k, f in flags.items()},
@@ -439,7 +440,9 @@ def render(m: dict, command: str, minutes: float) -> str:
                f"{p['unknown']['threshold']:.3f}): unanimous rows not flagged: {p['rows']}, {p['accuracy']:.1%} right, "
                f"{p['no-class']} of no class; its trust line (validation images the line passes, unanimous): "
                f"{p['val accuracy']:.1%} right ({p['val rows']} images), so "
-               f"{(p['accuracy'] - p['val accuracy']) * 100:+.1f} points. In-class kept {p['kept full']:.1%}, "
+               f"{(p['accuracy'] - p['val accuracy']) * 100:+.1f} points; the same line's folder estimate (the mean "
+               f"confidence of those rows): {p['expected']:.1%}, so {(p['accuracy'] - p['expected']) * 100:+.1f} "
+               f"points. In-class kept {p['kept full']:.1%}, "
                f"no-class flagged {p['flagged full']:.1%}. With --lazy (each row scored by the members that ran): "
                f"{p['lazy differ']} of {len(frame)} rows flagged differently, in-class kept {p['kept lazy']:.1%}, "
                f"no-class flagged {p['flagged lazy']:.1%}. The ECE of the `confidence` predict wrote, on the "

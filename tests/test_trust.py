@@ -311,3 +311,20 @@ def test_a_trust_line_gives_the_validation_accuracy_with_its_wilson_interval(cor
     half = z / (1 + z**2 / images) * np.sqrt(p * (1 - p) / images + z**2 / (4 * images**2))
     assert on_validation(correct, images) == (f"on validation {p:.0%} right, {images} images, 95% interval "
                                               f"{centre - half:.0%}-{centre + half:.0%}")
+
+
+def test_a_trust_line_says_what_the_folders_own_rows_should_score_by_their_confidence():
+    """The folder's estimate (the mean calibrated confidence of its rows of each kind) comes first; a kind
+    seen on the folder only, or a run without validation, still gets it."""
+    from quorum.predict.trust_table import decided_by_lines
+
+    y_true = np.array([0, 0, 1, 1])
+    voted = np.array([[0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]])  # unanimous every time: 3 of 4 right
+    table = trust_table(y_true, vote(np.eye(2)[voted] * 0.8 + 0.1, 0))
+    confidence = {"unanimous": np.array([0.9, 0.96, 0.99, 0.87]), "majority": np.array([0.6, 0.7])}
+    unanimous, majority = decided_by_lines({"unanimous": 0.67, "majority": 0.33}, table, confidence)
+    assert unanimous == ("67% unanimous (expected 93% right by their confidence; on validation 75% right, 4 images, "
+                         "95% interval 30%-95%)")
+    assert majority == "33% majority (expected 65% right by their confidence) (none on validation)"
+    assert decided_by_lines({"majority": 1.0}, None, confidence) == ["100% majority (expected 65% right by their "
+                                                                      "confidence)"]

@@ -254,7 +254,8 @@ def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> lis
         how = ", ".join(f"{decided.get(kind, 0)} {kind}" for kind in kinds)
         lines.append(f"decided: {how} (tie-breaker {frame.attrs.get('tie_breaker', '?')})")
         shares = {kind: decided.get(kind, 0) / len(ok) for kind in kinds if decided.get(kind, 0)}
-        lines.append("; ".join(decided_by_lines(shares, trust)))
+        confidence = {kind: rows.to_numpy(float) for kind, rows in ok.groupby("decided_by")["confidence"]}
+        lines.append("; ".join(decided_by_lines(shares, trust, confidence)))
         if decided.get(UNKNOWN, 0):
             lines.append(f"unknown: {decided[UNKNOWN]} rows of a --lazy run where the skipped members could still "
                          "have made it unanimous or not (their prediction is a full run's)")
@@ -271,7 +272,7 @@ def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> lis
         lines.append(f"lazy: skipped {skipped} of {possible} member runs ({skipped / max(possible, 1):.0%}); "
                      "confidence and p_<class> average the members that ran")
         agreed = sum((ok[label] == ok["prediction"]).to_numpy() for label in labels)  # a skipped one: False
-        lines += at_least_lines(agreed, len(names), trust)  # the trusted rows only, as decided_by's line
+        lines += at_least_lines(agreed, len(names), trust, ok["confidence"].to_numpy(float))  # trusted rows only
     return lines
 
 
