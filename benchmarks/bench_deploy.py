@@ -46,19 +46,17 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench_predict import naive_predict, round_folders
 from common import DATA, WEIGHTS, finetune_lite, interleaved_speeds, marked, output_args, publish, quorum, step, table
 from fashion_mnist import make_slice
 from make_photos import make_labelled_set, make_predict_set
 from members import build, trios
-from quorum import files
-from quorum.data.images import load_rgb, scan_images
+from quorum.data.images import scan_images
 from quorum.models import onnx_export
 from quorum.models.bundle import INT8_ONNX, ONNX, read_info
 from quorum.models.inference import engine_threads, onnx_session
-from quorum.models.quantize import FLOAT_NODES, CalibrationReader, quantize_graph, quantize_models, training_images
+from quorum.models.quantize import CalibrationReader, Labelled, quantize_graph, quantize_models, training_images
 from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 
@@ -135,12 +133,14 @@ def graph_speeds(model_dir: Path, graphs: tuple[Path, Path] | None = None, repea
 
 
 def int8_variants() -> dict[str, dict]:
-    """quantize_graph's settings for each thing tried; `quorum export --int8` tries the first two, in order."""
+    """quantize_graph's settings for each thing tried (`quorum export --int8` tries every node int8, then the first
+    1, 2, ... 5 convs in float32)."""
     from onnxruntime.quantization import QuantFormat, QuantType
 
     return {
         "every node int8 (quorum's first try): QDQ, per-channel, U8S8, MinMax": {},
-        "stem conv and head in float32 (quorum's fallback)": {"exclude": FLOAT_NODES},
+        "stem conv and head in float32 (quorum's fallback before the float32 front)": {"exclude": ("stem", "head")},
+        "the first 5 convs in float32 (the most quorum's fallback leaves in float32)": {"front": 5},
         "head in float32": {"exclude": ("head",)},
         "depthwise convs in float32": {"exclude": ("depthwise",)},
         "S8S8, symmetric activations": {"activation_type": QuantType.QInt8,
@@ -153,24 +153,6 @@ def int8_variants() -> dict[str, dict]:
     }
 
 
-class Labelled:
-    """Decoded images of one preprocessing and their class indices, scored through any graph of the model."""
-
-    def __init__(self, info, paths: list[Path], labels: list[str]):
-        pixels = info.preprocessing.eval_pixels()
-        self.x = torch.stack([pixels(load_rgb(path)) for path in paths])
-        self.y = np.array([info.classes.index(label) for label in labels])
-        self.normalize = info.preprocessing.normalizer()
-
-    def right(self, graph: Path, batch: int = 100) -> np.ndarray:
-        """Per image, whether the graph's label is the true one."""
-        session = onnx_session(graph, 1)
-        with torch.inference_mode():
-            predicted = np.concatenate([session.run(None, {"pixels": self.normalize(self.x[k: k + batch]).numpy()})[0]
-                                        .argmax(axis=1) for k in range(0, len(self.x), batch)])
-        return predicted == self.y
-
-
 def int8_study(model_dirs: list[Path], test: Path, only: list[str] | None = None) -> list[list[str]]:
     """Every variant on every model: validation and test accuracy against float32 (points), the validation images
     it turned wrong and right (what the accuracy change is the difference of: its noise), speed-up."""
@@ -178,9 +160,7 @@ def int8_study(model_dirs: list[Path], test: Path, only: list[str] | None = None
     test_paths = scan_images(test).images
     for model_dir in model_dirs:
         info = read_info(model_dir)
-        val = files.read_csv(model_dir / "val_predictions.csv", keep_default_na=False, dtype=str)
-        sets = {"val": Labelled(info, [Path(info.raw["split"]["root"]) / path for path in val.path],
-                                list(val.true_label)),
+        sets = {"val": Labelled.validation(info),
                 "test": Labelled(info, test_paths, [path.parent.name for path in test_paths])}
         fp32 = {name: labelled.right(model_dir / ONNX) for name, labelled in sets.items()}
         for variant, settings in variants.items():

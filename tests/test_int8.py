@@ -62,25 +62,21 @@ def test_export_int8_records_both_accuracies_and_the_weights(trained):
     assert "is current" in cli("export", "--int8", "--models-dir", trained).output
 
 
-def float32_edges(graph_file: Path) -> dict[str, bool]:
-    """Whether the stem conv and the head of an int8 graph read float32 weights; asserts every other conv is int8."""
+def float32_convs(graph_file: Path) -> list[bool]:
+    """Per convolution of an int8 graph, in order from the input, whether it reads float32 weights (else int8's
+    DequantizeLinear); and asserts the head is int8."""
     import onnx
 
     graph = onnx.load(str(graph_file)).graph
     made_by = {output: node for node in graph.node for output in node.output}
     float_weights = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
-    convs = [node for node in graph.node if node.op_type == "Conv"]
-
-    def source(name: str) -> str:  # what a tensor is, through int8's QuantizeLinear -> DequantizeLinear pairs
-        node = made_by.get(name)
-        quantized = node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear")
-        return source(node.input[0]) if quantized else name
-
-    [stem] = [node for node in convs if source(node.input[0]) == "pixels"]
     [head] = [node for node in graph.node if node.op_type in ("Gemm", "MatMul")]
-    assert len(convs) > 1 and all(made_by[node.input[1]].op_type == "DequantizeLinear" for node in convs
-                                  if node is not stem)
-    return {"stem": stem.input[1] in float_weights, "head": head.input[1] in float_weights}
+    assert made_by[head.input[1]].op_type == "DequantizeLinear"
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert all((node.input[1] in float_weights) != (made_by.get(node.input[1]) is not None
+                                                      and made_by[node.input[1]].op_type == "DequantizeLinear")
+               for node in convs)
+    return [node.input[1] in float_weights for node in convs]
 
 
 @pytest.fixture
@@ -93,26 +89,32 @@ def copied(trained, tmp_path) -> Path:
 def test_the_graph_kept_is_the_one_model_json_names(trained):
     model_dir = select_models(trained)[0]
     scores = json.loads((model_dir / bundle.MODEL_JSON).read_text())["int8"]
-    edges = float32_edges(model_dir / bundle.INT8_ONNX)
-    assert scores["float32_nodes"] == [name for name, is_float in edges.items() if is_float]
+    front = scores["float32_convs"]
+    assert float32_convs(model_dir / bundle.INT8_ONNX) == [True] * front + [False] * (6 - front)  # tinyvgg: 6 convs
+    assert len(scores["float32_nodes"]) == front
     assert scores["tried"][scores["kept"]] == scores["val_accuracy_int8"] and scores["tolerance"] == 0.005
 
 
 def test_every_node_is_int8_when_that_loses_no_more_than_the_tolerance(copied):
     scores = quantize(copied, tolerance=1.0)  # 100 points: nothing can lose more
     assert scores["kept"] == "every node int8" and list(scores["tried"]) == ["every node int8"]
-    assert float32_edges(copied / bundle.INT8_ONNX) == {"stem": False, "head": False}
-    assert scores["why"].endswith(", within the tolerance of 100 points")
+    assert float32_convs(copied / bundle.INT8_ONNX) == [False] * 6
+    change = 100 * (scores["val_accuracy_int8"] - scores["val_accuracy_fp32"])
+    assert scores["why"] == (f"every node int8: validation accuracy {change:+.2f} points against float32, within "
+                             "the tolerance of 100 points")
     assert json.loads((copied / bundle.MODEL_JSON).read_text())["int8"] == scores
 
 
-def test_the_stem_conv_and_head_go_back_to_float32_when_every_node_int8_loses_more(copied):
-    # A tolerance of -1 point: even an all-int8 graph as accurate as float32 has lost "more" than that.
+def test_the_first_convs_go_back_to_float32_one_more_at_a_time_while_int8_loses_more(copied):
+    # A tolerance of -1 point: even a graph as accurate as float32 has lost "more" than that, so every graph up to
+    # MAX_FLOAT_CONVS (5) is tried and the last kept.
     scores = quantize(copied, tolerance=-0.01)
-    assert scores["kept"] == "stem conv and head in float32" and scores["float32_nodes"] == ["stem", "head"]
-    assert list(scores["tried"]) == ["every node int8", "stem conv and head in float32"]
-    assert float32_edges(copied / bundle.INT8_ONNX) == {"stem": True, "head": True}
+    assert list(scores["tried"]) == ["every node int8", "the first conv in float32", *(
+        f"the first {front} convs in float32" for front in range(2, 6))]
+    assert scores["kept"] == "the first 5 convs in float32" and scores["float32_convs"] == 5
+    assert float32_convs(copied / bundle.INT8_ONNX) == [True] * 5 + [False]
     assert scores["why"].startswith("every node int8: validation accuracy ")
+    assert "; the first 5 convs in float32: validation accuracy " in scores["why"]
     assert scores["why"].endswith(" points against float32, a loss beyond the tolerance of -1 points")
     assert onnx_export.is_current(copied, graph=bundle.INT8_ONNX)
 

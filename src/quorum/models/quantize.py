@@ -6,10 +6,10 @@
 2. Activation ranges are calibrated on training-share images (models/split.csv) through the model's own
    `Preprocessing` and `Normalizer`: the pixels predict will feed it, never validation's.
 3. Accuracy-aware, in the spirit of Intel Neural Compressor's and ONNX Runtime's tuning: every node is quantized
-   first; only when that graph's validation accuracy falls more than TOLERANCE below float32's are the stem
-   convolution and the classifier head (FLOAT_NODES) left in float32 and the graph quantized again. model.json's
-   `int8` records both graphs' accuracies, the one kept and why, so a user sees what int8 costs before choosing
-   it; `--engine auto` never picks it.
+   first; while the graph's validation accuracy falls more than TOLERANCE below float32's, one more convolution from
+   the input is left in float32 (the first, then the first two, ... up to MAX_FLOAT_CONVS) and the graph quantized
+   again from the same calibrated ranges. model.json's `int8` records every graph's accuracy, the one kept and why,
+   so a user sees what int8 costs before choosing it; `--engine auto` never picks it.
 4. Like model.onnx, the graph records the SHA-256 of the weights it came from: a model fine-tuned again
    is never run with a stale int8 graph.
 """
@@ -29,18 +29,17 @@ from quorum.data.images import UnreadableImage, load_rgb
 from quorum.errors import QuorumError
 from quorum.models import onnx_export
 from quorum.models.bundle import INT8_ONNX, MODEL_JSON, ONNX, VAL_PREDICTIONS, ModelInfo, read_info
-from quorum.models.inference import OnnxInference, onnx_session
+from quorum.models.inference import LOGITS_OUTPUT, onnx_session
 
-# The fallback: float32 where int8 costs a MobileNet-class CNN accuracy and saves it little time (the usual mixed
-# precision): the stem reads the pixels through 3 channels, the head writes the logits. bench_deploy's int8 study
-# (benchmarks/RESULTS.md): on six real Lite members this kept validation and test accuracy within 0.5 points, where
-# every node in int8 lost up to 1.7 (one validation image of 60) and 1.3 test points. Not the default because a
-# float32 stem costs ResNet50 at 224 px, whose 7x7 stem is big, a quarter of its int8 gain (2.15x float32, not 2.9x).
-FLOAT_NODES = ("stem", "head")
-# Validation accuracy the all-int8 graph may lose before the fallback is tried: the 0.5 points per member of
-# issue 22. On 200 validation images that is one image; with fewer, any image lost is more than the tolerance.
+# The fallback: the convolutions nearest the pixels in float32, one float island at the input. Measured on six Lite
+# members (benchmarks/RESULTS.md, "int8 accuracy: a float32 front"): an error made there runs through every later
+# layer; the first 2-5 convs in float32 bring the int8 graph's divergence from float32 (KL on test images) down
+# 2.5-8.5 times, where a node further in, left alone in float32, takes off a quarter at most, and the nodes ONNX
+# Runtime's qdq_loss_debug ranks worst (up to 16) nothing. They are small: Lite graphs stay 1.7-2.8x float32's speed.
+MAX_FLOAT_CONVS = 5  # on EfficientNet-Lite at 96 px: the stem and the convs that read its 48x48 maps
+# Validation accuracy an int8 graph may lose: the 0.5 points per member of issue 22. On 200 validation images that is
+# one image; with fewer, any image lost is more than the tolerance.
 TOLERANCE = 0.005
-VARIANTS = {"every node int8": (), "stem conv and head in float32": FLOAT_NODES}  # in the order they are tried
 CALIBRATION_IMAGES = 128  # ORT's examples use 100-500; more barely moves the ranges of these small graphs
 BATCH = 16
 
@@ -66,39 +65,63 @@ def quantize_models(model_dirs: list[Path], force: bool = False, quiet: bool = F
 
 
 def quantize(model_dir: Path, tolerance: float = TOLERANCE) -> dict:
-    """Write model_dir/model.int8.onnx from its (current) model.onnx: the first of VARIANTS whose validation
-    accuracy is within `tolerance` of float32's, else the last; record in model.json what was tried and kept."""
+    """Write model_dir/model.int8.onnx from its (current) model.onnx: every node int8, else the fewest first convs
+    in float32 (up to MAX_FLOAT_CONVS) whose validation accuracy is within `tolerance` of float32's, else the most;
+    record in model.json what was tried and kept."""
     model_dir = Path(model_dir)
     info = read_info(model_dir)
     if not onnx_export.is_current(model_dir):
         onnx_export.export_onnx(model_dir)
-    fp32, tried, paths = validation_accuracy(info, model_dir / ONNX), {}, training_images(info)
-    with files.atomic_path(model_dir / INT8_ONNX) as tmp:
-        for kept, exclude in VARIANTS.items():
-            reader = CalibrationReader(info, paths)
-            quantize_graph(model_dir / ONNX, tmp, reader, exclude)
-            tried[kept] = validation_accuracy(info, tmp)
-            # Rounded: 0.865 - 0.86 is 0.005000000000000004 in floats, and one image of 200 is within 0.5 points.
-            if round(fp32 - tried[kept], 9) <= tolerance:
+    validation, reader, tried = Labelled.validation(info), CalibrationReader(info, training_images(info)), {}
+    fp32 = float(validation.right(model_dir / ONNX).mean())
+    with files.atomic_path(model_dir / INT8_ONNX) as tmp, tempfile.TemporaryDirectory() as scratch:
+        ranges = Path(scratch) / "ranges.json"  # calibrated once: the graphs differ only in the nodes left in float32
+        for front in range(MAX_FLOAT_CONVS + 1):
+            float_nodes = quantize_graph(model_dir / ONNX, tmp, reader, front=front, calibration_cache_path=ranges)
+            if len(float_nodes) < front:
+                break  # a graph of fewer convs: the one before left them all in float32 (and is this one again)
+            kept = variant(front)
+            tried[kept] = float(validation.right(tmp).mean())
+            if within(fp32, tried[kept], tolerance):
                 break
         onnx_export.tag_weights(tmp, onnx_export.weights_digest(model_dir))
-    first = next(iter(VARIANTS))
-    verdict = "within" if kept == first else "a loss beyond"
-    why = (f"{first}: validation accuracy {100 * (tried[first] - fp32):+.2f} points against float32, {verdict} the "
-           f"tolerance of {100 * tolerance:g} points")
     scores = {"val_accuracy_fp32": fp32, "val_accuracy_int8": tried[kept], "calibration_images": reader.count,
-              "kept": kept, "float32_nodes": list(VARIANTS[kept]), "tolerance": tolerance, "tried": tried,
-              "why": why, "format": f"QDQ, per-channel int8 weights, uint8 activations; {kept}"}
+              "kept": kept, "float32_convs": len(float_nodes), "float32_nodes": float_nodes, "tolerance": tolerance,
+              "tried": tried, "why": why(tried, kept, fp32, tolerance),
+              "format": f"QDQ, per-channel int8 weights, uint8 activations; {kept}"}
     files.write_json(model_dir / MODEL_JSON, dict(info.raw, int8=scores))
     return scores
 
 
-def quantize_graph(source: Path, target: Path, reader, exclude: tuple[str, ...] = (), **options) -> None:
-    """ONNX Runtime's static int8 quantization of the graph at `source`, calibrated on `reader`'s batches.
+def within(fp32: float, int8: float, tolerance: float) -> bool:
+    # Rounded: 0.865 - 0.86 is 0.005000000000000004 in floats, and one image of 200 is within 0.5 points.
+    return round(fp32 - int8, 9) <= tolerance
+
+
+def why(tried: dict[str, float], kept: str, fp32: float, tolerance: float) -> str:
+    """model.json's reason for the graph kept: the all-int8 graph's loss against the tolerance, then the one kept."""
+    said = []
+    for name in dict.fromkeys([variant(0), kept]):
+        verdict = "within" if within(fp32, tried[name], tolerance) else "a loss beyond"
+        said.append(f"{name}: validation accuracy {100 * (tried[name] - fp32):+.2f} points against float32, {verdict} "
+                    f"the tolerance of {100 * tolerance:g} points")
+    return "; ".join(said)
+
+
+def variant(front: int) -> str:
+    """How model.json names the graph with the first `front` convolutions in float32."""
+    return {0: "every node int8", 1: "the first conv in float32"}.get(front, f"the first {front} convs in float32")
+
+
+def quantize_graph(source: Path, target: Path, reader, exclude: tuple[str, ...] = (), front: int = 0,
+                   **options) -> list[str]:
+    """ONNX Runtime's static int8 quantization of the graph at `source`, calibrated on `reader`'s batches; returns
+    the names of the nodes left in float32.
 
     `exclude`: nodes left in float32, by name or as "stem" (the convolution that reads the pixels), "head"
     (the Gemm or MatMul that writes the logits) and "depthwise" (every convolution of one channel per group);
-    `options`: quantize_static's own keywords, over these defaults.
+    `front`: the first convolutions from the input left in float32 too; `options`: quantize_static's own
+    keywords, over these defaults.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -109,8 +132,11 @@ def quantize_graph(source: Path, target: Path, reader, exclude: tuple[str, ...] 
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        nodes = edge_nodes(onnx.load(str(prepared)).graph, exclude) if exclude else None
+        graph = onnx.load(str(prepared)).graph
+        convs = [node.name for node in graph.node if node.op_type == "Conv"]  # ONNX keeps nodes in topological order
+        nodes = list(dict.fromkeys(convs[:front] + edge_nodes(graph, exclude)))
         quantize_static(str(prepared), str(target), reader, nodes_to_exclude=nodes, **settings)
+    return nodes
 
 
 def edge_nodes(graph, names: tuple[str, ...]) -> list[str]:
@@ -164,17 +190,25 @@ class CalibrationReader:
         return next(self.batches, None)
 
 
-def validation_accuracy(info: ModelInfo, graph: Path) -> float:
-    """A graph's accuracy on the validation images listed in the bundle's val_predictions.csv."""
-    table = files.read_csv(info.path / VAL_PREDICTIONS, keep_default_na=False, dtype=str)
-    root = Path((info.raw.get("split") or {}).get("root", ""))
-    run = OnnxInference(onnx_session(graph, threads=1), info.preprocessing)
-    pixels, index = info.preprocessing.eval_pixels(), {name: i for i, name in enumerate(info.classes)}
-    right = total = 0
-    for start in range(0, len(table), BATCH):
-        rows = table.iloc[start: start + BATCH]
-        batch = torch.stack([pixels(load_rgb(root / path)) for path in rows.path])
-        predicted = run(batch).argmax(axis=1)
-        right += int((predicted == np.array([index[label] for label in rows.true_label])).sum())
-        total += len(rows)
-    return right / max(total, 1)
+class Labelled:
+    """Images of one model's preprocessing, decoded once, and their class indices: which ones a graph gets right."""
+
+    def __init__(self, info: ModelInfo, paths: list[Path], labels: list[str]):
+        pixels, self.normalize = info.preprocessing.eval_pixels(), info.preprocessing.normalizer()
+        self.x = torch.stack([pixels(load_rgb(path)) for path in paths])
+        self.y = np.array([info.classes.index(label) for label in labels])
+
+    @classmethod
+    def validation(cls, info: ModelInfo) -> Labelled:
+        """The validation images listed in the bundle's val_predictions.csv."""
+        table = files.read_csv(info.path / VAL_PREDICTIONS, keep_default_na=False, dtype=str)
+        root = Path((info.raw.get("split") or {}).get("root", ""))
+        return cls(info, [root / path for path in table.path], list(table.true_label))
+
+    def right(self, graph: Path) -> np.ndarray:
+        """Per image, whether the graph's label is the true one."""
+        session = onnx_session(graph, threads=1)
+        with torch.inference_mode():
+            logits = [session.run([LOGITS_OUTPUT], {"pixels": self.normalize(self.x[start: start + BATCH]).numpy()})[0]
+                      for start in range(0, len(self.x), BATCH)]
+        return np.concatenate(logits).argmax(axis=1) == self.y
