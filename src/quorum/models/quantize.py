@@ -34,7 +34,7 @@ from quorum.models.inference import LOGITS_OUTPUT, onnx_session
 # The fallback: the convolutions nearest the pixels in float32, one float island at the input. Measured on six Lite
 # members (benchmarks/RESULTS.md, "int8 accuracy: a float32 front"): an error made there runs through every later
 # layer; the first 2-5 convs in float32 bring the int8 graph's divergence from float32 (KL on test images) down
-# 2.5-8.5 times, where a node further in, left alone in float32, takes off a quarter at most, and the nodes ONNX
+# 2.4-8.5 times, where a node further in, left alone in float32, takes off a quarter at most, and the nodes ONNX
 # Runtime's qdq_loss_debug ranks worst (up to 16) nothing. They are small: Lite graphs stay 1.7-2.8x float32's speed.
 MAX_FLOAT_CONVS = 5  # on EfficientNet-Lite at 96 px: the stem and the convs that read its 48x48 maps
 # Validation accuracy an int8 graph may lose: the 0.5 points per member of issue 22. On 200 validation images that is
