@@ -2,7 +2,7 @@
 random pick of the same size?
 
     python benchmarks/bench_active.py [--draws 0 1 2] [--budget 100] [--ranks NAME ...] [--picks 3] [--train-seeds 0]
-                                      [--jobs 2] [--out FILE] [--no-write]
+                                      [--jobs 2] [--keep-epoch best|last] [--out FILE] [--no-write]
 
 Per draw of Fashion-MNIST (benchmarks/fashion_mnist.py: 30 labelled images per class, as sample_data has,
 3,000 unlabelled, 2,000 test):
@@ -21,6 +21,9 @@ Per draw of Fashion-MNIST (benchmarks/fashion_mnist.py: 30 labelled images per c
 The figure: test accuracy per ranking, and each ranking's gain over random, per draw and on the mean.
 The committee, its predictions and each ranking's retrained model are cached under benchmarks/data/active/
 (shared by every ranking of a draw): a ranking whose code changed needs its folders deleted.
+--keep-epoch last: only the retrained Lite0s change: they keep their final epoch (`quorum finetune --keep last`)
+and go in <pick>/models-last/; the committee, its predictions and the picks are the best-kept run's. "Before" is
+then a Lite0 keeping its last epoch on the committee's split (before/models-last/).
 """
 
 from __future__ import annotations
@@ -72,9 +75,23 @@ def with_new_labels(committee: Path, labelled: Path, unlabelled: Path, truth: di
     return out
 
 
-def retrain(models: Path, data: Path, seed: int, weights_dir: Path) -> Path:
+def retrain(models: Path, data: Path, seed: int, weights_dir: Path, keep: str) -> Path:
     """Lite0 fine-tuned again on a pick's folder with one seed (seed 0: the name every earlier run used)."""
-    return finetune_lite(models, "lite0" + (f"-seed{seed}" if seed else ""), 0, data, weights_dir, "--seed", seed)
+    return finetune_lite(models, "lite0" + (f"-seed{seed}" if seed else ""), 0, data, weights_dir, "--seed", seed,
+                         "--keep", keep)
+
+
+def lite0_before(root: Path, data: Path, weights_dir: Path, keep: str) -> Path:
+    """The Lite0 the picks are measured against: the committee's (kept best) or, keeping the last epoch, one
+    fine-tuned on the committee's split (copied in: finetune reuses MODELS_DIR/split.csv) out of the committee's
+    folder, so that predict over the committee never counts it."""
+    if keep == "best":
+        return root / "committee" / "lite0"
+    models = root / "before" / "models-last"
+    models.mkdir(parents=True, exist_ok=True)
+    if not (models / "split.csv").is_file():
+        shutil.copy(root / "committee" / "split.csv", models / "split.csv")
+    return finetune_lite(models, "lite0", 0, data, weights_dir, "--keep", keep)
 
 
 def picks(ranks: list[str], count: int) -> dict[str, tuple[str, int]]:
@@ -85,12 +102,12 @@ def picks(ranks: list[str], count: int) -> dict[str, tuple[str, int]]:
 
 
 def run_draw(draw: int, budget: int, columns: dict[str, tuple[str, int]], train_seeds: list[int], jobs: int,
-             weights_dir: Path) -> dict[str, list[float]]:
+             weights_dir: Path, keep: str = "best") -> dict[str, list[float]]:
     data = make_slice(30, 200, 300, draw=draw)
     root = RUNS / f"draw{draw}"
     committee = root / "committee"
     with ThreadPoolExecutor(jobs) as pool:
-        members = list(pool.map(lambda n: finetune_lite(committee, f"lite{n}", n, data.train, weights_dir), range(3)))
+        list(pool.map(lambda n: finetune_lite(committee, f"lite{n}", n, data.train, weights_dir), range(3)))
     preds = root / "unlabelled.csv"
     if not preds.is_file():
         quorum("predict", str(data.unlabelled), "--out", str(preds), "--models-dir", str(committee), "--probs", "-q")
@@ -101,27 +118,31 @@ def run_draw(draw: int, budget: int, columns: dict[str, tuple[str, int]], train_
               for name, (rank, offset) in columns.items() if not (root / name / "data").is_dir()}
     folders = {name: with_new_labels(committee, data.train, data.unlabelled, truth, chosen.get(name, []),
                                      root / name / "data") for name in columns}
+    models = "models" if keep == "best" else "models-last"  # both kept: the best-kept figures stay cached
     runs = [(name, seed) for name in columns for seed in train_seeds]
     with ThreadPoolExecutor(jobs) as pool:
-        tested = dict(zip(runs, pool.map(lambda run: accuracy(retrain(root / run[0] / "models", folders[run[0]],
-                                                                      run[1], weights_dir), data.test), runs)))
-    scores = {"before": [accuracy(members[0], data.test)]}
+        tested = dict(zip(runs, pool.map(lambda run: accuracy(retrain(root / run[0] / models, folders[run[0]],
+                                                                      run[1], weights_dir, keep), data.test), runs)))
+    scores = {"before": [accuracy(lite0_before(root, data.train, weights_dir, keep), data.test)]}
     for name, (rank, _) in columns.items():  # a pick counts with the mean of its fine-tunes
         scores.setdefault(rank, []).append(float(np.mean([tested[name, seed] for seed in train_seeds])))
     return scores
 
 
 def render(results: dict[int, dict[str, list[float]]], budget: int, ranks: list[str], count: int,
-           train_seeds: list[int], command: str, minutes: float) -> str:
+           train_seeds: list[int], command: str, minutes: float, keep: str = "best") -> str:
     """The table: each ranking's test accuracy (the mean of its picks where it has several) and its gain over
     random's mean, per draw and on the mean of the draws."""
     others = [rank for rank in ranks if rank != "random"]
     columns = ["before", *others, "random"]
-    lines = ["## Which images to label next (`bench_active.py`)", "",
+    kept = ", Lite0 keeping its last epoch" if keep == "last" else ""
+    title = f"## Which images to label next (`bench_active.py`){kept}"
+    lines = [title, "",
              "Fashion-MNIST, 30 labelled images per class, 3,000 unlabelled, 2,000 test images per draw; "
              "the committee "
              f"is the Lite trio at 96 px (4+4 epochs); each ranking adds {budget} labelled images, then Lite0 is "
-             f"fine-tuned again (same plan, same validation share) and scored on the test images; "
+             f"fine-tuned again (same plan, same validation share; kept: the {keep} epoch, the Lite0 before too) "
+             f"and scored on the test images; "
              f"{' and '.join(rank for rank in ranks if rank in SEEDED)} pick {count} times per draw (the mean, the "
              f"picks in brackets); each pick fine-tuned with seed(s) {' and '.join(map(str, train_seeds))}, "
              f"the mean counted. `{command}`, {minutes:.0f} min.", "",
@@ -142,7 +163,7 @@ def render(results: dict[int, dict[str, list[float]]], budget: int, ranks: list[
     lines.append("| mean | " + " | ".join(f"{means[key]:.2%}" for key in columns) + " | "
                  + " | ".join(f"**{np.mean(gains[rank]):+.2f}** ({min(gains[rank]):+.2f} to {max(gains[rank]):+.2f})"
                               for rank in others) + " |")
-    return marked("bench_active", lines)
+    return marked("bench_active" + ("-last" if keep == "last" else ""), lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0],
                         help="fine-tune each pick once per seed; the pick counts with the mean")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--keep-epoch", choices=["best", "last"], default="best",
+                        help="the epoch each retrained Lite0 keeps (quorum finetune --keep); last: in models-last/")
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS)
     output_args(parser)
     args = parser.parse_args(argv)
@@ -163,11 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for draw in args.draws:
         results[draw] = run_draw(draw, args.budget, picks(ranks, args.picks), args.train_seeds, args.jobs,
-                                 args.weights_dir)
+                                 args.weights_dir, args.keep_epoch)
         step(f"draw {draw}: {results[draw]}")
     command = " ".join(["python benchmarks/bench_active.py", *(argv if argv is not None else sys.argv[1:])])
     minutes = (time.perf_counter() - began) / 60
-    text = render(results, args.budget, ranks, args.picks, args.train_seeds, command, minutes)
+    text = render(results, args.budget, ranks, args.picks, args.train_seeds, command, minutes, args.keep_epoch)
     publish(text, args.out, write=not args.no_write)
     return 0
 
