@@ -12,14 +12,16 @@ then the gains' mean, sd and standard error over the draws. No model runs; a dra
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared modules are
 from bench_active import accuracy, picks  # noqa: E402
-from common import DATA, table  # noqa: E402
+from common import DATA, kept_epoch, table  # noqa: E402
 
 PICKS = picks(["disagreement", "margin", "random"], 3)  # pick folder -> (ranking, seed offset)
 KEEPS = {"best": "models", "last": "models-last"}
@@ -35,6 +37,12 @@ def draw_scores(root: Path, keep: str) -> dict | None:
         return None
     return {pick: [100 * accuracy(model, Path()) for model in row]  # the CSVs are there: no test folder needed
             for pick, row in models.items()}
+
+
+def kept_last(pick: Path, name: str) -> bool:
+    """Whether the best-kept model of a pick and seed kept its last epoch (then both keeps kept the same one)."""
+    model = pick / KEEPS["best"] / name
+    return kept_epoch(json.loads((model / "model.json").read_text())) == len(pd.read_csv(model / "history.csv"))
 
 
 def summary(draws: dict[int, dict]) -> dict:
@@ -75,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [read[keep][d][pick] for d in draws for pick in PICKS for keep in KEEPS]
     paired = [last_ - best_ for best_, last_ in zip(pairs[::2], pairs[1::2]) for best_, last_ in zip(best_, last_)]
     print(f"per model, last - best (same images and seed): {spread(paired)}")
-    for subset in (draws, [d for d in draws if d <= 2]):
+    same = [abs(last_ - best_) for d in draws for pick in PICKS for seed, best_, last_ in
+            zip(SEEDS, read["best"][d][pick], read["last"][d][pick]) if kept_last(args.root / f"draw{d}" / pick, seed)]
+    print(f"models whose best-kept run kept its last epoch too: {len(same)}, their test accuracies differ by at most "
+          f"{max(same, default=0):.2f} points (0: the runs are the same but for the kept epoch)")
+    for subset in dict.fromkeys((tuple(draws), tuple(d for d in draws if d <= 2))):
         for rank in ("disagreement", "margin"):
             print(f"{rank} - random, draws {subset}: best {spread([best[d][rank] for d in subset])}; "
                   f"last {spread([last[d][rank] for d in subset])}")
