@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
                            for k in keys)])
     print("\n".join(table(["draw (best / last)", "mean abs seed 0 - seed 1", "random's 3 picks: range",
                            "disagreement - random", "margin - random", "Lite0 before"], rows)))
+    for keep in KEEPS:
+        gaps = [abs(read[keep][d][pick][0] - read[keep][d][pick][1]) for d in draws for pick in PICKS]
+        print(f"kept {keep}, |seed 0 - seed 1| over {len(gaps)} picks: mean {np.mean(gaps):.2f}, median "
+              f"{np.median(gaps):.2f}, largest {max(gaps):.2f}, "
+              f"root mean square {np.sqrt(np.mean(np.square(gaps))):.2f}")
     pairs = [read[keep][d][pick] for d in draws for pick in PICKS for keep in KEEPS]
     paired = [last_ - best_ for best_, last_ in zip(pairs[::2], pairs[1::2]) for best_, last_ in zip(best_, last_)]
     print(f"per model, last - best (same images and seed): {spread(paired)}")
