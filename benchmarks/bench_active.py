@@ -29,7 +29,6 @@ then a Lite0 keeping its last epoch on the committee's split (before/models-last
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import DATA, WEIGHTS, finetune_lite, marked, output_args, publish, quorum, step
+from common import DATA, WEIGHTS, accuracy, finetune_lite, marked, output_args, publish, quorum, share_folders, step
 from fashion_mnist import make_slice
 from quorum.predict.ranking import RANKINGS, select
 from quorum.predict.review import image_features
@@ -49,30 +48,16 @@ RUNS = DATA / "active"
 SEEDED = ("random", "diverse")  # rankings whose seed changes their pick
 
 
-def accuracy(model_dir: Path, test: Path) -> float:
-    out = model_dir.parent / f"{model_dir.name}-test.csv"
-    if not out.is_file():
-        quorum("predict", str(test), "--out", str(out), "--models-dir", str(model_dir.parent), "--model",
-               model_dir.name, "-q")
-    frame = read_predictions(out)
-    return float((frame["prediction"] == frame["path"].str.split("/").str[0]).mean())
-
-
 def with_new_labels(committee: Path, labelled: Path, unlabelled: Path, truth: dict[str, str], chosen: list[str],
                     out: Path) -> Path:
     """DATA/train (the split's training share plus the chosen images, with their true labels) and DATA/val."""
     if out.is_dir():
         return out
     split = pd.read_csv(committee / "split.csv", keep_default_na=False, dtype=str)
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    for path, label, subset in zip(split.path, split.label, split.subset):
-        (work / subset / label).mkdir(parents=True, exist_ok=True)
-        shutil.copy(labelled / path, work / subset / label / Path(path).name)
-    for path in chosen:
-        shutil.copy(unlabelled / path, work / "train" / truth[path] / f"new-{Path(path).name}")
-    work.rename(out)
-    return out
+    kept = [(labelled / path, subset, label, Path(path).name) for path, label, subset in
+            zip(split.path, split.label, split.subset)]
+    new = [(unlabelled / path, "train", truth[path], f"new-{Path(path).name}") for path in chosen]
+    return share_folders(kept + new, out)
 
 
 def retrain(models: Path, data: Path, seed: int, weights_dir: Path, keep: str) -> Path:

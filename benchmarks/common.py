@@ -4,6 +4,7 @@ their own on one thread, the vote's scores, and writing one section of RESULTS.m
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,6 +49,36 @@ def finetune_lite(models: Path, name: str, lite: int, data: Path, weights_dir: P
                "--unfreeze-after", 4, "--weights", weights_dir / f"tf_efficientnet_lite{lite}.safetensors",
                "--models-dir", models, "--name", name, "--workers", 0, "--device", "cpu", "--quiet", *extra)
     return models / name
+
+
+def share_folders(files, out: Path) -> Path:
+    """OUT/train and OUT/val as `quorum finetune --data` takes a split made beforehand: each (file, subset, label,
+    name) of `files` copied to OUT/subset/label/name. Built beside OUT and renamed into place; an OUT already there
+    is reused (delete it to build it again)."""
+    import shutil
+
+    if out.is_dir():
+        return out
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    for file, subset, label, name in files:
+        (work / subset / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, work / subset / label / name)
+    work.rename(out)
+    return out
+
+
+def accuracy(model_dir: Path, test: Path) -> float:
+    """A model's accuracy on a class-folder test set, with `quorum predict` (its CSV kept beside the model and
+    reused)."""
+    from quorum.predict.table import read_predictions
+
+    out = model_dir.parent / f"{model_dir.name}-test.csv"
+    if not out.is_file():
+        quorum("predict", str(test), "--out", str(out), "--models-dir", str(model_dir.parent), "--model",
+               model_dir.name, "-q")
+    frame = read_predictions(out)
+    return float((frame["prediction"] == frame["path"].str.split("/").str[0]).mean())
 
 
 def train_in_process(arguments: list[str], out: Path, label: str) -> dict:
@@ -124,15 +155,19 @@ def marked(name: str, lines: list[str]) -> str:
     return "\n".join([f"<!-- {name}: start -->", *lines, f"<!-- {name}: end -->"]) + "\n"
 
 
-def replace_section(path: Path, text: str) -> None:
-    """Put `text` (made by `marked`) in place of its previous version in `path`, or at its end; every
-    other section stays as it is."""
+def replace_section(path: Path, text: str, after: str | None = None) -> None:
+    """Put `text` (made by `marked`) in place of its previous version in `path`; a new one goes after the last
+    section whose name starts with `after` (a script's sections stay together), or at the end. Every other section
+    stays as it is."""
     start = text.split("\n", 1)[0]
     end = start.replace(": start -->", ": end -->")
     current = path.read_text() if path.is_file() else ""
+    ends = [m.end() for m in re.finditer(rf"<!-- {re.escape(after)}[^>]*: end -->", current)] if after else []
     if start in current and end in current:
         before, rest = current.split(start, 1)
         current = before + text.rstrip("\n") + rest.split(end, 1)[1]
+    elif ends:
+        current = current[:ends[-1]] + "\n\n" + text.rstrip("\n") + current[ends[-1]:]
     else:
         current = current.rstrip("\n") + ("\n\n" if current else "") + text
     path.write_text(current)
@@ -145,9 +180,9 @@ def output_args(parser) -> None:
     parser.add_argument("--no-write", action="store_true", help="print the section, leave --out alone")
 
 
-def publish(text: str, out: Path = RESULTS, write: bool = True) -> None:
-    """Print a benchmark's section and, unless told not to, put it in place in `out`."""
+def publish(text: str, out: Path = RESULTS, write: bool = True, after: str | None = None) -> None:
+    """Print a benchmark's section and, unless told not to, put it in place in `out` (see `replace_section`)."""
     print(text)
     if write:
-        replace_section(out, text)
+        replace_section(out, text, after)
         step(f"wrote its section of {out}")
