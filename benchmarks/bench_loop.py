@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"draw {draw}: {scores[-1]}", flush=True)
     command = " ".join(["OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_loop.py",
                         *(argv if argv is not None else sys.argv[1:])])
-    footer = (f"    {command}\n\n{(time.perf_counter() - began) / 60:.0f} min, load average "
+    footer = (f"    {command}\n\n{(time.perf_counter() - began) / 60:.1f} min, load average "
               f"{os.getloadavg()[1]:.1f} (over the last 5 min at the end).")
     publish(check_section(args.slice_draw, runs, seconds, args, data.train, footer), args.out,
             write=not args.no_write, after="bench_loop")
