@@ -191,8 +191,9 @@ def findings_table(runs: list[dict], seconds: list[float]) -> str:
 
 
 def share_regained(clean: float, corrupted: float, fixed: float) -> str:
-    """(fixed - corrupted) / (clean - corrupted), or a dash where the flips and copies cost nothing to regain."""
-    return f"{(fixed - corrupted) / (clean - corrupted):.0%}" if clean - corrupted > 0 else "-"
+    """(fixed - corrupted) / (clean - corrupted), or a dash where corrupting cost under half a point: a share of
+    so little is one fine-tune's noise over another's (slice draw 1's draw 1: 0.1 point cost, "-200%")."""
+    return f"{(fixed - corrupted) / (clean - corrupted):.0%}" if clean - corrupted >= 0.005 else "-"
 
 
 def regained_table(scores: list[dict[str, float]]) -> str:
