@@ -196,14 +196,17 @@ def share_regained(clean: float, corrupted: float, fixed: float) -> str:
     return f"{(fixed - corrupted) / (clean - corrupted):.0%}" if clean - corrupted >= 0.005 else "-"
 
 
-def regained_table(scores: list[dict[str, float]]) -> str:
-    """Test accuracy per way and draw, the points fixing regained and its share of what corrupting cost."""
+def regained_table(scores: list[dict[str, float]], fixes: list[tuple[int, int]]) -> str:
+    """Test accuracy per way and draw, what the person fixed (flipped labels put right, planted copies deleted), the
+    points fixing regained and its share of what corrupting cost."""
     names = list(scores[0])
     rows = [*scores, {name: float(np.mean([s[name] for s in scores])) for name in names}]
-    lines = ["| draw | " + " | ".join(names) + " | corrupted - clean | fixed - corrupted | regained |",
-             "| --- |" + " ---: |" * (len(names) + 3)]
-    for label, row in zip([*map(str, range(len(scores))), "mean"], rows):
-        lines.append(f"| {label} | " + " | ".join(f"{row[name]:.2%}" for name in names)
+    fixed = [*(f"{right} / {deleted}" for right, deleted in fixes),
+             " / ".join(f"{np.mean(column):.1f}" for column in zip(*fixes))]
+    lines = ["| draw | " + " | ".join(names) + " | flips put right / copies deleted | corrupted - clean "
+             "| fixed - corrupted | regained |", "| --- |" + " ---: |" * (len(names) + 4)]
+    for label, row, fix in zip([*map(str, range(len(scores))), "mean"], rows, fixed):
+        lines.append(f"| {label} | " + " | ".join(f"{row[name]:.2%}" for name in names) + f" | {fix}"
                      + f" | {100 * (row['corrupted'] - row['clean']):+.1f}"
                      + f" | {100 * (row['fixed'] - row['corrupted']):+.1f}"
                      + f" | {share_regained(row['clean'], row['corrupted'], row['fixed'])} |")
@@ -229,7 +232,8 @@ def check_section(slice_draw: int, runs: list[dict], seconds: list[float], args,
                                            held, CAVEATS])
 
 
-def regained_section(slice_draw: int, scores: list[dict[str, float]], footer: str) -> str:
+def regained_section(slice_draw: int, scores: list[dict[str, float]], fixes: list[tuple[int, int]],
+                     footer: str) -> str:
     lines = [f"### Accuracy regained by fixing what check lists, slice draw {slice_draw} (`bench_loop.py --regained`)",
              "", "Lite0 at 96 px, 4 frozen + 4 unfrozen epochs (the last kept), offline ImageNet weights, fine-tuned "
              "once per way on the same split positions (the corrupted folder's 80/20) and scored on the slice's 2,000 "
@@ -238,7 +242,8 @@ def regained_section(slice_draw: int, scores: list[dict[str, float]], footer: st
              "of every conflict / leak / duplicate row)"
              + (", suggested (check's suggested label taken for every label row without looking, copies deleted "
                 "as in fixed)" if "suggested" in scores[0] else "")
-             + ". Regained: (fixed - corrupted) / (clean - corrupted).", "", footer, "", regained_table(scores), "",
+             + ". Regained: (fixed - corrupted) / (clean - corrupted).", "", footer, "",
+             regained_table(scores, fixes), "",
              "- One fine-tune per way and draw: the same images fine-tuned with another seed can move a Lite0 by "
              "points (bench_active.py), as much as the 5% of flips costs here; read the mean, not a draw."]
     return marked(f"{slice_name(slice_draw)}-regained", lines)
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     began = time.perf_counter()
     data = make_slice(100, 200, draw=args.slice_draw)
-    runs, seconds, scores = [], [], []
+    runs, seconds, scores, fixes = [], [], [], []
     for draw in range(args.draws):
         root = DATA / "loop" / f"slice{args.slice_draw}" / f"draw{draw}"
         planted = corrupt(data.train, root / "check", seed=draw)
@@ -272,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"draw {draw}: {runs[-1]}", flush=True)
         if args.regained:
             scores.append(regained(result.findings, planted, root, data.test, args.suggested, args.weights_dir))
+            relabel, deleted = person(result.findings, planted)
+            fixes.append((len(relabel.keys() & planted["flipped"].keys()), len(deleted)))
             print(f"draw {draw}: {scores[-1]}", flush=True)
     command = " ".join(["OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_loop.py",
                         *(argv if argv is not None else sys.argv[1:])])
@@ -280,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     publish(check_section(args.slice_draw, runs, seconds, args, data.train, footer), args.out,
             write=not args.no_write, after="bench_loop")
     if args.regained:
-        publish(regained_section(args.slice_draw, scores, footer), args.out, write=not args.no_write,
+        publish(regained_section(args.slice_draw, scores, fixes, footer), args.out, write=not args.no_write,
                 after="bench_loop")
     return 0
 
