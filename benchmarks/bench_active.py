@@ -29,6 +29,7 @@ then a Lite0 keeping its last epoch on the committee's split (before/models-last
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
