@@ -40,7 +40,7 @@ from quorum.train.loop import (
     warmup_cosine,
 )
 from quorum.train.recipe import Recipe
-from quorum.train.summary import print_finished_model, provenance
+from quorum.train.summary import best_epoch, print_finished_model, provenance
 
 
 class TrainingRun:
@@ -253,11 +253,6 @@ class TrainingRun:
 
     def print_finished_model(self, final_dir: Path) -> None:
         print_finished_model(final_dir, self.history, self.kept, self.recipe.keep, self.quiet)
-
-
-def best_epoch(history: list[dict]) -> int:
-    """The epoch highest in validation accuracy, then lowest in validation loss; the first of equals."""
-    return max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))["epoch"]
 
 
 def smoothed(label: int, classes: int, smoothing: float) -> np.ndarray:

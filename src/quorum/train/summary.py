@@ -28,9 +28,15 @@ def provenance() -> dict:
     return versions
 
 
+def best_epoch(history: list[dict]) -> int:
+    """The epoch highest in validation accuracy, then lowest in validation loss; the first of equals."""
+    return max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))["epoch"]
+
+
 def last_epoch_warning(history: list[dict], keep: str) -> str | None:
-    """A warning when the kept last epoch reads far below the best on validation; None otherwise."""
-    best, last = max(history, key=lambda row: row["val_accuracy"]), history[-1]
+    """A warning when the kept last epoch reads far below the best on validation (the epoch --keep best keeps,
+    which it names); None otherwise."""
+    best, last = next(row for row in history if row["epoch"] == best_epoch(history)), history[-1]
     gap = best["val_accuracy"] - last["val_accuracy"]
     if keep != "last" or gap <= LAST_EPOCH_GAP:
         return None
