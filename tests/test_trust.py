@@ -325,6 +325,6 @@ def test_a_trust_line_says_what_the_folders_own_rows_should_score_by_their_confi
     unanimous, majority = decided_by_lines({"unanimous": 0.67, "majority": 0.33}, table, confidence)
     assert unanimous == ("67% unanimous (expected 93% right by their confidence; on validation 75% right, 4 images, "
                          "95% interval 30%-95%)")
-    assert majority == "33% majority (expected 65% right by their confidence) (none on validation)"
+    assert majority == "33% majority (expected 65% right by their confidence; none on validation)"
     assert decided_by_lines({"majority": 1.0}, None, confidence) == ["100% majority (expected 65% right by their "
                                                                       "confidence)"]

@@ -81,10 +81,12 @@ def expected_here(confidence: np.ndarray) -> str:
     return f"expected {np.mean(confidence):.0%} right by their confidence"
 
 
-def trust_part(expected: np.ndarray | None, correct: int, images: int) -> str:
-    """' (expected ...; on validation ...)', whichever of the two is known; '' when neither is."""
+def trust_part(expected: np.ndarray | None, correct: int, images: int, say_none: bool = False) -> str:
+    """' (expected ...; on validation ...)', whichever of the two is known ('none on validation' with
+    `say_none`); '' when there is nothing to say."""
+    validation = on_validation(correct, images) if images else "none on validation" if say_none else None
     said = [*([expected_here(expected)] if expected is not None and len(expected) else []),
-            *([on_validation(correct, images)] if images else [])]
+            *([validation] if validation else [])]
     return f" ({'; '.join(said)})" if said else ""
 
 
@@ -99,10 +101,8 @@ def decided_by_lines(shares: dict[str, float], table: pd.DataFrame | None,
     parts = []
     for kind, share in shares.items():
         correct, images = accuracy.get(kind, (0, 0))
-        part = f"{share:.0%} {kind}" + trust_part(confidence.get(kind), correct, images)
-        if not images and table is not None and kind in DECIDED_BY:
-            part += " (none on validation)"
-        parts.append(part)
+        say_none = table is not None and kind in DECIDED_BY
+        parts.append(f"{share:.0%} {kind}" + trust_part(confidence.get(kind), correct, images, say_none))
     return parts
 
 
