@@ -262,6 +262,40 @@ def test_preds_summary_and_scores_against_true_labels(trio, tmp_path):
     assert "Flagged for review: 2" in page and "the 1 rows flagged unknown" in page and "empty file" in page
 
 
+def test_the_trust_table_gives_what_the_preds_folders_own_rows_should_score(trio, tmp_path):
+    """With a --preds CSV of the same members, each trust line also gets the folder's rows of that kind (rows
+    flagged unknown left out) and their mean calibrated confidence: predict's trust-line estimate."""
+    header = columns(["a", "b", "c"], CLASSES, with_probs=False, with_review=False)
+    rows = [  # path, prediction, votes, members, agreement, decided_by, confidence, a, b, c, unknown_score, unknown
+        ["x1.png", "cat", 3, 3, 1.0, "unanimous", 0.8, "cat", 0.8, "cat", 0.8, "cat", 0.8, 0.1, False, "ok", ""],
+        ["x2.png", "dog", 2, 3, 0.667, "majority", 0.6, "dog", 0.7, "dog", 0.5, "cat", 0.5, 0.2, False, "ok", ""],
+        ["x3.png", "fox", 3, 3, 1.0, "unanimous", 0.9, "fox", 0.9, "fox", 0.9, "fox", 0.9, 1.0, True, "ok", ""],
+        ["x4.png", "cat", 3, 3, 1.0, "unanimous", 0.7, "cat", 0.7, "cat", 0.7, "cat", 0.7, 0.1, False, "ok", ""],
+    ]
+    pd.DataFrame(rows, columns=header).to_csv(tmp_path / "preds.csv", index=False)
+    report = build_report(trio, preds=tmp_path / "preds.csv", timing=False)
+    folder = report.trust.set_index(["group", "level"])
+    expected = {("decided_by", "unanimous"): (2, 0.75), ("decided_by", "majority"): (1, 0.6),
+                ("agreement", "3 of 3"): (2, 0.75), ("agreement", "2 of 3"): (1, 0.6),
+                ("at least", "3 of 3"): (2, 0.75), ("at least", "2 of 3"): (3, 0.7), ("at least", "1 of 3"): (3, 0.7)}
+    for line, (count, confidence) in expected.items():
+        assert folder.loc[line, "folder_rows"] == count
+        assert folder.loc[line, "folder_expected"] == pytest.approx(confidence)
+    assert folder.loc[("decided_by", "tie-breaker"), "folder_rows"] == 0
+    assert pd.isna(folder.loc[("decided_by", "tie-breaker"), "folder_expected"])
+    page = check_page(tmp_path / "out", write_report(report, tmp_path / "out"))
+    assert "expected there" in page and "75.0%" in page
+    # --lazy: c skipped on x2, so its exact agreement is unknown; at least 2 of 3 still holds.
+    rows[1][2], rows[1][4], rows[1][11:13] = "", "", ["", ""]  # votes and agreement unknown, c not run
+    pd.DataFrame(rows, columns=header).to_csv(tmp_path / "lazy.csv", index=False)
+    lazy = build_report(trio, preds=tmp_path / "lazy.csv", timing=False).trust.set_index(["group", "level"])
+    assert pd.isna(lazy.loc[("agreement", "3 of 3"), "folder_rows"])
+    assert lazy.loc[("at least", "2 of 3"), "folder_rows"] == 3
+    # A CSV of other members (a and b only) says nothing about this trio's lines.
+    other = build_report(trio, preds=handmade_preds(tmp_path / "ab.csv"), timing=False)
+    assert "folder_expected" not in other.trust.columns
+
+
 @pytest.mark.parametrize("content, message", [
     (None, r"--preds .*missing.csv does not exist: write one with quorum predict FOLDER --out"),
     ("path,label\nx.png,cat\n", r"is not a quorum predict CSV \(no column prediction, "),

@@ -236,12 +236,48 @@ def file_fingerprint(path: Path) -> str:
         return ""  # an unreadable row's file may be gone: its row says why
 
 
+def flagged_unknown_rows(readable: pd.DataFrame) -> pd.Series:
+    """True for the readable rows predict flagged `unknown` (no known class): never among the trusted ones."""
+    if "unknown" not in readable:
+        return pd.Series(False, index=readable.index)
+    return readable["unknown"].fillna(False).astype(bool)
+
+
+def members_agreeing(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """Per row, how many members voted its prediction (a member --lazy skipped counts as not agreeing)."""
+    return sum((rows[member_columns(name)[0]] == rows["prediction"]).to_numpy() for name in names)
+
+
+def expected_on_folder(frame: pd.DataFrame, names: list[str], trust: pd.DataFrame) -> pd.DataFrame:
+    """`trust` (the validation trust table) with, per line, the folder's trusted rows of that kind (`folder_rows`)
+    and the accuracy their calibrated confidence expects there (`folder_expected`, as predict's trust lines say).
+    A --lazy run's exact agreement levels are unknown (skipped members), so only its other lines get figures."""
+    readable = frame[frame["status"] == OK]
+    ok = readable[~flagged_unknown_rows(readable)]
+    agreed = members_agreeing(ok, names)
+    lazy = bool(ok[[member_columns(name)[0] for name in names]].isna().to_numpy().any())
+    confidence = ok["confidence"].to_numpy(float)
+    rows, expected = [], []
+    for line in trust.itertuples():
+        if line.group == "decided_by":
+            mask = (ok["decided_by"] == line.level).to_numpy()
+        elif line.group == "agreement" and not lazy:
+            mask = agreed == int(line.level.split(" of ")[0])
+        elif line.group == "at least":
+            mask = agreed >= int(line.level.split(" of ")[0])
+        else:
+            mask = None
+        rows.append(np.nan if mask is None else int(mask.sum()))
+        expected.append(np.nan if mask is None or not mask.any() else float(confidence[mask].mean()))
+    return trust.assign(folder_rows=rows, folder_expected=expected)
+
+
 def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> list[str]:
     """A few lines for a person: rows, errors, predictions per class, how rows were decided and, with
     `trust` (`trust_table.trust_table` on validation), how often each kind was right there."""
     ok = frame[frame["status"] == OK]
     lines = [f"{len(frame)} rows, {len(frame) - len(ok)} errors"]
-    flagged = ok["unknown"].fillna(False).astype(bool) if "unknown" in ok else pd.Series(False, index=ok.index)
+    flagged = flagged_unknown_rows(ok)
     if "unknown" in ok:
         lines.append(unknown_line(int(flagged.sum()), len(ok), frame.attrs.get("unknown")))
     readable, ok = ok, ok[~flagged]  # a row of no known class is never among the trusted ones
@@ -271,7 +307,7 @@ def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> lis
         skipped = int(readable[labels].isna().to_numpy().sum())  # a member's label is empty only where it did not run
         lines.append(f"lazy: skipped {skipped} of {possible} member runs ({skipped / max(possible, 1):.0%}); "
                      "confidence and p_<class> average the members that ran")
-        agreed = sum((ok[label] == ok["prediction"]).to_numpy() for label in labels)  # a skipped one: False
+        agreed = members_agreeing(ok, names)
         lines += at_least_lines(agreed, len(names), trust, ok["confidence"].to_numpy(float))  # trusted rows only
     return lines
 

@@ -27,6 +27,7 @@ from quorum.errors import QuorumError
 from quorum.models import onnx_export
 from quorum.models.bundle import HISTORY, INT8_ONNX, WEIGHTS, ModelInfo
 from quorum.predict.members import read_members, select_models, tie_breaker_index
+from quorum.predict.table import expected_on_folder
 from quorum.predict.validation import fitted_vote_temperature, fitted_weights
 from quorum.predict.vote import MAJORITY_RULE, WEIGHTED, check_rule
 from quorum.report.gallery import review_gallery, wrong_gallery
@@ -163,6 +164,8 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         report.galleries["review"], report.galleries["review_note"] = review_gallery(
             Path(preds), preds_frame, preds_part["review"], preds_part["members"])
         preds_part["folder_check"] = folder_check(Path(preds), preds_frame, infos)
+        if report.trust is not None and sorted(preds_part["members"]) == sorted(member_names):
+            report.trust = expected_on_folder(preds_frame, preds_part["members"], report.trust)
         ran, rows = preds_part["ran"], preds_part["rows"] - len(preds_part["errors"])
         partly = {name: count for name, count in ran.items() if count < rows}
         if partly and "scores" in preds_part:

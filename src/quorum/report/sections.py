@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+import pandas as pd
+
 from quorum.report.build import ENSEMBLE, Report, best_name
 
 MAX_ROWS = 200  # listed rows for review or errors; the CSV has them all
@@ -138,7 +140,9 @@ def trust_section(report: Report) -> str:
     """The vote's accuracy and coverage per agreement level and per decided_by, where labels are known."""
     if report.trust is None:
         return ""
-    rows = [[row.group, row.level, row.images, f"{row.coverage:.1%}", "-" if not row.images else f"{row.accuracy:.1%}"]
+    folder = "folder_expected" in report.trust.columns  # with --preds: what the folder's own rows should score
+    rows = [[row.group, row.level, row.images, f"{row.coverage:.1%}", "-" if not row.images else f"{row.accuracy:.1%}",
+             *([_or_dash(row.folder_rows, "{:.0f}"), _or_dash(row.folder_expected, "{:.1%}")] if folder else [])]
             for row in report.trust.itertuples()]
     return "\n".join([
         "<h2>How far to trust the vote</h2>",
@@ -146,8 +150,17 @@ def trust_section(report: Report) -> str:
         "was decided, the share of images (coverage) and how many of them the vote got right. <b>at least k of n</b> "
         "is what you get by accepting every row at that agreement or higher and checking the rest by hand "
         "(<code>quorum review</code>; <code>quorum finetune --pseudo-labels</code> takes the unanimous rows).</p>",
-        table_html(["group", "level", "images", "coverage", "vote accuracy"], rows),
+        *(["<p>The last two columns are the --preds folder's rows of each kind (rows flagged unknown left out) and "
+           "the accuracy their calibrated confidence expects there, as <code>quorum predict</code>'s trust lines "
+           "say it: where the folder is harder or easier than the validation images, this follows it.</p>"]
+          if folder else []),
+        table_html(["group", "level", "images", "coverage", "vote accuracy",
+                    *(["rows on --preds", "expected there"] if folder else [])], rows),
     ])
+
+
+def _or_dash(value, form: str) -> str:
+    return "-" if pd.isna(value) else form.format(value)
 
 
 def gallery_section(title: str, intro: str, tiles: list[dict], note: str | None) -> str:
