@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from quorum.data.predictions_csv import flagged_unknown
 from quorum.data.split import scan_labelled
 from quorum.errors import QuorumError
 from quorum.models.bundle import read_info
@@ -84,7 +85,7 @@ def compare(frame: pd.DataFrame, folder: Path, labelled_root: Path | None) -> li
     except QuorumError:
         return [f"folder check: cannot read the labelled folder {labelled_root}"]
     ok = frame[frame["status"] == "ok"]
-    flagged = ok["unknown"].fillna(False).astype(bool) if "unknown" in ok else pd.Series(False, index=ok.index)
+    flagged = flagged_unknown(ok)
     ours = looks([Path(folder) / path for path in ok["path"]])
     theirs = looks([Path(labelled_root) / path for path in labelled["path"]])
     shares = ok.loc[~flagged, "prediction"].value_counts(normalize=True)

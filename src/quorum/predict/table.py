@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from quorum import files
-from quorum.data.predictions_csv import members_of, paths_digest, sidecar
+from quorum.data.predictions_csv import flagged_unknown, members_of, paths_digest, sidecar
 from quorum.errors import QuorumError
 from quorum.predict.trust_table import at_least, at_least_lines, below, decided_by_lines
 from quorum.predict.unknown import ENTROPY, Threshold, unknown_score
@@ -236,13 +236,6 @@ def file_fingerprint(path: Path) -> str:
         return ""  # an unreadable row's file may be gone: its row says why
 
 
-def flagged_unknown_rows(readable: pd.DataFrame) -> pd.Series:
-    """True for the readable rows predict flagged `unknown` (no known class): never among the trusted ones."""
-    if "unknown" not in readable:
-        return pd.Series(False, index=readable.index)
-    return readable["unknown"].fillna(False).astype(bool)
-
-
 def members_agreeing(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
     """Per row, how many members voted its prediction (a member --lazy skipped counts as not agreeing)."""
     return sum((rows[member_columns(name)[0]] == rows["prediction"]).to_numpy() for name in names)
@@ -253,7 +246,7 @@ def expected_on_folder(frame: pd.DataFrame, names: list[str], trust: pd.DataFram
     and the accuracy their calibrated confidence expects there (`folder_expected`, as predict's trust lines say).
     A --lazy run's exact agreement levels are unknown (skipped members), so only its other lines get figures."""
     readable = frame[frame["status"] == OK]
-    ok = readable[~flagged_unknown_rows(readable)]
+    ok = readable[~flagged_unknown(readable)]
     agreed = members_agreeing(ok, names)
     lazy = bool(ok[[member_columns(name)[0] for name in names]].isna().to_numpy().any())
     confidence = ok["confidence"].to_numpy(float)
@@ -277,7 +270,7 @@ def closing_lines(frame: pd.DataFrame, trust: pd.DataFrame | None = None) -> lis
     `trust` (`trust_table.trust_table` on validation), how often each kind was right there."""
     ok = frame[frame["status"] == OK]
     lines = [f"{len(frame)} rows, {len(frame) - len(ok)} errors"]
-    flagged = flagged_unknown_rows(ok)
+    flagged = flagged_unknown(ok)
     if "unknown" in ok:
         lines.append(unknown_line(int(flagged.sum()), len(ok), frame.attrs.get("unknown")))
     readable, ok = ok, ok[~flagged]  # a row of no known class is never among the trusted ones

@@ -10,6 +10,7 @@ import warnings
 
 import pandas as pd
 
+from quorum.data.predictions_csv import flagged_unknown
 from quorum.metrics import classification_metrics
 from quorum.predict.table import OK, member_columns
 from quorum.predict.vote import (
@@ -94,7 +95,7 @@ def describe_predictions(frame: pd.DataFrame, names: list[str], classes, labels:
     flagged = ok[ok["review"].fillna(False).astype(bool)] if "review" in frame.columns else \
         ok[ok["decided_by"].isin([kind for kind in DECIDED_BY if kind != UNANIMOUS])]
     # Rows flagged unknown (no known class) are shown too, whatever their agreement, as review places them.
-    no_class = ok["unknown"].fillna(False).astype(bool) if "unknown" in ok else pd.Series(False, index=ok.index)
+    no_class = flagged_unknown(ok)
     flagged = ok[ok.index.isin(flagged.index) | no_class]
     summary["no_class"] = int(no_class.sum())
     summary["review"] = [{"path": str(row["path"]), "prediction": str(row["prediction"]),
