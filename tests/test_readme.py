@@ -13,6 +13,7 @@ import click
 import pytest
 
 from quorum.cli import main
+from quorum.data.images import scan_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +58,11 @@ def test_make_takes_torch_from_the_index_url_given_and_is_unchanged_without(tmp_
         *plain[:2], f".venv/bin/pip install --quiet --index-url {url} torch torchvision", *plain[2:]]
     readme = (ROOT / "README.md").read_text()
     assert f"make demo TORCH_INDEX_URL={url}" in readme and f"--index-url {url}" in readme
+
+
+def test_the_count_of_files_left_out_is_quoted_as_quorum_prints_it(tmp_path):
+    # The README's example folder: 2 .txt files and 1 .json.
+    for name in ("notes.txt", "todo.txt", "meta.json"):
+        (tmp_path / name).write_text("not an image")
+    printed = scan_images(tmp_path).summary()
+    assert f"`{printed}`" in " ".join((ROOT / "README.md").read_text().split())  # lines wrap anywhere

@@ -52,7 +52,7 @@ class Scan:
     skipped: Counter = field(default_factory=Counter)  # '.txt', 'no extension', 'hidden', 'hidden folder', ...
 
     def summary(self) -> str:
-        """E.g. 'skipped 3 files (2 .txt, 1 .json)'; '' when nothing was skipped."""
+        """E.g. 'skipped 3 files (1 .json, 2 .txt)'; '' when nothing was skipped."""
         def count(kind: str, n: int) -> str:
             return f"{n} with no extension" if kind == "no extension" else f"{n} {kind}"
         kinds = sorted(k for k in self.skipped if k.startswith("."))

@@ -39,7 +39,7 @@ class Split:
     classes: tuple[str, ...]
     table: pd.DataFrame  # path (relative to root), label, subset (train | val | unreadable), reason
     digest: str  # fingerprint stored in each model.json: same digest, same validation images
-    skipped: str = ""  # what the scan passed over, e.g. 'skipped 3 files (2 .txt, 1 .json)'
+    skipped: str = ""  # what the scan passed over, e.g. 'skipped 3 files (1 .json, 2 .txt)'
     # {"val_fraction", "seed"} the split was drawn with (None each: the folder's own train/ and val/);
     # {} for a split.csv saved without them
     drawn_with: dict = field(default_factory=dict)
