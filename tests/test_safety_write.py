@@ -319,6 +319,7 @@ def test_predict_names_a_model_folder_it_leaves_out(voted, red_models, tmp_path)
     assert result.exit_code == 0, result.output
     assert (f"Warning: left out {models / 'g'}: no model.json (an unfinished or damaged model; fine-tune it again); "
             "using the 2 other model(s)") in result.stderr
+    assert result.stderr.count("Warning: left out") == 1  # said once, not again with the closing lines
     assert list(read_predictions(tmp_path / "p.csv").filter(like="_prediction").columns) == [
         "r1_prediction", "r2_prediction"]
     (models / "r2" / "model.safetensors").unlink()  # model.json there, weights gone: an error naming it

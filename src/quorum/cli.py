@@ -225,9 +225,9 @@ def predict(folder, out, models_dir, models, shard, resume, quiet, force, **fiel
 
     check_writable(out, force, {"--models-dir": models_dir, "the image folder": folder})  # before any model loads
     progress = partial_rows.progress_dir(out)
+    chosen = select_models(models_dir, models)  # once: its warning about a folder left out is said once
     try:
-        frame = run_predict(folder, select_models(models_dir, models), options, quiet=quiet, progress=progress,
-                            resume=resume)
+        frame = run_predict(folder, chosen, options, quiet=quiet, progress=progress, resume=resume)
     except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
         partial_rows.remove_if_empty(progress)
         raise
@@ -235,7 +235,7 @@ def predict(folder, out, models_dir, models, shard, resume, quiet, force, **fiel
         return
     write_predictions(frame, out)  # a shard's CSV too: its sidecar makes it a part to merge
     partial_rows.remove(progress)  # only now: the rows are safe in `out`
-    _print_closing_lines(frame, out, select_models(models_dir, models))
+    _print_closing_lines(frame, out, chosen)
 
 
 @main.command()
