@@ -263,9 +263,9 @@ def merge(parts, out, force):
 @click.option("--models-dir", type=click.Path(file_okay=False), default="models", show_default=True)
 @click.option("--force", is_flag=True, help="Export again even where the graph is current.")
 @click.option("--int8", is_flag=True, help="Write model.int8.onnx instead (for --engine int8): ONNX Runtime's static "
-              "int8 quantization, calibrated on the model's training images: every node int8, or the stem conv and "
-              "head in float32 where that loses more than 0.5 points of validation accuracy; model.json records "
-              "both graphs' validation accuracy and which was kept.")
+              "int8 quantization, calibrated on the model's training images: every node int8, or, while that loses "
+              "more than 0.5 points of validation accuracy, the first convolutions (one more each time, up to "
+              "five) in float32; model.json records each graph's validation accuracy and which was kept.")
 @user_errors
 def export(names, models_dir, force, int8):
     """Add model.onnx (for --engine onnx) to the models NAME... in --models-dir [default: every model there].
