@@ -1,4 +1,4 @@
-# `make demo` and `make test` each set up .venv on first use (about 3 minutes), then run.
+# `make demo` and `make test` each set up .venv on first use (about 2 minutes, README), then run.
 PYTHON ?= python3
 # Where pip takes torch and torchvision from first, when set; e.g. on a machine without a GPU:
 #   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu   (CPU-only wheels, no CUDA libraries)

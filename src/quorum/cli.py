@@ -502,7 +502,7 @@ def demo(data, unlabelled, labels, models_dir, out, quick, device, workers, rule
        (pip install 'quorum[demo]'); without those, from random weights (it says so).
     2. Let them vote on --unlabelled: OUT/predictions.csv (as quorum predict).
     3. Score them on the validation split and against --labels; write OUT/index.html.
-    About 3 minutes on 2 idle CPU cores, up to twice that on a busy machine.
+    About 1.5 minutes on 2 idle CPU cores (README), several times that on a busy machine.
     """
     from quorum.demo import demo as run_demo
     from quorum.demo import print_outcome
