@@ -66,3 +66,27 @@ def test_the_count_of_files_left_out_is_quoted_as_quorum_prints_it(tmp_path):
         (tmp_path / name).write_text("not an image")
     printed = scan_images(tmp_path).summary()
     assert f"`{printed}`" in " ".join((ROOT / "README.md").read_text().split())  # lines wrap anywhere
+
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """Every `quorum COMMAND --option ...` the README shows, in shell blocks and inline: (command, its options)."""
+    readme = (ROOT / "README.md").read_text()
+    lines = [line.split(" #")[0] for block in re.findall(r"```sh\n(.*?)```", readme, re.S)
+             for line in block.replace("\\\n", " ").splitlines()]
+    lines += [" ".join(span.split()) for span in re.findall(r"`(quorum [^`]+)`", readme)]
+    commands = []
+    for line in lines:
+        found = re.search(r"(?:^|-m )quorum (\w+)(.*)", line)
+        if found:
+            options = [word.strip("[]").split("=")[0] for word in shlex.split(found.group(2))]
+            commands.append((found.group(1), [word for word in options if word.startswith("--")]))
+    return commands
+
+
+def test_every_option_the_readme_shows_is_one_its_command_takes():
+    commands = readme_commands()
+    assert ("merge", ["--out"]) in commands and ("predict", ["--shard", "--out"]) in commands  # inline ones too
+    for name, options in commands:
+        assert name in main.commands, f"README: no command quorum {name}"
+        known = {opt for param in main.commands[name].params for opt in param.opts}
+        assert set(options) <= known, f"README: quorum {name} has no {sorted(set(options) - known)}"
