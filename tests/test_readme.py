@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from quorum.cli import main
 from quorum.data.images import scan_images
@@ -90,3 +91,12 @@ def test_every_option_the_readme_shows_is_one_its_command_takes():
         assert name in main.commands, f"README: no command quorum {name}"
         known = {opt for param in main.commands[name].params for opt in param.opts}
         assert set(options) <= known, f"README: quorum {name} has no {sorted(set(options) - known)}"
+
+
+@pytest.mark.parametrize("command, where", [("predict", "weights in OUT.json"),
+                                            ("demo", "weights in OUT/predictions.csv.json"),
+                                            ("report", "weights cross-fitted")])
+def test_vote_help_says_where_each_command_keeps_the_weights(command, where):
+    """--vote is shared; predict writes OUT.json, demo OUT/predictions.csv.json, report no .json at all."""
+    text = "".join(CliRunner().invoke(main, [command, "--help"]).output.split())  # wrapped anywhere, even at a "-"
+    assert where.replace(" ", "") in text and "tiesasbelow" not in text  # nothing below --vote says how ties go

@@ -39,11 +39,16 @@ FORCE_OPTION = click.option(
     "--force", is_flag=True, help="Replace --out even if it is not a quorum predictions CSV (with its .json), or "
     "lies in --models-dir or the image folder.")
 
-VOTE_OPTION = click.option(
-    "--vote", "rule", type=click.Choice(["majority", "soft", "weighted"]), default="majority", show_default=True,
-    help="The rule: majority (each member's top label counts once; ties as below), soft (the class with the highest "
-    "mean probability over the members) or weighted (the same, each member weighted by how much it helped on the "
-    "validation split; weights in OUT.json). README: which rule when.")
+
+def vote_option(weights: str):
+    """--vote, with where this command keeps the weighted rule's weights (`weights`)."""
+    return click.option(
+        "--vote", "rule", type=click.Choice(["majority", "soft", "weighted"]), default="majority", show_default=True,
+        help="The rule: majority (each member's top label counts once; a tie goes to the tie-breaker), soft (the "
+        "class with the highest mean probability over the members) or weighted (the same, each member weighted by "
+        f"how much it helped on the validation split; {weights}). README: which rule when.")
+
+
 TTA_OPTION = click.option(
     "--tta", type=click.IntRange(1, 10), default=1, show_default=True, metavar="N",
     help="Test-time augmentation: each member also sees N-1 views of each image (its mirror, then crops shifted "
@@ -181,7 +186,7 @@ def backbones():
               "every N-th file from the I-th. Writes OUT and OUT.json; join the parts with `quorum merge`.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of this command: keep the rows in "
               "OUT.partial/ and do the rest. Without it, an unfinished run there is started over.")
-@VOTE_OPTION
+@vote_option("weights in OUT.json")
 @TTA_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; the summary is still printed.")
 @FORCE_OPTION
@@ -433,7 +438,7 @@ def check(data, unlabelled, out, models_dir, image_size, folds, seed, workers, q
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="Image-decoding worker processes for --data.")
 @click.option("--no-timing", is_flag=True, help="Do not measure each model's time per image (a few seconds each).")
-@VOTE_OPTION
+@vote_option("weights cross-fitted on the validation split, 5 folds, in the rules table")
 @click.option("--tta", type=click.IntRange(1, 10), default=1, show_default=True, metavar="N",
               help="Each member also sees N-1 augmented views of each image, as quorum predict --tta (without --data, "
               "the validation images are run again).")
@@ -489,7 +494,7 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Image-decoding worker processes (0 suits small images on a few cores).")
-@VOTE_OPTION
+@vote_option("weights in OUT/predictions.csv.json")
 @click.option("--quiet", "-q", is_flag=True, help="No epoch lines or progress; the outcome is still printed.")
 @user_errors
 def demo(data, unlabelled, labels, models_dir, out, quick, device, workers, rule, quiet):
