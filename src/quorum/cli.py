@@ -167,7 +167,8 @@ def backbones():
                 "image's winner: the same predictions, fewer model runs. Skipped members' columns stay empty; where a "
                 "skipped member could have changed them, votes and agreement are empty and decided_by is unknown.")
 @predict_option("probs", is_flag=True, help="Add p_<class> columns: the rule's probability of every class "
-                "(majority, soft: the members' mean), calibrated by the vote's temperature.")
+                "(majority, soft: the members' mean), calibrated by the vote's temperature; and consensus_kl, how "
+                "much the members disagree (review --rank disagreement ranks by it).")
 @predict_option("min_agreement", type=click.FloatRange(0, 1), metavar="F",
                 help="Add a review column, true where agreement (votes / members) is below F, compared to 2 "
                 "decimals: 1 flags every row that is not unanimous, 0.67 those where fewer than 2 of 3 agree.")
