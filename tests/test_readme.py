@@ -100,3 +100,12 @@ def test_vote_help_says_where_each_command_keeps_the_weights(command, where):
     """--vote is shared; predict writes OUT.json, demo OUT/predictions.csv.json, report no .json at all."""
     text = "".join(CliRunner().invoke(main, [command, "--help"]).output.split())  # wrapped anywhere, even at a "-"
     assert where.replace(" ", "") in text and "tiesasbelow" not in text  # nothing below --vote says how ties go
+
+
+def test_every_results_section_the_readme_cites_is_a_heading_there():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    cited = set(re.findall(r'RESULTS[^"]{0,40}?"([^"]+)"', readme))
+    headings = [line for line in (ROOT / "benchmarks" / "RESULTS.md").read_text().splitlines() if line.startswith("#")]
+    assert {"The kept epoch", "Vote rules", "Engines"} <= cited  # the pattern still finds the citations
+    for section in cited:
+        assert any(section in heading for heading in headings), f'README cites RESULTS.md "{section}": no such heading'
