@@ -142,3 +142,33 @@ def test_a_class_of_one_image_gets_a_note_instead_of_label_issues(tmp_path):
     assert result.notes == ["no label issues: a class has a single readable image: "
                             "label issues need at least 2 per class"]
     assert result.findings.issue.tolist() == ["imbalance"] and result.findings.path.tolist() == ["Bag/"]
+
+
+def test_check_never_deletes_a_partial_folder_it_did_not_make(tmp_path):
+    data, users = tmp_path / "data", tmp_path / ".out.partial"
+    sample(data)
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["check", str(data), "--out", str(tmp_path / "out"), "--models-dir",
+                                       str(tmp_path / "models"), "--image-size", "32", "--folds", "3", "--quiet"])
+    assert (result.exit_code, result.output) == (1, f"Error: {users} exists and is not a check quorum left "
+                                                    "unfinished: move it away, or choose another --out\n")
+    assert (users / "notes.txt").read_text() == "mine" and not (tmp_path / "out").exists()
+    # One a killed check left (it carries check's mark) is replaced.
+    (users / "notes.txt").unlink()
+    (users / ".quorum-check-partial").write_text("")
+    run_check(data, tmp_path / "out", models_dir=tmp_path / "models", image_size=32, folds=3, quiet=True)
+    assert not users.exists() and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["check.csv", "index.html"]
+
+
+def test_check_refuses_while_another_check_writes_the_same_folder(tmp_path):
+    from quorum import files
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    sample(data)
+    with files.exclusive(tmp_path / ".out.lock", "held by the test"):  # what a running check holds
+        result = CliRunner().invoke(main, ["check", str(data), "--out", str(out), "--models-dir",
+                                           str(tmp_path / "models"), "--image-size", "32", "--folds", "3", "-q"])
+    assert (result.exit_code, result.output) == (1, f"Error: another quorum check is writing {out} now: wait for "
+                                                    "it, or choose another --out\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

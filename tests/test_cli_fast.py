@@ -63,6 +63,7 @@ def test_a_missing_predictions_csv_fails_before_torch_is_imported(tmp_path, comm
     ("no data", "DATA {data} is not a folder: give the labelled folder (one sub-folder per class)"),
     ("no unlabelled", "--unlabelled {tmp}/nowhere is not a folder: give the folder of unlabelled images"),
     ("out exists", "--out {out} already exists: give a new folder (a check folder is written whole)"),
+    ("out is a dangling link", "--out {out} already exists: give a new folder (a check folder is written whole)"),
     ("out inside data", "--out {data}/check is inside DATA {data}: "
                         "check never writes there; choose a folder outside it"),
 ])
@@ -72,6 +73,8 @@ def test_a_bad_check_option_fails_before_torch_is_imported(tmp_path, problem, me
         (data / "cat").mkdir(parents=True)
     if problem == "out exists":
         out.mkdir()
+    if problem == "out is a dangling link":  # renaming the finished folder onto it would fail: say so now
+        out.symlink_to(tmp_path / "gone")
     if problem == "out inside data":
         out = data / "check"
     extra = ["--unlabelled", str(tmp_path / "nowhere")] if problem == "no unlabelled" else []

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,6 +200,53 @@ def exclusive(lock: Path, busy: str | None = None) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)
         held.release()
+
+
+def check_new_folder(out: Path, command: str) -> None:
+    """Fail now, before any work, unless `out` can be made as a new folder (nothing there, not even a link)."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise QuorumError(f"--out {out} already exists: give a new folder (a {command} folder is written whole)")
+    if not out.parent.is_dir():
+        raise QuorumError(f"cannot write {out}: {out.parent} does not exist; create it or choose another --out")
+    check_can_write(out.parent, "--out", out)
+
+
+@contextmanager
+def new_folder(out: Path, command: str) -> Iterator[Path]:
+    """Write the folder `out` whole or not at all: yield `.OUT.partial` beside it, new and marked as
+    `command`'s, and rename it to OUT when the block succeeds. `.OUT.lock` keeps a second run of the
+    same OUT out meanwhile. A `.OUT.partial` that a killed run of `command` left (it carries the mark)
+    is replaced; anything else of that name is the user's and is left alone. A failed write is one
+    QuorumError line naming the file."""
+    out = Path(out)
+    busy = f"another quorum {command} is writing {out} now: wait for it, or choose another --out"
+    try:
+        with exclusive(out.with_name(f".{out.name}.lock"), busy):
+            check_new_folder(out, command)  # again, now that no other run can be making it
+            work, mark = _fresh_partial(out, command)
+            try:
+                yield work
+                work.rename(out)
+                (out / mark).unlink()  # after: a kill between the two leaves OUT whole, not an unmarked partial
+            finally:
+                shutil.rmtree(work, ignore_errors=True)  # gone already when renamed into place
+    except OSError as exc:  # a read-only or full disk, a name too long for it: one line, no traceback
+        raise QuorumError(f"cannot write {out}: {(exc.strerror or str(exc)).lower()} ({exc.filename}); "
+                          "choose another --out") from None
+
+
+def _fresh_partial(out: Path, command: str) -> tuple[Path, str]:
+    """`.OUT.partial`, made anew and marked as `command`'s, and the mark's file name."""
+    work, mark = out.with_name(f".{out.name}.partial"), f".quorum-{command}-partial"
+    if work.is_dir() and not work.is_symlink() and (work / mark).is_file():
+        shutil.rmtree(work)
+    elif work.exists() or work.is_symlink():
+        raise QuorumError(f"{work} exists and is not a {command} quorum left unfinished: move it away, "
+                          "or choose another --out")
+    work.mkdir()
+    (work / mark).write_text(f"quorum {command}'s unfinished folder: safe to delete\n")
+    return work, mark
 
 
 def inside(path: Path, folder: Path) -> bool:

@@ -45,12 +45,9 @@ def check_options(data: Path, unlabelled: Path | None, out: Path) -> None:
         raise QuorumError(f"DATA {data} is not a folder: give the labelled folder (one sub-folder per class)")
     if unlabelled is not None and not Path(unlabelled).is_dir():
         raise QuorumError(f"--unlabelled {unlabelled} is not a folder: give the folder of unlabelled images")
-    if out.exists():
-        raise QuorumError(f"--out {out} already exists: give a new folder (a check folder is written whole)")
-    if not out.parent.is_dir():
-        raise QuorumError(f"cannot write {out}: {out.parent} does not exist; create it or choose another --out")
     if out.resolve().is_relative_to(data.resolve()):
         raise QuorumError(f"--out {out} is inside DATA {data}: check never writes there; choose a folder outside it")
+    files.check_new_folder(out, "check")
 
 
 def finding(path: str, issue: str, score: float = float("nan"), suggested_label: str = "", other_path: str = "",

@@ -74,7 +74,6 @@ class ReviewResult:
     no_class: int = 0  # without a budget: rows flagged `unknown`, placed in _unknown/
 
 
-PARTIAL_MARK = ".quorum-review-partial"  # in `.OUT.partial` while review builds it: the folder is ours to replace
 RESERVED = ("review.csv", "README.txt")  # review's own files beside the class folders
 
 
@@ -93,7 +92,7 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     csv, out = Path(csv), Path(out)
     if not 0 < min_agreement <= 1:
         raise QuorumError(f"--min-agreement must be above 0 and at most 1 (got {min_agreement})")
-    _check_new_folder(out)
+    files.check_new_folder(out, "review")  # before the CSV is read: a mistake costs a second
     check_predictions_csv(csv)
     frame = read_predictions(csv)
     info = read_sidecar(csv, frame["path"].tolist())
@@ -120,20 +119,8 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     meaning = "every row that is not unanimous" if min_agreement >= 1.0 else "fewer members agree than that"
     why = (f"agreement below {min_agreement:g}: {meaning}; and every row flagged unknown" if budget is None else
            f"the {budget} rows most worth a label, by {rank}: label them in review.csv's order")
-    busy = f"another quorum review is writing {out} now: wait for it, or choose another --out"
-    try:
-        with files.exclusive(out.with_name(f".{out.name}.lock"), busy):
-            _check_new_folder(out)  # again, now that no other review can be making it
-            work = _fresh_partial(out)
-            try:
-                how = _build(work, csv, out, frame, flagged, folder, why, ranked=budget is not None)
-                work.rename(out)
-                (out / PARTIAL_MARK).unlink()  # after: a kill between the two leaves OUT whole, not an unmarked partial
-            finally:
-                shutil.rmtree(work, ignore_errors=True)  # gone already when renamed into place
-    except OSError as exc:  # a read-only or full disk, a name too long for it: one line, no traceback
-        raise QuorumError(f"cannot write {out}: {(exc.strerror or str(exc)).lower()} ({exc.filename}); "
-                          "choose another --out") from None
+    with files.new_folder(out, "review") as work:
+        how = _build(work, csv, out, frame, flagged, folder, why, ranked=budget is not None)
     per_class = flagged.get("folder", flagged["prediction"]).value_counts().to_dict()
     return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how,
                         kept_apart, int((flagged.get("folder", flagged["prediction"]) == UNKNOWN_DIR).sum()))
@@ -145,14 +132,6 @@ def image_features(csv: Path, folder: Path, paths: list[str]) -> np.ndarray:
 
     check_inside(csv, folder, paths)  # read no file outside the run's folder, whatever the CSV says
     return frozen_features(folder, paths, image_size=96, quiet=True)
-
-
-def _check_new_folder(out: Path) -> None:
-    if out.exists() or out.is_symlink():
-        raise QuorumError(f"--out {out} already exists: give a new folder (a review folder is written whole)")
-    if not out.parent.is_dir():
-        raise QuorumError(f"cannot write {out}: {out.parent} does not exist; create it or choose another --out")
-    files.check_can_write(out.parent, "--out", out)  # before the CSV is read: a mistake costs a second
 
 
 def _check_labels(csv: Path, labels: pd.Series, classes: list[str] | None) -> None:
@@ -167,20 +146,6 @@ def _check_labels(csv: Path, labels: pd.Series, classes: list[str] | None) -> No
         known = f" (its classes: {', '.join(classes)})" if classes is not None else ""
         raise QuorumError(f"{csv} predicts label(s) its run does not have: {', '.join(map(repr, wrong[:3]))}{known}; "
                           "run quorum predict again")
-
-
-def _fresh_partial(out: Path) -> Path:
-    """`.OUT.partial`, new and marked as ours. One left by a review that was killed is marked and
-    replaced; anything else of that name is the user's and is left alone."""
-    work = out.with_name(f".{out.name}.partial")
-    if work.is_dir() and not work.is_symlink() and (work / PARTIAL_MARK).is_file():
-        shutil.rmtree(work)
-    elif work.exists() or work.is_symlink():
-        raise QuorumError(f"{work} exists and is not a review quorum left unfinished: move it away, "
-                          "or choose another --out")
-    work.mkdir()
-    (work / PARTIAL_MARK).write_text("quorum review's unfinished folder: safe to delete\n")
-    return work
 
 
 def _build(work: Path, csv: Path, out: Path, frame: pd.DataFrame, flagged: pd.DataFrame, folder: Path, why: str,

@@ -3,13 +3,13 @@
 Writes OUT/check.csv (path, issue, score, suggested_label, other_path, detail; the most doubtful
 first within each issue) and OUT/index.html (the same with thumbnails, one self-contained file).
 Paths are relative to DATA; a file of --unlabelled is named by that folder joined with its path.
-DATA is only read: a suggested fix is a row, never a move. OUT is built as `.OUT.partial` beside
-it and renamed into place at the end, so a failed run leaves nothing half-written.
+DATA is only read: a suggested fix is a row, never a move. OUT is written whole or not at all
+(`files.new_folder`): a failed run leaves nothing half-written, a second run of the same OUT stops
+meanwhile, and a `.OUT.partial` that check did not make is never deleted.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
@@ -110,16 +110,9 @@ def run_check(data: Path, out: Path, unlabelled: Path | None = None, models_dir:
 
 
 def write(out: Path, findings: pd.DataFrame, data: Path, counts: pd.Series, notes: list[str]) -> None:
-    work = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        work.mkdir()
+    with files.new_folder(out, "check") as work:
         files.write_csv(work / "check.csv", findings[look.COLUMNS].round({"score": 6}))
         files.write_text(work / "index.html", render(findings, data, counts, notes))
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
 
 
 def _tiles(rows: pd.DataFrame, data: Path) -> list[dict]:
