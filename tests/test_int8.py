@@ -95,6 +95,19 @@ def test_the_graph_kept_is_the_one_model_json_names(trained):
     assert scores["tried"][scores["kept"]] == scores["val_accuracy_int8"] and scores["tolerance"] == 0.005
 
 
+def test_export_int8_refuses_a_model_another_run_is_making(copied):
+    """export --int8 reads model.json and writes it back with the int8 block: under the model's lock, as finetune
+    and calibrate hold it, or their change would be undone."""
+    from quorum import files
+
+    before = {name: (copied / name).read_bytes() for name in (bundle.MODEL_JSON, bundle.INT8_ONNX)}
+    with files.exclusive(bundle.lock_path(copied)):
+        result = cli("export", "--int8", "--force", "--models-dir", copied.parent)
+    assert (result.exit_code, result.output) == (1, f"Error: another quorum run is making or changing {copied} "
+                                                    "now: export it when that run has finished\n")
+    assert {name: (copied / name).read_bytes() for name in before} == before
+
+
 def test_every_node_is_int8_when_that_loses_no_more_than_the_tolerance(copied):
     scores = quantize(copied, tolerance=1.0)  # 100 points: nothing can lose more
     assert scores["kept"] == "every node int8" and list(scores["tried"]) == ["every node int8"]

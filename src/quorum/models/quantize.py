@@ -28,7 +28,7 @@ from quorum.console import say
 from quorum.data.images import UnreadableImage, load_rgb
 from quorum.errors import QuorumError
 from quorum.models import onnx_export
-from quorum.models.bundle import INT8_ONNX, MODEL_JSON, ONNX, VAL_PREDICTIONS, ModelInfo, read_info
+from quorum.models.bundle import INT8_ONNX, MODEL_JSON, ONNX, VAL_PREDICTIONS, ModelInfo, lock_path, read_info
 from quorum.models.inference import LOGITS_OUTPUT, onnx_session
 
 # The fallback: the convolutions nearest the pixels in float32, one float island at the input. Measured on six Lite
@@ -49,14 +49,18 @@ def quantize_models(model_dirs: list[Path], force: bool = False, quiet: bool = F
     """`quorum export --int8`: model.int8.onnx for each bundle lacking a current one (every one with `force`)."""
     written = []
     for model_dir in map(Path, model_dirs):
-        if not force and onnx_export.is_current(model_dir, graph=INT8_ONNX):
-            say(f"{model_dir / INT8_ONNX} is current", quiet)
-            continue
-        began = time.perf_counter()
-        try:
-            scores = quantize(model_dir, tolerance)
-        except onnx_export.OnnxUnavailable as exc:
-            raise QuorumError(f"cannot quantize {model_dir.name}: {exc}") from None
+        # model.json is read, then written with the int8 block: held as finetune and calibrate hold it, so neither
+        # (nor a second export) can change the bundle in between and have its change undone.
+        busy = f"another quorum run is making or changing {model_dir} now: export it when that run has finished"
+        with files.exclusive(lock_path(model_dir), busy):
+            if not force and onnx_export.is_current(model_dir, graph=INT8_ONNX):
+                say(f"{model_dir / INT8_ONNX} is current", quiet)
+                continue
+            began = time.perf_counter()
+            try:
+                scores = quantize(model_dir, tolerance)
+            except onnx_export.OnnxUnavailable as exc:
+                raise QuorumError(f"cannot quantize {model_dir.name}: {exc}") from None
         say(f"Wrote {model_dir / INT8_ONNX} ({time.perf_counter() - began:.1f} s): validation accuracy "
             f"{scores['val_accuracy_fp32']:.1%} as float32, {scores['val_accuracy_int8']:.1%} as int8 "
             f"({scores['kept']})", quiet)
