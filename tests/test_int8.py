@@ -108,6 +108,20 @@ def test_export_int8_refuses_a_model_another_run_is_making(copied):
     assert {name: (copied / name).read_bytes() for name in before} == before
 
 
+def test_an_unreadable_validation_image_is_left_out_by_name_not_an_error_without_a_name(copied, tmp_path):
+    data = Path(shutil.copytree(bundle.read_info(copied).labelled_root, tmp_path / "data"))
+    info = json.loads((copied / bundle.MODEL_JSON).read_text())
+    (copied / bundle.MODEL_JSON).write_text(json.dumps({**info, "split": {**info["split"], "root": str(data)}}))
+    first = bundle.read_val_predictions(copied, info["classes"])[0][0]
+    (data / first).write_bytes(b"")
+    result = cli("export", "--int8", "--force", "--models-dir", copied.parent)
+    assert result.exit_code == 0, result.output
+    assert (f"Left out 1 validation image(s) of {copied.name} that cannot be read (e.g. {data / first}: empty "
+            "file)") in " ".join(result.output.split())
+    scores = json.loads((copied / bundle.MODEL_JSON).read_text())["int8"]
+    assert scores["validation_images"] == len(bundle.read_val_predictions(copied, info["classes"])[0]) - 1
+
+
 def test_every_node_is_int8_when_that_loses_no_more_than_the_tolerance(copied):
     scores = quantize(copied, tolerance=1.0)  # 100 points: nothing can lose more
     assert scores["kept"] == "every node int8" and list(scores["tried"]) == ["every node int8"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from quorum import files
 from quorum.console import say
@@ -77,6 +78,10 @@ def quantize(model_dir: Path, tolerance: float = TOLERANCE) -> dict:
     if not onnx_export.is_current(model_dir):
         onnx_export.export_onnx(model_dir)
     validation, reader, tried = Labelled.validation(info), CalibrationReader(info, training_images(info)), {}
+    if validation.left_out:
+        said = (f"Left out {len(validation.left_out)} validation image(s) of {model_dir.name} that cannot be read "
+                f"(e.g. {validation.left_out[0]}): both graphs are scored on the other {len(validation.y)}")
+        say(f"[yellow]{escape(said)}[/yellow]")
     fp32 = float(validation.right(model_dir / ONNX).mean())
     with files.atomic_path(model_dir / INT8_ONNX) as tmp, tempfile.TemporaryDirectory() as scratch:
         ranges = Path(scratch) / "ranges.json"  # calibrated once: the graphs differ only in the nodes left in float32
@@ -89,7 +94,8 @@ def quantize(model_dir: Path, tolerance: float = TOLERANCE) -> dict:
             if within(fp32, tried[kept], tolerance):
                 break
         onnx_export.tag_weights(tmp, onnx_export.weights_digest(model_dir))
-    scores = {"val_accuracy_fp32": fp32, "val_accuracy_int8": tried[kept], "calibration_images": reader.count,
+    scores = {"val_accuracy_fp32": fp32, "val_accuracy_int8": tried[kept], "validation_images": len(validation.y),
+              "calibration_images": reader.count,
               "kept": kept, "float32_convs": len(float_nodes), "float32_nodes": float_nodes, "tolerance": tolerance,
               "tried": tried, "why": why(tried, kept, fp32, tolerance),
               "format": f"QDQ, per-channel int8 weights, uint8 activations; {kept}"}
@@ -199,8 +205,18 @@ class Labelled:
 
     def __init__(self, info: ModelInfo, paths: list[Path], labels: list[str]):
         pixels, self.normalize = info.preprocessing.eval_pixels(), info.preprocessing.normalizer()
-        self.x = torch.stack([pixels(load_rgb(path)) for path in paths])
-        self.y = np.array([info.classes.index(label) for label in labels])
+        read, self.left_out = [], []  # left_out: "path: why" of each image that cannot be read (any more)
+        for path, label in zip(paths, labels):
+            try:
+                read.append((pixels(load_rgb(path)), info.classes.index(label)))
+            except UnreadableImage as exc:
+                self.left_out.append(f"{path}: {exc.reason}")
+        if not read:
+            raise QuorumError(f"none of the {len(paths)} images {info.path.name} is scored on can be read "
+                              f"(e.g. {self.left_out[0] if self.left_out else 'none listed'}): restore them, or "
+                              "fine-tune the model again")
+        self.x = torch.stack([x for x, _ in read])
+        self.y = np.array([y for _, y in read])
 
     @classmethod
     def validation(cls, info: ModelInfo) -> Labelled:
