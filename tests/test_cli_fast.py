@@ -82,3 +82,13 @@ def test_a_bad_check_option_fails_before_torch_is_imported(tmp_path, problem, me
     status, output = quorum_without_torch("check", str(data), "--out", str(out), *extra)
     assert (status, output) == ("1 False", "Error: " + message.format(data=data, out=out, tmp=tmp_path) + "\n")
     assert sorted(tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+@pytest.mark.parametrize("command", [["review", "p.csv", "--out", "r", "--budget", "3", "--rank", "random"],
+                                     ["check", "data", "--out", "c"]])
+def test_a_negative_seed_fails_before_torch_is_imported(command):
+    """numpy's and scikit-learn's seeds are 0 to 2**32 - 1: -1 crashed review --rank random and check after
+    the work, with a traceback."""
+    status, output = quorum_without_torch(*command, "--seed", "-1")
+    assert status == "2 False"
+    assert output.endswith("Error: Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295.\n")

@@ -54,6 +54,9 @@ TTA_OPTION = click.option(
     help="Test-time augmentation: each member also sees N-1 views of each image (its mirror, then crops shifted "
     "towards each corner) and averages its probabilities; N times the model runs. 1: none.")
 
+# What numpy's generators and scikit-learn take as a seed: a negative one crashed them after the work.
+SEED = click.IntRange(0, 2**32 - 1)
+
 
 def field_option(options: type, field: str, *flags: str, **attrs):
     """A click option that sets `field` of the dataclass `options` (flag: --field-name unless `flags` say);
@@ -344,7 +347,7 @@ def _print_closing_lines(frame, out, model_dirs=None) -> None:
               "of each group of look-alike images: k-means on image features), disagreement (the members' "
               "consensus KL, which predict --probs writes, else their vote entropy; ties to the thinner margin) or "
               "random. Without predict --probs, 1 - the vote's confidence stands for the margin.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="With --rank random: the draw; with diverse: the k-means start.")
 @user_errors
 def review(csv, out, min_agreement, budget, rank, seed):
@@ -386,7 +389,7 @@ def review(csv, out, min_agreement, budget, rank, seed):
               help="Input size of the feature backbone (EfficientNet-Lite0, ImageNet weights from the demo extra).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
               help="Folds of the logistic-regression heads whose out-of-sample probabilities grade each label.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The folds' draw.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Image-decoding worker processes.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
