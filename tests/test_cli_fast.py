@@ -30,6 +30,7 @@ def quorum_without_torch(*args: str) -> tuple[str, str]:
     ("--val-fraction", "1.5", "--val-fraction must be between 0 and 1 (got 1.5)"),
     ("--image-size", "8", "--image-size must be at least 16 (got 8)"),
     ("--train-blocks", "-1", "--train-blocks must be 0 or more (got -1)"),
+    ("--seed", "-3", "--seed must be 0 to 4294967295, numpy's range (got -3)"),  # the split's draw crashed
     ("--lr", "0", "--lr and --finetune-lr must be positive"),
     ("--name", "a/b", "--name 'a/b' must be a plain folder name (no '/', not starting with '.')"),
 ])

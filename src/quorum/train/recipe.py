@@ -74,6 +74,7 @@ class Recipe:
             (self.keep in (None, "best", "last"), f"--keep must be best or last (got {self.keep})"),
             (self.train_blocks >= 0, f"--train-blocks must be 0 or more (got {self.train_blocks})"),
             (self.batch_size >= 1, f"--batch-size must be at least 1 (got {self.batch_size})"),
+            (0 <= self.seed < 2**32, f"--seed must be 0 to {2**32 - 1}, numpy's range (got {self.seed})"),
             (self.lr > 0 and self.finetune_lr > 0, "--lr and --finetune-lr must be positive"),
             (0 < self.val_fraction < 1, f"--val-fraction must be between 0 and 1 (got {self.val_fraction})"),
             (self.image_size is None or self.image_size >= 16,
