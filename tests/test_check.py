@@ -172,3 +172,28 @@ def test_check_refuses_while_another_check_writes_the_same_folder(tmp_path):
     assert (result.exit_code, result.output) == (1, f"Error: another quorum check is writing {out} now: wait for "
                                                     "it, or choose another --out\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_folder_of_only_unreadable_images_is_listed_not_a_crash(tmp_path):
+    data = tmp_path / "data"
+    for label, name, content in (("Bag", "empty.jpg", b""), ("Coat", "notes.png", b"not pixels")):
+        (data / label).mkdir(parents=True)
+        (data / label / name).write_bytes(content)
+    result = run_check(data, tmp_path / "out", models_dir=tmp_path / "models", image_size=32, quiet=True)
+    assert result.findings.path.tolist() == ["Bag/empty.jpg", "Coat/notes.png"]
+    assert result.findings.issue.tolist() == ["unreadable", "unreadable"]
+    assert result.notes == ["no label issues: a class has no readable image: label issues need at least 2 per class"]
+
+
+@pytest.mark.parametrize("unlabelled_files", [{}, {"broken.jpg": b"\xff\xd8 truncated"}])
+def test_an_unlabelled_folder_without_a_readable_image_is_no_crash(tmp_path, unlabelled_files):
+    data, unlabelled = tmp_path / "data", tmp_path / "unlabelled"
+    sample(data)
+    unlabelled.mkdir()
+    for name, content in unlabelled_files.items():
+        (unlabelled / name).write_bytes(content)
+    result = run_check(data, tmp_path / "out", unlabelled, models_dir=tmp_path / "models", image_size=32, folds=3,
+                       quiet=True)
+    assert "unlabelled copy" not in result.findings.issue.tolist()
+    assert result.findings[result.findings.issue == "unreadable"].path.tolist() == [
+        str(unlabelled / name) for name in unlabelled_files]

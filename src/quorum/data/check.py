@@ -128,6 +128,8 @@ def copies(a: Prints, b: Prints | None = None) -> list[tuple[int, int, float, st
 def similar(a: np.ndarray, b: np.ndarray, level: float, within: bool, block: int = 1024):
     """(i, j, cosine) of every row pair at or above `level`; rows with NaN (unreadable) never match.
     In blocks of rows, so the similarity matrix of a large folder is never whole in memory."""
+    if np.isnan(a).any(axis=1).all() or np.isnan(b).any(axis=1).all():  # no readable image on one side: its
+        return  # features have no width to compare (a folder of none, or of only unreadable ones)
     def unit(x):
         x = np.nan_to_num(np.asarray(x, dtype=np.float64))
         norms = np.linalg.norm(x, axis=1, keepdims=True)

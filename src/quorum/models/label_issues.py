@@ -25,12 +25,14 @@ from quorum.errors import QuorumError
 MAX_GIVEN_PROBABILITY = 0.1
 
 
-def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, folds: int = 5,
+def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, classes: int, folds: int = 5,
                                 seed: int = 0) -> np.ndarray:
-    """(images, classes): each row from a head that never saw that image."""
-    smallest = int(np.bincount(labels).min())
+    """(images, classes): each row from a head that never saw that image. `labels` index `classes` classes;
+    every class needs 2 images or more (a folder whose images are all unreadable has none)."""
+    smallest = int(np.bincount(labels, minlength=classes).min())
     if smallest < 2:
-        raise QuorumError("a class has a single readable image: label issues need at least 2 per class")
+        raise QuorumError(f"a class has {'a single readable image' if smallest else 'no readable image'}: "
+                          "label issues need at least 2 per class")
     # Unit-length features, then a strongly regularised head: on Fashion-MNIST (100 per class, 5% flipped)
     # this flagged the fewest clean images of the settings tried (benchmarks/bench_loop.py).
     head = make_pipeline(Normalizer(), StandardScaler(), LogisticRegression(C=0.05, max_iter=300))

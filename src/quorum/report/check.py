@@ -60,7 +60,7 @@ def label_findings(table: pd.DataFrame, features: np.ndarray, folds: int, seed: 
     readable = ~np.isnan(features).any(axis=1)
     labels = table.label.map({name: i for i, name in enumerate(classes)}).to_numpy()[readable]
     try:
-        probabilities = out_of_sample_probabilities(features[readable], labels, folds, seed)
+        probabilities = out_of_sample_probabilities(features[readable], labels, len(classes), folds, seed)
     except QuorumError as exc:
         return [], [f"no label issues: {exc}"]
     flagged, quality = label_issues(probabilities, labels)
