@@ -197,3 +197,20 @@ def test_an_unlabelled_folder_without_a_readable_image_is_no_crash(tmp_path, unl
     assert "unlabelled copy" not in result.findings.issue.tolist()
     assert result.findings[result.findings.issue == "unreadable"].path.tolist() == [
         str(unlabelled / name) for name in unlabelled_files]
+
+
+def test_files_check_passes_over_are_counted_in_a_note(tmp_path):
+    """No file is skipped without being counted: a text file, and a link to an image outside the folder."""
+    data, unlabelled = tmp_path / "data", tmp_path / "unlabelled"
+    names = sample(data)
+    (data / "Bag" / "notes.txt").write_text("not pixels")
+    (data / "Bag" / "outside.png").symlink_to(SAMPLE / "Coat" / sorted(os.listdir(SAMPLE / "Coat"))[0])
+    unlabelled.mkdir()
+    shutil.copy(data / "Bag" / names["Bag"][0], unlabelled / "a.png")
+    (unlabelled / "labels.json").write_text("{}")
+    result = run_check(data, tmp_path / "out", unlabelled, models_dir=tmp_path / "models", image_size=32, folds=3,
+                       quiet=True)
+    assert result.notes[:2] == [f"Not images, so not checked: skipped 1 file (1 .txt) and 1 link out of the folder "
+                                f"under {data}", f"Not images, so not checked: skipped 1 file (1 .json) under "
+                                                 f"{unlabelled}"]
+    assert "Not images, so not checked" in (tmp_path / "out" / "index.html").read_text()

@@ -20,8 +20,8 @@ import pandas as pd
 
 from quorum import files
 from quorum.data import check as look
-from quorum.data.images import scan_images
-from quorum.data.split import SPLIT_FILE, scan_labelled
+from quorum.data.images import Scan, scan_images
+from quorum.data.split import SPLIT_FILE, scan_labelled_counting
 from quorum.errors import QuorumError
 from quorum.models.features import frozen_features
 from quorum.models.label_issues import label_issues, out_of_sample_probabilities
@@ -75,23 +75,31 @@ def label_findings(table: pd.DataFrame, features: np.ndarray, folds: int, seed: 
     return rows, []
 
 
+def passed_over(scan: Scan, folder: Path) -> list[str]:
+    """The note on the files a scan skipped (not images, links out of the folder): every file is checked or counted."""
+    return [f"Not images, so not checked: {scan.summary()} under {folder}"] if scan.skipped else []
+
+
 def run_check(data: Path, out: Path, unlabelled: Path | None = None, models_dir: Path = Path("models"),
               image_size: int = 96, folds: int = 5, seed: int = 0, workers: int = 0,
               quiet: bool = False) -> CheckResult:
     data, out = Path(data), Path(out)
     look.check_options(data, unlabelled, out)
-    table = scan_labelled(data)
+    table, scan = scan_labelled_counting(data)
+    notes = passed_over(scan, data)
     table = table.assign(subset=shares(table, models_dir))
     paths = table.path.tolist()
     rows, thumbs = look.look_at(data, paths)
     prints = look.Prints(look.hashes(data, paths), thumbs, frozen_features(data, paths, image_size, workers=workers,
                                                                             quiet=quiet))
     rows += look.pair_findings(table, look.copies(prints))
-    found, notes = label_findings(table, prints.features, folds, seed)
-    rows += found
+    found, said = label_findings(table, prints.features, folds, seed)
+    rows, notes = rows + found, notes + said
     if unlabelled is not None:
         unlabelled = Path(unlabelled)
-        others = [path.relative_to(unlabelled).as_posix() for path in scan_images(unlabelled).images]
+        scan = scan_images(unlabelled)
+        notes += passed_over(scan, unlabelled)
+        others = [path.relative_to(unlabelled).as_posix() for path in scan.images]
         odd, other_thumbs = look.look_at(unlabelled, others)
         rows += [{**row, "path": str(unlabelled / row["path"]), "file": unlabelled / row["path"]} for row in odd]
         other_prints = look.Prints(look.hashes(unlabelled, others), other_thumbs,
