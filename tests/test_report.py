@@ -375,6 +375,11 @@ def test_cli_errors_are_one_line_that_names_the_fix(trio, tmp_path):
          f"decided_by, confidence, status, error): write one with quorum predict FOLDER --out {not_preds}\n"),
         (["--labels", str(not_preds)], "Error: --labels holds the true labels of a --preds CSV: add --preds "
                                        "PREDICTIONS.csv\n"),
+        # Labels of another folder (or the broken file's alone): no readable row to score, where sklearn crashed.
+        (["--preds", str(handmade_preds(tmp_path / "preds.csv")), "--labels", str(not_preds)],
+         f"Error: --labels {not_preds} names none of the 3 readable rows of --preds {tmp_path / 'preds.csv'} (their "
+         "paths are relative to the folder predict ran on, e.g. x1.png): give the true labels of that folder's "
+         "files\n"),
         (["--tie-breaker", "z"], "Error: --tie-breaker z is not one of the members: choose from a, b, c\n"),
     ]
     for options, message in cases:

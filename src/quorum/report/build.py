@@ -41,6 +41,7 @@ from quorum.report.scores import (
 )
 from quorum.report.sources import (
     Labelled,
+    check_labels_match,
     mismatch,
     read_labels,
     read_preds,
@@ -209,6 +210,8 @@ def rules_weights(infos: list[ModelInfo], data: Path | None, notes: list[str]) -
 def read_preds_part(preds: Path, labels: Path | None, classes) -> tuple[pd.DataFrame, dict]:
     frame, names = read_preds(preds)
     truth = read_labels(labels) if labels is not None else None
+    if truth is not None:
+        check_labels_match(truth, frame, labels, preds)
     return frame, {"file": str(preds), **describe_predictions(frame, names, classes, truth)}
 
 

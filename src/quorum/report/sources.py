@@ -20,6 +20,7 @@ from quorum.data.split import scan_labelled_counting
 from quorum.errors import QuorumError
 from quorum.models.bundle import ModelInfo
 from quorum.predict.table import (
+    OK,
     STATUS_COLUMNS,
     VOTE_COLUMNS,
     members_of,
@@ -113,3 +114,13 @@ def read_labels(path: Path) -> pd.Series:
     if not {"path", "label"} <= set(frame.columns):
         raise QuorumError(f"--labels {path} needs the columns path,label (it has {', '.join(frame.columns)})")
     return frame.set_index("path")["label"]
+
+
+def check_labels_match(truth: pd.Series, frame: pd.DataFrame, labels: Path, preds: Path) -> None:
+    """Scores need rows to score: a --labels CSV that names none of the readable --preds rows is a wrong file."""
+    readable = frame[frame["status"] == OK]
+    if not readable["path"].isin(truth.index).any():
+        example = f", e.g. {readable['path'].iloc[0]}" if len(readable) else ""
+        raise QuorumError(f"--labels {labels} names none of the {len(readable)} readable rows of --preds {preds} "
+                          f"(their paths are relative to the folder predict ran on{example}): give the true labels "
+                          "of that folder's files")
