@@ -245,6 +245,16 @@ def test_merge_refuses_to_replace_a_users_file(parts, tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_merge_never_replaces_one_of_its_parts(parts, tmp_path, force):
+    """A part is the run's only copy of its rows until the merged CSV is checked: --out over one is refused."""
+    before = {part: (part.read_bytes(), sidecar(part).read_bytes()) for part in parts}
+    result = cli("merge", *parts, "--out", tmp_path / "." / "part0.csv", *force)  # another spelling of part0.csv
+    assert (result.exit_code, result.stderr) == (1, f"Error: --out {tmp_path / '.' / 'part0.csv'} is one of the "
+                                                    "parts being merged: choose another --out\n")
+    assert {part: (part.read_bytes(), sidecar(part).read_bytes()) for part in parts} == before
+
+
 # --- two runs at once ----------------------------------------------------------------------------
 
 

@@ -261,6 +261,7 @@ def merge(parts, out, force):
     from quorum.predict import shards
     from quorum.predict.table import check_writable, write_predictions
 
+    shards.check_out(out, parts)
     check_writable(out, force)
     frame = shards.merge(parts)
     write_predictions(frame, out)

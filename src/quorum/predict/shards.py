@@ -28,6 +28,13 @@ from quorum.predict.table import (
 )
 
 
+def check_out(out: Path, parts: list[Path]) -> None:
+    """The merged CSV never replaces a part (by any spelling or link): until it is written, a part holds the
+    run's only copy of its rows."""
+    if any(Path(out).resolve() == Path(part).resolve() for part in parts):
+        raise QuorumError(f"--out {out} is one of the parts being merged: choose another --out")
+
+
 def merge(parts: list[Path]) -> pd.DataFrame:
     """The parts of one sharded run joined into the table one run over the whole folder gives."""
     parts = [Path(part) for part in parts]
