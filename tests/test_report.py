@@ -29,6 +29,7 @@ from quorum.predict.members import select_models
 from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 from quorum.predict.table import columns, write_predictions
+from quorum.report import folder as report_folder
 from quorum.report.build import ENSEMBLE, build_report
 from quorum.report.html import write_report
 
@@ -199,10 +200,11 @@ def test_writes_every_file_and_the_page_links_only_files_that_exist(trio, tmp_pa
     report = build_report(trio, timing=True)
     out = tmp_path / "reports"
     written = write_report(report, out)
-    names = ["summary.csv", "scores.json", "confusion_matrices.png", "best_vs_ensemble.png",
+    names = ["scores.json", "summary.csv", "confusion_matrices.png", "best_vs_ensemble.png",
              "training_curves.png", "accuracy_vs_time.png", "coverage_accuracy.png", "reliability.png",
              "index.html"]
     assert [path.name for path in written] == names
+    assert set(names) <= set(report_folder.FILES)  # the names a report may replace in an earlier report's folder
     assert all(path.is_file() and path.stat().st_size > 0 for path in written)
     assert (report.table["ms_per_image"] > 0).all()
     check_page(out, written)
@@ -210,6 +212,31 @@ def test_writes_every_file_and_the_page_links_only_files_that_exist(trio, tmp_pa
     assert scores["ensemble"]["metrics"]["accuracy"] == pytest.approx(6 / 9)
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["model"]) == ["a", "b", "c", ENSEMBLE]
+
+
+def test_report_never_replaces_a_users_files_in_its_out(trio, tmp_path):
+    """--out may exist (reports/ is written again and again), but a report replaces only an earlier report's files:
+    never a user's index.html or summary.csv."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my site</h1>")
+    (site / "summary.csv").write_text("my,numbers\n")
+    before = {path.name: path.read_bytes() for path in site.iterdir()}
+    result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--out", str(site), "--no-timing", "-q"])
+    assert (result.exit_code, result.output) == (1, f"Error: --out {site} holds summary.csv, index.html, which "
+                                                    "quorum report did not write: choose a new folder (or an "
+                                                    "earlier report's)\n")
+    assert {path.name: path.read_bytes() for path in site.iterdir()} == before
+    # An earlier report's folder is written again, also one whose report stopped after its first file.
+    for leave in ("index.html", "scores.json"):
+        out = tmp_path / f"reports-{leave}"
+        assert CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--out", str(out), "--no-timing",
+                                         "-q"]).exit_code == 0
+        for path in out.iterdir():
+            if path.name != leave:
+                path.unlink()
+        result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--out", str(out), "--no-timing", "-q"])
+        assert result.exit_code == 0, result.output
 
 
 def test_text_in_the_page_is_escaped(tmp_path):

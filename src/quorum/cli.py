@@ -465,11 +465,13 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
     """
     from quorum.data.predictions_csv import check_predictions_csv
     from quorum.models.engine import check_engine
+    from quorum.report.folder import check_out
 
     if preds is not None:
         check_predictions_csv(preds, "--preds")  # before torch loads
     check_engine(engine, device)
     files.check_can_write(out, "--out")
+    check_out(out)
     from quorum.console import say
     from quorum.report.build import build_report, print_table
     from quorum.report.html import write_report

@@ -25,6 +25,7 @@ from quorum.predict.options import PredictOptions
 from quorum.predict.pipeline import predict
 from quorum.predict.table import check_writable, write_predictions
 from quorum.report.build import Report, build_report, print_table
+from quorum.report.folder import check_out
 from quorum.report.html import write_report
 from quorum.train.finetune import finetune
 from quorum.train.recipe import Recipe
@@ -109,6 +110,7 @@ def demo(data: Path = Path("sample_data/labelled"), unlabelled: Path = Path("sam
     began = time.perf_counter()
     data, unlabelled, labels, models_dir, out = map(Path, (data, unlabelled, labels, models_dir, out))
     check_inputs(data, unlabelled, labels)
+    check_out(out)  # before minutes of training: the report must not replace a user's file there
     predictions = out / PREDICTIONS
     out.mkdir(parents=True, exist_ok=True)
     check_writable(predictions)

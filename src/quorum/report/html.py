@@ -15,6 +15,7 @@ from pathlib import Path
 from quorum import files
 from quorum.report import plots
 from quorum.report.build import ENSEMBLE, Report, best_name, format_cell
+from quorum.report.folder import INDEX, SCORES, TITLE, check_out
 from quorum.report.sections import (
     ensemble_section,
     gallery_section,
@@ -27,7 +28,6 @@ from quorum.report.sections import (
     trust_section,
 )
 
-INDEX = "index.html"
 # The pictures of scores on the report's labelled images (the training curves are the runs' own validation).
 SCORED_FIGURES = {"confusion_matrices.png", "best_vs_ensemble.png", "accuracy_vs_time.png", "coverage_accuracy.png",
                   "reliability.png"}
@@ -84,9 +84,10 @@ def figures(report: Report) -> dict[str, object]:
 def write_report(report: Report, out_dir: Path) -> list[Path]:
     """Write every file of the report into `out_dir`; returns their paths, index.html last."""
     out_dir = Path(out_dir)
-    written = [out_dir / "summary.csv", out_dir / "scores.json"]
-    files.write_csv(written[0], report.table)
-    files.write_json(written[1], report.as_dict())
+    check_out(out_dir)
+    written = [out_dir / SCORES, out_dir / "summary.csv"]
+    files.write_json(written[0], report.as_dict())  # first: it marks the folder as a report's (report.folder)
+    files.write_csv(written[1], report.table)
     images = {}
     for name, figure in figures(report).items():
         buffer = io.BytesIO()
@@ -129,7 +130,7 @@ def render_html(report: Report, images: dict[str, bytes], file_names: list[str])
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>quorum report</title><style>{STYLE}</style></head><body>",
+        f"{TITLE}<style>{STYLE}</style></head><body>",
         "<h1>quorum report</h1>",
         f"<p>{len(report.names)} model(s) over {len(report.classes)} classes, scored on "
         f"{escape(report.source)}. Written {escape(datetime.now().strftime('%Y-%m-%d %H:%M'))}.</p>",
