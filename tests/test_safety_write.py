@@ -255,6 +255,21 @@ def test_merge_never_replaces_one_of_its_parts(parts, tmp_path, force):
     assert {part: (part.read_bytes(), sidecar(part).read_bytes()) for part in parts} == before
 
 
+@pytest.mark.parametrize("resplit", [[], ["--resplit"]])
+def test_a_split_csv_quorum_did_not_write_is_neither_read_nor_replaced(tmp_path, resplit):
+    """A user's own split.csv in the folder given as --models-dir: one Error line, where finetune crashed on
+    its columns (and --resplit would have replaced it)."""
+    data, models = write_labelled_folder(tmp_path / "data", per_class=4), tmp_path / "models"
+    models.mkdir()
+    (models / "split.csv").write_text("path,label\nmine.png,cat\n")
+    result = cli(*finetune_args(data, models, epochs=1), *resplit)
+    assert (result.exit_code, result.stderr) == (1, f"Error: {models / 'split.csv'} is not a split quorum wrote "
+                                                    "(columns path, label, subset, reason): move it away, or "
+                                                    "choose another --models-dir\n")
+    assert sorted(p.name for p in models.iterdir()) == ["split.csv"]
+    assert (models / "split.csv").read_text() == "path,label\nmine.png,cat\n"
+
+
 # --- two runs at once ----------------------------------------------------------------------------
 
 

@@ -55,6 +55,20 @@ class Split:
         return self.table[self.table.subset == "unreadable"]
 
 
+def read_split_table(path: Path) -> pd.DataFrame:
+    """A split.csv as quorum writes it (path, label, subset, reason), or one Error line naming it: a file of
+    that name that quorum did not write (a user's own, in the folder given as --models-dir) is never read as
+    the shared split, nor replaced by one."""
+    try:
+        table = files.read_csv(path, keep_default_na=False, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        table = None
+    if table is None or not {"path", "label", "subset"} <= set(table.columns):
+        raise QuorumError(f"{path} is not a split quorum wrote (columns path, label, subset, reason): move it "
+                          "away, or choose another --models-dir")
+    return table
+
+
 def scan_labelled(root: Path) -> pd.DataFrame:
     """Every image under `root` as (path, label, given_subset); classes are the sub-folder names."""
     return scan_labelled_counting(root)[0]
@@ -176,7 +190,7 @@ def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fract
                   resplit: bool, workers: int) -> tuple[pd.DataFrame, bool, dict]:
     """(table, is_new, the values it was drawn with: `Split.drawn_with`)"""
     if split_path.is_file() and not resplit:
-        table = files.read_csv(split_path, keep_default_na=False, dtype=str)
+        table = read_split_table(split_path)
         saved_files = set(zip(table.path, table.label))
         current_files = set(zip(current.path, current.label))
         if saved_files != current_files:
@@ -192,8 +206,7 @@ def _read_or_make(root: Path, split_path: Path, current: pd.DataFrame, val_fract
         settings = split_path.with_name(SPLIT_SETTINGS)
         drawn_with = json.loads(settings.read_text()) if settings.is_file() else {}
     else:
-        before = (set(files.read_csv(split_path, keep_default_na=False, dtype=str).label) if split_path.is_file()
-                  else None)
+        before = set(read_split_table(split_path).label) if split_path.is_file() else None
         table = make_split(root, val_fraction, seed, workers, scanned=current)
         new = _new_labels(before, table) if before is not None else []
         if new:  # e.g. a class folder a person made while sorting `quorum review`'s images

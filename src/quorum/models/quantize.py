@@ -27,6 +27,7 @@ from rich.markup import escape
 from quorum import files
 from quorum.console import say
 from quorum.data.images import UnreadableImage, load_rgb
+from quorum.data.split import read_split_table
 from quorum.errors import QuorumError
 from quorum.models import onnx_export
 from quorum.models.bundle import INT8_ONNX, MODEL_JSON, ONNX, VAL_PREDICTIONS, ModelInfo, lock_path, read_info
@@ -168,7 +169,7 @@ def training_images(info: ModelInfo, limit: int = CALIBRATION_IMAGES) -> list[Pa
     if not split.get("root") or not split_file.is_file():
         raise onnx_export.OnnxUnavailable(f"{split_file} is missing: int8 calibrates on the model's training images "
                                           "(fine-tune it in this models dir)")
-    table = files.read_csv(split_file, keep_default_na=False, dtype=str)
+    table = read_split_table(split_file)
     train = table[table.subset == "train"]
     # Round-robin over classes so each class's activations shape the ranges, whatever the class sizes.
     train = train.assign(turn=train.groupby("label").cumcount()).sort_values(["turn", "label"], kind="stable")

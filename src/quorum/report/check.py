@@ -21,7 +21,7 @@ import pandas as pd
 from quorum import files
 from quorum.data import check as look
 from quorum.data.images import Scan, scan_images
-from quorum.data.split import SPLIT_FILE, scan_labelled_counting
+from quorum.data.split import SPLIT_FILE, read_split_table, scan_labelled_counting
 from quorum.errors import QuorumError
 from quorum.models.features import frozen_features
 from quorum.models.label_issues import label_issues, out_of_sample_probabilities
@@ -49,7 +49,7 @@ def shares(table: pd.DataFrame, models_dir: Path) -> pd.Series:
     subset = table.given_subset.copy()
     split = Path(models_dir) / SPLIT_FILE
     if split.is_file():
-        saved = files.read_csv(split, keep_default_na=False, dtype=str).set_index("path").subset
+        saved = read_split_table(split).set_index("path").subset
         listed = table.path.map(saved)
         subset = listed.where(listed.notna(), subset)
     return subset
