@@ -270,6 +270,27 @@ def test_a_split_csv_quorum_did_not_write_is_neither_read_nor_replaced(tmp_path,
     assert (models / "split.csv").read_text() == "path,label\nmine.png,cat\n"
 
 
+@pytest.mark.parametrize("kind", ["folder", "file", "link"])
+def test_finetune_never_replaces_a_folder_that_is_not_a_model(tmp_path, kind):
+    """--name photos in a --models-dir that holds the user's photos/ (or a file, or a link, of that name): the
+    finished run moved it aside and deleted it."""
+    data, models = write_labelled_folder(tmp_path / "data", per_class=4), tmp_path / "models"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    models.mkdir()
+    users = models / "photos"
+    {"folder": lambda: users.mkdir(), "file": lambda: users.write_text("mine"),
+     "link": lambda: users.symlink_to(tmp_path / "mine", target_is_directory=True)}[kind]()
+    if kind == "folder":
+        (users / "notes.txt").write_text("mine")
+    result = cli(*finetune_args(data, models, name="photos", epochs=1))
+    assert (result.exit_code, result.stderr) == (1, f"Error: {users} exists and is not a quorum model: the finished "
+                                                    "run would replace it; move it away, or give another --name\n")
+    assert sorted(p.name for p in models.iterdir()) == ["photos"]
+    assert (users / "notes.txt" if kind != "file" else users).read_text() == "mine"
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
 # --- two runs at once ----------------------------------------------------------------------------
 
 

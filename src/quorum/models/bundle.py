@@ -84,6 +84,14 @@ def find_models(models_dir: Path) -> list[Path]:
     return sorted(p for p in models_dir.iterdir() if (p / MODEL_JSON).is_file() and not p.name.startswith("."))
 
 
+def is_model_folder(path: Path) -> bool:
+    """A folder (not a link) that quorum made for a model: its model.json, or a model's files without one
+    (an unfinished or damaged model). finetune replaces only such a folder."""
+    path = Path(path)
+    return path.is_dir() and not path.is_symlink() and any((path / name).exists()
+                                                           for name in (MODEL_JSON, WEIGHTS, ONNX, HISTORY))
+
+
 def find_unfinished(models_dir: Path) -> list[Path]:
     """Folders under `models_dir` that hold a model's files but no model.json: a copy cut short, a damaged
     model. find_models leaves them out; whoever uses its list must say so."""

@@ -63,6 +63,9 @@ def _finetune(recipe: Recipe, asked: Recipe, backbone: Backbone, world: distribu
     """`recipe` resolved; `asked` as given, which --resume compares (`checkpoint.resumed_recipe`)."""
     models_dir = Path(recipe.models_dir)
     work_dir, final_dir = models_dir / f".{recipe.name}.partial", models_dir / recipe.name
+    if (final_dir.exists() or final_dir.is_symlink()) and not bundle.is_model_folder(final_dir):
+        raise QuorumError(f"{final_dir} exists and is not a quorum model: the finished run would replace it; move it "
+                          "away, or give another --name")
     if resume and distributed.broadcast(world, (work_dir / bundle.MODEL_JSON).is_file()):  # killed after training
         if world.is_main:
             say(f"Finishing {recipe.name}: it had finished training; moving it into place", quiet)
