@@ -93,3 +93,20 @@ def test_a_negative_seed_fails_before_torch_is_imported(command):
     status, output = quorum_without_torch(*command, "--seed", "-1")
     assert status == "2 False"
     assert output.endswith("Error: Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295.\n")
+
+
+@pytest.mark.parametrize("command", [["predict", ".", "--out", "{name}.csv"], ["check", "data", "--out", "{name}"],
+                                     ["review", "p.csv", "--out", "{name}"]])
+def test_an_out_name_too_long_for_the_file_system_is_one_error_line_before_any_work(tmp_path, command):
+    """With quorum's suffixes (".NAME.json.<pid>.tmp", ".NAME.lock") the name passed 255 bytes: predict crashed
+    with a traceback, check and review after all their work with 'cannot write in .'. (predict checks its --out
+    once torch is in, before any model loads.)"""
+    name = str(tmp_path / ("y" * 240))
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    command = [part.format(name=name) for part in command]
+    out = command[-1]
+    status, output = quorum_without_torch(*[str(tmp_path / part) if part in ("data", "p.csv") else part
+                                            for part in command])
+    assert (status[0], output) == ("1", f"Error: --out {out}: the name is {len(out.rsplit('/', 1)[1])} bytes, "
+                                           "and quorum's files beside it need it to be at most 235: choose a shorter "
+                                           "name\n")

@@ -73,11 +73,32 @@ def no_room(exc: OSError, path: Path) -> QuorumError | None:
     return QuorumError(f"cannot write {path}: {(exc.strerror or 'failed').lower()}; {NO_ROOM[exc.errno]}")
 
 
+# What quorum adds to an output's name for the files beside it: ".NAME.json.<pid>.tmp", ".NAME.partial", ".NAME.lock".
+NAME_ROOM = 20
+
+
+def check_name_length(path: Path, option: str) -> None:
+    """Fail now if `path`'s name, with quorum's suffixes, is more than its file system takes (255 bytes on most):
+    else the run fails at its first helper file, after the work, with a traceback."""
+    path = Path(path)
+    try:
+        most = os.pathconf(next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists()),
+                           "PC_NAME_MAX")
+    except (OSError, ValueError):
+        most = 255
+    length = len(os.fsencode(path.name))
+    if length + NAME_ROOM > most:
+        raise QuorumError(f"{option} {path}: the name is {length} bytes, and quorum's files beside it need it to be "
+                          f"at most {most - NAME_ROOM}: choose a shorter name")
+
+
 def check_can_write(folder: Path, option: str, target: Path | None = None) -> None:
     """Fail now, before models load, if no file can be made in `folder` (or, where it does not exist
-    yet, in the folder above it that does, where it would be made). The error names `target`, the
-    file to be written there, if given."""
+    yet, in the folder above it that does, where it would be made), or `target`'s name is too long. The
+    error names `target`, the file to be written there, if given."""
     folder = Path(folder)
+    if target is not None:
+        check_name_length(target, option)
     target = folder if target is None else target
     existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())  # "/" exists
     if not existing.is_dir():

@@ -174,6 +174,7 @@ def check_writable(out: Path, force: bool = False, protected: dict[str, Path] | 
     if it would replace a file that is not a quorum predictions CSV, or any file inside a `protected`
     folder ({what to call it: folder}: the models, the images)."""
     out = Path(out)
+    files.check_name_length(out, "--out")  # its .json and progress folder are named after it
     if out.is_dir():
         raise QuorumError(f"--out {out} is a folder: give a file name, e.g. {out / 'predictions.csv'}")
     parent = out.parent
