@@ -201,3 +201,17 @@ def test_review_unknown_ranking_is_one_error_line(preds_csv, tmp_path):
     assert result.output.endswith("Error: Invalid value for '--rank': 'entropy' is not one of 'disagreement', "
                                   "'margin', 'balanced', 'diverse', 'random'.\n")
     assert ranking.RANKINGS == ("disagreement", "margin", "balanced", "diverse", "random")  # the CLI's list
+
+
+def test_diverse_refuses_a_changed_candidate_before_the_backbone_loads(tmp_path):
+    """--rank diverse reads every candidate's pixels: a file changed since predict is refused by name first, not
+    clustered by its new pixels (nor found only after the backbone has run, and only if it was picked)."""
+    from test_cli_fast import quorum_without_torch
+
+    csv, folder = write_csv(tmp_path), tmp_path / "unlabelled"
+    write_good_images(tmp_path / "other", 1, seed=7)[0].replace(folder / "c.png")
+    status, output = quorum_without_torch("review", str(csv), "--out", str(tmp_path / "r"), "--budget", "1",
+                                          "--rank", "diverse")
+    assert (status, output) == ("1 False", f"Error: 1 file(s) in {folder} changed since {csv} was written (c.png): "
+                                           "their votes may no longer fit; run quorum predict again\n")
+    assert not (tmp_path / "r").exists()

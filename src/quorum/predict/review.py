@@ -27,9 +27,8 @@ import pandas as pd
 
 from quorum import files
 from quorum.data.predictions_csv import (
-    changed_files,
-    check_inside,
     check_predictions_csv,
+    check_rows_usable,
     flagged_unknown,
     read_sidecar,
 )
@@ -105,16 +104,13 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
         flagged = frame[frame.index.isin(flagged.index) | no_class]
         flagged = flagged.assign(folder=flagged["prediction"].where(~no_class[flagged.index], UNKNOWN_DIR))
     else:
-        flagged, kept_apart = ranking.select(frame, budget, rank, seed,
-                                             features=lambda paths: image_features(csv, folder, paths))
+        def features(paths: list[str]) -> np.ndarray:  # --rank diverse reads every candidate: each as predict saw it
+            check_rows_usable(csv, info, frame[frame["path"].isin(paths)], "votes")  # before the backbone loads
+            return image_features(folder, paths)
+
+        flagged, kept_apart = ranking.select(frame, budget, rank, seed, features=features)
     _check_labels(csv, flagged["prediction"], (info.get("run") or {}).get("classes"))
-    check_inside(csv, folder, flagged["path"].tolist())
-    fingerprints = [info["fingerprints"][i] for i in flagged.index]
-    changed = changed_files(folder, flagged["path"].tolist(), fingerprints)
-    if changed:
-        listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        raise QuorumError(f"{len(changed)} file(s) in {folder} changed or went missing since {csv} was written "
-                          f"({listed}): run quorum predict again")
+    check_rows_usable(csv, info, flagged, "votes")
 
     meaning = "every row that is not unanimous" if min_agreement >= 1.0 else "fewer members agree than that"
     why = (f"agreement below {min_agreement:g}: {meaning}; and every row flagged unknown" if budget is None else
@@ -126,11 +122,10 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
                         kept_apart, int((flagged.get("folder", flagged["prediction"]) == UNKNOWN_DIR).sum()))
 
 
-def image_features(csv: Path, folder: Path, paths: list[str]) -> np.ndarray:
+def image_features(folder: Path, paths: list[str]) -> np.ndarray:
     """The frozen backbone's features of the rows `--rank diverse` clusters (at quorum check's size: 96 px)."""
     from quorum.models.features import frozen_features  # torch: loaded only when a ranking needs it
 
-    check_inside(csv, folder, paths)  # read no file outside the run's folder, whatever the CSV says
     return frozen_features(folder, paths, image_size=96, quiet=True)
 
 
