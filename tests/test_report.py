@@ -393,6 +393,8 @@ def test_cli_without_models_names_the_fix(tmp_path):
 def test_cli_errors_are_one_line_that_names_the_fix(trio, tmp_path):
     not_preds = tmp_path / "labels.csv"
     not_preds.write_text("path,label\nx.png,cat\n")
+    other_classes = handmade_preds(tmp_path / "other.csv")
+    other_classes.write_text(other_classes.read_text().replace("fox", "zebra"))
     cases = [
         (["--preds", str(tmp_path / "p.csv")],
          f"Error: --preds {tmp_path / 'p.csv'} does not exist: write one with quorum predict FOLDER --out "
@@ -408,6 +410,10 @@ def test_cli_errors_are_one_line_that_names_the_fix(trio, tmp_path):
          "paths are relative to the folder predict ran on, e.g. x1.png): give the true labels of that folder's "
          "files\n"),
         (["--tie-breaker", "z"], "Error: --tie-breaker z is not one of the members: choose from a, b, c\n"),
+        # Another project's CSV (models of other classes): nothing to set beside these models, where it was shown.
+        (["--preds", str(other_classes)], f"Error: --preds {other_classes} predicts classes these models do not have "
+                                          "(zebra; theirs: cat, dog, fox): give a CSV that quorum predict wrote with "
+                                          "these models\n"),
     ]
     for options, message in cases:
         result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--no-timing", *options])

@@ -42,6 +42,7 @@ from quorum.report.scores import (
 from quorum.report.sources import (
     Labelled,
     check_labels_match,
+    check_preds_classes,
     mismatch,
     read_labels,
     read_preds,
@@ -209,6 +210,7 @@ def rules_weights(infos: list[ModelInfo], data: Path | None, notes: list[str]) -
 
 def read_preds_part(preds: Path, labels: Path | None, classes) -> tuple[pd.DataFrame, dict]:
     frame, names = read_preds(preds)
+    check_preds_classes(frame, preds, classes)
     truth = read_labels(labels) if labels is not None else None
     if truth is not None:
         check_labels_match(truth, frame, labels, preds)

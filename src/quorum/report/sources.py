@@ -105,6 +105,14 @@ def read_preds(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return frame, members_of(frame.columns)
 
 
+def check_preds_classes(frame: pd.DataFrame, path: Path, classes) -> None:
+    """A --preds CSV of models with other classes (another project's) has nothing to set beside these models."""
+    other = sorted(set(frame.loc[frame["status"] == OK, "prediction"].dropna().astype(str)) - set(classes))
+    if other:
+        raise QuorumError(f"--preds {path} predicts classes these models do not have ({', '.join(other[:5])}; theirs: "
+                          f"{', '.join(classes)}): give a CSV that quorum predict wrote with these models")
+
+
 def read_labels(path: Path) -> pd.Series:
     """True labels by path from a CSV with columns path,label."""
     path = Path(path)
