@@ -113,6 +113,19 @@ def test_every_model_and_the_vote_score_as_sklearn_says(trio):
     assert table.loc["a", "macro_f1"] == pytest.approx(f1_score(TRUTH, VOTED["a"], average="macro"))
 
 
+@pytest.mark.parametrize(("y_true", "y_pred"), [([1, 1], [1, 1]), ([0, 0, 1], [0, 2, 1]), ([2], [0])])
+def test_balanced_accuracy_is_sklearns_without_its_warnings(y_true, y_pred, recwarn):
+    """Validation of one class (a class of one image), or a prediction of a class validation lacks: sklearn's
+    balanced_accuracy_score printed a UserWarning into finetune's output."""
+    import warnings
+
+    scores = classification_metrics(y_true, y_pred, ("cat", "dog", "fox"))
+    assert not [str(w.message) for w in recwarn]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert scores["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+
+
 def test_what_the_vote_adds(trio):
     ensemble = build_report(trio, timing=False).ensemble
     assert ensemble["tie_breaker"] == "a"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
@@ -21,7 +20,9 @@ def classification_metrics(y_true, y_pred, classes) -> dict:
         y_true, y_pred, labels=labels, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        # scikit-learn's balanced_accuracy_score, the mean recall of the classes that occur, without the warnings it
+        # prints mid-run when validation holds one class or a prediction of a class it lacks.
+        "balanced_accuracy": float(recall[support > 0].mean()) if len(y_true) else 0.0,
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
