@@ -291,6 +291,22 @@ def test_finetune_never_replaces_a_folder_that_is_not_a_model(tmp_path, kind):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
+def test_finetune_never_discards_a_partial_folder_it_did_not_make(tmp_path):
+    data, models = write_labelled_folder(tmp_path / "data", per_class=4), tmp_path / "models"
+    users = models / ".m.partial"
+    users.mkdir(parents=True)
+    (users / "notes.txt").write_text("mine")
+    result = cli(*finetune_args(data, models, epochs=1))
+    assert (result.exit_code, result.stderr) == (1, f"Error: {users} exists and is not a run quorum left "
+                                                    "unfinished: move it away, or give another --name\n")
+    assert (users / "notes.txt").read_text() == "mine"
+    # One a killed run left before its first epoch (only a write cut short) is discarded, as before.
+    (users / "notes.txt").unlink()
+    (users / ".checkpoint.pt.123.tmp").write_bytes(b"cut short")
+    assert cli(*finetune_args(data, models, epochs=1)).exit_code == 0
+    assert not users.exists() and (models / "m" / "model.json").is_file()
+
+
 # --- two runs at once ----------------------------------------------------------------------------
 
 

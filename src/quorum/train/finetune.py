@@ -66,6 +66,9 @@ def _finetune(recipe: Recipe, asked: Recipe, backbone: Backbone, world: distribu
     if (final_dir.exists() or final_dir.is_symlink()) and not bundle.is_model_folder(final_dir):
         raise QuorumError(f"{final_dir} exists and is not a quorum model: the finished run would replace it; move it "
                           "away, or give another --name")
+    if (work_dir.exists() or work_dir.is_symlink()) and not _unfinished_run(work_dir):
+        raise QuorumError(f"{work_dir} exists and is not a run quorum left unfinished: move it away, or give another "
+                          "--name")
     if resume and distributed.broadcast(world, (work_dir / bundle.MODEL_JSON).is_file()):  # killed after training
         if world.is_main:
             say(f"Finishing {recipe.name}: it had finished training; moving it into place", quiet)
@@ -229,6 +232,15 @@ def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> N
     elif len(unreadable):
         say(f"[yellow]{len(unreadable)} unreadable file(s) left out "
             f"(listed in {models_dir / 'split.csv'})[/yellow]", quiet)
+
+
+def _unfinished_run(work_dir: Path) -> bool:
+    """What a run leaves in `.<name>.partial`: a model's files, a checkpoint, or (killed before its first epoch)
+    nothing but the temporary files of a write cut short. Anything else there is the user's."""
+    if not work_dir.is_dir() or work_dir.is_symlink():
+        return False
+    return bundle.is_model_folder(work_dir) or (work_dir / checkpoint.CHECKPOINT).is_file() or all(
+        path.name.startswith(".") and path.name.endswith(".tmp") for path in work_dir.iterdir())
 
 
 def _discard(work_dir: Path) -> None:
