@@ -502,3 +502,12 @@ def test_the_reports_review_gallery_shows_no_image_from_outside_the_folder(voted
     groups, _ = review_gallery(csv, frame, rows, ["r1", "r2", "g"])
     sources = {tile["title"]: tile["src"] for tile in groups["red"]}
     assert sources[path] is None and all(sources[name] for name in sources if name != path)
+
+
+def test_a_csv_whose_folder_was_moved_says_so(voted, tmp_path):
+    folder, csv = voted
+    folder.rename(tmp_path / "moved")
+    result = cli("review", csv, "--out", tmp_path / "R")
+    assert (result.exit_code, result.stderr) == (1, f"Error: the folder {csv} was written for, {folder}, is not there "
+                                                    "(moved or deleted): run quorum predict again on the folder where "
+                                                    "the images are now\n")

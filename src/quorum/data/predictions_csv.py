@@ -112,6 +112,9 @@ def flagged_unknown(frame: pd.DataFrame) -> pd.Series:
 def check_rows_usable(csv: Path, info: dict, chosen: pd.DataFrame, what: str) -> None:
     """The chosen rows' files lie inside the CSV's folder and are unchanged since it was written: what
     --pseudo-labels and --distill both need before training on them; else one error naming them."""
+    if len(chosen) and not Path(info["folder"]).is_dir():  # said as such, not as every file changed
+        raise QuorumError(f"the folder {csv} was written for, {info['folder']}, is not there (moved or deleted): run "
+                          "quorum predict again on the folder where the images are now")
     check_inside(csv, info["folder"], chosen["path"].tolist())
     changed = changed_files(info["folder"], chosen["path"].tolist(), [info["fingerprints"][i] for i in chosen.index])
     if changed:
