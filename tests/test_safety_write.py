@@ -511,3 +511,14 @@ def test_a_csv_whose_folder_was_moved_says_so(voted, tmp_path):
     assert (result.exit_code, result.stderr) == (1, f"Error: the folder {csv} was written for, {folder}, is not there "
                                                     "(moved or deleted): run quorum predict again on the folder where "
                                                     "the images are now\n")
+
+
+def test_review_never_writes_into_the_folder_it_reviews(voted):
+    folder, csv = voted
+    before = tree(folder)
+    result = cli("review", csv, "--out", folder / "d" / "to-sort")
+    assert (result.exit_code, result.stderr) == (1, f"Error: --out {folder / 'd' / 'to-sort'} is inside the folder "
+                                                    f"{csv} was written for, {folder}: the links would join the images "
+                                                    "there (a later predict would vote on them twice); choose a folder "
+                                                    "outside it\n")
+    assert tree(folder) == before

@@ -96,6 +96,9 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     frame = read_predictions(csv)
     info = read_sidecar(csv, frame["path"].tolist())
     folder = info["folder"]
+    if files.inside(out.parent, folder):
+        raise QuorumError(f"--out {out} is inside the folder {csv} was written for, {folder}: the links would join "
+                          "the images there (a later predict would vote on them twice); choose a folder outside it")
     unknown = kept_apart = 0
     if budget is None:
         flagged, unknown = flagged_rows(frame, min_agreement)
