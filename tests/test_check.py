@@ -214,3 +214,24 @@ def test_files_check_passes_over_are_counted_in_a_note(tmp_path):
                                 f"under {data}", f"Not images, so not checked: skipped 1 file (1 .json) under "
                                                  f"{unlabelled}"]
     assert "Not images, so not checked" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_a_named_pipe_called_like_an_image_is_unreadable_not_a_hang(tmp_path):
+    import threading
+
+    data = tmp_path / "data"
+    sample(data)
+    pipe = data / "Bag" / "pipe.png"
+    os.mkfifo(pipe)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(run_check(data, tmp_path / "out", models_dir=tmp_path / "m",
+                                                                   image_size=32, folds=3, quiet=True)), daemon=True)
+    worker.start()
+    worker.join(30)  # 3 s on an idle machine
+    hung = worker.is_alive()
+    if hung:  # waiting on the pipe: give it a writer, so the thread (and pytest) can finish
+        os.close(os.open(pipe, os.O_WRONLY))
+        worker.join()
+    assert not hung, "check waited on a named pipe"
+    rows = done[0].findings
+    assert rows[rows.path == "Bag/pipe.png"][["issue", "detail"]].values.tolist() == [["unreadable", "empty file"]]

@@ -97,12 +97,15 @@ def look_at(root: Path, paths: list[str]) -> tuple[list[dict], np.ndarray]:
 
 
 def hashes(root: Path, paths: list[str]) -> list[str]:
-    """SHA-256 per file; a file that cannot be read gets a digest of its own name (it matches nothing)."""
+    """SHA-256 per file; a file that cannot be read gets a digest of its own name (it matches nothing), as does
+    anything but a regular file: opening a named pipe called x.png would wait for a writer forever."""
     def digest(path: str) -> str:
         try:
-            return files.sha256(Path(root) / path)
+            if Path(root, path).is_file():
+                return files.sha256(Path(root) / path)
         except OSError:
-            return f"unreadable:{root}/{path}"
+            pass
+        return f"unreadable:{root}/{path}"
     return [digest(path) for path in paths]
 
 
