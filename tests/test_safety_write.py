@@ -522,3 +522,19 @@ def test_review_never_writes_into_the_folder_it_reviews(voted):
                                                     "there (a later predict would vote on them twice); choose a folder "
                                                     "outside it\n")
     assert tree(folder) == before
+
+
+def test_predict_and_merge_refuse_while_another_run_writes_the_same_csv(voted, red_models, parts, tmp_path):
+    """Two predicts of one --out shared its progress folder (the second replaced the first's) and could leave one's
+    CSV beside the other's .json."""
+    folder, _ = voted
+    out = tmp_path / "same.csv"
+    with files.exclusive(tmp_path / ".same.csv.lock", "held by the test"):  # what a running predict holds
+        runs = [cli("predict", folder, "--out", out, "--models-dir", red_models, "--workers", 0, "-q"),
+                cli("merge", *parts, "--out", out)]
+    for result in runs:
+        assert (result.exit_code, result.stderr) == (1, f"Error: another quorum run is writing {out} now: wait for "
+                                                        "it, or choose another --out\n")
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(("same", ".same"))]
+    assert cli("predict", folder, "--out", out, "--models-dir", red_models, "--workers", 0, "-q").exit_code == 0
+    assert not (tmp_path / ".same.csv.lock").exists()

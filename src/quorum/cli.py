@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -227,23 +228,25 @@ def predict(folder, out, models_dir, models, shard, resume, quiet, force, **fiel
     check_folder(folder)  # before torch loads: a mistake costs a second, not a model load
     options = PredictOptions(shard=parse_shard(shard) if shard else WHOLE, **fields)
     options.check()
+    from quorum.distributed import is_main_process
     from quorum.predict import partial_rows
     from quorum.predict.members import select_models
     from quorum.predict.pipeline import predict as run_predict
-    from quorum.predict.table import check_writable, write_predictions
+    from quorum.predict.table import check_writable, write_predictions, writing
 
     check_writable(out, force, {"--models-dir": models_dir, "the image folder": folder})  # before any model loads
     progress = partial_rows.progress_dir(out)
     chosen = select_models(models_dir, models)  # once: its warning about a folder left out is said once
-    try:
-        frame = run_predict(folder, chosen, options, quiet=quiet, progress=progress, resume=resume)
-    except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
-        partial_rows.remove_if_empty(progress)
-        raise
-    if frame is None:  # another torchrun process: rank 0 writes
-        return
-    write_predictions(frame, out)  # a shard's CSV too: its sidecar makes it a part to merge
-    partial_rows.remove(progress)  # only now: the rows are safe in `out`
+    with writing(out) if is_main_process() else contextlib.nullcontext():  # rank 0 writes; the others only vote
+        try:
+            frame = run_predict(folder, chosen, options, quiet=quiet, progress=progress, resume=resume)
+        except BaseException:  # stopped before a row was finished: leave no progress folder to trip over
+            partial_rows.remove_if_empty(progress)
+            raise
+        if frame is None:  # another torchrun process: rank 0 writes
+            return
+        write_predictions(frame, out)  # a shard's CSV too: its sidecar makes it a part to merge
+        partial_rows.remove(progress)  # only now: the rows are safe in `out`
     _print_closing_lines(frame, out, chosen)
 
 
@@ -259,12 +262,13 @@ def merge(parts, out, force):
     missing or given twice.
     """
     from quorum.predict import shards
-    from quorum.predict.table import check_writable, write_predictions
+    from quorum.predict.table import check_writable, write_predictions, writing
 
     shards.check_out(out, parts)
     check_writable(out, force)
     frame = shards.merge(parts)
-    write_predictions(frame, out)
+    with writing(out):
+        write_predictions(frame, out)
     _print_closing_lines(frame, out)
 
 

@@ -41,6 +41,12 @@ class World:
         return [i % n for i in range(self.rank, total, self.size)]
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun run, or a run of one process: known from torchrun's environment before the group is
+    joined (the process that will write)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def current(device: str = "auto") -> World:
     """The world torchrun describes in the environment, joining its process group on first call.
 

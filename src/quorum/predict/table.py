@@ -211,6 +211,14 @@ def is_predictions_csv(path: Path) -> bool:
     return header[: len(VOTE_COLUMNS)] == VOTE_COLUMNS and header[-len(STATUS_COLUMNS):] == STATUS_COLUMNS
 
 
+def writing(out: Path):
+    """Hold `.OUT.lock` while a run makes `out`: a second predict or merge of the same --out stops at once, where it
+    replaced the first one's progress folder, and the two could leave one's CSV beside the other's .json."""
+    out = Path(out)
+    return files.exclusive(out.with_name(f".{out.name}.lock"),
+                           f"another quorum run is writing {out} now: wait for it, or choose another --out")
+
+
 def write_predictions(frame: pd.DataFrame, out: Path) -> None:
     """Write the CSV under a temporary name and move it into place: never a truncated file.
 
