@@ -4,6 +4,7 @@ stays the shared split, and what --pseudo-labels refuses is refused here too, by
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -166,13 +167,14 @@ def test_a_changed_file_and_the_labelled_folder_are_refused_by_name(run, tmp_pat
     data, models, preds = run
     changed = pd.read_csv(preds)["path"].iloc[0]
     target = preds.parent / "unlabelled" / changed
-    original = target.read_bytes()
+    original, stat = target.read_bytes(), target.stat()
     try:
         target.write_bytes(original + b"\0")
         with pytest.raises(QuorumError, match=f"changed since {preds} was written \\({changed}\\)"):
             finetune(recipe(data, models, "student", distill=str(preds)), quiet=True)
-    finally:
+    finally:  # the module's CSV vouches for the file again: the same bytes and times
         target.write_bytes(original)
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     on_labelled = tmp_path / "on_labelled.csv"
     result = cli("predict", data, "--out", on_labelled, "--models-dir", models, "--workers", 0, "-q", "--probs",
                  "--no-unknown-flag")  # every labelled file a row to distill from (none flagged and left out)
@@ -222,3 +224,21 @@ def test_probabilities_of_other_classes_are_refused_by_name(teachers, tmp_path):
     with pytest.raises(QuorumError, match=f"--distill {other} gives probabilities of other classes \\(blue, green, "
                                           "purple\\) than this model's \\(blue, green, red\\)"):
         read_soft_targets(other, tuple(sorted(COLOUR_CLASSES)))
+
+
+@pytest.mark.parametrize("value", [-0.5, 7.0, "nan", "abc"])
+def test_probabilities_that_are_not_probabilities_are_refused_by_row(teachers, tmp_path, value):
+    """An edited p_ cell: a negative or > 1 target trained the student silently, NaN trained it into NaN (then
+    'val_predictions.csv is broken'), text crashed with a traceback."""
+    _, _, preds = teachers
+    frame = files.read_csv(preds, keep_default_na=False)
+    classes = tuple(column.removeprefix("p_") for column in frame.columns if column.startswith("p_"))
+    first = frame["path"].iloc[0]
+    frame[f"p_{classes[0]}"] = frame[f"p_{classes[0]}"].astype(object)
+    frame.loc[0, f"p_{classes[0]}"] = value
+    edited = tmp_path / "edited.csv"
+    files.write_csv(edited, frame)
+    shutil.copy(f"{preds}.json", f"{edited}.json")
+    with pytest.raises(QuorumError, match=rf"--distill {edited} has 1 row\(s\) whose p_<class> are not probabilities "
+                                          rf"\(from 0 to 1, summing to 1; e.g. {first}: p_{classes[0]} {value}, "):
+        read_soft_targets(edited, classes)

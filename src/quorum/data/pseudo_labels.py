@@ -124,8 +124,24 @@ def read_soft_targets(csv: Path, classes: tuple[str, ...]) -> SoftTargets:
     flagged = readable & flagged_unknown(frame)
     chosen = frame[readable & ~flagged]
     check_rows_usable(csv, info, chosen, "probabilities")
-    probs = chosen[[f"p_{name}" for name in classes]].to_numpy(np.float32)
+    probs = _probabilities(csv, chosen, classes)
     probs /= probs.sum(axis=1, keepdims=True)  # the CSV rounds to 6 decimals
     items = [(str(info["folder"] / path), p) for path, p in zip(chosen["path"], probs)]
     return SoftTargets(csv, info["folder"], items, files.sha256(csv)[:16], len(frame), members_of(frame.columns),
                        {"unreadable": int((~readable).sum()), "unknown": int(flagged.sum())})
+
+
+def _probabilities(csv: Path, rows: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:
+    """The rows' `p_<class>` as soft targets: numbers from 0 to 1 that sum to 1 (to the CSV's rounding), or one
+    error naming a row that is not (an edited cell trained the student on nonsense, or on NaN)."""
+    columns = [f"p_{name}" for name in classes]
+    values = rows[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    wrong = ~(np.isfinite(values).all(axis=1) & (values >= 0).all(axis=1) & (values <= 1).all(axis=1)
+              & (np.abs(values.sum(axis=1) - 1) < 1e-3))
+    if wrong.any():
+        first = int(np.argmax(wrong))
+        cells = ", ".join(f"{column} {rows[column].iloc[first]}" for column in columns)
+        raise QuorumError(f"--distill {csv} has {int(wrong.sum())} row(s) whose p_<class> are not probabilities "
+                          f"(from 0 to 1, summing to 1; e.g. {rows['path'].iloc[first]}: {cells}): write it again "
+                          "with quorum predict --probs")
+    return values.astype(np.float32)
