@@ -120,6 +120,22 @@ def test_calibrate_without_val_predictions_is_one_error_line_and_writes_nothing(
     assert {path: (path / bundle.MODEL_JSON).read_bytes() for path in (good, bare)} == before
 
 
+@pytest.mark.parametrize("value", ["nan", "-0.2", "3"])
+def test_calibrate_refuses_validation_probabilities_that_are_not_probabilities(trained, tmp_path, value):
+    """An edited val_predictions.csv cell: a temperature was fitted and stored from it (NaN read as a number)."""
+    edited = copy_bundle(trained, tmp_path / "models", "edited", calibration=None)
+    table = (edited / bundle.VAL_PREDICTIONS).read_text().splitlines()
+    cells = table[1].split(",")
+    cells[-1] = value  # the last class's probability of the first image
+    (edited / bundle.VAL_PREDICTIONS).write_text("\n".join([table[0], ",".join(cells), *table[2:]]) + "\n")
+    before = (edited / bundle.MODEL_JSON).read_bytes()
+    result = CliRunner().invoke(main, ["calibrate", "--models-dir", str(tmp_path / "models")])
+    assert (result.exit_code, result.output) == (1, f"Error: cannot calibrate edited: {edited / bundle.VAL_PREDICTIONS} "
+                                                    "is broken (probabilities that are not numbers from 0 to 1): "
+                                                    "fine-tune edited again\n")
+    assert (edited / bundle.MODEL_JSON).read_bytes() == before
+
+
 def test_predict_with_a_bundle_that_cannot_be_calibrated_warns_by_name_and_keeps_raw_probabilities(trained, tmp_path,
                                                                                                   capsys):
     bare = copy_bundle(trained, tmp_path / "models", "bare", calibration=None)

@@ -203,4 +203,7 @@ def read_val_predictions(model_dir: Path, classes: tuple[str, ...]) -> tuple[lis
         raise QuorumError(f"{model_dir} has no {VAL_PREDICTIONS}: fine-tune it again with quorum finetune") from None
     except (KeyError, ValueError, pd.errors.ParserError) as exc:
         raise QuorumError(f"{path} is broken ({exc!r}): fine-tune {model_dir.name} again") from None
+    if not (np.isfinite(probs) & (probs >= 0) & (probs <= 1)).all():  # an edited cell: a temperature fitted on it
+        raise QuorumError(f"{path} is broken (probabilities that are not numbers from 0 to 1): fine-tune "
+                          f"{model_dir.name} again")
     return list(frame["path"].astype(str)), y_true, probs
