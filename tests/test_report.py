@@ -252,6 +252,18 @@ def test_report_never_replaces_a_users_files_in_its_out(trio, tmp_path):
         assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize("history", ["", "garbage,,,\n", "epoch,phase\n1,1\n"])
+def test_a_broken_history_leaves_out_that_models_curves_with_a_note(trio, tmp_path, history):
+    """An emptied or edited history.csv crashed the report (EmptyDataError, KeyError)."""
+    (trio / "a" / "history.csv").write_text(history)
+    result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--out", str(tmp_path / "r"),
+                                       "--no-timing", "-q"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "r" / "scores.json").read_text())
+    assert (f"{trio / 'a' / 'history.csv'} is broken (it needs the columns epoch, train_loss, val_loss, "
+            "train_accuracy, val_accuracy): a's training curves are left out") in scores["notes"]
+
+
 def test_text_in_the_page_is_escaped(tmp_path):
     classes = ("<b>cat</b>", "dog", "fox")
     write_handmade(tmp_path / "models", "a", VOTED["a"], classes=classes)

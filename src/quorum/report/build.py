@@ -146,7 +146,8 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
                          + (" with weights fitted on the validation split: scored there, it is flattered (the rules "
                             "table cross-fits them)" if rule == WEIGHTED and data is None else ""))
 
-    report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos), preds_part)
+    report = Report(infos, source, metrics, ensemble, pd.DataFrame(), notes, read_histories(infos, notes),
+                    preds_part)
     report.int8 = int8_scores(members.int8_infos, metrics, int8_run)
     if report.int8 and int8_run is None:
         notes.append("int8 rows: each int8 graph's accuracy on its model's validation split, as quorum export --int8 "
@@ -230,8 +231,26 @@ def validation_scores(infos: list[ModelInfo], notes: list[str]) -> tuple[Labelle
     return None, "each model's own validation images", own
 
 
-def read_histories(infos: list[ModelInfo]) -> dict[str, pd.DataFrame]:
-    return {info.path.name: files.read_csv(info.path / HISTORY) for info in infos if (info.path / HISTORY).is_file()}
+# What the training curves draw from each history.csv.
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy"]
+
+
+def read_histories(infos: list[ModelInfo], notes: list[str]) -> dict[str, pd.DataFrame]:
+    """Each model's history.csv; one that is broken (emptied, edited) is left out of the curves with a note."""
+    histories = {}
+    for info in infos:
+        path = info.path / HISTORY
+        if not path.is_file():
+            continue
+        try:
+            history = files.read_csv(path)
+            numbers = history[HISTORY_COLUMNS].apply(pd.to_numeric, errors="raise")
+        except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            notes.append(f"{path} is broken (it needs the columns {', '.join(HISTORY_COLUMNS)}): "
+                         f"{info.path.name}'s training curves are left out")
+            continue
+        histories[info.path.name] = history.assign(**numbers)
+    return histories
 
 
 def split_int8(labelled: Labelled, n_members: int) -> tuple[Labelled, Labelled]:
