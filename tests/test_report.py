@@ -264,6 +264,17 @@ def test_a_broken_history_leaves_out_that_models_curves_with_a_note(trio, tmp_pa
             "train_accuracy, val_accuracy): a's training curves are left out") in scores["notes"]
 
 
+def test_a_second_report_of_the_same_out_stops_at_once(trio, tmp_path):
+    from quorum import files
+
+    out = tmp_path / "r"
+    with files.exclusive(tmp_path / ".r.lock", "held by the test"):  # what a running report holds
+        result = CliRunner().invoke(main, ["report", "--models-dir", str(trio), "--out", str(out), "--no-timing", "-q"])
+    assert (result.exit_code, result.output) == (1, f"Error: another quorum report is writing {out} now: wait for "
+                                                    "it, or choose another --out\n")
+    assert not out.exists()
+
+
 def test_text_in_the_page_is_escaped(tmp_path):
     classes = ("<b>cat</b>", "dog", "fox")
     write_handmade(tmp_path / "models", "a", VOTED["a"], classes=classes)

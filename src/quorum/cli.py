@@ -469,7 +469,7 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
     """
     from quorum.data.predictions_csv import check_predictions_csv
     from quorum.models.engine import check_engine
-    from quorum.report.folder import check_out
+    from quorum.report.folder import check_out, writing
 
     if preds is not None:
         check_predictions_csv(preds, "--preds")  # before torch loads
@@ -480,12 +480,13 @@ def report(models_dir, out, models, tie_breaker, data, preds, labels, device, en
     from quorum.report.build import build_report, print_table
     from quorum.report.html import write_report
 
-    result = build_report(models_dir, models, tie_breaker=tie_breaker, data=data, preds=preds, labels=labels,
-                          device=device, engine=engine, timing=not no_timing, workers=workers, quiet=quiet,
-                          rule=rule, tta=tta)
-    print_table(result, quiet)
-    say(f"Drawing the pictures and writing {out}", quiet)
-    written = write_report(result, out)
+    with writing(out):
+        result = build_report(models_dir, models, tie_breaker=tie_breaker, data=data, preds=preds, labels=labels,
+                              device=device, engine=engine, timing=not no_timing, workers=workers, quiet=quiet,
+                              rule=rule, tta=tta)
+        print_table(result, quiet)
+        say(f"Drawing the pictures and writing {out}", quiet)
+        written = write_report(result, out)
     say(f"Wrote {written[-1]} and {len(written) - 1} more files in {out}")
 
 

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from quorum import files
 from quorum.errors import QuorumError
 
 SCORES, INDEX = "scores.json", "index.html"
@@ -43,3 +44,11 @@ def is_report(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(scores, dict) and SCORES_KEYS <= scores.keys()
+
+
+def writing(out: Path):
+    """Hold `.OUT.lock` beside the folder for the whole run: a second report of the same --out stops at once, where
+    the two could leave one's summary.csv beside the other's index.html."""
+    out = Path(out).resolve()
+    lock = out.with_name(f".{out.name}.lock") if out.name else out / ".quorum-report.lock"
+    return files.exclusive(lock, f"another quorum report is writing {out} now: wait for it, or choose another --out")
