@@ -130,9 +130,10 @@ def test_calibrate_refuses_validation_probabilities_that_are_not_probabilities(t
     (edited / bundle.VAL_PREDICTIONS).write_text("\n".join([table[0], ",".join(cells), *table[2:]]) + "\n")
     before = (edited / bundle.MODEL_JSON).read_bytes()
     result = CliRunner().invoke(main, ["calibrate", "--models-dir", str(tmp_path / "models")])
-    assert (result.exit_code, result.output) == (1, f"Error: cannot calibrate edited: {edited / bundle.VAL_PREDICTIONS} "
-                                                    "is broken (probabilities that are not numbers from 0 to 1): "
-                                                    "fine-tune edited again\n")
+    broken = edited / bundle.VAL_PREDICTIONS
+    assert (result.exit_code, result.output) == (1, f"Error: cannot calibrate edited: {broken} is broken "
+                                                    "(probabilities that are not numbers from 0 to 1): fine-tune "
+                                                    "edited again\n")
     assert (edited / bundle.MODEL_JSON).read_bytes() == before
 
 

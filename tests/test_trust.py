@@ -192,7 +192,8 @@ def test_review_refuses_an_existing_folder_and_a_changed_file_leaving_nothing(pr
     write_good_images(tmp_path / "other", 1, seed=9)
     os.replace(next((tmp_path / "other").iterdir()), tmp_path / "unlabelled" / changed)
     result = cli("review", predicted, "--out", out)
-    assert result.exit_code == 1 and f"({changed}): their votes may no longer fit; run quorum predict again" in result.stderr
+    assert result.exit_code == 1
+    assert f"({changed}): their votes may no longer fit; run quorum predict again" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "preds.csv", "preds.csv.json", "unlabelled"]
 
 
