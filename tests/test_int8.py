@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -120,6 +121,22 @@ def test_an_unreadable_validation_image_is_left_out_by_name_not_an_error_without
             "file)") in " ".join(result.output.split())
     scores = json.loads((copied / bundle.MODEL_JSON).read_text())["int8"]
     assert scores["validation_images"] == len(bundle.read_val_predictions(copied, info["classes"])[0]) - 1
+
+
+def test_training_images_that_cannot_be_read_are_one_error_line(copied, tmp_path):
+    """int8 calibrates on the training share: with none readable ONNX Runtime crashed ('No data is collected')."""
+    data = Path(shutil.copytree(bundle.read_info(copied).labelled_root, tmp_path / "data"))
+    info = json.loads((copied / bundle.MODEL_JSON).read_text())
+    (copied / bundle.MODEL_JSON).write_text(json.dumps({**info, "split": {**info["split"], "root": str(data)}}))
+    split = pd.read_csv(copied.parent / "split.csv")
+    for path in split[split.subset == "train"].path:
+        (data / path).write_bytes(b"")
+    before = (copied / bundle.MODEL_JSON).read_bytes()
+    result = cli("export", "--int8", "--force", "--models-dir", copied.parent)
+    assert (result.exit_code, result.output) == (1, f"Error: none of the training images {copied.name} calibrates "
+                                                    f"int8 on can be read (under {data}): restore them, or fine-tune "
+                                                    "the model again\n")
+    assert (copied / bundle.MODEL_JSON).read_bytes() == before
 
 
 def test_every_node_is_int8_when_that_loses_no_more_than_the_tolerance(copied):

@@ -79,6 +79,9 @@ def quantize(model_dir: Path, tolerance: float = TOLERANCE) -> dict:
     if not onnx_export.is_current(model_dir):
         onnx_export.export_onnx(model_dir)
     validation, reader, tried = Labelled.validation(info), CalibrationReader(info, training_images(info)), {}
+    if reader.count == 0:  # ONNX Runtime would stop with "No data is collected."
+        raise QuorumError(f"none of the training images {model_dir.name} calibrates int8 on can be read (under "
+                          f"{info.labelled_root}): restore them, or fine-tune the model again")
     if validation.left_out:
         said = (f"Left out {len(validation.left_out)} validation image(s) of {model_dir.name} that cannot be read "
                 f"(e.g. {validation.left_out[0]}): both graphs are scored on the other {len(validation.y)}")
@@ -181,8 +184,9 @@ class CalibrationReader:
 
     def __init__(self, info: ModelInfo, paths: list[Path]):
         self.pixels, self.normalize = info.preprocessing.eval_pixels(), info.preprocessing.normalizer()
-        self.batches = iter(self._batches(paths))
         self.count = 0
+        # Decoded now (CALIBRATION_IMAGES at most), so that `count` says before quantizing whether any image was read.
+        self.batches = iter(list(self._batches(paths)))
 
     def _batches(self, paths: list[Path]):
         for start in range(0, len(paths), BATCH):
