@@ -110,3 +110,13 @@ def test_an_out_name_too_long_for_the_file_system_is_one_error_line_before_any_w
     assert (status[0], output) == ("1", f"Error: --out {out}: the name is {len(out.rsplit('/', 1)[1])} bytes, "
                                            "and quorum's files beside it need it to be at most 235: choose a shorter "
                                            "name\n")
+
+
+def test_a_models_dir_inside_the_labelled_folder_fails_before_torch_is_imported(tmp_path):
+    """Its folders were taken for classes: 'class folder DATA/models has no images: ... remove the folder'."""
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    data, models = tmp_path / "data", tmp_path / "data" / "models"
+    status, output = quorum_without_torch("finetune", "tinyvgg", "--data", str(data), "--models-dir", str(models))
+    assert (status, output) == ("1 False", f"Error: --models-dir {models} is inside --data {data}: its folders would "
+                                           "be taken for classes; choose a models folder outside the labelled one\n")
+    assert not models.exists()

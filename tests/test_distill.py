@@ -192,7 +192,8 @@ def test_distill_with_pseudo_labels_is_refused_before_torch_loads(tmp_path):
 
 def test_a_missing_distill_csv_says_to_write_it_with_probabilities(tmp_path):
     missing = tmp_path / "preds.csv"
-    result = cli("finetune", "tinyvgg", "--data", tmp_path, "--models-dir", tmp_path / "models", "--distill", missing)
+    result = cli("finetune", "tinyvgg", "--data", tmp_path / "data", "--models-dir", tmp_path / "models",
+                 "--distill", missing)
     assert result.exit_code == 1
     assert result.stderr == (f"Error: --distill {missing} does not exist: write one with quorum predict FOLDER "
                              f"--probs --out {missing}\n")

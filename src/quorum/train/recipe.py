@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from quorum.errors import QuorumError
 
@@ -87,6 +88,9 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise QuorumError(message)
+        if Path(self.models_dir).resolve().is_relative_to(Path(self.data).resolve()):
+            raise QuorumError(f"--models-dir {self.models_dir} is inside --data {self.data}: its folders would be "
+                              "taken for classes; choose a models folder outside the labelled one")
 
     @property
     def frozen_epochs(self) -> int:
