@@ -326,6 +326,20 @@ def test_the_folder_check_warns_when_the_folder_is_unlike_the_labelled_one(world
     assert "size 400x300 vs 28x28" in warning and "aspect 1.33 vs 1.00" in warning and "mode RGB vs L" in warning
 
 
+def test_the_folder_check_has_no_class_mix_without_a_readable_row(world, tmp_path):
+    """A folder of only unreadable files: the class mix of no row read as 0.50 from the labelled one, and warned."""
+    from quorum.predict.folder_check import compare
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "empty.png").write_bytes(b"")
+    (broken / "notes.jpg").write_text("not pixels")
+    frame = predict(broken, select_models(world / "models"), PredictOptions(workers=0), quiet=True)
+    lines = compare(frame, broken, world / "labelled")
+    assert lines[0].endswith("no class mix (no readable row that is not flagged unknown)")
+    assert not any(line.startswith("Warning") for line in lines)
+
+
 def test_resume_keeps_the_flags_and_refuses_another_line(world, predicted, tmp_path):
     out, progress = tmp_path / "resumed.csv", tmp_path / "resumed.csv.partial"
     models = select_models(world / "models")

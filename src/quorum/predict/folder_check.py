@@ -90,10 +90,13 @@ def compare(frame: pd.DataFrame, folder: Path, labelled_root: Path | None) -> li
     theirs = looks([Path(labelled_root) / path for path in labelled["path"]])
     shares = ok.loc[~flagged, "prediction"].value_counts(normalize=True)
     expected = labelled["label"].value_counts(normalize=True)
+    # No row voted on and not flagged (every file unreadable, or flagged): no class mix to set against the labelled one.
     distance = 0.5 * float(shares.reindex(expected.index.union(shares.index), fill_value=0)
-                           .sub(expected.reindex(expected.index.union(shares.index), fill_value=0)).abs().sum())
-    lines = [f"folder check (against {labelled_root}, {SAMPLE} images at most from each): class mix distance "
-             f"{distance:.2f} (0 = the labelled mix)"]
+                           .sub(expected.reindex(expected.index.union(shares.index), fill_value=0)).abs().sum()) \
+        if len(shares) else None
+    mix = (f"class mix distance {distance:.2f} (0 = the labelled mix)" if distance is not None else
+           "no class mix (no readable row that is not flagged unknown)")
+    lines = [f"folder check (against {labelled_root}, {SAMPLE} images at most from each): {mix}"]
     if ours is not None and theirs is not None:
         lines.append(f"  this folder: {ours.describe()}; labelled: {theirs.describe()}")
     differs = _differences(flagged.mean() if len(ok) else 0.0, frame.attrs.get("unknown"), distance, ours, theirs)
@@ -103,12 +106,12 @@ def compare(frame: pd.DataFrame, folder: Path, labelled_root: Path | None) -> li
     return lines
 
 
-def _differences(flagged: float, unknown: dict | None, distance: float, ours: Looks | None,
+def _differences(flagged: float, unknown: dict | None, distance: float | None, ours: Looks | None,
                  theirs: Looks | None) -> list[str]:
     differs = []
     if unknown and unknown.get("threshold") is not None and flagged > UNKNOWN_FACTOR * (1 - unknown["keep"]):
         differs.append(f"{flagged:.0%} flagged unknown, validation lets {1 - unknown['keep']:.0%} through")
-    if distance > CLASS_MIX:
+    if distance is not None and distance > CLASS_MIX:
         differs.append(f"class mix distance {distance:.2f} > {CLASS_MIX}")
     if ours is None or theirs is None:
         return differs
