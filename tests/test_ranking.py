@@ -174,7 +174,9 @@ def test_review_budget_places_the_top_rows_and_lists_them_in_order(preds_csv, tm
     assert listing["rank"].tolist() == [1, 2] and listing["score"].iloc[0] == pytest.approx(math.log(3), abs=1e-6)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["cat/d.png", "dog/c.png"]
     assert "1 rows flagged unknown" in result.stderr
-    assert "the 2 rows most worth a label, by disagreement" in (out / "README.txt").read_text()
+    readme = (out / "README.txt").read_text()
+    assert "the 2 rows most worth a label, by disagreement" in readme
+    assert "The 1 rows flagged unknown" in readme and "kept apart" in readme and "_unknown/" not in readme
 
 
 def test_review_diverse_clusters_the_real_images_features(preds_csv, tmp_path):

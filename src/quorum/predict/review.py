@@ -42,14 +42,12 @@ UNKNOWN_DIR = "_unknown"  # rows of no known class; README's copy command leaves
 
 README = """Images to review: {count} of {rows} rows of {csv}
 ({why}). Each sits in the folder of the class the vote
-predicted, or in {unknown_dir}/; review.csv lists where each came from and what every member voted.
+predicted{or_unknown}; review.csv lists where each came from and what every member voted.
 
 What to do:
 1. Look at each image and move it into the folder of its true class. A class the models do
    not know yet: create a folder for it here (e.g. mkdir "{out}/Hat"); quorum accepts it as a
-   new label when you fine-tune, and says so. {unknown_dir}/ holds the {no_class} images flagged
-   unknown (like no class the models know): sort them too, or delete them, but never copy
-   {unknown_dir}/ itself into the labelled data.
+   new label when you fine-tune, and says so. {unknown_note}
 2. Delete the images you cannot tell (or that belong to no class).
 3. Add the sorted folders to your labelled data, e.g.
        cp -rn "{out}"/[!_]*/ LABELLED/
@@ -59,6 +57,11 @@ What to do:
 The files here are {how} of the originals in {folder}: moving or deleting them here leaves the
 originals alone.
 """
+PLACED_UNKNOWN = """{unknown_dir}/ holds the {count} images flagged
+   unknown (like no class the models know): sort them too, or delete them, but never copy
+   {unknown_dir}/ itself into the labelled data."""
+KEPT_APART = """The {count} rows flagged unknown (like no class the
+   models know) were kept apart from the ranking: none of them is here."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     why = (f"agreement below {min_agreement:g}: {meaning}; and every row flagged unknown" if budget is None else
            f"the {budget} rows most worth a label, by {rank}: label them in review.csv's order")
     with files.new_folder(out, "review") as work:
-        how = _build(work, csv, out, frame, flagged, folder, why, ranked=budget is not None)
+        how = _build(work, csv, out, frame, flagged, folder, why, kept_apart if budget is not None else None)
     per_class = flagged.get("folder", flagged["prediction"]).value_counts().to_dict()
     return ReviewResult(out, len(frame), len(flagged), unknown, {str(k): int(v) for k, v in per_class.items()}, how,
                         kept_apart, int((flagged.get("folder", flagged["prediction"]) == UNKNOWN_DIR).sum()))
@@ -147,8 +150,10 @@ def _check_labels(csv: Path, labels: pd.Series, classes: list[str] | None) -> No
 
 
 def _build(work: Path, csv: Path, out: Path, frame: pd.DataFrame, flagged: pd.DataFrame, folder: Path, why: str,
-           ranked: bool) -> str:
-    """Place the flagged files, review.csv and README.txt in `work`; returns how the files were placed."""
+           kept_apart: int | None) -> str:
+    """Place the flagged files, review.csv and README.txt in `work`; returns how the files were placed.
+    `kept_apart`: with a budget, the rows flagged unknown the ranking left out (None: they are placed)."""
+    ranked = kept_apart is not None
     kinds, targets = set(), []
     for path, label in zip(flagged["path"], flagged.get("folder", flagged["prediction"])):
         # Sub-folders kept, not flattened: a/b.png and a__b.png must never meet at one name.
@@ -169,9 +174,11 @@ def _build(work: Path, csv: Path, out: Path, frame: pd.DataFrame, flagged: pd.Da
         listing = listing.assign(rank=flagged["rank"].tolist(), score=flagged["score"].round(6).tolist())
     files.write_csv(work / "review.csv", listing)
     no_class = int((flagged.get("folder", flagged["prediction"]) == UNKNOWN_DIR).sum())
+    unknown_note = (KEPT_APART.format(count=kept_apart) if ranked else
+                    PLACED_UNKNOWN.format(unknown_dir=UNKNOWN_DIR, count=no_class))
     files.write_text(work / "README.txt", README.format(count=len(flagged), rows=len(frame), csv=csv, why=why,
-                                                         out=out, how=how, folder=folder, unknown_dir=UNKNOWN_DIR,
-                                                         no_class=no_class))
+                                                         out=out, how=how, folder=folder, unknown_note=unknown_note,
+                                                         or_unknown="" if ranked else f", or in {UNKNOWN_DIR}/"))
     return how
 
 
