@@ -37,7 +37,7 @@ def test_a_run_record_without_its_vote_or_engines_is_named_not_a_crash():
     from quorum.predict.run_identity import difference
 
     now = {"members": {"a": "1"}, "engines": {"a": "onnx"}, "vote": {"rule": "majority", "weights": None, "tta": 1}}
-    assert difference({**now, "vote": None}, now) == "--vote and --tta unrecorded then but --vote majority --tta 1 now"
+    assert difference({**now, "vote": None}, now) == "the vote: unrecorded then but --vote majority --tta 1 now"
     assert difference({**now, "engines": None}, now) == "engine unrecorded then but a onnx now"
 
 

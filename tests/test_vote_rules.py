@@ -206,7 +206,7 @@ def test_shards_of_two_rules_are_not_merged(images, tiny_models, tmp_path):
                    f"{index}/2", "--vote", rule, "--workers", 0, "--quiet").exit_code == 0
     result = cli("merge", tmp_path / "0.csv", tmp_path / "1.csv", "--out", tmp_path / "all.csv")
     assert result.exit_code != 0
-    assert "--vote and --tta --vote soft --tta 1" in result.output and "--vote majority --tta 1" in result.output
+    assert "the vote: --vote soft --tta 1" in result.output and "--vote majority --tta 1" in result.output
 
 
 # --- test-time augmentation ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 LABELS = {"folder": "folder", "files": "number of files", "listing": "file names", "members": "members",
           "classes": "classes", "tie_breaker": "tie-breaker", "lazy": "--lazy", "probs": "--probs",
           "min_agreement": "--min-agreement", "shard": "--shard", "engines": "engine",
-          "unknown": "the unknown line (--unknown-keep)", "vote": "--vote and --tta"}
+          "unknown": "the unknown line (--unknown-keep)", "vote": "the vote:"}
 
 
 def identity(folder: Path, relative_paths: list[str], infos: list[ModelInfo], options: PredictOptions, *,
