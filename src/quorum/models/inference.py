@@ -12,6 +12,7 @@ are written once. Two engines behind the same call:
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,10 @@ from quorum.device import autocast
 from quorum.models.classifier import Classifier
 
 LOGITS_OUTPUT, FEATURES_OUTPUT = "logits", "features"  # model.onnx's outputs
+# Images per `session.run`: a batch runs as slices of this many, spread over `OnnxInference`'s threads. Slices of 8
+# took mobilenet_v2-224's int8 graph 1.9 CPU ms an image against 2.4 for 32 at once (its activations stay in cache;
+# ResNet50 and mobilenet_v2-64: no change), and small slices keep both threads busy to the end of a batch.
+SLICE_IMAGES = 8
 
 
 class TorchInference:
@@ -73,14 +78,22 @@ class Inference(Protocol):
 
 
 class OnnxInference:
-    """model.onnx under ONNX Runtime on the CPU: uint8 pixels (n, 3, size, size) -> softmax probabilities."""
+    """model.onnx under ONNX Runtime on the CPU: uint8 pixels (n, 3, size, size) -> softmax probabilities.
 
-    def __init__(self, session, preprocessing: Preprocessing):
+    A batch runs as slices of SLICE_IMAGES; with `threads` > 1 (give a session of one intra-op thread,
+    `onnx_session(path, 1)`), that many slices run at once (ONNX Runtime releases the GIL and a session's `run` is
+    thread-safe). So no thread waits at every operator for a peer another process has preempted, as one session's
+    intra-op threads do on a shared CPU (benchmarks/RESULTS.md, "int8speed"). Each image's result is its own either way.
+    """
+
+    def __init__(self, session, preprocessing: Preprocessing, threads: int = 1):
         self.session, self.preprocessing = session, preprocessing
         self.normalize = preprocessing.normalizer()
         self.input = session.get_inputs()[0].name
         # Graphs exported since the unknown score moved to features have a second output; older ones do not.
         self.has_features = FEATURES_OUTPUT in [output.name for output in session.get_outputs()]
+        self.outputs = [LOGITS_OUTPUT, FEATURES_OUTPUT] if self.has_features else [LOGITS_OUTPUT]
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="onnx") if threads > 1 else None
 
     def __call__(self, inputs: torch.Tensor, start: int = 0) -> np.ndarray:
         if start:
@@ -91,10 +104,17 @@ class OnnxInference:
     def with_features(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, penultimate features, or None for a graph without them) of uint8 pixels."""
         x = self.normalize(inputs.cpu()).numpy()
-        outputs = self.session.run([LOGITS_OUTPUT, FEATURES_OUTPUT] if self.has_features else [LOGITS_OUTPUT],
-                                   {self.input: x})
+        slices = [x[start: start + SLICE_IMAGES] for start in range(0, max(1, len(x)), SLICE_IMAGES)]  # empty: once
+        if self.pool is not None and len(slices) > 1:
+            results = list(self.pool.map(self._run, slices))
+        else:
+            results = [self._run(piece) for piece in slices]
+        outputs = [np.concatenate(parts) for parts in zip(*results)]
         probs = torch.softmax(torch.from_numpy(outputs[0]), dim=1).numpy()
         return probs, outputs[1] if self.has_features else None
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.outputs, {self.input: x})
 
 
 class Calibrated:

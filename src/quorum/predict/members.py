@@ -143,16 +143,16 @@ def member_engines(infos: list[ModelInfo], engine: str, device_type: str, quiet:
 def load_members(infos: list[ModelInfo], device: torch.device, engines: list[str] | None = None,
                  threads: int | None = None, quiet: bool = False) -> list[Member]:
     """Each member ready to run on its engine (`member_engines`; torch for all by default), its probabilities
-    calibrated by its temperature (models/temperature.py). `threads`: ONNX Runtime's threads per member
-    (they run one after another), default all cores."""
+    calibrated by its temperature (models/temperature.py). `threads`: the slices of a batch an ONNX Runtime member
+    runs at once (`OnnxInference`; the members run one after another), default all cores."""
     engines = engines or ["torch"] * len(infos)
     members = []
     for info, engine in zip(infos, engines):
         if engine in ONNX_RUNTIME:
             graph = info.path / (INT8_ONNX if engine == "int8" else ONNX)
-            session = onnx_session(graph, threads or cpu_cores())
+            session = onnx_session(graph, 1)  # its threads: slices of each batch at once (`OnnxInference`)
             check_input_size(session, info, graph)
-            run = OnnxInference(session, info.preprocessing)
+            run = OnnxInference(session, info.preprocessing, threads or cpu_cores())
         else:
             model, _ = load_model(info.path, device)
             run = TorchInference(model, info.preprocessing, device, channels_last=True)
