@@ -144,6 +144,54 @@ def test_lazy_runs_the_tie_breaker_on_part_of_a_batch_and_stays_exact(trio, imag
     assert lazy_rows["prediction"].equals(full_rows["prediction"])
 
 
+class RandomPixels:
+    """Calibration for an int8 graph whose accuracy does not matter here: two batches of random normalised pixels."""
+
+    def __init__(self, size: int):
+        generator = np.random.default_rng(0)
+        self.batches = iter([{"pixels": generator.normal(size=(4, 3, size, size)).astype(np.float32)}] * 2)
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+@pytest.fixture(scope="module")
+def int8_trio(trio, tmp_path_factory) -> Path:
+    """The trio with a current model.int8.onnx each (every node int8)."""
+    import shutil
+
+    from quorum.models.quantize import quantize_graph
+
+    root = tmp_path_factory.mktemp("int8") / "models"
+    shutil.copytree(trio, root)
+    for model_dir in select_models(root):
+        graph = model_dir / bundle.INT8_ONNX
+        quantize_graph(model_dir / bundle.ONNX, graph, RandomPixels(bundle.read_info(model_dir).image_size))
+        onnx_export.tag_weights(graph, onnx_export.weights_digest(model_dir))
+    return root
+
+
+@pytest.mark.parametrize("engine", ["onnx", "int8"])
+def test_slices_at_once_give_the_csv_of_one_run_per_batch(int8_trio, images, monkeypatch, engine):
+    """A batch in slices on concurrent threads (`OnnxInference`) writes what one run on the whole batch wrote:
+    same labels, probabilities and unknown scores within float tolerance, in the same rows."""
+    from quorum.models import inference
+    from quorum.predict import pipeline
+
+    def rows(threads: int, slice_images: int):
+        monkeypatch.setattr(pipeline, "engine_threads", lambda processes=1: threads)
+        monkeypatch.setattr(inference, "SLICE_IMAGES", slice_images)
+        return predict(images, select_models(int8_trio), PredictOptions(engine=engine, workers=0, batch_size=12,
+                                                                         probs=True), quiet=True)
+
+    whole, sliced = rows(threads=1, slice_images=10**6), rows(threads=3, slice_images=5)  # 12 = 5 + 5 + 2
+    numbers = [c for c in whole.columns if c.startswith("p_") or c.endswith(("confidence", "unknown_score"))]
+    assert sliced.drop(columns=numbers).equals(whole.drop(columns=numbers))
+    assert np.abs(sliced[numbers].to_numpy(float) - whole[numbers].to_numpy(float)).max() < 1e-5
+    infos = read_members(select_models(int8_trio))
+    assert member_engines(infos, engine, "cpu", quiet=True) == [engine] * 3  # the graphs named ran
+
+
 # --- the choice of engine ----------------------------------------------------------------------------
 
 
