@@ -184,7 +184,7 @@ def test_slices_at_once_give_the_csv_of_one_run_per_batch(int8_trio, images, mon
         return predict(images, select_models(int8_trio), PredictOptions(engine=engine, workers=0, batch_size=12,
                                                                          probs=True), quiet=True)
 
-    whole, sliced = rows(threads=1, slice_images=10**6), rows(threads=3, slice_images=5)  # 12 = 5 + 5 + 2
+    whole, sliced = rows(threads=1, slice_images=10**6), rows(threads=3, slice_images=5)  # 16 images: 4+4+4, 2+1+1
     numbers = [c for c in whole.columns if c.startswith("p_") or c.endswith(("confidence", "unknown_score"))]
     assert sliced.drop(columns=numbers).equals(whole.drop(columns=numbers))
     assert np.abs(sliced[numbers].to_numpy(float) - whole[numbers].to_numpy(float)).max() < 1e-5

@@ -80,10 +80,11 @@ class Inference(Protocol):
 class OnnxInference:
     """model.onnx under ONNX Runtime on the CPU: uint8 pixels (n, 3, size, size) -> softmax probabilities.
 
-    A batch runs as slices of SLICE_IMAGES; with `threads` > 1 (give a session of one intra-op thread,
-    `onnx_session(path, 1)`), that many slices run at once (ONNX Runtime releases the GIL and a session's `run` is
-    thread-safe). So no thread waits at every operator for a peer another process has preempted, as one session's
-    intra-op threads do on a shared CPU (benchmarks/RESULTS.md, "int8speed"). Each image's result is its own either way.
+    A batch runs as slices of up to SLICE_IMAGES, at least one per thread; with `threads` > 1 (give a session of one
+    intra-op thread, `onnx_session(path, 1)`), that many slices run at once (ONNX Runtime releases the GIL and a
+    session's `run` is thread-safe). So no thread waits at every operator for a peer another process has preempted,
+    as one session's intra-op threads do on a shared CPU: predict --engine int8 ran 1.2-1.5x faster so on 2 cores
+    (benchmarks/RESULTS.md, "int8speed"; not measured on more). Each image's result is its own either way.
     """
 
     def __init__(self, session, preprocessing: Preprocessing, threads: int = 1):
@@ -93,6 +94,7 @@ class OnnxInference:
         # Graphs exported since the unknown score moved to features have a second output; older ones do not.
         self.has_features = FEATURES_OUTPUT in [output.name for output in session.get_outputs()]
         self.outputs = [LOGITS_OUTPUT, FEATURES_OUTPUT] if self.has_features else [LOGITS_OUTPUT]
+        self.threads = threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="onnx") if threads > 1 else None
 
     def __call__(self, inputs: torch.Tensor, start: int = 0) -> np.ndarray:
@@ -104,7 +106,9 @@ class OnnxInference:
     def with_features(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, penultimate features, or None for a graph without them) of uint8 pixels."""
         x = self.normalize(inputs.cpu()).numpy()
-        slices = [x[start: start + SLICE_IMAGES] for start in range(0, max(1, len(x)), SLICE_IMAGES)]  # empty: once
+        # At most SLICE_IMAGES each, and a slice for every thread (many cores, a small batch): each image in one slice.
+        pieces = max(self.threads, -(-len(x) // SLICE_IMAGES))
+        slices = np.array_split(x, min(pieces, len(x))) if len(x) > 1 else [x]
         if self.pool is not None and len(slices) > 1:
             results = list(self.pool.map(self._run, slices))
         else:
