@@ -67,6 +67,10 @@ def test_a_missing_predictions_csv_fails_before_torch_is_imported(tmp_path, comm
     ("out is a dangling link", "--out {out} already exists: give a new folder (a check folder is written whole)"),
     ("out inside data", "--out {data}/check is inside DATA {data}: "
                         "check never writes there; choose a folder outside it"),
+    ("unlabelled inside data", "--unlabelled {data}/cat and DATA {data} overlap: every labelled image would be its "
+                               "own unlabelled copy; give a folder of unlabelled images outside DATA"),
+    ("data inside unlabelled", "--unlabelled {tmp} and DATA {data} overlap: every labelled image would be its "
+                               "own unlabelled copy; give a folder of unlabelled images outside DATA"),
 ])
 def test_a_bad_check_option_fails_before_torch_is_imported(tmp_path, problem, message):
     data, out = tmp_path / "data", tmp_path / "check"
@@ -78,7 +82,9 @@ def test_a_bad_check_option_fails_before_torch_is_imported(tmp_path, problem, me
         out.symlink_to(tmp_path / "gone")
     if problem == "out inside data":
         out = data / "check"
-    extra = ["--unlabelled", str(tmp_path / "nowhere")] if problem == "no unlabelled" else []
+    unlabelled = {"no unlabelled": tmp_path / "nowhere", "unlabelled inside data": data / "cat",
+                  "data inside unlabelled": tmp_path}.get(problem)
+    extra = ["--unlabelled", str(unlabelled)] if unlabelled else []
     before = sorted(tmp_path.rglob("*"))
     status, output = quorum_without_torch("check", str(data), "--out", str(out), *extra)
     assert (status, output) == ("1 False", "Error: " + message.format(data=data, out=out, tmp=tmp_path) + "\n")

@@ -45,6 +45,10 @@ def check_options(data: Path, unlabelled: Path | None, out: Path) -> None:
         raise QuorumError(f"DATA {data} is not a folder: give the labelled folder (one sub-folder per class)")
     if unlabelled is not None and not Path(unlabelled).is_dir():
         raise QuorumError(f"--unlabelled {unlabelled} is not a folder: give the folder of unlabelled images")
+    if unlabelled is not None and (Path(unlabelled).resolve().is_relative_to(data.resolve())
+                                   or data.resolve().is_relative_to(Path(unlabelled).resolve())):
+        raise QuorumError(f"--unlabelled {unlabelled} and DATA {data} overlap: every labelled image would be its own "
+                          "unlabelled copy; give a folder of unlabelled images outside DATA")
     if out.resolve().is_relative_to(data.resolve()):
         raise QuorumError(f"--out {out} is inside DATA {data}: check never writes there; choose a folder outside it")
     files.check_new_folder(out, "check")
