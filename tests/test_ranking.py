@@ -217,3 +217,13 @@ def test_diverse_refuses_a_changed_candidate_before_the_backbone_loads(tmp_path)
     assert (status, output) == ("1 False", f"Error: 1 file(s) in {folder} changed since {csv} was written (c.png): "
                                            "their votes may no longer fit; run quorum predict again\n")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("budget", [[], ["--budget", "2"]])
+def test_review_refuses_a_class_named_like_its_unknown_folder(tmp_path, budget):
+    """A class `_unknown` would share _unknown/ with the rows of no known class: one Error line, nothing written."""
+    csv = write_csv(tmp_path)
+    csv.write_text(csv.read_text().replace("fox", "_unknown"))  # a member's vote and p__unknown
+    result = CliRunner().invoke(main, ["review", str(csv), "--out", str(tmp_path / "review"), *budget])
+    assert result.exit_code == 1 and not (tmp_path / "review").exists()
+    assert "a class is named '_unknown', the folder review keeps for rows of no known class" in result.output

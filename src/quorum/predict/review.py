@@ -29,6 +29,7 @@ from quorum import files
 from quorum.data.predictions_csv import (
     check_predictions_csv,
     check_rows_usable,
+    class_columns,
     flagged_unknown,
     read_sidecar,
 )
@@ -102,6 +103,7 @@ def review(csv: Path, out: Path, min_agreement: float = 1.0, budget: int | None 
     if files.inside(out.parent, folder):
         raise QuorumError(f"--out {out} is inside the folder {csv} was written for, {folder}: the links would join "
                           "the images there (a later predict would vote on them twice); choose a folder outside it")
+    _check_no_class_named_unknown(csv, frame, (info.get("run") or {}).get("classes"))
     unknown = kept_apart = 0
     if budget is None:
         flagged, unknown = flagged_rows(frame, min_agreement)
@@ -133,6 +135,17 @@ def image_features(folder: Path, paths: list[str]) -> np.ndarray:
     from quorum.models.features import frozen_features  # torch: loaded only when a ranking needs it
 
     return frozen_features(folder, paths, image_size=96, quiet=True)
+
+
+def _check_no_class_named_unknown(csv: Path, frame: pd.DataFrame, classes: list[str] | None) -> None:
+    """A class called `_unknown` would share its folder with the rows of no known class (and README.txt's copy
+    command leaves `_` folders out)."""
+    labels = {*(classes or []), *(column[2:] for column in class_columns(frame.columns)),
+              *frame["prediction"].dropna().astype(str),
+              *(label for name in members_of(frame.columns) for label in frame[member_columns(name)[0]].dropna())}
+    if UNKNOWN_DIR in labels:
+        raise QuorumError(f"{csv}: a class is named {UNKNOWN_DIR!r}, the folder review keeps for rows of no known "
+                          "class: rename that class's folder in the labelled data and fine-tune again")
 
 
 def _check_labels(csv: Path, labels: pd.Series, classes: list[str] | None) -> None:
