@@ -291,6 +291,20 @@ def test_finetune_never_replaces_a_folder_that_is_not_a_model(tmp_path, kind):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
+def test_finetune_never_deletes_a_users_folder_named_like_its_old_model(tmp_path):
+    """.photos.old is where the previous model waits during the swap: a user's folder of that name was deleted
+    when the run finished."""
+    data, models = write_labelled_folder(tmp_path / "data", per_class=4), tmp_path / "models"
+    users = models / ".photos.old"
+    users.mkdir(parents=True)
+    (users / "notes.txt").write_text("mine")
+    result = cli(*finetune_args(data, models, name="photos", epochs=1))
+    assert (result.exit_code, result.stderr) == (1, f"Error: {users} exists and is not a model quorum set aside: the "
+                                                    "finished run would delete it; move it away, or give another "
+                                                    "--name\n")
+    assert (users / "notes.txt").read_text() == "mine" and not (models / "photos").exists()
+
+
 def test_finetune_never_discards_a_partial_folder_it_did_not_make(tmp_path):
     data, models = write_labelled_folder(tmp_path / "data", per_class=4), tmp_path / "models"
     users = models / ".m.partial"

@@ -66,6 +66,10 @@ def _finetune(recipe: Recipe, asked: Recipe, backbone: Backbone, world: distribu
     if (final_dir.exists() or final_dir.is_symlink()) and not bundle.is_model_folder(final_dir):
         raise QuorumError(f"{final_dir} exists and is not a quorum model: the finished run would replace it; move it "
                           "away, or give another --name")
+    old_dir = _old_dir(final_dir)
+    if (old_dir.exists() or old_dir.is_symlink()) and not bundle.is_model_folder(old_dir):
+        raise QuorumError(f"{old_dir} exists and is not a model quorum set aside: the finished run would delete it; "
+                          "move it away, or give another --name")
     if (work_dir.exists() or work_dir.is_symlink()) and not _unfinished_run(work_dir):
         raise QuorumError(f"{work_dir} exists and is not a run quorum left unfinished: move it away, or give another "
                           "--name")
@@ -263,12 +267,17 @@ def _export_onnx(work_dir: Path, quiet: bool) -> None:
         say(f"[yellow]No model.onnx ({exc}): quorum predict will run this model on torch[/yellow]")
 
 
+def _old_dir(target: Path) -> Path:
+    """Where the previous model waits while the new one moves into place."""
+    return target.with_name(f".{target.name}.old")
+
+
 def _replace_dir(new: Path, target: Path) -> None:
     """Swap the finished run into place; the previous model stays whole until the last moment.
 
     Killed between the two renames, no model folder exists for an instant: `new` is still
     complete, and `--resume` finishes the swap."""
-    old = target.with_name(f".{target.name}.old")
+    old = _old_dir(target)
     if old.exists() and target.exists():  # a swap that finished, but not its clean-up
         shutil.rmtree(old)
     if target.exists():
