@@ -357,6 +357,8 @@ def test_the_trust_table_gives_what_the_preds_folders_own_rows_should_score(trio
     # A CSV of other members (a and b only) says nothing about this trio's lines.
     other = build_report(trio, preds=handmade_preds(tmp_path / "ab.csv"), timing=False)
     assert "folder_expected" not in other.trust.columns
+    assert "--preds was voted by a, b, not by the models reported here (a, b, c): its figures are that run's" \
+        in other.notes
 
 
 @pytest.mark.parametrize("content, message", [

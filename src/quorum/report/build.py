@@ -167,7 +167,10 @@ def build_report(models_dir: Path = Path("models"), names: tuple[str, ...] = (),
         report.galleries["review"], report.galleries["review_note"] = review_gallery(
             Path(preds), preds_frame, preds_part["review"], preds_part["members"])
         preds_part["folder_check"] = folder_check(Path(preds), preds_frame, infos)
-        if report.trust is not None and sorted(preds_part["members"]) == sorted(member_names):
+        if sorted(preds_part["members"]) != sorted(member_names):
+            notes.append(f"--preds was voted by {', '.join(preds_part['members']) or 'no member'}, not by the "
+                         f"models reported here ({', '.join(member_names)}): its figures are that run's")
+        elif report.trust is not None:
             report.trust = expected_on_folder(preds_frame, preds_part["members"], report.trust)
         ran, rows = preds_part["ran"], preds_part["rows"] - len(preds_part["errors"])
         partly = {name: count for name, count in ran.items() if count < rows}
