@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -234,3 +235,52 @@ def test_a_model_without_int8_graph_runs_float32_and_says_so(tmp_path, make_mode
     assert member_engines(read_members([tmp_path / "m"]), "int8", "cpu") == ["onnx"]
     captured = capsys.readouterr()
     assert "No current model.int8.onnx for m: float32 there" in captured.out + captured.err
+
+
+def test_resume_after_export_int8_on_a_float32_engine_gives_the_uninterrupted_csv(copied, images, tmp_path):
+    """`export --int8` adds model.json's int8 block, which no float32 row reads: a run resumed after it is one run."""
+    (copied / bundle.INT8_ONNX).unlink()  # the bundle as finetune left it
+    raw = json.loads((copied / bundle.MODEL_JSON).read_text())
+    (copied / bundle.MODEL_JSON).write_text(json.dumps({key: value for key, value in raw.items() if key != "int8"}))
+    whole, out, progress = tmp_path / "whole.csv", tmp_path / "p.csv", tmp_path / "p.csv.partial"
+    args = ["--models-dir", copied.parent, "--engine", "onnx", "--probs", "--workers", "0", "-q"]
+    assert cli("predict", images, "--out", whole, *args).exit_code == 0
+    predict(images, select_models(copied.parent), PredictOptions(engine="onnx", probs=True, workers=0), quiet=True,
+            progress=progress)
+    rows = progress / "rows-0.jsonl"
+    rows.write_text("".join(rows.read_text().splitlines(keepends=True)[:5]))  # killed after five rows
+    assert cli("export", "--int8", "--models-dir", copied.parent).exit_code == 0
+    assert "int8" in json.loads((copied / bundle.MODEL_JSON).read_text())
+    result = cli("predict", images, "--out", out, *args, "--resume")
+    assert result.exit_code == 0, result.output
+    # labels exactly; numbers within 1e-4: ONNX Runtime sums a batch of 7 and one of 12 in other orders
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(whole), check_exact=False, atol=1e-4)
+
+
+def test_rows_of_an_int8_graph_exported_again_are_refused_by_name(copied, images, tmp_path):
+    """Under --engine int8 the graph itself makes the rows: another one from the same weights (another variant,
+    other calibration images) must not be mixed in, though model.json and the weights are unchanged."""
+    from quorum.models.quantize import CalibrationReader, quantize_graph, training_images
+
+    progress, parts = tmp_path / "p.csv.partial", [tmp_path / "part0.csv", tmp_path / "part1.csv"]
+    predict(images, select_models(copied.parent), PredictOptions(engine="int8", workers=0), quiet=True,
+            progress=progress)
+    args = ["--models-dir", copied.parent, "--engine", "int8", "--workers", "0", "-q"]
+    assert cli("predict", images, "--out", parts[0], *args, "--shard", "0/2").exit_code == 0
+    info = bundle.read_info(copied)
+    graph = copied / bundle.INT8_ONNX
+    before = graph.read_bytes()
+    quantize_graph(copied / bundle.ONNX, graph, CalibrationReader(info, training_images(info)[:8]),
+                   front=info.raw["int8"]["float32_convs"] + 1)
+    onnx_export.tag_weights(graph, onnx_export.weights_digest(copied))
+    assert graph.read_bytes() != before and onnx_export.is_current(copied, graph=bundle.INT8_ONNX)
+    changed = (f"member {copied.name} has a different model.json, weights or int8 graph {{}} "
+               "(fine-tuned, calibrated or exported with --int8 again?)")
+    with pytest.raises(QuorumError, match=re.escape(changed.format("then and now"))):
+        predict(images, select_models(copied.parent), PredictOptions(engine="int8", workers=0), quiet=True,
+                progress=progress, resume=True)
+    assert cli("predict", images, "--out", parts[1], *args, "--shard", "1/2").exit_code == 0
+    result = cli("merge", *parts, "--out", tmp_path / "all.csv")
+    assert result.output == (f"Error: {parts[1]} and {parts[0]} come from different runs: "
+                             f"{changed.format(f'in {parts[0]} and in {parts[1]}')}\n")
+    assert not (tmp_path / "all.csv").exists()

@@ -50,6 +50,17 @@ def test_a_member_calibrated_since_is_named_as_changed_not_only_retrained():
                                      "(fine-tuned or calibrated again?)")
 
 
+def test_a_run_recorded_by_an_older_quorum_is_named_with_what_to_do():
+    """An older quorum hashed all of model.json into a member's digest (int8 block included): its progress
+    or parts differ once, and the words say which and what to do, not that the member changed."""
+    from quorum.predict.run_identity import DIGEST, difference
+
+    old, now = {"members": {"a": "1"}}, {"digest": DIGEST, "members": {"a": "2"}}
+    assert difference(old, now) == "then an older quorum identified the members otherwise: predict those rows again"
+    assert difference(now, old, ("in p0.csv", "in p1.csv")).startswith("in p1.csv an older quorum")
+    assert difference(old, {"members": {"a": "1"}}) is None  # two parts of one older run still merge
+
+
 def test_a_weights_file_rewritten_in_place_gets_its_new_digest(tmp_path):
     """files.sha256 remembers a digest per process (predict checks a member's weights up to three times);
     a file rewritten with the same size, in place or by a rename over it, is read again."""
