@@ -223,6 +223,20 @@ def exclusive(lock: Path, busy: str | None = None) -> Iterator[None]:
         held.release()
 
 
+def lock_beside(path: Path) -> Path:
+    """`.NAME.lock` beside `path`: the lock a run holds while it makes or replaces `path` (a lock inside would go
+    with a folder that is replaced, and a file cannot hold one)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def writing(out: Path, command: str, lock: Path | None = None):
+    """Hold `lock` (default `lock_beside(out)`) while `command` writes `out`: a second run of the same `out` stops
+    at once with one line, instead of the two mixing their files."""
+    return exclusive(lock or lock_beside(out),
+                     f"another quorum {command} is writing {out} now: wait for it, or choose another --out")
+
+
 def check_new_folder(out: Path, command: str) -> None:
     """Fail now, before any work, unless `out` can be made as a new folder (nothing there, not even a link)."""
     out = Path(out)
@@ -241,9 +255,8 @@ def new_folder(out: Path, command: str) -> Iterator[Path]:
     is replaced; anything else of that name is the user's and is left alone. A failed write is one
     QuorumError line naming the file."""
     out = Path(out)
-    busy = f"another quorum {command} is writing {out} now: wait for it, or choose another --out"
     try:
-        with exclusive(out.with_name(f".{out.name}.lock"), busy):
+        with writing(out, command):
             check_new_folder(out, command)  # again, now that no other run can be making it
             work, mark = _fresh_partial(out, command)
             try:

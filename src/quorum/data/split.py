@@ -180,7 +180,7 @@ def load_or_make_split(root: Path, models_dir: Path, val_fraction: float, seed: 
     current, scan = scan_labelled_counting(root)
     # Two finetunes starting at once in a fresh models dir: the second waits and then reuses the first's
     # split, instead of making another one that validates on the other's training images.
-    with files.exclusive(split_path.with_name(f".{SPLIT_FILE}.lock")):
+    with files.exclusive(files.lock_beside(split_path)):
         table, is_new, drawn_with = _read_or_make(root, split_path, current, val_fraction, seed, resplit, workers)
     classes = tuple(sorted(table.label.unique()))
     return Split(Path(root), classes, table.reset_index(drop=True), _digest(table), scan.summary(), drawn_with), is_new

@@ -72,8 +72,7 @@ class ModelInfo:
 def lock_path(model_dir: Path) -> Path:
     """The lock a run holds while it makes or changes `model_dir` (finetune, calibrate): beside the folder,
     since finetune replaces the folder itself."""
-    model_dir = Path(model_dir)
-    return model_dir.parent / f".{model_dir.name}.lock"
+    return files.lock_beside(model_dir)
 
 
 def find_models(models_dir: Path) -> list[Path]:

@@ -214,9 +214,7 @@ def is_predictions_csv(path: Path) -> bool:
 def writing(out: Path):
     """Hold `.OUT.lock` while a run makes `out`: a second predict or merge of the same --out stops at once, where it
     replaced the first one's progress folder, and the two could leave one's CSV beside the other's .json."""
-    out = Path(out)
-    return files.exclusive(out.with_name(f".{out.name}.lock"),
-                           f"another quorum run is writing {out} now: wait for it, or choose another --out")
+    return files.writing(out, "run")
 
 
 def write_predictions(frame: pd.DataFrame, out: Path) -> None:

@@ -50,5 +50,4 @@ def writing(out: Path):
     """Hold `.OUT.lock` beside the folder for the whole run: a second report of the same --out stops at once, where
     the two could leave one's summary.csv beside the other's index.html."""
     out = Path(out).resolve()
-    lock = out.with_name(f".{out.name}.lock") if out.name else out / ".quorum-report.lock"
-    return files.exclusive(lock, f"another quorum report is writing {out} now: wait for it, or choose another --out")
+    return files.writing(out, "report", None if out.name else out / ".quorum-report.lock")  # "/" has no name
