@@ -61,10 +61,13 @@ def with_new_labels(committee: Path, labelled: Path, unlabelled: Path, truth: di
     return share_folders(kept + new, out)
 
 
-def retrain(models: Path, data: Path, seed: int, weights_dir: Path, keep: str) -> Path:
-    """Lite0 fine-tuned again on a pick's folder with one seed (seed 0: the name every earlier run used)."""
+def retrain(models: Path, data: Path, seed: int, weights_dir: Path, keep: str, pseudo: Path | None = None) -> Path:
+    """Lite0 fine-tuned again on a pick's folder with one seed (seed 0: the name every earlier run used); with
+    `pseudo`, the loop as quorum's README runs it: the committee's unanimous rows join as pseudo-labels (the
+    picked images, now labelled, are left out of them by finetune)."""
+    loop = ("--pseudo-labels", pseudo) if pseudo is not None else ()
     return finetune_lite(models, "lite0" + (f"-seed{seed}" if seed else ""), 0, data, weights_dir, "--seed", seed,
-                         "--keep", keep)
+                         "--keep", keep, *loop)
 
 
 def lite0_before(root: Path, data: Path, weights_dir: Path, keep: str) -> Path:
@@ -88,13 +91,13 @@ def picks(ranks: list[str], count: int) -> dict[str, tuple[str, int]]:
 
 
 def run_draw(draw: int, budget: int, columns: dict[str, tuple[str, int]], train_seeds: list[int], jobs: int,
-             weights_dir: Path, keep: str = "best") -> dict[str, list[float]]:
+             weights_dir: Path, keep: str = "best", loop: bool = False) -> dict[str, list[float]]:
     data = make_slice(30, 200, 300, draw=draw)
-    root = RUNS / f"draw{draw}"
-    committee = root / "committee"
+    committee = RUNS / f"draw{draw}" / "committee"
+    root = RUNS / f"draw{draw}" / ("loop" if loop else "")  # the loop's picks apart: a ranking's code may differ
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda n: finetune_lite(committee, f"lite{n}", n, data.train, weights_dir), range(3)))
-    preds = root / "unlabelled.csv"
+    preds = committee.parent / "unlabelled.csv"
     if not preds.is_file():
         quorum("predict", str(data.unlabelled), "--out", str(preds), "--models-dir", str(committee), "--probs", "-q")
     frame = read_predictions(preds)
@@ -105,24 +108,29 @@ def run_draw(draw: int, budget: int, columns: dict[str, tuple[str, int]], train_
     folders = {name: with_new_labels(committee, data.train, data.unlabelled, truth, chosen.get(name, []),
                                      root / name / "data") for name in columns}
     models = "models" if keep == "best" else "models-last"  # both kept: the best-kept figures stay cached
-    runs = [(name, seed) for name in columns for seed in train_seeds]
+    pseudo = preds if loop else None
+    if loop:  # "before": the loop with no picks, the pseudo-labels alone
+        folders["before"] = with_new_labels(committee, data.train, data.unlabelled, truth, [], root / "before" / "data")
+    runs = [(name, seed) for name in [*columns, *(["before"] if loop else [])] for seed in train_seeds]
     with ThreadPoolExecutor(jobs) as pool:
         tested = dict(zip(runs, pool.map(lambda run: accuracy(retrain(root / run[0] / models, folders[run[0]],
-                                                                      run[1], weights_dir, keep), data.test), runs)))
-    scores = {"before": [accuracy(lite0_before(root, data.train, weights_dir, keep), data.test)]}
+                                                                      run[1], weights_dir, keep, pseudo), data.test),
+                                         runs)))
+    scores = {"before": [float(np.mean([tested["before", seed] for seed in train_seeds]))] if loop else
+              [accuracy(lite0_before(RUNS / f"draw{draw}", data.train, weights_dir, keep), data.test)]}
     for name, (rank, _) in columns.items():  # a pick counts with the mean of its fine-tunes
         scores.setdefault(rank, []).append(float(np.mean([tested[name, seed] for seed in train_seeds])))
     return scores
 
 
 def render(results: dict[int, dict[str, list[float]]], budget: int, ranks: list[str], count: int,
-           train_seeds: list[int], command: str, minutes: float, keep: str = "best") -> str:
+           train_seeds: list[int], command: str, minutes: float, keep: str = "best", loop: bool = False) -> str:
     """The table: each ranking's test accuracy (the mean of its picks where it has several) and its gain over
     random's mean, per draw and on the mean of the draws."""
     others = [rank for rank in ranks if rank != "random"]
     columns = ["before", *others, "random"]
     kept = ", Lite0 keeping its last epoch" if keep == "last" else ""
-    title = f"## Which images to label next (`bench_active.py`){kept}"
+    title = f"## Which images to label next (`bench_active.py`){kept}" + (", the loop with pseudo-labels" if loop else "")
     lines = [title, "",
              "Fashion-MNIST, 30 labelled images per class, 3,000 unlabelled, 2,000 test images per draw; "
              "the committee "
@@ -149,7 +157,7 @@ def render(results: dict[int, dict[str, list[float]]], budget: int, ranks: list[
     lines.append("| mean | " + " | ".join(f"{means[key]:.2%}" for key in columns) + " | "
                  + " | ".join(f"**{np.mean(gains[rank]):+.2f}** ({min(gains[rank]):+.2f} to {max(gains[rank]):+.2f})"
                               for rank in others) + " |")
-    return marked("bench_active" + ("-last" if keep == "last" else ""), lines)
+    return marked("bench_active" + ("-last" if keep == "last" else "") + ("-loop" if loop else ""), lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--keep-epoch", choices=["best", "last"], default="best",
                         help="the epoch each retrained Lite0 keeps (quorum finetune --keep); last: in models-last/")
+    parser.add_argument("--loop", action="store_true",
+                        help="fine-tune again as the README's loop does: with --pseudo-labels of the committee's "
+                             "predictions (picks under draw<N>/loop/)")
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS)
     output_args(parser)
     args = parser.parse_args(argv)
@@ -172,11 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for draw in args.draws:
         results[draw] = run_draw(draw, args.budget, picks(ranks, args.picks), args.train_seeds, args.jobs,
-                                 args.weights_dir, args.keep_epoch)
+                                 args.weights_dir, args.keep_epoch, args.loop)
         step(f"draw {draw}: {results[draw]}")
     command = " ".join(["python benchmarks/bench_active.py", *(argv if argv is not None else sys.argv[1:])])
     minutes = (time.perf_counter() - began) / 60
-    text = render(results, args.budget, ranks, args.picks, args.train_seeds, command, minutes, args.keep_epoch)
+    text = render(results, args.budget, ranks, args.picks, args.train_seeds, command, minutes, args.keep_epoch,
+                  args.loop)
     publish(text, args.out, write=not args.no_write)
     return 0
 

@@ -89,7 +89,7 @@ def test_student_trains_on_every_readable_row_with_the_ensembles_probabilities(r
     info = json.loads((model_dir / "model.json").read_text())["distill"]
     assert info["added"] == 12 and info["rows"] == 12 and info["teachers"] == ["t0", "t1"]
     assert info["file"] == str(preds) and info["digest"] == files.sha256(preds)[:16]  # the CSV it learnt from
-    assert info["left_out"] == {"unreadable": 0, "unknown": 0}
+    assert info["left_out"] == {"unreadable": 0, "unknown": 0, "gone": 0, "labelled": 0}
     # An ordinary bundle: predict runs it alone.
     result = cli("predict", preds.parent / "unlabelled", "--out", models.parent / "s.csv", "--models-dir", models,
                  "--model", "student", "--workers", 0, "-q")
@@ -146,7 +146,7 @@ def test_rows_flagged_unknown_and_unreadable_are_left_out_and_counted(run, tmp_p
     shutil.copy(preds.with_name("preds.csv.json"), edited.with_name("flagged.csv.json"))
     model_dir = finetune(recipe(data, models, "student", epochs=1, distill=str(edited)), quiet=True)
     info = json.loads((model_dir / "model.json").read_text())["distill"]
-    assert info["added"] == 9 and info["left_out"] == {"unreadable": 0, "unknown": 3}
+    assert info["added"] == 9 and info["left_out"] == {"unreadable": 0, "unknown": 3, "gone": 0, "labelled": 0}
 
 
 def test_a_csv_without_probabilities_is_one_error_line(run, tmp_path):

@@ -73,21 +73,25 @@ def preds_csv(tmp_path):
 KL = {"a.png": 0.02, "b.png": 0.40, "c.png": 0.05, "d.png": 0.40, "f.png": 0.90}
 
 
-def test_disagreement_ranks_by_consensus_kl_then_margin_where_the_csv_has_it(tmp_path):
+def test_disagreement_ranks_by_the_mean_of_its_consensus_kl_and_margin_ranks(tmp_path):
+    # By hand, ranks from the bottom among a-d (f is apart): consensus KL a 1, c 2, b and d 3.5 (tied);
+    # margin a 1, b 2, d 3, c 4. Their means over 4 rows: a 0.25, b 0.6875, c 0.75, d 0.8125.
     ranked, apart = ranking.rank(read_predictions(write_csv(tmp_path, kl=KL)), "disagreement")
-    assert ranked["path"].tolist() == ["d.png", "b.png", "c.png", "a.png"]  # d before b: the thinner margin
-    assert ranked["score"].tolist() == pytest.approx([0.40, 0.40, 0.05, 0.02]) and apart == 1
-    # Vote entropy alone puts c (two to one) level with b and ahead of it on margin.
-    assert ranking.rank(hand_made(tmp_path), "disagreement")[0]["path"].tolist() == ["d.png", "c.png", "b.png",
-                                                                                      "a.png"]
-
-
-def test_without_consensus_kl_disagreement_ranks_by_vote_entropy_then_margin_and_keeps_unknown_apart(preds_csv):
-    ranked, apart = ranking.rank(read_predictions(preds_csv), "disagreement")
-    assert ranked["path"].tolist() == ["d.png", "c.png", "b.png", "a.png"]  # c before b: the thinner margin
+    assert ranked["path"].tolist() == ["d.png", "c.png", "b.png", "a.png"]  # c's near tie outranks b's sure split
+    assert ranked["score"].tolist() == pytest.approx([0.8125, 0.75, 0.6875, 0.25]) and apart == 1
     assert ranked["rank"].tolist() == [1, 2, 3, 4]
+    # Consensus KL alone would put b first with d: the joint rank is what moved it.
+    assert ranking.disagreement(ranked.set_index("path").loc[["b.png", "c.png"]]).tolist() == [0.40, 0.05]
+
+
+def test_without_consensus_kl_disagreement_joins_vote_entropy_and_margin_and_keeps_unknown_apart(preds_csv):
+    # Vote entropy: a 0, b and c two to one, d all differ: ranks a 1, b and c 2.5, d 4; with margin's
+    # a 1, b 2, d 3, c 4 the means over 4 rows are a 0.25, b 0.5625, c 0.8125, d 0.875.
+    ranked, apart = ranking.rank(read_predictions(preds_csv), "disagreement")
+    assert ranked["path"].tolist() == ["d.png", "c.png", "b.png", "a.png"]
+    assert ranked["score"].tolist() == pytest.approx([0.875, 0.8125, 0.5625, 0.25])
     two_of_three = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
-    assert ranked["score"].tolist() == pytest.approx([math.log(3), two_of_three, two_of_three, 0.0])
+    assert ranking.vote_entropy(ranked).tolist() == pytest.approx([math.log(3), two_of_three, two_of_three, 0.0])
     assert apart == 1
 
 
@@ -171,7 +175,7 @@ def test_review_budget_places_the_top_rows_and_lists_them_in_order(preds_csv, tm
     assert result.exit_code == 0, result.output
     listing = pd.read_csv(out / "review.csv")
     assert listing["file"].tolist() == ["cat/d.png", "dog/c.png"]  # in the folder of the vote (mean probabilities)
-    assert listing["rank"].tolist() == [1, 2] and listing["score"].iloc[0] == pytest.approx(math.log(3), abs=1e-6)
+    assert listing["rank"].tolist() == [1, 2] and listing["score"].iloc[0] == pytest.approx(0.875)  # its joint rank
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["cat/d.png", "dog/c.png"]
     assert "1 rows flagged unknown" in result.stderr
     readme = (out / "README.txt").read_text()

@@ -263,16 +263,33 @@ def test_pseudo_labels_refuse_images_of_the_labelled_folder(pseudo_run, tmp_path
                               quiet=True), preds)
     with pytest.raises(QuorumError, match=f"has 24 file\\(s\\) of the labelled folder {data}"):
         finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
-    # A hard link of a labelled image elsewhere (quorum review makes them) is the same file.
-    linked = tmp_path / "linked"
-    linked.mkdir()
-    os.link(next((data / "red").iterdir()), linked / "x.png")
-    preds = tmp_path / "linked.csv"
-    write_predictions(predict(linked, [models / "m0", models / "m1"], PredictOptions(workers=0, flag_unknown=False),
-                              quiet=True), preds)
-    with pytest.raises(QuorumError,
-                       match=f"has 1 file\\(s\\) of the labelled folder {data} \\(e.g. {linked / 'x.png'}\\)"):
-        finetune(recipe(data, models, "leak", pseudo_labels=str(preds), pseudo_min_agreement=0.01), quiet=True)
+
+
+def test_an_image_a_person_has_labelled_since_trains_with_the_persons_label_only(pseudo_run, tmp_path, training_sets):
+    """The loop: a person sorts images into the labelled folder, each under a class the vote did not give it:
+    one moved in from review's folder (a hard link: the same file), one copied in (the same bytes), one moved
+    out of the unlabelled folder itself (its row's file is gone)."""
+    data, models, preds = pseudo_run
+    data = Path(shutil.copytree(data, tmp_path / "labelled"))
+    frame = read_predictions(preds)
+    agreed = frame[(frame["status"] == "ok") & (frame["agreement"] >= 0.5)]
+    sorted_by_hand = dict(zip(("linked.png", "copied.png", "moved.png"),
+                              agreed[["path", "prediction"]].head(3).itertuples(index=False)))
+    unlabelled = preds.parent / "unlabelled"
+    person = {name: next(c for c in sorted(COLOUR_CLASSES) if c != vote) for name, (_, vote) in sorted_by_hand.items()}
+    for name, (path, _), place in zip(sorted_by_hand, sorted_by_hand.values(), (os.link, shutil.copy, os.rename)):
+        place(unlabelled / path, data / person[name] / name)
+    seen = training_sets
+    model_dir = finetune(recipe(data, models, "loop", pseudo_labels=str(preds), pseudo_min_agreement=0.5),
+                         resplit=True, quiet=True)
+
+    assert not {str(unlabelled / path) for path, _ in sorted_by_hand.values()} & set(seen["train"])
+    assert len([path for path in seen["train"] if path.startswith(str(unlabelled))]) == len(agreed) - 3
+    labelled = {**seen["train"], **{path: None for path in seen["val"]}}  # the split names them from DATA
+    for name, label in person.items():
+        assert labelled[f"{label}/{name}"] in (None, sorted(COLOUR_CLASSES).index(label))  # the person's label
+    info = json.loads((model_dir / "model.json").read_text())["pseudo_labels"]
+    assert info["added"] == len(agreed) - 3 and (info["left_out_labelled"], info["left_out_gone"]) == (2, 1)
 
 
 def test_a_hand_made_class_folder_is_a_new_label_only_with_resplit(tmp_path, capsys):

@@ -35,11 +35,14 @@ class PseudoLabels:
     min_agreement: float
     rows: int  # rows in the CSV
     no_class: int = 0  # agreed rows left out because they were flagged unknown (no known class)
+    labelled: int = 0  # agreed rows left out because the labelled folder holds their image (a person's label wins)
+    gone: int = 0  # agreed rows left out because their file has left the CSV's folder (moved into the labelled one)
 
     def as_dict(self, classes: tuple[str, ...]) -> dict:
         counts = pd.Series([classes[label] for _, label in self.items], dtype=object).value_counts()
         return {"file": str(self.csv), "digest": self.digest, "folder": str(self.folder), "rows": self.rows,
                 "min_agreement": self.min_agreement, "added": len(self.items), "left_out_unknown": self.no_class,
+                "left_out_labelled": self.labelled, "left_out_gone": self.gone,
                 "per_class": {label: int(counts.get(label, 0)) for label in classes}}
 
 
@@ -68,11 +71,22 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     if unknown:
         raise QuorumError(f"--pseudo-labels {csv} predicts classes this model does not have ({', '.join(unknown)}): "
                           f"its classes are {', '.join(classes)}")
+    chosen, gone = still_there(info, chosen)
     check_rows_usable(csv, info, chosen, "labels")
     index = {name: i for i, name in enumerate(classes)}
     items = [(str(info["folder"] / path), index[label]) for path, label in zip(chosen["path"], chosen["prediction"])]
     return PseudoLabels(csv, info["folder"], items, files.sha256(csv)[:16], min_agreement, len(frame),
-                        int((agreed & no_class).sum()))
+                        int((agreed & no_class).sum()), gone=gone)
+
+
+def still_there(info: dict, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows whose file is still in the CSV's folder, and how many are gone: a person who labels images moves
+    them out of it, and a file that is not there cannot train. (A changed file is still refused.)"""
+    folder = Path(info["folder"])
+    if not folder.is_dir():
+        return rows, 0  # check_rows_usable says the folder is gone, as such
+    there = np.array([(folder / path).exists() for path in rows["path"]], dtype=bool)
+    return rows[there], int((~there).sum())
 
 
 @dataclass(frozen=True)
@@ -122,13 +136,13 @@ def read_soft_targets(csv: Path, classes: tuple[str, ...]) -> SoftTargets:
     info = read_sidecar(csv, frame["path"].tolist())
     readable = frame["status"] == "ok"
     flagged = readable & flagged_unknown(frame)
-    chosen = frame[readable & ~flagged]
+    chosen, gone = still_there(info, frame[readable & ~flagged])
     check_rows_usable(csv, info, chosen, "probabilities")
     probs = _probabilities(csv, chosen, classes)
     probs /= probs.sum(axis=1, keepdims=True)  # the CSV rounds to 6 decimals
     items = [(str(info["folder"] / path), p) for path, p in zip(chosen["path"], probs)]
     return SoftTargets(csv, info["folder"], items, files.sha256(csv)[:16], len(frame), members_of(frame.columns),
-                       {"unreadable": int((~readable).sum()), "unknown": int(flagged.sum())})
+                       {"unreadable": int((~readable).sum()), "unknown": int(flagged.sum()), "gone": gone})
 
 
 def _probabilities(csv: Path, rows: pd.DataFrame, classes: tuple[str, ...]) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Which rows of a predictions table a person should label first: query-by-committee ranking.
 
 Read from a `quorum predict` CSV (and, for `diverse`, the listed images' frozen features):
-- `disagreement`: the members' consensus KL (`consensus_kl`, which predict --probs writes: each member's
-  calibrated probabilities' KL divergence from their mean, averaged; modAL's `KL_max_disagreement` takes
-  the largest instead of the mean), highest first. In a CSV without it, vote entropy over the members'
-  labels (modAL's `vote_entropy`): three members' labels give only three levels of disagreement, their
-  probabilities a scale. Ties (e.g. every 2-of-3 row) go to the higher `margin` score.
+- `disagreement`: query-by-committee: the members' consensus KL (`consensus_kl`, which predict --probs
+  writes: each member's calibrated probabilities' KL divergence from their mean, averaged; modAL's
+  `KL_max_disagreement` takes the largest instead of the mean) joined with the margin: each row by the mean
+  of its two ranks, so a row must be both disputed and close, not disputed by one sure member alone (those
+  picks were worth less than random ones in benchmarks/bench_active.py). In a CSV without the column, vote
+  entropy over the members' labels (modAL's `vote_entropy`) takes its place.
 - `margin`: 1 - (top mean probability - second), from the p_<class> columns (predict --probs); in a
   CSV without them, 1 - the vote's confidence. `balanced` and `diverse` order by it too.
 - `balanced`: margin, but the most uncertain row of each predicted class in turn (class-balanced
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import entropy
+from scipy.stats import entropy, rankdata
 
 from quorum.data.predictions_csv import class_columns, flagged_unknown
 from quorum.errors import QuorumError
@@ -60,6 +61,14 @@ def margin_score(frame: pd.DataFrame) -> np.ndarray:
 def doubt(frame: pd.DataFrame) -> np.ndarray:
     """The margin score where the CSV has the mean probabilities (predict --probs), else 1 - the vote's confidence."""
     return margin_score(frame) if len(probability_columns(frame)) >= 2 else 1.0 - frame["confidence"].to_numpy(float)
+
+
+def joint_rank(*scores: np.ndarray) -> np.ndarray:
+    """Per row, the mean of its ranks under each score, as a share from 0 to 1 (1: first under every one; ties
+    share their mean rank): a row must rank high under all of them, not be extreme under one."""
+    if not len(scores[0]):
+        return np.zeros(0)
+    return np.mean([rankdata(score) for score in scores], axis=0) / len(scores[0])
 
 
 def round_robin(groups: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -109,8 +118,8 @@ def rank(frame: pd.DataFrame, how: str = DEFAULT, seed: int = 0, budget: int = 1
         order = round_robin(feature_clusters(features(rows["path"].tolist()), budget, seed), score) if len(rows) \
             else np.arange(0)
     else:
-        score = disagreement(rows)
-        order = np.lexsort((-doubt(rows), -score))  # the last key sorts first
+        score = joint_rank(disagreement(rows), doubt(rows))
+        order = np.argsort(-score, kind="stable")
     ranked = rows.iloc[order].assign(score=score[order], rank=np.arange(1, len(rows) + 1))
     return ranked, int(apart.sum())
 

@@ -53,7 +53,8 @@ What to do:
 3. Add the sorted folders to your labelled data, e.g.
        cp -rn "{out}"/[!_]*/ LABELLED/
    then fine-tune again with --resplit (the labelled images changed, so the shared split is made
-   anew and every model should be fine-tuned again on it).
+   anew and every model should be fine-tuned again on it). With --pseudo-labels {csv}, the
+   images you sorted train with your label alone: their rows of the vote are left out.
 
 The files here are {how} of the originals in {folder}: moving or deleting them here leaves the
 originals alone.

@@ -168,12 +168,16 @@ def pseudo_labels(recipe: Recipe, split: Split, quiet: bool) -> PseudoLabels | N
     if recipe.pseudo_labels is None:
         return None
     pseudo = read_pseudo_labels(Path(recipe.pseudo_labels), split.classes, recipe.pseudo_min_agreement)
-    _refuse_labelled_files([path for path, _ in pseudo.items], split, f"--pseudo-labels {recipe.pseudo_labels}")
-    pseudo = dataclasses.replace(pseudo, items=_readable(pseudo.items, recipe.workers, "--pseudo-labels"))
+    unlabelled = _not_labelled(pseudo.items, split, f"--pseudo-labels {recipe.pseudo_labels}")
+    pseudo = dataclasses.replace(pseudo, items=_readable(unlabelled, recipe.workers, "--pseudo-labels"),
+                                 labelled=len(pseudo.items) - len(unlabelled))
+    left = "; ".join(f"{count} agreed rows {why} were left out" for count, why in (
+        (pseudo.no_class, "of no known class"),
+        (pseudo.labelled, "whose image the labelled folder holds (a person's label wins)"),
+        (pseudo.gone, f"whose file is no longer in {pseudo.folder}")) if count)
     say(f"Pseudo-labels: {len(pseudo.items)} of {pseudo.rows} rows of {recipe.pseudo_labels} (agreement at least "
         f"{recipe.pseudo_min_agreement:g}{', not flagged unknown' if pseudo.no_class else ''}) join the "
-        f"{len(split.items('train'))} training images; validation is unchanged"
-        + (f"; {pseudo.no_class} agreed rows of no known class were left out" if pseudo.no_class else ""), quiet)
+        f"{len(split.items('train'))} training images; validation is unchanged" + (f"; {left}" if left else ""), quiet)
     return pseudo
 
 
@@ -182,10 +186,11 @@ def soft_targets(recipe: Recipe, split: Split, quiet: bool) -> SoftTargets | Non
     if recipe.distill is None:
         return None
     soft = read_soft_targets(Path(recipe.distill), split.classes)
-    _refuse_labelled_files([path for path, _ in soft.items], split, f"--distill {recipe.distill}")
-    readable = _readable(soft.items, recipe.workers, "--distill")
+    unlabelled = _not_labelled(soft.items, split, f"--distill {recipe.distill}")
+    readable = _readable(unlabelled, recipe.workers, "--distill")
     soft = dataclasses.replace(soft, items=readable, left_out={
-        **soft.left_out, "unreadable": soft.left_out["unreadable"] + len(soft.items) - len(readable)})
+        **soft.left_out, "unreadable": soft.left_out["unreadable"] + len(unlabelled) - len(readable),
+        "labelled": len(soft.items) - len(unlabelled)})
     left = ", ".join(f"{count} {why}" for why, count in soft.left_out.items() if count)
     say(f"Distilling {', '.join(soft.teachers) or 'the ensemble'}: {len(soft.items)} of {soft.rows} rows of "
         f"{recipe.distill} join the {len(split.items('train'))} training images with the ensemble's probabilities"
@@ -203,14 +208,29 @@ def _readable(items: list[tuple], workers: int, option: str) -> list[tuple]:
     return [item for item, reason in zip(items, reasons) if not reason]
 
 
-def _refuse_labelled_files(paths: list[str], split: Split, source: str) -> None:
-    """Unlabelled rows must not be labelled files: by inode as well as by path, since `quorum review` hard-links
-    the images it hands a person to sort."""
-    labelled = {_identity(split.root / path) for path in split.table.path}
-    overlap = [path for path in paths if _identity(Path(path)) in labelled]
-    if overlap:
-        raise QuorumError(f"{source} has {len(overlap)} file(s) of the labelled folder {split.root} "
-                          f"(e.g. {overlap[0]}): predict on a folder outside it")
+def _not_labelled(items: list[tuple], split: Split, source: str) -> list[tuple]:
+    """The items whose image is not in the labelled folder. A CSV of the labelled folder itself is refused; an
+    image a person has labelled since (moved in: the same file, since `quorum review` hard-links; or copied in:
+    the same bytes) is left out, so its person's label is the only one it trains with."""
+    labelled = [split.root / path for path in split.table.path]
+    same_file = {_identity(path) for path in labelled}
+    inside = [path for path, _ in items if files.inside(Path(path), split.root)]
+    if inside:
+        raise QuorumError(f"{source} has {len(inside)} file(s) of the labelled folder {split.root} "
+                          f"(e.g. {inside[0]}): predict on a folder outside it")
+    by_size = {}
+    for path in labelled:
+        with suppress(OSError):
+            by_size.setdefault(path.stat().st_size, []).append(path)
+
+    def is_labelled(path: Path) -> bool:  # hashed only where a size matches: most images differ in size already
+        try:
+            return _identity(path) in same_file or any(
+                files.sha256(path) == files.sha256(twin) for twin in by_size.get(path.stat().st_size, []))
+        except OSError:
+            return False  # gone or unreadable: the readable check names it
+
+    return [item for item in items if not is_labelled(Path(item[0]))]
 
 
 def _identity(path: Path) -> tuple:
