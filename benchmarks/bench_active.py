@@ -130,13 +130,16 @@ def render(results: dict[int, dict[str, list[float]]], budget: int, ranks: list[
     others = [rank for rank in ranks if rank != "random"]
     columns = ["before", *others, "random"]
     kept = ", Lite0 keeping its last epoch" if keep == "last" else ""
-    title = f"## Which images to label next (`bench_active.py`){kept}" + (", the loop with pseudo-labels" if loop else "")
+    title = f"## Which images to label next (`bench_active.py`){kept}{', the loop with pseudo-labels' if loop else ''}"
+    pseudo = (" with the committee's unanimous rows not flagged unknown as pseudo-labels (`--pseudo-labels`: the "
+              "picked images, now labelled, are left out of them), Lite0 before being that with no picks"
+              if loop else "")
     lines = [title, "",
              "Fashion-MNIST, 30 labelled images per class, 3,000 unlabelled, 2,000 test images per draw; "
              "the committee "
              f"is the Lite trio at 96 px (4+4 epochs); each ranking adds {budget} labelled images, then Lite0 is "
-             f"fine-tuned again (same plan, same validation share; kept: the {keep} epoch, the Lite0 before too) "
-             f"and scored on the test images; "
+             f"fine-tuned again (same plan, same validation share; kept: the {keep} epoch, the Lite0 before too)"
+             f"{pseudo} and scored on the test images; "
              f"{' and '.join(rank for rank in ranks if rank in SEEDED)} pick {count} times per draw (the mean, the "
              f"picks in brackets); each pick fine-tuned with seed(s) {' and '.join(map(str, train_seeds))}, "
              f"the mean counted. `{command}`, {minutes:.0f} min.", "",
