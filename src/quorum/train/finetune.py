@@ -101,6 +101,8 @@ def _finetune(recipe: Recipe, asked: Recipe, backbone: Backbone, world: distribu
     with _forget_new_split(split_is_new and world.is_main, models_dir):  # e.g. offline: no weights
         torch.manual_seed(recipe.seed)  # a random-init head (and --weights none) is the same every run
         model = weights.build(backbone, len(split.classes), "none" if resume else recipe.weights)
+        if world.is_main:  # said once the weights are there: offline, the split is forgotten and made again
+            report_split(split, split_is_new, models_dir, quiet)
         if recipe.train_blocks > len(model.blocks):
             raise QuorumError(f"--train-blocks {recipe.train_blocks} is more than {backbone.name}'s "
                               f"{len(model.blocks)} blocks")
@@ -131,7 +133,6 @@ def shared_split(recipe: Recipe, models_dir: Path, resplit: bool, world: distrib
     def make_or_check() -> tuple[Split, bool]:
         split, is_new = load_or_make_split(Path(recipe.data), models_dir, recipe.val_fraction, recipe.seed,
                                            resplit=resplit, workers=recipe.workers)
-        report_split(split, is_new, models_dir, quiet)
         drawn = split.drawn_with
         if not is_new and drawn.get("val_fraction") is not None and (drawn["val_fraction"], drawn["seed"]) != (
                 recipe.val_fraction, recipe.seed):  # the folder's own train/ and val/ serve any values
