@@ -132,7 +132,7 @@ def render(results: dict[int, dict[str, list[float]]], budget: int, ranks: list[
     kept = ", Lite0 keeping its last epoch" if keep == "last" else ""
     title = f"## Which images to label next (`bench_active.py`){kept}{', the loop with pseudo-labels' if loop else ''}"
     pseudo = (" with the committee's unanimous rows not flagged unknown as pseudo-labels (`--pseudo-labels`: the "
-              "picked images, now labelled, are left out of them), Lite0 before being that with no picks"
+              "picked images, now labelled, are left out of them; Lite0 before: the same with no picks)"
               if loop else "")
     lines = [title, "",
              "Fashion-MNIST, 30 labelled images per class, 3,000 unlabelled, 2,000 test images per draw; "
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - began) / 60
     text = render(results, args.budget, ranks, args.picks, args.train_seeds, command, minutes, args.keep_epoch,
                   args.loop)
-    publish(text, args.out, write=not args.no_write)
+    publish(text, args.out, write=not args.no_write, after="bench_active")  # beside the earlier tables
     return 0
 
 
