@@ -219,15 +219,23 @@ def _not_labelled(items: list[tuple], split: Split, source: str) -> list[tuple]:
     if inside:
         raise QuorumError(f"{source} has {len(inside)} file(s) of the labelled folder {split.root} "
                           f"(e.g. {inside[0]}): predict on a folder outside it")
-    by_size = {}
+    by_size, digests = {}, {}  # digests: size -> the SHA-256 of the labelled files of that size, made when asked
     for path in labelled:
         with suppress(OSError):
             by_size.setdefault(path.stat().st_size, []).append(path)
 
+    def same_bytes(size: int) -> set[str]:
+        if size not in digests:
+            digests[size] = set()
+            for twin in by_size[size]:
+                with suppress(OSError):
+                    digests[size].add(files.sha256(twin))
+        return digests[size]
+
     def is_labelled(path: Path) -> bool:  # hashed only where a size matches: most images differ in size already
         try:
-            return _identity(path) in same_file or any(
-                files.sha256(path) == files.sha256(twin) for twin in by_size.get(path.stat().st_size, []))
+            size = path.stat().st_size
+            return _identity(path) in same_file or (size in by_size and files.sha256(path) in same_bytes(size))
         except OSError:
             return False  # gone or unreadable: the readable check names it
 
