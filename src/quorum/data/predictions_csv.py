@@ -109,15 +109,21 @@ def flagged_unknown(frame: pd.DataFrame) -> pd.Series:
     return frame["unknown"].astype(str).str.lower().isin(["true", "1", "1.0"])
 
 
-def check_rows_usable(csv: Path, info: dict, chosen: pd.DataFrame, what: str) -> None:
-    """The chosen rows' files lie inside the CSV's folder and are unchanged since it was written: what
-    --pseudo-labels and --distill both need before training on them; else one error naming them."""
+def check_rows_usable(csv: Path, info: dict, chosen: pd.DataFrame, what: str,
+                      leave_out_gone: bool = False) -> pd.DataFrame:
+    """The chosen rows, whose files lie inside the CSV's folder and are unchanged since it was written: what
+    --pseudo-labels and --distill both need before training on them; else one error naming them. With
+    `leave_out_gone`, a row whose file has left the folder (a person who labels an image moves it out) is left out
+    of the rows returned rather than refused; a file changed in place is refused all the same."""
     if len(chosen) and not Path(info["folder"]).is_dir():  # said as such, not as every file changed
         raise QuorumError(f"the folder {csv} was written for, {info['folder']}, is not there (moved or deleted): run "
                           "quorum predict again on the folder where the images are now")
     check_inside(csv, info["folder"], chosen["path"].tolist())
+    if leave_out_gone:
+        chosen = chosen[chosen["path"].map(lambda path: (Path(info["folder"]) / path).exists()).astype(bool)]
     changed = changed_files(info["folder"], chosen["path"].tolist(), [info["fingerprints"][i] for i in chosen.index])
     if changed:
         listed = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         raise QuorumError(f"{len(changed)} file(s) in {info['folder']} changed since {csv} was written ({listed}): "
                           f"their {what} may no longer fit; run quorum predict again")
+    return chosen

@@ -71,22 +71,12 @@ def read_pseudo_labels(csv: Path, classes: tuple[str, ...], min_agreement: float
     if unknown:
         raise QuorumError(f"--pseudo-labels {csv} predicts classes this model does not have ({', '.join(unknown)}): "
                           f"its classes are {', '.join(classes)}")
-    chosen, gone = still_there(info, chosen)
-    check_rows_usable(csv, info, chosen, "labels")
+    usable = check_rows_usable(csv, info, chosen, "labels", leave_out_gone=True)
+    gone, chosen = len(chosen) - len(usable), usable
     index = {name: i for i, name in enumerate(classes)}
     items = [(str(info["folder"] / path), index[label]) for path, label in zip(chosen["path"], chosen["prediction"])]
     return PseudoLabels(csv, info["folder"], items, files.sha256(csv)[:16], min_agreement, len(frame),
                         int((agreed & no_class).sum()), gone=gone)
-
-
-def still_there(info: dict, rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The rows whose file is still in the CSV's folder, and how many are gone: a person who labels images moves
-    them out of it, and a file that is not there cannot train. (A changed file is still refused.)"""
-    folder = Path(info["folder"])
-    if not folder.is_dir():
-        return rows, 0  # check_rows_usable says the folder is gone, as such
-    there = np.array([(folder / path).exists() for path in rows["path"]], dtype=bool)
-    return rows[there], int((~there).sum())
 
 
 @dataclass(frozen=True)
@@ -136,8 +126,9 @@ def read_soft_targets(csv: Path, classes: tuple[str, ...]) -> SoftTargets:
     info = read_sidecar(csv, frame["path"].tolist())
     readable = frame["status"] == "ok"
     flagged = readable & flagged_unknown(frame)
-    chosen, gone = still_there(info, frame[readable & ~flagged])
-    check_rows_usable(csv, info, chosen, "probabilities")
+    candidates = frame[readable & ~flagged]
+    chosen = check_rows_usable(csv, info, candidates, "probabilities", leave_out_gone=True)
+    gone = len(candidates) - len(chosen)
     probs = _probabilities(csv, chosen, classes)
     probs /= probs.sum(axis=1, keepdims=True)  # the CSV rounds to 6 decimals
     items = [(str(info["folder"] / path), p) for path, p in zip(chosen["path"], probs)]

@@ -234,8 +234,9 @@ def _not_labelled(items: list[tuple], split: Split, source: str) -> list[tuple]:
 
     def is_labelled(path: Path) -> bool:  # hashed only where a size matches: most images differ in size already
         try:
-            size = path.stat().st_size
-            return _identity(path) in same_file or (size in by_size and files.sha256(path) in same_bytes(size))
+            stat = path.stat()
+            return (stat.st_dev, stat.st_ino) in same_file or (
+                stat.st_size in by_size and files.sha256(path) in same_bytes(stat.st_size))
         except OSError:
             return False  # gone or unreadable: the readable check names it
 
