@@ -10,7 +10,8 @@ Per draw of Fashion-MNIST (benchmarks/fashion_mnist.py: 30 labelled images per c
    each `quorum finetune` in its own process on one thread; then `quorum predict UNLABELLED --probs`.
 2. Each ranking picks `--budget` rows from that CSV with the code `quorum review --budget` runs
    (`quorum.predict.ranking.select`; disagreement from its `consensus_kl` column; rows flagged unknown left
-   out, random's included); a simulated person labels them from the data set's own labels.
+   out, random's included); a simulated person labels them from the data set's own labels. `--ranks oracle` adds a
+   pick no ranking can make: rows the committee got wrong, at random (what correcting errors alone is worth).
 3. Lite0 is fine-tuned again on the labelled training share plus those images (the validation share
    unchanged, given as DATA/train and DATA/val), and scored on the test images with `quorum predict`.
 4. The rankings that draw (random; diverse's k-means start) pick `--picks` times per draw (seeds draw,
@@ -46,7 +47,10 @@ from quorum.predict.review import image_features
 from quorum.predict.table import read_predictions
 
 RUNS = DATA / "active"
-SEEDED = ("random", "diverse")  # rankings whose seed changes their pick
+SEEDED = ("random", "diverse", "oracle")  # rankings whose seed changes their pick
+# Not a ranking quorum has: `budget` of the rows the committee got wrong (by the data set's labels), drawn at random.
+# What labelling errors alone is worth: the ceiling a ranking that reads only the CSV works under.
+ORACLE = "oracle"
 
 
 def with_new_labels(committee: Path, labelled: Path, unlabelled: Path, truth: dict[str, str], chosen: list[str],
@@ -83,6 +87,14 @@ def lite0_before(root: Path, data: Path, weights_dir: Path, keep: str) -> Path:
     return finetune_lite(models, "lite0", 0, data, weights_dir, "--keep", keep)
 
 
+def choose(frame: pd.DataFrame, budget: int, rank: str, seed: int, features, truth: dict[str, str]) -> list[str]:
+    """The paths a ranking picks, as `quorum review --budget` would (the oracle: wrong rows at random)."""
+    if rank != ORACLE:
+        return select(frame, budget, rank, seed=seed, features=features)[0]["path"].tolist()
+    rows = select(frame, len(frame), "random", seed=seed)[0]  # readable, not flagged unknown, shuffled
+    return rows[rows["prediction"] != rows["path"].map(truth)]["path"].head(budget).tolist()
+
+
 def picks(ranks: list[str], count: int) -> dict[str, tuple[str, int]]:
     """Each pick's name (its folder) -> (ranking, seed offset): a seeded ranking `count` times, the others once."""
     columns = {rank: (rank, 0) for rank in ranks}
@@ -103,7 +115,7 @@ def run_draw(draw: int, budget: int, columns: dict[str, tuple[str, int]], train_
     frame = read_predictions(preds)
     features = partial(image_features, preds, data.unlabelled)  # as review computes them
     truth = dict(pd.read_csv(data.unlabelled_labels, keep_default_na=False, dtype=str).itertuples(index=False))
-    chosen = {name: select(frame, budget, rank, seed=draw + offset, features=features)[0]["path"].tolist()
+    chosen = {name: choose(frame, budget, rank, draw + offset, features, truth)
               for name, (rank, offset) in columns.items() if not (root / name / "data").is_dir()}
     folders = {name: with_new_labels(committee, data.train, data.unlabelled, truth, chosen.get(name, []),
                                      root / name / "data") for name in columns}
@@ -167,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=int, default=100)
-    parser.add_argument("--ranks", nargs="+", choices=RANKINGS, default=list(RANKINGS),
-                        help="random is run whether listed or not")
+    parser.add_argument("--ranks", nargs="+", choices=[*RANKINGS, ORACLE], default=list(RANKINGS),
+                        help="random is run whether listed or not; oracle: wrong rows at random (not a ranking)")
     parser.add_argument("--picks", type=int, default=3, help="picks per draw of a ranking that draws (random, diverse)")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0],
                         help="fine-tune each pick once per seed; the pick counts with the mean")
@@ -182,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     output_args(parser)
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    ranks = [rank for rank in RANKINGS if rank in args.ranks or rank == "random"]  # random always: the baseline
+    ranks = [rank for rank in [*RANKINGS, ORACLE] if rank in args.ranks or rank == "random"]  # random: the baseline
     results = {}
     for draw in args.draws:
         results[draw] = run_draw(draw, args.budget, picks(ranks, args.picks), args.train_seeds, args.jobs,
