@@ -155,7 +155,7 @@ def render(results: dict[int, dict[str, list[float]]], budget: int, ranks: list[
              f"{' and '.join(rank for rank in ranks if rank in SEEDED)} pick {count} times per draw (the mean, the "
              f"picks in brackets); each pick fine-tuned with seed(s) {' and '.join(map(str, train_seeds))}, "
              f"the mean counted. `{command}`, {minutes:.0f} min.", "",
-             "| draw | Lite0 before | " + " | ".join(f"+{budget} by {rank}" for rank in ranks)
+             "| draw | Lite0 before | " + " | ".join(f"+{budget} by {rank}" for rank in columns[1:])
              + " | " + " | ".join(f"{rank} - random" for rank in others) + " |",
              "|---|" + "---:|" * (len(columns) + len(others))]
 
