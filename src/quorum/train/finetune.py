@@ -214,15 +214,17 @@ def _not_labelled(items: list[tuple], split: Split, source: str) -> list[tuple]:
     image a person has labelled since (moved in: the same file, since `quorum review` hard-links; or copied in:
     the same bytes) is left out, so its person's label is the only one it trains with."""
     labelled = [split.root / path for path in split.table.path]
-    same_file = {_identity(path) for path in labelled}
     inside = [path for path, _ in items if files.inside(Path(path), split.root)]
     if inside:
         raise QuorumError(f"{source} has {len(inside)} file(s) of the labelled folder {split.root} "
                           f"(e.g. {inside[0]}): predict on a folder outside it")
-    by_size, digests = {}, {}  # digests: size -> the SHA-256 of the labelled files of that size, made when asked
+    # One stat per labelled file: its identity (device, inode) and its size; a file gone since matches nothing.
+    same_file, by_size, digests = set(), {}, {}  # digests: size -> the SHA-256 of its labelled files, made when asked
     for path in labelled:
         with suppress(OSError):
-            by_size.setdefault(path.stat().st_size, []).append(path)
+            stat = path.stat()
+            same_file.add((stat.st_dev, stat.st_ino))
+            by_size.setdefault(stat.st_size, []).append(path)
 
     def same_bytes(size: int) -> set[str]:
         if size not in digests:
@@ -241,14 +243,6 @@ def _not_labelled(items: list[tuple], split: Split, source: str) -> list[tuple]:
             return False  # gone or unreadable: the readable check names it
 
     return [item for item in items if not is_labelled(Path(item[0]))]
-
-
-def _identity(path: Path) -> tuple:
-    try:
-        stat = path.stat()
-        return stat.st_dev, stat.st_ino
-    except OSError:  # gone since the split was checked: it can only match by path
-        return None, str(path.resolve())
 
 
 def report_split(split: Split, is_new: bool, models_dir: Path, quiet: bool) -> None:
